@@ -1,0 +1,30 @@
+//! Authentication for Tidings.
+//!
+//! - [`TokenVerifier`] checks the JWTs that browsers present when they connect
+//!   and turns them into an [`Identity`].
+//! - [`ApiKey`] checks the keys that backends present, in constant time.
+//! - [`mint_hs256`] makes tokens, for the `tidings gentoken` command and for tests.
+//! - [`generate_secret`] makes random secrets and keys for development mode.
+//!
+//! No error type of this crate ever carries a token, a secret or key material
+//! in its message, so every error can be logged and every [`TokenError`] can
+//! be shown to the client that presented the token.
+
+#![deny(missing_docs)]
+
+mod api_key;
+mod error;
+mod identity;
+mod keys;
+mod mint;
+mod secret;
+mod settings;
+mod verifier;
+
+pub use api_key::ApiKey;
+pub use error::{ConfigError, MintError, TokenError};
+pub use identity::Identity;
+pub use mint::{mint_hs256, MintClaims};
+pub use secret::generate_secret;
+pub use settings::{JwtSettings, MAX_LEEWAY};
+pub use verifier::{TokenVerifier, MAX_TOKEN_LEN};

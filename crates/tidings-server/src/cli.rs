@@ -1,0 +1,224 @@
+//! Subcommands: `serve` (the default), `gentoken`, `checkconfig`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tidings::auth::{mint_hs256, MintClaims, TokenVerifier};
+use tidings::Tidings;
+
+use crate::{config_loader, dev_mode};
+
+/// Tidings: a real-time update server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` flags, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Mint a token signed with the configured HMAC secret.
+    Gentoken(GentokenArgs),
+    /// Check a configuration file and print what it configures.
+    Checkconfig(CheckconfigArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `tidings serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "TIDINGS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides the file and TIDINGS_LISTEN).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, env = "TIDINGS_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `tidings=debug` (RUST_LOG syntax).
+    #[arg(long, env = "TIDINGS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// `tidings gentoken`.
+#[derive(Debug, Args)]
+pub struct GentokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// Workspaces the user belongs to (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub workspaces: Vec<String>,
+    /// Roles (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Lifetime, e.g. `1h`, `15m`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// TOML configuration file to read `jwt.secret` from.
+    #[arg(long, short, env = "TIDINGS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// `tidings checkconfig FILE`.
+#[derive(Debug, Args)]
+pub struct CheckconfigArgs {
+    /// The TOML file to check.
+    pub file: PathBuf,
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format, &args.log_level);
+    let mut config =
+        config_loader::load(args.config.as_deref()).context("loading configuration")?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let dev = if dev_mode::needed(&config) {
+            Some(dev_mode::apply(&mut config)?)
+        } else {
+            None
+        };
+        if config.api_key.is_none() {
+            tracing::warn!("no api_key configured: the server API (/api/publish …) is disabled");
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let address = listener.local_addr().context("reading the bound address")?;
+        let tidings = Tidings::new(config.clone()).context("invalid configuration")?;
+        if let Some(dev) = &dev {
+            dev_mode::print_banner(&config, dev, &address.to_string());
+        }
+        // A fixed line that scripts and tests can wait for.
+        println!("listening on {address}");
+        tracing::info!(%address, node = %tidings.state().node, "tidings listening");
+        tidings
+            .serve(listener, shutdown_signal())
+            .await
+            .context("serving")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Prints a token for `args`.
+pub fn gentoken(args: GentokenArgs) -> anyhow::Result<()> {
+    let config = config_loader::load(args.config.as_deref()).context("loading configuration")?;
+    let secret = config.jwt.secret.as_deref().context(
+        "gentoken signs with an HMAC secret: set jwt.secret in the config file or TIDINGS_JWT_SECRET",
+    )?;
+    let claims = MintClaims {
+        sub: args.sub,
+        workspaces: args.workspaces,
+        roles: args.roles,
+        ttl: Some(args.ttl),
+        ..MintClaims::default()
+    };
+    println!("{}", mint_hs256(secret, &claims)?);
+    Ok(())
+}
+
+/// Validates a configuration file, including its key files.
+pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
+    let config = config_loader::load(Some(&args.file))
+        .with_context(|| format!("{} is not a valid configuration", args.file.display()))?;
+    config.validate()?;
+    if dev_mode::needed(&config) {
+        println!("note: no jwt key configured; `serve` would run in dev mode");
+    } else {
+        TokenVerifier::new(&config.jwt)?;
+    }
+    let namespaces = config.effective_namespaces();
+    println!("{}: ok", args.file.display());
+    println!("  listen     {}", config.listen);
+    println!(
+        "  server API {}",
+        if config.api_key.is_some() {
+            "enabled"
+        } else {
+            "disabled (no api_key)"
+        }
+    );
+    for (name, ns) in &namespaces {
+        println!(
+            "  namespace  {name}: {}-{} segments, history {} events / {}",
+            ns.min_segments,
+            ns.max_segments,
+            ns.history_size,
+            humantime::format_duration(ns.history_ttl)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! Server configuration: the typed form of `tidings.toml`.
+//!
+//! Loading (file, `TIDINGS_*` variables, flags) is the binary's job; an embedding
+//! backend can build a [`Config`] in code. Every field has a default, so
+//! `Config::default()` plus a JWT key and an API key is a working server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+pub use tidings_auth::JwtSettings;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// This node's id, sent in `connected`; random when unset.
+    pub node: Option<String>,
+    /// Key backends present to the server API (`Authorization: Bearer` or `X-API-Key`).
+    pub api_key: Option<String>,
+    /// Browser origins allowed to open connections; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Serve the live event console at `/`.
+    pub console: bool,
+    /// How browser tokens are verified.
+    pub jwt: JwtSettings,
+    /// Per-connection behaviour and limits.
+    pub connection: ConnectionSettings,
+    /// Server API limits.
+    pub api: ApiSettings,
+    /// Add the conventional `workspace` and `user` namespaces unless defined below.
+    pub builtin_namespaces: bool,
+    /// Namespaces by name (the part of a channel before the first `:`).
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            node: None,
+            api_key: None,
+            allowed_origins: Vec::new(),
+            console: true,
+            jwt: JwtSettings::default(),
+            connection: ConnectionSettings::default(),
+            api: ApiSettings::default(),
+            builtin_namespaces: true,
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// Per-connection behaviour and limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Interval of server `ping`s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long a client has to answer a `ping` before close 4001.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// How long an unauthenticated socket may wait before sending `auth`.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Largest client message, in bytes; larger closes with 4501.
+    pub max_message_size: usize,
+    /// Most channels one connection may be subscribed to.
+    pub max_channels: usize,
+    /// Most simultaneous connections of one user (4503 beyond).
+    pub max_connections_per_user: usize,
+    /// Most connections on this node (4503 beyond); 0 = unlimited.
+    pub max_connections: usize,
+    /// Most messages waiting in one connection's send queue (4002 beyond).
+    pub send_queue_messages: usize,
+    /// Most bytes waiting in one connection's send queue (4002 beyond).
+    pub send_queue_bytes: usize,
+    /// Bad requests in a row before close 4501.
+    pub max_bad_requests: u32,
+    /// WebSocket read buffer per connection, in bytes.
+    pub read_buffer_size: usize,
+    /// WebSocket write buffer per connection, in bytes.
+    pub write_buffer_size: usize,
+    /// How long shutdown waits for clients to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            max_message_size: 64 * 1024,
+            max_channels: 256,
+            max_connections_per_user: 64,
+            max_connections: 0,
+            send_queue_messages: 1024,
+            send_queue_bytes: 4 * 1024 * 1024,
+            max_bad_requests: 20,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 4 * 1024,
+            shutdown_drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Server API limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Largest request body, in bytes.
+    pub max_body_size: usize,
+    /// How long an `idempotency_key` is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Most channels in one `/api/broadcast`.
+    pub max_broadcast_channels: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            max_body_size: 1024 * 1024,
+            idempotency_window: Duration::from_secs(300),
+            max_broadcast_channels: 1000,
+        }
+    }
+}
+
+/// One namespace: who may do what, and how much history it keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Fewest `:`-separated segments a channel may have (the namespace counts).
+    pub min_segments: usize,
+    /// Most segments a channel may have.
+    pub max_segments: usize,
+    /// Who may subscribe. Any matching rule grants; an empty list denies.
+    pub subscribe: Vec<Rule>,
+    /// Who may publish from a client connection.
+    pub publish: Vec<Rule>,
+    /// Who may list presence.
+    pub presence: Vec<Rule>,
+    /// Who may read history.
+    pub history: Vec<Rule>,
+    /// Events kept per channel for recovery and history (0 = none).
+    pub history_size: usize,
+    /// How long events stay in history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        Self {
+            min_segments: 1,
+            max_segments: 255,
+            subscribe: Vec::new(),
+            publish: Vec::new(),
+            presence: Vec::new(),
+            history: Vec::new(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One access rule. Every condition it sets must hold; a rule with no condition
+/// (`{}`) holds for every authenticated connection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rule {
+    /// With `claim`: channel segment `segment` (0 = namespace) must equal the string
+    /// claim or be an element of the array claim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<usize>,
+    /// The claim a `segment` or a `value` is checked against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// With `claim`: the claim must equal or contain this value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The roles claim must contain this role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl Rule {
+    /// Segment `segment` must be in claim `claim`.
+    pub fn segment_in_claim(segment: usize, claim: &str) -> Self {
+        Self {
+            segment: Some(segment),
+            claim: Some(claim.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The conventional scopes of the contract: `workspace:{w}[:{type}[:{id}]]` for
+/// members of `w`, `user:{u}` for `u` itself.
+pub fn builtin_namespaces(jwt: &JwtSettings) -> BTreeMap<String, NamespaceConfig> {
+    let member = vec![Rule::segment_in_claim(1, &jwt.workspaces_claim)];
+    let workspace = NamespaceConfig {
+        min_segments: 2,
+        max_segments: 4,
+        subscribe: member.clone(),
+        presence: member.clone(),
+        history: member,
+        ..NamespaceConfig::default()
+    };
+    let own = vec![Rule::segment_in_claim(1, "sub")];
+    let user = NamespaceConfig {
+        min_segments: 2,
+        max_segments: 2,
+        subscribe: own.clone(),
+        presence: own.clone(),
+        history: own,
+        ..NamespaceConfig::default()
+    };
+    BTreeMap::from([
+        ("workspace".to_owned(), workspace),
+        ("user".to_owned(), user),
+    ])
+}
+
+/// A configuration mistake found by [`Config::validate`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting has an unusable value.
+    #[error("{setting}: {problem}")]
+    Invalid {
+        /// Dotted path of the setting.
+        setting: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The JWT settings do not give a usable key.
+    #[error("jwt: {0}")]
+    Jwt(#[from] tidings_auth::ConfigError),
+}
+
+fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// The namespaces in force: the configured ones plus, when enabled, the builtin
+    /// ones not overridden.
+    pub fn effective_namespaces(&self) -> BTreeMap<String, NamespaceConfig> {
+        let mut all = if self.builtin_namespaces {
+            builtin_namespaces(&self.jwt)
+        } else {
+            BTreeMap::new()
+        };
+        all.extend(self.namespaces.clone());
+        all
+    }
+
+    /// Checks values serde cannot: ranges, names, rule shapes. Does not read key files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.connection;
+        for (name, value) in [
+            ("connection.heartbeat", c.heartbeat),
+            ("connection.pong_timeout", c.pong_timeout),
+            ("connection.auth_timeout", c.auth_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(name, "must be greater than zero"));
+            }
+        }
+        for (name, value) in [
+            ("connection.max_message_size", c.max_message_size),
+            ("connection.max_channels", c.max_channels),
+            (
+                "connection.max_connections_per_user",
+                c.max_connections_per_user,
+            ),
+            ("connection.send_queue_messages", c.send_queue_messages),
+            ("connection.send_queue_bytes", c.send_queue_bytes),
+            ("connection.read_buffer_size", c.read_buffer_size),
+            ("connection.write_buffer_size", c.write_buffer_size),
+            ("api.max_body_size", self.api.max_body_size),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be greater than zero"));
+            }
+        }
+        if let Some(key) = &self.api_key {
+            if key.len() < 16 {
+                return Err(invalid("api_key", "must be at least 16 characters"));
+            }
+        }
+        for (name, ns) in &self.namespaces {
+            let prefix = format!("namespaces.{name}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.@/=-".contains(&b))
+            {
+                return Err(invalid(prefix, "not a valid namespace name"));
+            }
+            if ns.min_segments == 0 || ns.min_segments > ns.max_segments {
+                return Err(invalid(
+                    format!("{prefix}.min_segments"),
+                    "must be at least 1 and at most max_segments",
+                ));
+            }
+            for (action, rules) in [
+                ("subscribe", &ns.subscribe),
+                ("publish", &ns.publish),
+                ("presence", &ns.presence),
+                ("history", &ns.history),
+            ] {
+                for (i, rule) in rules.iter().enumerate() {
+                    validate_rule(rule)
+                        .map_err(|p| invalid(format!("{prefix}.{action}[{i}]"), p))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_rule(rule: &Rule) -> Result<(), &'static str> {
+    match (&rule.segment, &rule.claim, &rule.value) {
+        (Some(_), None, _) => Err("`segment` needs a `claim`"),
+        (None, None, Some(_)) => Err("`value` needs a `claim`"),
+        (Some(_), Some(_), Some(_)) => Err("use either `segment` or `value` with a `claim`"),
+        (None, Some(_), None) => Err("`claim` needs a `segment` or a `value`"),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_have_builtin_scopes() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let ns = config.effective_namespaces();
+        assert!(ns.contains_key("workspace") && ns.contains_key("user"));
+    }
+
+    #[test]
+    fn rule_shapes_are_checked() {
+        let mut config = Config::default();
+        config.namespaces.insert(
+            "orders".into(),
+            NamespaceConfig {
+                subscribe: vec![Rule {
+                    segment: Some(1),
+                    ..Rule::default()
+                }],
+                ..NamespaceConfig::default()
+            },
+        );
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("namespaces.orders.subscribe[0]"), "{err}");
+    }
+}

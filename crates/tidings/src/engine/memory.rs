@@ -1,0 +1,364 @@
+//! The in-memory engine: one node, history in a bounded ring per channel.
+//!
+//! Offsets are assigned and events delivered under the channel's lock, so each
+//! channel's events reach the sink in offset order. Channels with no subscribers,
+//! no unexpired history and no pending idempotency keys are reclaimed by a sweep.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use super::{
+    Broker, ChannelPosition, EngineError, EventSink, HistoryPage, HistoryPolicy, HistoryQuery,
+    NewEvent, Publication, PublishOptions, PublishOutcome,
+};
+use crate::protocol::ChannelName;
+
+/// How often the sweep looks for expired history and idle channels.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+struct ChannelState {
+    epoch: Arc<str>,
+    top: u64,
+    history: VecDeque<Arc<Publication>>,
+    policy: HistoryPolicy,
+    idempotency: HashMap<String, (Instant, PublishOutcome)>,
+    /// Set when the sweep removed this state from the map; holders must look again.
+    reclaimed: bool,
+}
+
+impl ChannelState {
+    fn new() -> Self {
+        Self {
+            epoch: Arc::from(new_epoch().as_str()),
+            top: 0,
+            history: VecDeque::new(),
+            policy: HistoryPolicy {
+                size: 0,
+                ttl: Duration::ZERO,
+            },
+            idempotency: HashMap::new(),
+            reclaimed: false,
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.policy.ttl;
+        while let Some(front) = self.history.front() {
+            if now.duration_since(front.received_at) >= ttl {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.idempotency.retain(|_, (expires, _)| *expires > now);
+    }
+
+    fn position(&self) -> ChannelPosition {
+        ChannelPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+fn new_epoch() -> String {
+    // Short and unique enough: epochs only need to differ across resets.
+    let id = ulid::Ulid::generate().to_string();
+    id[id.len() - 10..].to_owned()
+}
+
+fn lock(state: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
+    // A panic while holding the lock cannot leave the ring inconsistent in a way
+    // that matters more than stopping delivery, so keep going with the data.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The single-node engine.
+pub struct MemoryBroker {
+    channels: DashMap<ChannelName, Arc<Mutex<ChannelState>>>,
+    sink: OnceLock<Arc<dyn EventSink>>,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBroker {
+    /// An empty engine. Call [`MemoryBroker::start_sweeper`] to reclaim idle channels.
+    pub fn new() -> Self {
+        Self {
+            channels: DashMap::new(),
+            sink: OnceLock::new(),
+        }
+    }
+
+    /// Runs the reclaiming sweep every `interval` until the engine is dropped.
+    pub fn start_sweeper(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(engine) => engine.sweep(),
+                    None => break,
+                }
+            }
+        })
+    }
+
+    /// Expires history and reclaims idle channels once.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let sink = self.sink.get();
+        self.channels.retain(|channel, state| {
+            let mut st = lock(state);
+            st.expire(now);
+            let idle = st.history.is_empty()
+                && st.idempotency.is_empty()
+                && !sink.is_some_and(|s| s.has_subscribers(channel));
+            if idle {
+                st.reclaimed = true;
+            }
+            !idle
+        });
+    }
+
+    /// The channel's live state, created when absent.
+    fn state(&self, channel: &ChannelName) -> Arc<Mutex<ChannelState>> {
+        self.channels
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(ChannelState::new())))
+            .clone()
+    }
+
+    /// Runs `f` on the channel's state under its lock, retrying if the sweep
+    /// reclaimed it between lookup and lock.
+    fn with_state<R>(&self, channel: &ChannelName, mut f: impl FnMut(&mut ChannelState) -> R) -> R {
+        loop {
+            let state = self.state(channel);
+            let mut st = lock(&state);
+            if !st.reclaimed {
+                return f(&mut st);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        // Only the first sink counts; a hub attaches exactly once.
+        let _ = self.sink.set(sink);
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        event: NewEvent,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError> {
+        let sink = self.sink.get().cloned();
+        let mut event = Some(event);
+        let outcome = self.with_state(channel, |st| {
+            let now = Instant::now();
+            st.policy = options.history;
+            st.expire(now);
+            if let Some(key) = &options.idempotency_key {
+                if let Some((_, first)) = st.idempotency.get(key) {
+                    return PublishOutcome {
+                        duplicate: true,
+                        ..first.clone()
+                    };
+                }
+            }
+            let Some(event) = event.take() else {
+                // Unreachable: the closure publishes at most once per call.
+                return PublishOutcome {
+                    offset: st.top,
+                    epoch: st.epoch.clone(),
+                    id: String::new(),
+                    duplicate: true,
+                };
+            };
+            st.top += 1;
+            let id = event.id.clone();
+            let publication = Arc::new(Publication::new(
+                channel.clone(),
+                st.top,
+                st.epoch.clone(),
+                event,
+            ));
+            if options.history.size > 0 && !options.history.ttl.is_zero() {
+                st.history.push_back(publication.clone());
+                while st.history.len() > options.history.size {
+                    st.history.pop_front();
+                }
+            }
+            let outcome = PublishOutcome {
+                offset: st.top,
+                epoch: st.epoch.clone(),
+                id,
+                duplicate: false,
+            };
+            if let Some(key) = &options.idempotency_key {
+                st.idempotency.insert(
+                    key.clone(),
+                    (now + options.idempotency_window, outcome.clone()),
+                );
+            }
+            // Delivering under the lock keeps the channel's events in offset order.
+            if let Some(sink) = &sink {
+                sink.deliver(&publication);
+            }
+            outcome
+        });
+        Ok(outcome)
+    }
+
+    async fn subscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+        // One node: every event already reaches the sink.
+        Ok(())
+    }
+
+    async fn unsubscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
+        Ok(self.with_state(channel, |st| st.position()))
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        Ok(self.with_state(channel, |st| {
+            st.expire(Instant::now());
+            let after = query.after.unwrap_or(0);
+            let complete = after >= st.top
+                || st
+                    .history
+                    .front()
+                    .is_some_and(|first| first.offset <= after + 1);
+            let limit = query.limit.unwrap_or(usize::MAX);
+            let events = st
+                .history
+                .iter()
+                .filter(|p| p.offset > after)
+                .take(limit)
+                .cloned()
+                .collect();
+            HistoryPage {
+                position: st.position(),
+                events,
+                complete,
+            }
+        }))
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn event(n: u64) -> NewEvent {
+        NewEvent {
+            id: format!("e_{n}"),
+            event: "x".into(),
+            ts: "t".into(),
+            data: RawValue::from_string(n.to_string()).unwrap(),
+            meta: None,
+            audience: None,
+            exclude_client: None,
+        }
+    }
+
+    fn options(size: usize, key: Option<&str>) -> PublishOptions {
+        PublishOptions {
+            history: HistoryPolicy {
+                size,
+                ttl: Duration::from_secs(60),
+            },
+            idempotency_key: key.map(str::to_owned),
+            idempotency_window: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_are_consecutive_and_history_bounded() {
+        let engine = MemoryBroker::new();
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        for n in 1..=10 {
+            let out = engine
+                .publish(&ch, event(n), &options(4, None))
+                .await
+                .unwrap();
+            assert_eq!(out.offset, n);
+        }
+        let page = engine.history(&ch, &HistoryQuery::default()).await.unwrap();
+        let offsets: Vec<u64> = page.events.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![7, 8, 9, 10]);
+        assert!(!page.complete, "events 1..6 were trimmed");
+        let tail = engine
+            .history(
+                &ch,
+                &HistoryQuery {
+                    after: Some(6),
+                    limit: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(tail.complete);
+        assert_eq!(tail.events.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_publishes_once() {
+        let engine = MemoryBroker::new();
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        let first = engine
+            .publish(&ch, event(1), &options(10, Some("k")))
+            .await
+            .unwrap();
+        let again = engine
+            .publish(&ch, event(2), &options(10, Some("k")))
+            .await
+            .unwrap();
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!((first.offset, &first.id), (again.offset, &again.id));
+        assert_eq!(engine.position(&ch).await.unwrap().offset, 1);
+    }
+
+    #[tokio::test]
+    async fn idle_channels_are_reclaimed_with_a_new_epoch() {
+        let engine = MemoryBroker::new();
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        let mut opts = options(10, None);
+        opts.history.ttl = Duration::from_millis(1);
+        engine.publish(&ch, event(1), &opts).await.unwrap();
+        let epoch = engine.position(&ch).await.unwrap().epoch;
+        std::thread::sleep(Duration::from_millis(5));
+        engine.sweep();
+        assert_eq!(engine.channel_count(), 0);
+        let pos = engine.position(&ch).await.unwrap();
+        assert_eq!(pos.offset, 0);
+        assert_ne!(pos.epoch, epoch);
+    }
+}

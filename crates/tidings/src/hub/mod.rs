@@ -1,0 +1,257 @@
+//! The hub: which local connection is on which channel, and fan-out.
+//!
+//! The engine hands each event to [`Hub`] (through [`EventSink`]) once; the hub
+//! encodes it once and queues the same bytes on every subscriber that may see it.
+//! It never blocks on a connection: a full queue closes that connection (4002).
+
+pub mod connection;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use dashmap::DashMap;
+
+pub use connection::{
+    CloseRequest, Connection, ConnectionQueue, Outbound, PushOutcome, QueueLimits,
+};
+
+use crate::engine::{Broker, EngineError, EventSink, Publication};
+use crate::metrics::Metrics;
+use crate::protocol::{ChannelName, CloseCode};
+
+const INTEREST_LOCK_SHARDS: usize = 64;
+
+/// Why a connection could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The user has `max_connections_per_user` connections already.
+    #[error("too many connections for this user")]
+    PerUserLimit,
+    /// The node has `max_connections` connections already.
+    #[error("too many connections on this node")]
+    NodeLimit,
+}
+
+/// Connection-count limits enforced at registration.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Per user.
+    pub per_user: usize,
+    /// Per node; 0 = unlimited.
+    pub total: usize,
+}
+
+/// Local subscribers and fan-out.
+pub struct Hub {
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    limits: ConnectionLimits,
+    subscribers: DashMap<ChannelName, HashMap<u64, Arc<Connection>>>,
+    connections: DashMap<u64, Arc<Connection>>,
+    users: DashMap<Arc<str>, Vec<Arc<Connection>>>,
+    // Serialises "first subscriber here / last one gone" per channel so the
+    // broker's node-level subscribe and unsubscribe cannot overtake each other.
+    interest_locks: Box<[tokio::sync::Mutex<()>]>,
+    interest_hasher: RandomState,
+    next_key: AtomicU64,
+}
+
+struct HubSink(Weak<Hub>);
+
+impl EventSink for HubSink {
+    fn deliver(&self, publication: &Arc<Publication>) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver(publication);
+        }
+    }
+
+    fn has_subscribers(&self, channel: &ChannelName) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|hub| hub.subscribers.contains_key(channel))
+    }
+}
+
+impl Hub {
+    /// A hub fed by `broker`. Attaches itself as the broker's sink.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        limits: ConnectionLimits,
+    ) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            broker: broker.clone(),
+            metrics,
+            limits,
+            subscribers: DashMap::new(),
+            connections: DashMap::new(),
+            users: DashMap::new(),
+            interest_locks: (0..INTEREST_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            interest_hasher: RandomState::new(),
+            next_key: AtomicU64::new(1),
+        });
+        broker.attach(Arc::new(HubSink(Arc::downgrade(&hub))));
+        hub
+    }
+
+    /// A fresh internal connection key.
+    pub fn next_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connection, enforcing the per-user and per-node limits.
+    pub fn register(&self, connection: &Arc<Connection>) -> Result<(), RegisterError> {
+        if self.limits.total > 0 && self.connections.len() >= self.limits.total {
+            return Err(RegisterError::NodeLimit);
+        }
+        let mut entry = self.users.entry(connection.user.clone()).or_default();
+        if entry.len() >= self.limits.per_user {
+            return Err(RegisterError::PerUserLimit);
+        }
+        entry.push(connection.clone());
+        drop(entry);
+        self.connections.insert(connection.key, connection.clone());
+        self.metrics.connection_opened();
+        Ok(())
+    }
+
+    /// Removes a connection and all its subscriptions.
+    pub async fn unregister(
+        &self,
+        connection: &Arc<Connection>,
+        channels: impl IntoIterator<Item = ChannelName>,
+    ) {
+        for channel in channels {
+            self.remove_subscription(&channel, connection).await;
+        }
+        if self.connections.remove(&connection.key).is_some() {
+            self.metrics.connection_closed();
+        }
+        self.users.remove_if_mut(&connection.user, |_, list| {
+            list.retain(|c| c.key != connection.key);
+            list.is_empty()
+        });
+    }
+
+    fn interest_lock(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
+        let shard = self.interest_hasher.hash_one(channel) as usize % self.interest_locks.len();
+        &self.interest_locks[shard]
+    }
+
+    /// Adds `connection` to `channel`'s subscribers; from now on it receives the
+    /// channel's events.
+    pub async fn add_subscription(
+        &self,
+        channel: &ChannelName,
+        connection: &Arc<Connection>,
+    ) -> Result<(), EngineError> {
+        let _guard = self.interest_lock(channel).lock().await;
+        if !self.subscribers.contains_key(channel) {
+            self.broker.subscribe_node(channel).await?;
+        }
+        self.subscribers
+            .entry(channel.clone())
+            .or_default()
+            .insert(connection.key, connection.clone());
+        self.metrics.subscription_added();
+        Ok(())
+    }
+
+    /// Removes `connection` from `channel`; returns whether it was there.
+    pub async fn remove_subscription(
+        &self,
+        channel: &ChannelName,
+        connection: &Connection,
+    ) -> bool {
+        let _guard = self.interest_lock(channel).lock().await;
+        let mut removed = false;
+        let mut now_empty = false;
+        self.subscribers.remove_if_mut(channel, |_, subs| {
+            removed = subs.remove(&connection.key).is_some();
+            now_empty = subs.is_empty();
+            now_empty
+        });
+        if removed {
+            self.metrics.subscription_removed();
+        }
+        if now_empty {
+            if let Err(err) = self.broker.unsubscribe_node(channel).await {
+                tracing::warn!(%channel, error = %err, "broker unsubscribe failed");
+            }
+        }
+        removed
+    }
+
+    /// Fans one event out to local subscribers: encoded once, queued on each.
+    pub fn deliver(&self, publication: &Arc<Publication>) {
+        let Some(subs) = self.subscribers.get(&publication.channel) else {
+            return;
+        };
+        publication.encoded();
+        let mut delivered = 0u64;
+        for connection in subs.values() {
+            if connection.push(publication) == PushOutcome::Queued {
+                delivered += 1;
+            }
+        }
+        drop(subs);
+        self.metrics.events_fanned_out(delivered);
+    }
+
+    /// Asks every connection of `user` to close with `code`; returns how many.
+    pub fn disconnect_user(&self, user: &str, code: CloseCode, reason: Option<String>) -> usize {
+        let connections: Vec<Arc<Connection>> = self
+            .users
+            .get(user)
+            .map(|list| list.clone())
+            .unwrap_or_default();
+        for connection in &connections {
+            connection.request_close(code, reason.clone());
+        }
+        connections.len()
+    }
+
+    /// Removes every connection of `user` from `channel`, telling each with an
+    /// `unsubscribed` push; returns how many were removed.
+    pub async fn unsubscribe_user(&self, user: &str, channel: &ChannelName, reason: &str) -> usize {
+        let connections: Vec<Arc<Connection>> = self
+            .users
+            .get(user)
+            .map(|list| list.clone())
+            .unwrap_or_default();
+        let mut count = 0;
+        for connection in connections {
+            if self.remove_subscription(channel, &connection).await {
+                connection.push_unsubscribed(channel.clone(), reason.to_owned());
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Asks every connection to close with `code` (shutdown).
+    pub fn close_all(&self, code: CloseCode) {
+        for entry in self.connections.iter() {
+            entry.value().request_close(code, None);
+        }
+    }
+
+    /// Connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// The broker feeding this hub.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+}

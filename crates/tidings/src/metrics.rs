@@ -1,0 +1,170 @@
+//! Prometheus metrics, owned by one server instance (no global recorder, so an
+//! embedding application or a test can run several servers in one process).
+
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The server's metrics.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    connections: Gauge,
+    subscriptions: Gauge,
+    hub_channels: Gauge,
+    engine_channels: Gauge,
+    events_published: Counter,
+    events_delivered: Counter,
+    slow_consumer_closes: Counter,
+    auth_failures: Counter,
+    publish_to_write: Histogram,
+    _recorder: PrometheusRecorder,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new("tidings", Level::INFO, Some("tidings"));
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics with their own recorder.
+    pub fn new() -> Self {
+        let builder = PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full("tidings_publish_to_write_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            (
+                KeyName::from_const_str(name),
+                unit,
+                SharedString::const_str(help),
+            )
+        };
+        let gauge = |name: &'static str, help: &'static str| {
+            let (key, unit, help) = describe(name, None, help);
+            recorder.describe_gauge(key, unit, help);
+            recorder.register_gauge(&Key::from_static_name(name), &METADATA)
+        };
+        let counter = |name: &'static str, help: &'static str| {
+            let (key, unit, help) = describe(name, None, help);
+            recorder.describe_counter(key, unit, help);
+            recorder.register_counter(&Key::from_static_name(name), &METADATA)
+        };
+        let connections = gauge(
+            "tidings_connections",
+            "Open client connections on this node.",
+        );
+        let subscriptions = gauge(
+            "tidings_subscriptions",
+            "Channel subscriptions of local connections.",
+        );
+        let hub_channels = gauge(
+            "tidings_channels",
+            "Channels with at least one local subscriber.",
+        );
+        let engine_channels = gauge(
+            "tidings_engine_channels",
+            "Channels the engine holds state (offsets, history) for.",
+        );
+        let events_published = counter("tidings_events_published_total", "Events published.");
+        let events_delivered = counter(
+            "tidings_events_delivered_total",
+            "Events queued for delivery to connections.",
+        );
+        let slow_consumer_closes = counter(
+            "tidings_slow_consumer_closes_total",
+            "Connections closed because their send queue overflowed (4002).",
+        );
+        let auth_failures = counter(
+            "tidings_auth_failures_total",
+            "Refused tokens and API keys.",
+        );
+        let (key, unit, help) = describe(
+            "tidings_publish_to_write_seconds",
+            Some(Unit::Seconds),
+            "Time from an event reaching this node to its write to a socket.",
+        );
+        recorder.describe_histogram(key, unit, help);
+        let publish_to_write = recorder.register_histogram(
+            &Key::from_static_name("tidings_publish_to_write_seconds"),
+            &METADATA,
+        );
+        Self {
+            handle: recorder.handle(),
+            connections,
+            subscriptions,
+            hub_channels,
+            engine_channels,
+            events_published,
+            events_delivered,
+            slow_consumer_closes,
+            auth_failures,
+            publish_to_write,
+            _recorder: recorder,
+        }
+    }
+
+    /// Renders the Prometheus text exposition, with the channel gauges as given.
+    pub fn render(&self, hub_channels: usize, engine_channels: usize) -> String {
+        self.hub_channels.set(hub_channels as f64);
+        self.engine_channels.set(engine_channels as f64);
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into buckets; call periodically so samples do not
+    /// pile up between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.increment(1.0);
+    }
+    pub(crate) fn connection_closed(&self) {
+        self.connections.decrement(1.0);
+    }
+    pub(crate) fn subscription_added(&self) {
+        self.subscriptions.increment(1.0);
+    }
+    pub(crate) fn subscription_removed(&self) {
+        self.subscriptions.decrement(1.0);
+    }
+    pub(crate) fn event_published(&self) {
+        self.events_published.increment(1);
+    }
+    pub(crate) fn events_fanned_out(&self, delivered: u64) {
+        if delivered > 0 {
+            self.events_delivered.increment(delivered);
+        }
+    }
+    pub(crate) fn slow_consumer_closed(&self) {
+        self.slow_consumer_closes.increment(1);
+    }
+    pub(crate) fn auth_failed(&self) {
+        self.auth_failures.increment(1);
+    }
+    pub(crate) fn written(&self, latency: Duration) {
+        self.publish_to_write.record(latency.as_secs_f64());
+    }
+}

@@ -1,0 +1,351 @@
+//! Publishing: the one path every event takes into the engine, whether it comes
+//! from the HTTP API, a client connection, or a Rust backend embedding Tidings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::access::{AccessError, AccessPolicy};
+use crate::engine::{Audience, Broker, EngineError, HistoryPolicy, NewEvent, PublishOptions};
+use crate::metrics::Metrics;
+use crate::protocol::time::{new_event_id, now_timestamp};
+use crate::protocol::{ChannelName, EntityRef, ErrorCode, EventMeta};
+
+/// Longest event name or idempotency key, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// One event to publish (the body of `POST /api/publish`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Channel name.
+    pub channel: String,
+    /// Event name, e.g. `applications.updated`.
+    pub event: String,
+    /// Payload: any JSON.
+    pub data: Box<RawValue>,
+    /// Publisher metadata.
+    #[serde(default)]
+    pub meta: Option<EventMeta>,
+    /// Restricts who receives it.
+    #[serde(default)]
+    pub audience: Option<Audience>,
+    /// A connection id that must not receive it.
+    #[serde(default)]
+    pub exclude_client: Option<String>,
+    /// Deduplication key.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The body of `POST /api/broadcast`: one event to several channels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    /// Channel names.
+    pub channels: Vec<String>,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    pub data: Box<RawValue>,
+    /// Publisher metadata.
+    #[serde(default)]
+    pub meta: Option<EventMeta>,
+    /// Restricts who receives it.
+    #[serde(default)]
+    pub audience: Option<Audience>,
+    /// A connection id that must not receive it.
+    #[serde(default)]
+    pub exclude_client: Option<String>,
+    /// Deduplication key (per channel).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// What happened to an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityAction {
+    /// Created.
+    Created,
+    /// Updated.
+    Updated,
+    /// Deleted.
+    Deleted,
+}
+
+impl EntityAction {
+    /// The lowercase name used in event names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// The body of `POST /api/events`: an entity change, fanned to the workspace, the
+/// entity type and the entity channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityChange {
+    /// Workspace (tenant) id.
+    pub workspace: String,
+    /// The entity.
+    pub entity: EntityRef,
+    /// What happened.
+    pub action: EntityAction,
+    /// Payload (defaults to `null`).
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+    /// Who made the change.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// The request that caused it.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// Restricts who receives it.
+    #[serde(default)]
+    pub audience: Option<Audience>,
+    /// A connection id that must not receive it.
+    #[serde(default)]
+    pub exclude_client: Option<String>,
+    /// Deduplication key (per channel).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Where one event landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// Channel name.
+    pub channel: String,
+    /// Offset in the channel.
+    pub offset: u64,
+    /// Event id.
+    pub id: String,
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The channel's namespace is not configured.
+    #[error("unknown channel {0}")]
+    UnknownChannel(String),
+    /// The publisher may not publish there.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl PublishError {
+    /// The contract's error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::UnknownChannel(_) => ErrorCode::UnknownChannel,
+            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::Engine(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<AccessError> for PublishError {
+    fn from(err: AccessError) -> Self {
+        match err {
+            AccessError::UnknownChannel(c) => Self::UnknownChannel(c),
+            e @ AccessError::PermissionDenied { .. } => Self::PermissionDenied(e.to_string()),
+        }
+    }
+}
+
+/// Publishes events. Cheap to clone; this is the handle an embedding backend keeps.
+#[derive(Clone)]
+pub struct Publisher {
+    broker: Arc<dyn Broker>,
+    access: AccessPolicy,
+    metrics: Arc<Metrics>,
+    idempotency_window: Duration,
+}
+
+/// The event fields shared by every channel of a multi-channel publish.
+struct EventTemplate {
+    event: String,
+    data: Box<RawValue>,
+    meta: Option<EventMeta>,
+    audience: Option<Audience>,
+    exclude_client: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+fn check_name(what: &str, value: &str) -> Result<(), PublishError> {
+    if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+        return Err(PublishError::BadRequest(format!(
+            "{what} must be 1-{MAX_NAME_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Publisher {
+    /// A publisher over `broker`, placing events per the namespaces of `access`.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        access: AccessPolicy,
+        metrics: Arc<Metrics>,
+        idempotency_window: Duration,
+    ) -> Self {
+        Self {
+            broker,
+            access,
+            metrics,
+            idempotency_window,
+        }
+    }
+
+    /// Publishes one event.
+    pub async fn publish(&self, request: PublishRequest) -> Result<Published, PublishError> {
+        let channel = self.resolve(&request.channel)?;
+        let template = EventTemplate {
+            event: request.event,
+            data: request.data,
+            meta: request.meta,
+            audience: request.audience,
+            exclude_client: request.exclude_client,
+            idempotency_key: request.idempotency_key,
+        };
+        self.check_template(&template)?;
+        self.place(&channel, &template, new_event_id()).await
+    }
+
+    /// Publishes one event to several channels. Every channel is checked before
+    /// anything is published. The event keeps one id across channels.
+    pub async fn broadcast(
+        &self,
+        request: BroadcastRequest,
+    ) -> Result<Vec<Published>, PublishError> {
+        if request.channels.is_empty() {
+            return Err(PublishError::BadRequest("`channels` is empty".into()));
+        }
+        let channels = request
+            .channels
+            .iter()
+            .map(|c| self.resolve(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let template = EventTemplate {
+            event: request.event,
+            data: request.data,
+            meta: request.meta,
+            audience: request.audience,
+            exclude_client: request.exclude_client,
+            idempotency_key: request.idempotency_key,
+        };
+        self.check_template(&template)?;
+        let id = new_event_id();
+        let mut results = Vec::with_capacity(channels.len());
+        for channel in &channels {
+            results.push(self.place(channel, &template, id.clone()).await?);
+        }
+        Ok(results)
+    }
+
+    /// Publishes an entity change as `{type}.{action}` to `workspace:{w}`,
+    /// `workspace:{w}:{type}` and `workspace:{w}:{type}:{id}`, with `meta.entity`.
+    pub async fn publish_entity_change(
+        &self,
+        change: EntityChange,
+    ) -> Result<Vec<Published>, PublishError> {
+        for (what, value) in [
+            ("workspace", &change.workspace),
+            ("entity.type", &change.entity.entity_type),
+            ("entity.id", &change.entity.id),
+        ] {
+            if value.is_empty() || value.contains(':') {
+                return Err(PublishError::BadRequest(format!(
+                    "{what} must be non-empty and contain no ':'"
+                )));
+            }
+        }
+        let base = format!("workspace:{}", change.workspace);
+        let typed = format!("{base}:{}", change.entity.entity_type);
+        let single = format!("{typed}:{}", change.entity.id);
+        let event = format!("{}.{}", change.entity.entity_type, change.action.as_str());
+        let data = match change.data {
+            Some(data) => data,
+            None => RawValue::from_string("null".to_owned())
+                .map_err(|e| PublishError::BadRequest(e.to_string()))?,
+        };
+        self.broadcast(BroadcastRequest {
+            channels: vec![base, typed, single],
+            event,
+            data,
+            meta: Some(EventMeta {
+                actor: change.actor,
+                correlation_id: change.correlation_id,
+                entity: Some(change.entity),
+            }),
+            audience: change.audience,
+            exclude_client: change.exclude_client,
+            idempotency_key: change.idempotency_key,
+        })
+        .await
+    }
+
+    fn resolve(&self, name: &str) -> Result<ChannelName, PublishError> {
+        let channel = ChannelName::parse(name)
+            .map_err(|e| PublishError::BadRequest(format!("channel: {e}")))?;
+        self.access.namespace(&channel)?;
+        Ok(channel)
+    }
+
+    fn check_template(&self, template: &EventTemplate) -> Result<(), PublishError> {
+        check_name("event", &template.event)?;
+        if let Some(key) = &template.idempotency_key {
+            check_name("idempotency_key", key)?;
+        }
+        Ok(())
+    }
+
+    async fn place(
+        &self,
+        channel: &ChannelName,
+        template: &EventTemplate,
+        id: String,
+    ) -> Result<Published, PublishError> {
+        let namespace = self.access.namespace(channel)?;
+        let options = PublishOptions {
+            history: HistoryPolicy {
+                size: namespace.config.history_size,
+                ttl: namespace.config.history_ttl,
+            },
+            idempotency_key: template.idempotency_key.clone(),
+            idempotency_window: self.idempotency_window,
+        };
+        let event = NewEvent {
+            id,
+            event: template.event.clone(),
+            ts: now_timestamp(),
+            data: template.data.clone(),
+            meta: template.meta.clone(),
+            audience: template.audience.clone(),
+            exclude_client: template.exclude_client.clone(),
+        };
+        let outcome = self.broker.publish(channel, event, &options).await?;
+        if !outcome.duplicate {
+            self.metrics.event_published();
+        }
+        Ok(Published {
+            channel: channel.to_string(),
+            offset: outcome.offset,
+            id: outcome.id,
+        })
+    }
+}

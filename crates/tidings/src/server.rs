@@ -1,0 +1,188 @@
+//! Assembling a server: state shared by every transport, the axum router, and
+//! graceful shutdown. [`Tidings`] is what an embedding backend holds.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use tidings_auth::{ApiKey, TokenVerifier};
+use tokio::net::TcpListener;
+
+use crate::access::AccessPolicy;
+use crate::config::{Config, ConfigError};
+use crate::engine::memory::{MemoryBroker, DEFAULT_SWEEP_INTERVAL};
+use crate::engine::Broker;
+use crate::hub::{ConnectionLimits, Hub};
+use crate::metrics::Metrics;
+use crate::protocol::CloseCode;
+use crate::publisher::{PublishError, PublishRequest, Published, Publisher};
+use crate::transport;
+
+/// Everything the transports share.
+pub struct ServerState {
+    /// The configuration in force.
+    pub config: Config,
+    /// This node's id.
+    pub node: String,
+    /// Verifies client tokens.
+    pub verifier: TokenVerifier,
+    /// The backend API key, if the server API is enabled.
+    pub api_key: Option<ApiKey>,
+    /// Namespaces and rules.
+    pub access: AccessPolicy,
+    /// Local subscribers and fan-out.
+    pub hub: Arc<Hub>,
+    /// The publish path.
+    pub publisher: Publisher,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A Tidings server: mount [`Tidings::router`] in an axum app (or call
+/// [`Tidings::serve`]) and publish with [`Tidings::publish`].
+#[derive(Clone)]
+pub struct Tidings {
+    state: Arc<ServerState>,
+}
+
+impl std::fmt::Debug for Tidings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tidings")
+            .field("node", &self.state.node)
+            .finish()
+    }
+}
+
+impl Tidings {
+    /// A server on the in-memory engine. Must be called within a Tokio runtime
+    /// (it starts the history sweep and metrics upkeep).
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let engine = Arc::new(MemoryBroker::new());
+        engine.start_sweeper(DEFAULT_SWEEP_INTERVAL);
+        Self::with_broker(config, engine)
+    }
+
+    /// A server on the given engine.
+    pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let verifier = TokenVerifier::new(&config.jwt)?;
+        let metrics = Arc::new(Metrics::new());
+        let access = AccessPolicy::new(&config);
+        let hub = Hub::new(
+            broker.clone(),
+            metrics.clone(),
+            ConnectionLimits {
+                per_user: config.connection.max_connections_per_user,
+                total: config.connection.max_connections,
+            },
+        );
+        let publisher = Publisher::new(
+            broker,
+            access.clone(),
+            metrics.clone(),
+            config.api.idempotency_window,
+        );
+        let node = config
+            .node
+            .clone()
+            .unwrap_or_else(|| format!("n_{}", &ulid::Ulid::generate().to_string()[16..]));
+        let api_key = config.api_key.clone().map(ApiKey::new);
+        spawn_metrics_upkeep(&metrics);
+        let state = Arc::new(ServerState {
+            config,
+            node,
+            verifier,
+            api_key,
+            access,
+            hub,
+            publisher,
+            metrics,
+        });
+        Ok(Self { state })
+    }
+
+    /// The axum router with every transport and endpoint.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        Router::new()
+            .route("/ws", get(transport::websocket::upgrade))
+            .route("/api/ws", get(transport::websocket::upgrade))
+            .merge(transport::api::routes(state.clone()))
+            .merge(transport::ops::routes(state.config.console))
+            .layer(DefaultBodyLimit::max(state.config.api.max_body_size))
+            .with_state(state)
+    }
+
+    /// The publish handle (cheap to clone).
+    pub fn publisher(&self) -> Publisher {
+        self.state.publisher.clone()
+    }
+
+    /// Publishes one event, as `POST /api/publish` does.
+    pub async fn publish(&self, request: PublishRequest) -> Result<Published, PublishError> {
+        self.state.publisher.publish(request).await
+    }
+
+    /// Shared state, for transports and tests.
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Tells every client to reconnect elsewhere (1012) and waits up to `drain`
+    /// for the connections to close.
+    pub async fn shutdown(&self, drain: Duration) {
+        let hub = &self.state.hub;
+        hub.close_all(CloseCode::Restarting);
+        let deadline = tokio::time::Instant::now() + drain;
+        while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Serves on `listener` until `signal` resolves, then stops accepting, sends
+    /// every client 1012 and drains for `connection.shutdown_drain`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app = self.router();
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        signal.await;
+        tracing::info!("shutting down: closing connections with 1012");
+        let _ = stop_tx.send(true);
+        self.shutdown(self.state.config.connection.shutdown_drain)
+            .await;
+        match tokio::time::timeout(Duration::from_secs(1), server).await {
+            Ok(Ok(result)) => result,
+            // The HTTP side only waits on plain requests; upgraded sockets are
+            // already drained above, so stop waiting after a short grace.
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
+    }
+}
+
+fn spawn_metrics_upkeep(metrics: &Arc<Metrics>) {
+    let weak = Arc::downgrade(metrics);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(metrics) => metrics.run_upkeep(),
+                None => break,
+            }
+        }
+    });
+}

@@ -1,0 +1,182 @@
+//! The server API (§6): how backends publish and manage connections.
+//! Every route needs the API key (`Authorization: Bearer` or `X-API-Key`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::{bearer_token, ApiError};
+use crate::protocol::{ChannelName, CloseCode, ErrorCode};
+use crate::publisher::{BroadcastRequest, EntityChange, PublishError, PublishRequest};
+use crate::server::ServerState;
+
+/// The `/api/*` routes (without `/api/ws`, which the WebSocket transport serves).
+pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/api/publish", post(publish))
+        .route("/api/broadcast", post(broadcast))
+        .route("/api/events", post(entity_event))
+        .route("/api/disconnect", post(disconnect))
+        .route("/api/unsubscribe", post(unsubscribe))
+        .route("/api/presence", get(not_yet))
+        .route("/api/history", get(not_yet))
+        .route_layer(middleware::from_fn_with_state(state, require_api_key))
+}
+
+async fn require_api_key(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented =
+        bearer_token(&headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let Some(key) = &state.api_key else {
+        return ApiError::new(
+            ErrorCode::Unauthorized,
+            "the server API is disabled: no api_key is configured",
+        )
+        .into_response();
+    };
+    match presented {
+        Some(presented) if key.matches(presented) => next.run(request).await,
+        _ => {
+            state.metrics.auth_failed();
+            ApiError::new(ErrorCode::Unauthorized, "missing or invalid API key").into_response()
+        }
+    }
+}
+
+/// Parses a JSON body, answering malformed or oversized bodies with the
+/// contract's error shape.
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::LimitExceeded,
+                "request body exceeds api.max_body_size",
+            )
+        } else {
+            ApiError::new(ErrorCode::BadRequest, e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
+}
+
+impl From<PublishError> for ApiError {
+    fn from(err: PublishError) -> Self {
+        if let PublishError::Engine(e) = &err {
+            tracing::error!(error = %e, "publish failed in the engine");
+        }
+        ApiError::new(err.code(), err.to_string())
+    }
+}
+
+async fn publish(
+    State(state): State<Arc<ServerState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: PublishRequest = parse_body(body)?;
+    let published = state.publisher.publish(request).await?;
+    Ok(Json(published).into_response())
+}
+
+async fn broadcast(
+    State(state): State<Arc<ServerState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: BroadcastRequest = parse_body(body)?;
+    let max = state.config.api.max_broadcast_channels;
+    if request.channels.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("at most {max} channels per broadcast"),
+        ));
+    }
+    let results = state.publisher.broadcast(request).await?;
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+async fn entity_event(
+    State(state): State<Arc<ServerState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let change: EntityChange = parse_body(body)?;
+    let event = format!("{}.{}", change.entity.entity_type, change.action.as_str());
+    let results = state.publisher.publish_entity_change(change).await?;
+    Ok(Json(json!({ "event": event, "results": results })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    user: String,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn disconnect(
+    State(state): State<Arc<ServerState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: DisconnectRequest = parse_body(body)?;
+    let code = match request.code {
+        None => CloseCode::DisconnectedByApi,
+        Some(n) => CloseCode::from_code(n)
+            .filter(|c| c.code() >= 4000)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    "code must be one of the 4xxx close codes of the contract",
+                )
+            })?,
+    };
+    let count = state
+        .hub
+        .disconnect_user(&request.user, code, request.reason);
+    Ok(Json(json!({ "disconnected": count })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeRequest {
+    user: String,
+    channel: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn unsubscribe(
+    State(state): State<Arc<ServerState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: UnsubscribeRequest = parse_body(body)?;
+    let channel = ChannelName::parse(&request.channel)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
+    let reason = request
+        .reason
+        .as_deref()
+        .unwrap_or("unsubscribed by the server");
+    let count = state
+        .hub
+        .unsubscribe_user(&request.user, &channel, reason)
+        .await;
+    Ok(Json(json!({ "unsubscribed": count })).into_response())
+}
+
+async fn not_yet() -> ApiError {
+    ApiError::new(ErrorCode::NotAvailable, "not available on this server yet")
+}

@@ -1,0 +1,791 @@
+//! The WebSocket transport (`/ws`, `/api/ws`): authentication, the request loop,
+//! heartbeats, token expiry, and writing queued events.
+//!
+//! One task per connection owns the socket: it reads requests, writes replies and
+//! queued events (coalesced into one flush), and watches a single deadline for
+//! pings, pong timeouts and token expiry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use serde::Deserialize;
+use tidings_auth::Identity;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::http::{bearer_token, check_origin, ApiError};
+use crate::access::{AccessError, Action};
+use crate::engine::{HistoryQuery, Publication};
+use crate::hub::{CloseRequest, Connection, ConnectionQueue, Outbound, QueueLimits, RegisterError};
+use crate::protocol::time::{format_unix_seconds, new_client_id};
+use crate::protocol::{
+    parse_request, ChannelName, CloseCode, ErrorCode, EventMeta, Request, RequestId, ServerMessage,
+    StreamPosition, PROTOCOL_VERSION, SUBPROTOCOL,
+};
+use crate::publisher::PublishRequest;
+use crate::server::ServerState;
+
+/// Most queued events written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long a closing connection waits to get its close frame out.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Query parameters of the upgrade request.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: verifies a header or query token before upgrading (401 if bad), or
+/// upgrades and waits for an `auth` message.
+pub async fn upgrade(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Query(query): Query<ConnectQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err(err) = check_origin(&state.config.allowed_origins, &headers) {
+        return err.into_response();
+    }
+    let token = bearer_token(&headers).or(query.token.as_deref());
+    let identity = match token {
+        Some(token) => match state.verifier.verify(token) {
+            Ok(identity) => Some(identity),
+            Err(err) => {
+                state.metrics.auth_failed();
+                tracing::info!(reason = %err, "websocket token refused");
+                return ApiError::new(ErrorCode::Unauthorized, err.to_string()).into_response();
+            }
+        },
+        None => None,
+    };
+    let settings = &state.config.connection;
+    upgrade
+        .protocols([SUBPROTOCOL])
+        .read_buffer_size(settings.read_buffer_size)
+        .write_buffer_size(settings.write_buffer_size)
+        .max_write_buffer_size(
+            settings
+                .send_queue_bytes
+                .max(settings.write_buffer_size * 2),
+        )
+        .max_message_size(settings.max_message_size)
+        .max_frame_size(settings.max_message_size)
+        .on_upgrade(move |socket| run(socket, state, identity))
+}
+
+async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identity>) {
+    let mut socket = socket;
+    let identity = match identity {
+        Some(identity) => identity,
+        None => match authenticate_first_message(&mut socket, &state).await {
+            Some(identity) => identity,
+            None => return,
+        },
+    };
+    let client_id: Arc<str> = Arc::from(new_client_id().as_str());
+    let span = tracing::info_span!("conn", client = %client_id, user = %identity.user);
+    async move {
+        let settings = &state.config.connection;
+        let (connection, queue) = Connection::new(
+            state.hub.next_key(),
+            client_id.clone(),
+            identity.user.clone(),
+            identity.roles.clone(),
+            QueueLimits {
+                messages: settings.send_queue_messages,
+                bytes: settings.send_queue_bytes,
+            },
+        );
+        if let Err(err) = state.hub.register(&connection) {
+            let reason = match err {
+                RegisterError::PerUserLimit => "too many connections for this user",
+                RegisterError::NodeLimit => "connection limit reached",
+            };
+            tracing::info!(reason, "connection refused");
+            close_socket(&mut socket, CloseCode::ConnectionLimit, reason).await;
+            return;
+        }
+        tracing::debug!("connected");
+        let mut session = Session {
+            socket,
+            state: state.clone(),
+            identity,
+            connection: connection.clone(),
+            queue,
+            subscriptions: HashMap::new(),
+            bad_requests: 0,
+            pong_deadline: None,
+            next_ping: Instant::now() + state.config.connection.heartbeat,
+        };
+        let end = session.serve().await;
+        let channels: Vec<ChannelName> = session.subscriptions.keys().cloned().collect();
+        state.hub.unregister(&connection, channels).await;
+        if let SessionEnd::Closed(CloseCode::SlowConsumer) = end {
+            state.metrics.slow_consumer_closed();
+        }
+        tracing::debug!(?end, "disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Waits for `{"type":"auth"}` within `auth_timeout`.
+async fn authenticate_first_message(
+    socket: &mut WebSocket,
+    state: &ServerState,
+) -> Option<Identity> {
+    let timeout = state.config.connection.auth_timeout;
+    let first = tokio::time::timeout(timeout, socket.recv()).await;
+    let text = match first {
+        Err(_) => {
+            close_socket(
+                socket,
+                CloseCode::Unauthorized,
+                "no auth message within auth_timeout",
+            )
+            .await;
+            return None;
+        }
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(Some(Ok(Message::Binary(_)))) => {
+            close_socket(
+                socket,
+                CloseCode::ProtocolViolation,
+                "binary frames are not supported",
+            )
+            .await;
+            return None;
+        }
+        Ok(_) => return None,
+    };
+    let (id, token) = match parse_request(text.as_str()) {
+        Ok((id, Request::Auth { token })) => (id, token),
+        Ok((id, _)) => {
+            send_error(
+                socket,
+                id,
+                ErrorCode::Unauthorized,
+                "the first message must be auth",
+            )
+            .await;
+            close_socket(socket, CloseCode::Unauthorized, "not authenticated").await;
+            return None;
+        }
+        Err(bad) => {
+            send_error(socket, bad.id, ErrorCode::BadRequest, &bad.message).await;
+            close_socket(socket, CloseCode::Unauthorized, "not authenticated").await;
+            return None;
+        }
+    };
+    match state.verifier.verify(&token) {
+        Ok(identity) => Some(identity),
+        Err(err) => {
+            state.metrics.auth_failed();
+            tracing::info!(reason = %err, "auth message token refused");
+            let code = if err.is_expired() {
+                ErrorCode::TokenExpired
+            } else {
+                ErrorCode::Unauthorized
+            };
+            send_error(socket, id, code, &err.to_string()).await;
+            close_socket(socket, CloseCode::Unauthorized, "unauthorized").await;
+            None
+        }
+    }
+}
+
+async fn send_error(socket: &mut WebSocket, id: Option<RequestId>, code: ErrorCode, message: &str) {
+    let text = ServerMessage::error(id, code, message).to_json();
+    let _ =
+        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Text(text.into()))).await;
+}
+
+/// Sends `disconnect` then a close frame with the same code, bounded in time.
+async fn close_socket(socket: &mut WebSocket, code: CloseCode, reason: &str) {
+    let notice = ServerMessage::Disconnect {
+        code: code.code(),
+        reason: reason.to_owned(),
+        reconnect: code.reconnect(),
+    };
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+        socket.feed(Message::Text(notice.to_json().into())).await?;
+        socket.send(Message::Close(Some(frame))).await
+    })
+    .await;
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The client closed or the socket failed.
+    ClientGone,
+    /// The server closed with this code.
+    Closed(CloseCode),
+}
+
+/// Per-subscription state kept by the connection task.
+struct Subscription {
+    epoch: Arc<str>,
+    /// Highest offset delivered (or covered by `subscribed.offset`); later queue
+    /// items at or below it are duplicates of what the client already has.
+    offset: u64,
+}
+
+struct Session {
+    socket: WebSocket,
+    state: Arc<ServerState>,
+    identity: Identity,
+    connection: Arc<Connection>,
+    queue: ConnectionQueue,
+    subscriptions: HashMap<ChannelName, Subscription>,
+    bad_requests: u32,
+    pong_deadline: Option<Instant>,
+    next_ping: Instant,
+}
+
+/// A request's failure: the error reply to send.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<AccessError> for Refusal {
+    fn from(err: AccessError) -> Self {
+        let code = match err {
+            AccessError::UnknownChannel(_) => ErrorCode::UnknownChannel,
+            AccessError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+/// Why the request loop must stop.
+enum Stop {
+    Close(CloseCode, String),
+    Gone,
+}
+
+/// How a request failed: the connection must stop, or the request is refused
+/// with an error reply and the connection goes on.
+enum Failure {
+    Stop(Stop),
+    Refuse(Refusal),
+}
+
+impl Session {
+    fn token_deadline(&self) -> Option<Instant> {
+        let expires = self.identity.expires_at?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Some(Instant::now() + Duration::from_secs(expires.saturating_sub(now)))
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = self.next_ping;
+        if let Some(pong) = self.pong_deadline {
+            deadline = deadline.min(pong);
+        }
+        if let Some(expiry) = self.token_deadline() {
+            deadline = deadline.min(expiry);
+        }
+        deadline
+    }
+
+    async fn serve(&mut self) -> SessionEnd {
+        if let Err(stop) = self.send_connected().await {
+            return self.finish(stop).await;
+        }
+        let connection = self.connection.clone();
+        let stop = loop {
+            let deadline = self.next_deadline();
+            let step = tokio::select! {
+                biased;
+                request = connection.close_requested() => Err(Stop::Close(request.code, request.reason)),
+                frame = self.socket.recv() => self.on_frame(frame).await,
+                item = self.queue.recv() => match item {
+                    Some(item) => self.write_queued(item).await,
+                    None => Err(Stop::Gone),
+                },
+                () = tokio::time::sleep_until(deadline) => self.on_deadline().await,
+            };
+            if let Err(stop) = step {
+                break stop;
+            }
+        };
+        self.finish(stop).await
+    }
+
+    async fn finish(&mut self, stop: Stop) -> SessionEnd {
+        match stop {
+            Stop::Gone => SessionEnd::ClientGone,
+            Stop::Close(code, reason) => {
+                close_socket(&mut self.socket, code, &reason).await;
+                SessionEnd::Closed(code)
+            }
+        }
+    }
+
+    async fn send_connected(&mut self) -> Result<(), Stop> {
+        let message = ServerMessage::Connected {
+            client: self.connection.client_id.to_string(),
+            user: self.identity.user.to_string(),
+            heartbeat: duration_ms(self.state.config.connection.heartbeat),
+            expires_at: self.identity.expires_at.map(format_unix_seconds),
+            node: self.state.node.clone(),
+            version: PROTOCOL_VERSION,
+        };
+        self.send(&message).await
+    }
+
+    /// Writes one message, giving up if a close is requested meanwhile (a client
+    /// that stopped reading must not pin this task).
+    async fn write(&mut self, messages: impl IntoIterator<Item = Utf8Bytes>) -> Result<(), Stop> {
+        let connection = self.connection.clone();
+        let socket = &mut self.socket;
+        let write = async {
+            for text in messages {
+                socket.feed(Message::Text(text)).await?;
+            }
+            socket.flush().await
+        };
+        tokio::select! {
+            result = write => result.map_err(|_| Stop::Gone),
+            request = connection.close_requested() => {
+                let CloseRequest { code, reason } = request;
+                Err(Stop::Close(code, reason))
+            }
+        }
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> Result<(), Stop> {
+        self.write([Utf8Bytes::from(message.to_json())]).await
+    }
+
+    async fn on_deadline(&mut self) -> Result<(), Stop> {
+        let now = Instant::now();
+        if self.pong_deadline.is_some_and(|d| d <= now) {
+            return Err(Stop::Close(
+                CloseCode::NoPong,
+                CloseCode::NoPong.default_reason().into(),
+            ));
+        }
+        if self.token_deadline().is_some_and(|d| d <= now) {
+            return Err(Stop::Close(
+                CloseCode::TokenExpired,
+                CloseCode::TokenExpired.default_reason().into(),
+            ));
+        }
+        if self.next_ping <= now {
+            self.next_ping = now + self.state.config.connection.heartbeat;
+            if self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + self.state.config.connection.pong_timeout);
+            }
+            self.send(&ServerMessage::Ping).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), Stop> {
+        let message = match frame {
+            None => return Err(Stop::Gone),
+            Some(Err(err)) => {
+                // tungstenite reports oversized messages as errors on read.
+                let text = err.to_string();
+                if text.contains("too long")
+                    || text.contains("Capacity")
+                    || text.contains("capacity")
+                {
+                    return Err(Stop::Close(
+                        CloseCode::ProtocolViolation,
+                        "message exceeds max_message_size".into(),
+                    ));
+                }
+                return Err(Stop::Gone);
+            }
+            Some(Ok(message)) => message,
+        };
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => Err(Stop::Close(
+                CloseCode::ProtocolViolation,
+                "binary frames are not supported".into(),
+            )),
+            Message::Close(_) => Err(Stop::Gone),
+            // The library answers pings itself; either frame proves liveness.
+            Message::Ping(_) | Message::Pong(_) => {
+                self.pong_deadline = None;
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Stop> {
+        // Any message proves the client is alive.
+        self.pong_deadline = None;
+        let (id, request) = match parse_request(text) {
+            Ok(parsed) => parsed,
+            Err(bad) => {
+                return self
+                    .refuse(bad.id, Refusal::new(ErrorCode::BadRequest, bad.message))
+                    .await
+            }
+        };
+        let result = match request {
+            Request::Pong => Ok(()),
+            Request::Ping => self
+                .send(&ServerMessage::Pong { id: id.clone() })
+                .await
+                .map_err(Failure::Stop),
+            Request::Auth { .. } => Err(Failure::Refuse(Refusal::new(
+                ErrorCode::BadRequest,
+                "already authenticated",
+            ))),
+            Request::Subscribe { channel, since } => {
+                self.subscribe(id.clone(), &channel, since).await
+            }
+            Request::Unsubscribe { channel } => self.unsubscribe(id.clone(), &channel).await,
+            Request::Publish {
+                channel,
+                event,
+                data,
+            } => self.publish(id.clone(), channel, event, data).await,
+            Request::History {
+                channel,
+                since,
+                limit,
+            } => self.history(id.clone(), &channel, since, limit).await,
+            Request::Refresh { token } => self.refresh(id.clone(), &token).await,
+            Request::Presence { .. } | Request::Status { .. } => {
+                Err(Failure::Refuse(Refusal::new(
+                    ErrorCode::NotAvailable,
+                    "presence is not available on this server yet",
+                )))
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.bad_requests = 0;
+                Ok(())
+            }
+            Err(Failure::Stop(stop)) => Err(stop),
+            Err(Failure::Refuse(refusal)) => self.refuse(id, refusal).await,
+        }
+    }
+
+    /// Sends an error reply; too many in a row close the connection with 4501.
+    async fn refuse(&mut self, id: Option<RequestId>, refusal: Refusal) -> Result<(), Stop> {
+        self.bad_requests += 1;
+        if self.bad_requests > self.state.config.connection.max_bad_requests {
+            return Err(Stop::Close(
+                CloseCode::ProtocolViolation,
+                "too many bad requests in a row".into(),
+            ));
+        }
+        self.send(&ServerMessage::error(id, refusal.code, refusal.message))
+            .await
+    }
+
+    fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
+        ChannelName::parse(name).map_err(|e| {
+            Failure::Refuse(Refusal::new(ErrorCode::BadRequest, format!("channel: {e}")))
+        })
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<RequestId>,
+        name: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<(), Failure> {
+        let channel = Self::parse_channel(name)?;
+        self.state
+            .access
+            .check(&self.identity, &channel, Action::Subscribe)
+            .map_err(|e| Failure::Refuse(e.into()))?;
+        if self.subscriptions.contains_key(&channel) {
+            return Err(Failure::Refuse(Refusal::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel}"),
+            )));
+        }
+        if self.subscriptions.len() >= self.state.config.connection.max_channels {
+            return Err(Failure::Refuse(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "at most {} channels per connection",
+                    self.state.config.connection.max_channels
+                ),
+            )));
+        }
+        let hub = &self.state.hub;
+        if let Err(err) = hub.add_subscription(&channel, &self.connection).await {
+            tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
+            return Err(Failure::Refuse(Refusal::new(
+                ErrorCode::Internal,
+                "subscribe failed; retry",
+            )));
+        }
+        // Registered first, read second: every event after the position we read is
+        // already on its way through the queue, and anything at or below it that
+        // the queue also carries is dropped as a duplicate.
+        let after = since.as_ref().map(|s| s.offset);
+        let page = match hub
+            .broker()
+            .history(&channel, &HistoryQuery { after, limit: None })
+            .await
+        {
+            Ok(page) => page,
+            Err(err) => {
+                hub.remove_subscription(&channel, &self.connection).await;
+                tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
+                return Err(Failure::Refuse(Refusal::new(
+                    ErrorCode::Internal,
+                    "subscribe failed; retry",
+                )));
+            }
+        };
+        let recoverable = self
+            .state
+            .access
+            .namespace(&channel)
+            .map(|ns| ns.config.history_size > 0)
+            .unwrap_or(false);
+        let recovered = since.as_ref().map(|since| {
+            *since.epoch == *page.position.epoch
+                && since.offset <= page.position.offset
+                && page.complete
+        });
+        self.subscriptions.insert(
+            channel.clone(),
+            Subscription {
+                epoch: page.position.epoch.clone(),
+                offset: page.position.offset,
+            },
+        );
+        let reply = ServerMessage::Subscribed {
+            id,
+            channel: channel.to_string(),
+            offset: page.position.offset,
+            epoch: page.position.epoch.to_string(),
+            recoverable,
+            recovered,
+        };
+        let mut out = vec![Utf8Bytes::from(reply.to_json())];
+        if recovered == Some(true) {
+            let connection = &self.connection;
+            out.extend(
+                page.events
+                    .iter()
+                    .filter(|p| {
+                        p.admits(&connection.client_id, &connection.user, &connection.roles)
+                    })
+                    .map(|p| p.encoded().clone()),
+            );
+        }
+        self.write(out).await.map_err(Failure::Stop)
+    }
+
+    async fn unsubscribe(&mut self, id: Option<RequestId>, name: &str) -> Result<(), Failure> {
+        let channel = Self::parse_channel(name)?;
+        if self.subscriptions.remove(&channel).is_none() {
+            return Err(Failure::Refuse(Refusal::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {channel}"),
+            )));
+        }
+        self.state
+            .hub
+            .remove_subscription(&channel, &self.connection)
+            .await;
+        let reply = ServerMessage::Unsubscribed {
+            id,
+            channel: channel.to_string(),
+            reason: None,
+        };
+        self.send(&reply).await.map_err(Failure::Stop)
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<RequestId>,
+        name: String,
+        event: String,
+        data: serde_json::Value,
+    ) -> Result<(), Failure> {
+        let channel = Self::parse_channel(&name)?;
+        self.state
+            .access
+            .check(&self.identity, &channel, Action::Publish)
+            .map_err(|e| Failure::Refuse(e.into()))?;
+        let data = serde_json::value::to_raw_value(&data)
+            .map_err(|e| Failure::Refuse(Refusal::new(ErrorCode::BadRequest, e.to_string())))?;
+        let request = PublishRequest {
+            channel: name,
+            event,
+            data,
+            // The server vouches for the actor of a client publish.
+            meta: Some(EventMeta {
+                actor: Some(self.identity.user.to_string()),
+                ..EventMeta::default()
+            }),
+            audience: None,
+            exclude_client: None,
+            idempotency_key: None,
+        };
+        match self.state.publisher.publish(request).await {
+            Ok(published) => {
+                let reply = ServerMessage::Published {
+                    id,
+                    channel: published.channel,
+                    offset: published.offset,
+                };
+                self.send(&reply).await.map_err(Failure::Stop)
+            }
+            Err(err) => Err(Failure::Refuse(Refusal::new(err.code(), err.to_string()))),
+        }
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<RequestId>,
+        name: &str,
+        since: Option<StreamPosition>,
+        limit: Option<u32>,
+    ) -> Result<(), Failure> {
+        let channel = Self::parse_channel(name)?;
+        self.state
+            .access
+            .check(&self.identity, &channel, Action::History)
+            .map_err(|e| Failure::Refuse(e.into()))?;
+        let query = HistoryQuery {
+            after: since.as_ref().map(|s| s.offset),
+            limit: limit.map(|l| l as usize),
+        };
+        let page = self
+            .state
+            .hub
+            .broker()
+            .history(&channel, &query)
+            .await
+            .map_err(|e| Failure::Refuse(Refusal::new(ErrorCode::Internal, e.to_string())))?;
+        let connection = &self.connection;
+        let events: Vec<&Arc<Publication>> = page
+            .events
+            .iter()
+            .filter(|p| p.admits(&connection.client_id, &connection.user, &connection.roles))
+            .collect();
+        let reply = super::history_json(id.as_ref(), &channel, &page.position, &events);
+        self.write([Utf8Bytes::from(reply)])
+            .await
+            .map_err(Failure::Stop)
+    }
+
+    async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), Failure> {
+        let identity = match self.state.verifier.verify(token) {
+            Ok(identity) => identity,
+            Err(err) => {
+                self.state.metrics.auth_failed();
+                let code = if err.is_expired() {
+                    ErrorCode::TokenExpired
+                } else {
+                    ErrorCode::Unauthorized
+                };
+                return Err(Failure::Refuse(Refusal::new(code, err.to_string())));
+            }
+        };
+        if identity.user != self.identity.user {
+            return Err(Failure::Refuse(Refusal::new(
+                ErrorCode::Unauthorized,
+                "the new token is for another user",
+            )));
+        }
+        let expires_at = identity.expires_at.map(format_unix_seconds);
+        self.identity = identity;
+        self.send(&ServerMessage::Refreshed { id, expires_at })
+            .await
+            .map_err(Failure::Stop)
+    }
+
+    /// Writes a queued item and whatever else is already waiting, in one flush.
+    async fn write_queued(&mut self, first: Outbound) -> Result<(), Stop> {
+        let mut batch = Vec::new();
+        let mut oldest = None;
+        let mut item = Some(first);
+        while let Some(next) = item.take() {
+            match next {
+                Outbound::Event(publication) => {
+                    if self.accept(&publication) {
+                        oldest.get_or_insert(publication.received_at);
+                        batch.push(publication.encoded().clone());
+                    }
+                }
+                Outbound::Unsubscribed { channel, reason } => {
+                    if self.subscriptions.remove(&channel).is_some() {
+                        let notice = ServerMessage::Unsubscribed {
+                            id: None,
+                            channel: channel.to_string(),
+                            reason: Some(reason),
+                        };
+                        batch.push(Utf8Bytes::from(notice.to_json()));
+                    }
+                }
+            }
+            if batch.len() < WRITE_BATCH {
+                item = self.queue.try_recv();
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(batch).await?;
+        if let Some(received) = oldest {
+            self.state.metrics.written(received.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Whether a queued event is new for this connection's subscription.
+    fn accept(&mut self, publication: &Publication) -> bool {
+        let Some(sub) = self.subscriptions.get_mut(&publication.channel) else {
+            return false;
+        };
+        if sub.epoch != publication.epoch {
+            // History was reset under us (e.g. the channel was reclaimed and
+            // recreated): follow the new epoch from here.
+            sub.epoch = publication.epoch.clone();
+            sub.offset = publication.offset;
+            return true;
+        }
+        if publication.offset <= sub.offset {
+            return false;
+        }
+        sub.offset = publication.offset;
+        true
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
