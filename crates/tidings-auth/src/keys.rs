@@ -1,5 +1,6 @@
 //! Loading verification keys: the HMAC secret, a PEM public key, a JWK Set.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 

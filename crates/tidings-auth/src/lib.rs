@@ -9,6 +9,26 @@
 //! No error type of this crate ever carries a token, a secret or key material
 //! in its message, so every error can be logged and every [`TokenError`] can
 //! be shown to the client that presented the token.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidings_auth::{mint_hs256, JwtSettings, MintClaims, TokenVerifier};
+//!
+//! let settings = JwtSettings { secret: Some("dev-secret".into()), ..JwtSettings::default() };
+//! let verifier = TokenVerifier::new(&settings)?;
+//!
+//! let token = mint_hs256("dev-secret", &MintClaims {
+//!     sub: "alice".into(),
+//!     workspaces: vec!["acme".into()],
+//!     ttl: Some(Duration::from_secs(3600)),
+//!     ..MintClaims::default()
+//! })?;
+//!
+//! let identity = verifier.verify(&token)?;
+//! assert_eq!(&*identity.user, "alice");
+//! assert!(identity.claim_contains(verifier.workspaces_claim(), "acme"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

@@ -49,6 +49,7 @@ pub struct TokenVerifier {
     /// `jwt.jwks_file`.
     jwks: Vec<VerifyKey>,
     allowed: Vec<Algorithm>,
+    issuer: Option<String>,
     roles_claim: String,
     workspaces_claim: String,
     info_claim: String,
@@ -184,6 +185,7 @@ impl TokenVerifier {
             static_keys,
             jwks,
             allowed,
+            issuer: settings.issuer.clone(),
             roles_claim: settings.roles_claim.clone(),
             workspaces_claim: settings.workspaces_claim.clone(),
             info_claim: settings.info_claim.clone(),
@@ -228,7 +230,7 @@ impl TokenVerifier {
             None => {
                 let key = self
                     .static_key(alg)
-                    .or_else(|| match self.jwks.as_slice() {
+                    .or(match self.jwks.as_slice() {
                         [only] => Some(only),
                         _ => None,
                     })
@@ -284,6 +286,14 @@ impl TokenVerifier {
     }
 
     fn identity(&self, claims: Map<String, Value>) -> Result<Identity, TokenError> {
+        // The library also accepts an array `iss` that contains the issuer;
+        // `iss` is a single string (RFC 7519), and must be exactly ours.
+        if let Some(issuer) = &self.issuer {
+            match claims.get("iss") {
+                Some(Value::String(iss)) if iss == issuer => {}
+                _ => return Err(TokenError::WrongIssuer),
+            }
+        }
         let user: Arc<str> = match claims.get("sub") {
             Some(Value::String(sub)) if !sub.is_empty() => Arc::from(sub.as_str()),
             _ => return Err(TokenError::MissingSubject),

@@ -280,6 +280,9 @@ fn invalid_jwk_members() {
         r#"{"kty":"OKP","kid":"edalg","crv":"Ed25519","alg":"RS256","x":"ZR-3527JwEzNKifaC4O78wVVtIccULEgrlJSRt4gcps"}"#,
         // Missing members.
         r#"{"kty":"RSA","kid":"nomembers"}"#,
+        r#"{"kty":"EC","kid":"nocoords","crv":"P-256"}"#,
+        r#"{"kty":"OKP","kid":"nox","crv":"Ed25519"}"#,
+        r#"{"kid":"nokty","n":"AQAB","e":"AQAB"}"#,
         // Empty symmetric key.
         r#"{"kty":"oct","kid":"oct","k":""}"#,
     ];

@@ -149,7 +149,7 @@ fn generated_keys() {
     }
     let key = ApiKey::generate();
     assert_eq!(key.expose().len(), 43);
-    assert!(key.matches(&key.expose().to_owned()));
+    assert!(key.matches(key.expose()));
     // A generated secret works for minting and verifying.
     let secret = generate_secret();
     let token = mint_hs256(&secret, &sample()).unwrap();

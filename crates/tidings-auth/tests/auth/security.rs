@@ -273,6 +273,9 @@ fn issuer() {
         json!({"sub": "a", "exp": exp, "iss": "https://evil.example"}),
         json!({"sub": "a", "exp": exp}),
         json!({"sub": "a", "exp": exp, "iss": 7}),
+        json!({"sub": "a", "exp": exp, "iss": ["https://evil.example", "https://auth.example"]}),
+        json!({"sub": "a", "exp": exp, "iss": ["https://auth.example"]}),
+        json!({"sub": "a", "exp": exp, "iss": "https://auth.example/"}),
     ] {
         assert_eq!(
             v.verify(&sign(payload.clone())).unwrap_err(),
