@@ -123,7 +123,9 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             bad_requests: 0,
             pong_deadline: None,
             next_ping: Instant::now() + state.config.connection.heartbeat,
+            token_expiry: None,
         };
+        session.token_expiry = expiry_instant(&session.identity);
         let end = session.serve().await;
         let channels: Vec<ChannelName> = session.subscriptions.keys().cloned().collect();
         state.hub.unregister(&connection, channels).await;
@@ -252,6 +254,7 @@ struct Session {
     bad_requests: u32,
     pong_deadline: Option<Instant>,
     next_ping: Instant,
+    token_expiry: Option<Instant>,
 }
 
 /// A request's failure: the error reply to send.
@@ -279,6 +282,15 @@ impl From<AccessError> for Refusal {
     }
 }
 
+/// When a token with `exp` (unix seconds) stops being valid, on the monotonic clock.
+fn expiry_instant(identity: &Identity) -> Option<Instant> {
+    let expires = identity.expires_at?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Some(Instant::now() + Duration::from_secs(expires).saturating_sub(now))
+}
+
 /// Why the request loop must stop.
 enum Stop {
     Close(CloseCode, String),
@@ -294,12 +306,7 @@ enum Failure {
 
 impl Session {
     fn token_deadline(&self) -> Option<Instant> {
-        let expires = self.identity.expires_at?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        Some(Instant::now() + Duration::from_secs(expires.saturating_sub(now)))
+        self.token_expiry
     }
 
     fn next_deadline(&self) -> Instant {
@@ -494,9 +501,14 @@ impl Session {
         }
     }
 
-    /// Sends an error reply; too many in a row close the connection with 4501.
+    /// Sends an error reply; too many malformed requests in a row close the
+    /// connection with 4501.
     async fn refuse(&mut self, id: Option<RequestId>, refusal: Refusal) -> Result<(), Stop> {
-        self.bad_requests += 1;
+        if refusal.code != ErrorCode::BadRequest {
+            self.bad_requests = 0;
+        } else {
+            self.bad_requests += 1;
+        }
         if self.bad_requests > self.state.config.connection.max_bad_requests {
             return Err(Stop::Close(
                 CloseCode::ProtocolViolation,
@@ -722,6 +734,7 @@ impl Session {
             )));
         }
         let expires_at = identity.expires_at.map(format_unix_seconds);
+        self.token_expiry = expiry_instant(&identity);
         self.identity = identity;
         self.send(&ServerMessage::Refreshed { id, expires_at })
             .await

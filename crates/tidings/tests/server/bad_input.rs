@@ -1,0 +1,175 @@
+//! A corpus of bad input: each gets the contract's answer, never a panic, a hang
+//! or another client's data.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn malformed_requests_get_bad_request_and_the_connection_lives() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let corpus: &[(&str, Option<serde_json::Value>)] = &[
+        ("not json", None),
+        ("", None),
+        ("[]", None),
+        ("null", None),
+        ("42", None),
+        (r#"{"id": 1}"#, Some(json!(1))),
+        (r#"{"type": "bogus", "id": "x"}"#, Some(json!("x"))),
+        (r#"{"type": 7, "id": 2}"#, Some(json!(2))),
+        (r#"{"type": "subscribe", "id": 3}"#, Some(json!(3))),
+        (
+            r#"{"type": "subscribe", "id": 4, "channel": 12}"#,
+            Some(json!(4)),
+        ),
+        (
+            r#"{"type": "subscribe", "id": 5, "channel": "workspace:acme", "since": "yesterday"}"#,
+            Some(json!(5)),
+        ),
+        (
+            r#"{"type": "subscribe", "id": 6, "channel": "workspace:acme", "since": {"offset": -1, "epoch": "e"}}"#,
+            Some(json!(6)),
+        ),
+        (
+            r#"{"type": "publish", "id": 7, "channel": "workspace:acme"}"#,
+            Some(json!(7)),
+        ),
+        (
+            r#"{"type": "status", "id": 8, "status": "sleepy"}"#,
+            Some(json!(8)),
+        ),
+        (
+            r#"{"type": "auth", "id": 9, "token": "again"}"#,
+            Some(json!(9)),
+        ),
+        (
+            r#"{"type": "unsubscribe", "id": 10, "channel": "workspace:acme"}"#,
+            Some(json!(10)),
+        ),
+        (r#"{"id": {"nested": true}, "type": "ping"}"#, None),
+        (
+            r#"{"type": "subscribe", "id": 11, "channel": "workspace:acme\u0000"}"#,
+            Some(json!(11)),
+        ),
+    ];
+    for (text, id) in corpus {
+        client.send_text(text).await;
+        let reply = client
+            .next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no reply to {text:?}"));
+        assert_eq!(reply["type"], "error", "{text:?} → {reply}");
+        let expected_code = if text.contains("unsubscribe") {
+            "not_subscribed"
+        } else {
+            "bad_request"
+        };
+        assert_eq!(reply["code"], expected_code, "{text:?} → {reply}");
+        assert_eq!(reply.get("id").cloned(), id.clone(), "{text:?} → {reply}");
+        // A successful request in between resets the bad-request streak.
+        let pong = client.request(json!({"type": "ping"}), 99).await;
+        assert_eq!(pong["type"], "pong");
+    }
+}
+
+#[tokio::test]
+async fn huge_strings_and_names_are_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let long_channel = format!("workspace:{}", "a".repeat(300));
+    let reply = client
+        .request(json!({"type": "subscribe", "channel": long_channel}), 1)
+        .await;
+    assert_eq!(reply["code"], "bad_request");
+    let reply = client.request(json!({"type": "subscribe", "channel": "workspace:acme", "since": {"offset": 1, "epoch": "x".repeat(10_000)}}), 2).await;
+    assert_eq!(reply["type"], "subscribed");
+    assert_eq!(reply["recovered"], false);
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_4501() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &[]).await;
+    let huge = json!({"type": "ping", "pad": "x".repeat(200 * 1024)}).to_string();
+    let _ = client.ws.send(Message::Text(huge.into())).await;
+    assert_eq!(client.closed(WAIT).await.code, 4501);
+}
+
+#[tokio::test]
+async fn binary_frame_closes_with_4501() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &[]).await;
+    client
+        .ws
+        .send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .unwrap();
+    let closed = client.closed(WAIT).await;
+    assert_eq!(closed.code, 4501);
+    assert_eq!(closed.disconnect.unwrap()["reconnect"], false);
+}
+
+#[tokio::test]
+async fn too_many_bad_requests_in_a_row_close_with_4501() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &[]).await;
+    for _ in 0..50 {
+        if client.ws.send(Message::Text("nope".into())).await.is_err() {
+            break;
+        }
+    }
+    let closed = client.closed(WAIT).await;
+    assert_eq!(closed.code, 4501);
+}
+
+#[tokio::test]
+async fn thousands_of_subscribes_hit_the_channel_limit() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let limit = tidings::config::ConnectionSettings::default().max_channels;
+    let total = 2000;
+    for i in 0..total {
+        let request =
+            json!({"type": "subscribe", "id": i, "channel": format!("workspace:acme:items:{i}")});
+        client.send(request).await;
+    }
+    let mut subscribed = 0;
+    let mut limited = 0;
+    while subscribed + limited < total {
+        let reply = client.next(WAIT).await.expect("a reply to every subscribe");
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("subscribed"), _) => subscribed += 1,
+            (Some("error"), Some("limit_exceeded")) => limited += 1,
+            other => panic!("unexpected {other:?}: {reply}"),
+        }
+    }
+    assert_eq!(subscribed, limit);
+    assert_eq!(
+        limited,
+        total - limit,
+        "limit errors do not count as bad requests"
+    );
+    assert_eq!(server.metric("tidings_subscriptions").await, limit as f64);
+}
+
+#[tokio::test]
+async fn garbage_on_the_upgrade_path_does_not_crash() {
+    let server = TestServer::start().await;
+    let plain = server.http.get(server.url("/ws")).send().await.unwrap();
+    assert!(plain.status().is_client_error());
+    let weird = server
+        .http
+        .get(server.url("/ws?token=%FF%FE"))
+        .send()
+        .await
+        .unwrap();
+    assert!(weird.status().is_client_error());
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let _ = Duration::ZERO;
+}

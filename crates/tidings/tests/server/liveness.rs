@@ -1,0 +1,237 @@
+//! Heartbeats, token expiry and refresh, slow consumers, limits and shutdown.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn client_ping_gets_pong() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &[]).await;
+    let pong = client.request(json!({"type": "ping"}), 5).await;
+    assert_eq!(pong, json!({"type": "pong", "id": 5}));
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_with_4001() {
+    let mut config = base_config();
+    config.connection.heartbeat = Duration::from_millis(200);
+    config.connection.pong_timeout = Duration::from_millis(200);
+    let server = TestServer::with_config(config).await;
+    let client = server.connect_user("u1", &[]).await;
+    // Read raw frames without answering pings.
+    let (_sink, mut stream) = client.ws.split();
+    let started = Instant::now();
+    let mut pings = 0;
+    let code = loop {
+        match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Text(t))) if t.as_str() == r#"{"type":"ping"}"# => pings += 1,
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4001));
+    assert_eq!(pings, 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn answering_pings_keeps_the_connection() {
+    let mut config = base_config();
+    config.connection.heartbeat = Duration::from_millis(100);
+    config.connection.pong_timeout = Duration::from_millis(100);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    client.subscribe("workspace:acme").await;
+    // `next` answers pings; after many heartbeats the connection still works.
+    assert!(client.next(Duration::from_millis(800)).await.is_none());
+    server
+        .publish("workspace:acme", "still-here", json!({}))
+        .await;
+    assert_eq!(client.expect("event").await["event"], "still-here");
+}
+
+#[tokio::test]
+async fn expired_token_closes_with_4003_unless_refreshed() {
+    let server = TestServer::start().await;
+    // exp is in whole seconds: a 2 s token expires 1–2 s from now.
+    let mut lapsing = server
+        .connect(&token_with_ttl("u1", &[], &[], Duration::from_secs(2)))
+        .await;
+    let mut refreshed = server
+        .connect(&token_with_ttl(
+            "u1",
+            &["acme"],
+            &[],
+            Duration::from_secs(2),
+        ))
+        .await;
+    let reply = refreshed
+        .request(
+            json!({"type": "refresh", "token": token("u1", &["acme"], &[])}),
+            1,
+        )
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    assert!(reply["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let closed = lapsing.closed(Duration::from_secs(5)).await;
+    assert_eq!(closed.code, 4003);
+    assert_eq!(closed.disconnect.unwrap()["reconnect"], true);
+
+    refreshed.subscribe("workspace:acme").await;
+    server
+        .publish("workspace:acme", "after-expiry", json!({}))
+        .await;
+    assert_eq!(refreshed.expect("event").await["event"], "after-expiry");
+}
+
+#[tokio::test]
+async fn refresh_refuses_bad_or_foreign_tokens() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &[]).await;
+    let other_user = client
+        .request(
+            json!({"type": "refresh", "token": token("u2", &[], &[])}),
+            1,
+        )
+        .await;
+    assert_eq!(other_user["code"], "unauthorized");
+    let garbage = client
+        .request(json!({"type": "refresh", "token": "x.y.z"}), 2)
+        .await;
+    assert_eq!(garbage["code"], "unauthorized");
+    let pong = client.request(json!({"type": "ping"}), 3).await;
+    assert_eq!(pong["type"], "pong", "errors do not close the connection");
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_4002_and_memory_stays_bounded() {
+    let mut config = base_config();
+    config.connection.send_queue_bytes = 1024 * 1024;
+    config.connection.send_queue_messages = 10_000;
+    let server = TestServer::with_config(config).await;
+    let mut stalled = server.connect_user("slow", &["acme"]).await;
+    stalled.subscribe("workspace:acme").await;
+    let mut healthy = server.connect_user("fast", &["acme"]).await;
+    healthy.subscribe("workspace:acme").await;
+
+    let before = rss_bytes();
+    let payload = serde_json::value::to_raw_value(&"x".repeat(64 * 1024)).unwrap();
+    let publisher = server.tidings.publisher();
+    // 3,000 events of 64 KiB = ~190 MiB that an unbounded queue would hold.
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 3000 {
+            match healthy.next(WAIT).await {
+                Some(v) if v["type"] == "event" => n += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        (n, healthy)
+    });
+    for _ in 0..3000 {
+        publisher
+            .publish(tidings::PublishRequest {
+                channel: "workspace:acme".into(),
+                event: "big".into(),
+                data: payload.clone(),
+                meta: None,
+                audience: None,
+                exclude_client: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 96 * 1024 * 1024,
+        "RSS grew by {} MiB",
+        grown / (1024 * 1024)
+    );
+    let (received, _healthy) = reader.await.unwrap();
+    assert_eq!(received, 3000, "a client that keeps up gets everything");
+
+    // The stalled client, once it reads, finds the close (or a reset).
+    let closed = stalled.closed(Duration::from_secs(10)).await;
+    assert!(
+        closed.code == 4002 || closed.code == 1006,
+        "code {}",
+        closed.code
+    );
+    let deadline = Instant::now() + WAIT;
+    while server.metric("tidings_connections").await != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "stalled connection was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.metric("tidings_slow_consumer_closes_total").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn per_user_connection_limit_closes_with_4503() {
+    let mut config = base_config();
+    config.connection.max_connections_per_user = 2;
+    let server = TestServer::with_config(config).await;
+    let _a = server.connect_user("u1", &[]).await;
+    let _b = server.connect_user("u1", &[]).await;
+    let _other = server.connect_user("u2", &[]).await;
+    let url = format!("{}?token={}", server.ws_url(), token("u1", &[], &[]));
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut third = Client::from_stream(ws).await;
+    let closed = third.closed(WAIT).await;
+    assert_eq!(closed.code, 4503);
+    assert_eq!(closed.disconnect.unwrap()["reconnect"], false);
+}
+
+#[tokio::test]
+async fn shutdown_sends_1012_to_everyone() {
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(server.connect_user(&format!("u{i}"), &[]).await);
+    }
+    let tidings = server.tidings.clone();
+    let started = Instant::now();
+    let shutdown = tokio::spawn(async move { tidings.shutdown(Duration::from_secs(5)).await });
+    for client in &mut clients {
+        let closed = client.closed(WAIT).await;
+        assert_eq!(closed.code, 1012);
+        assert_eq!(
+            closed.disconnect.unwrap(),
+            json!({"type": "disconnect", "code": 1012, "reason": "server restarting", "reconnect": true})
+        );
+    }
+    shutdown.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drained early once everyone left"
+    );
+    assert_eq!(server.tidings.state().hub.connection_count(), 0);
+}

@@ -1,0 +1,10 @@
+//! Integration tests over real sockets against an in-process server.
+
+mod support;
+
+mod auth;
+mod bad_input;
+mod liveness;
+mod permissions;
+mod properties;
+mod publish;

@@ -1,0 +1,324 @@
+//! Test harness: an in-process server on a free port, real WebSocket clients
+//! (tokio-tungstenite) and real HTTP calls (reqwest).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tidings::auth::{mint_hs256, MintClaims};
+use tidings::config::Config;
+use tidings::Tidings;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-1234567890";
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub tidings: Tidings,
+    pub http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn base_config() -> Config {
+    let mut config = Config::default();
+    config.jwt.secret = Some(SECRET.into());
+    config.api_key = Some(API_KEY.into());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_config(base_config()).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        let tidings = Tidings::new(config).expect("valid test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = tidings.router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            tidings,
+            http: reqwest::Client::new(),
+            task,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POSTs JSON to the server API with the API key; returns (status, body).
+    pub async fn api(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn publish(&self, channel: &str, event: &str, data: Value) -> Value {
+        let (status, body) = self
+            .api(
+                "/api/publish",
+                json!({"channel": channel, "event": event, "data": data}),
+            )
+            .await;
+        assert_eq!(status, 200, "publish failed: {body}");
+        body
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of an unlabelled metric in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Connects with a token in the Authorization header and reads `connected`.
+    pub async fn connect(&self, token: &str) -> Client {
+        let mut request = self.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket upgrade");
+        let mut client = Client {
+            ws,
+            pending: Vec::new(),
+            connected: None,
+        };
+        let connected = client.expect("connected").await;
+        client.pending.clear();
+        assert!(connected["client"].as_str().unwrap().starts_with("c_"));
+        client.connected = Some(connected);
+        client
+    }
+
+    pub async fn connect_user(&self, sub: &str, workspaces: &[&str]) -> Client {
+        self.connect(&token(sub, workspaces, &[])).await
+    }
+}
+
+pub fn token(sub: &str, workspaces: &[&str], roles: &[&str]) -> String {
+    token_with_ttl(sub, workspaces, roles, Duration::from_secs(3600))
+}
+
+pub fn token_with_ttl(sub: &str, workspaces: &[&str], roles: &[&str], ttl: Duration) -> String {
+    let claims = MintClaims {
+        sub: sub.into(),
+        workspaces: workspaces.iter().map(|s| s.to_string()).collect(),
+        roles: roles.iter().map(|s| s.to_string()).collect(),
+        ttl: Some(ttl),
+        ..MintClaims::default()
+    };
+    mint_hs256(SECRET, &claims).unwrap()
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages read while looking for something else.
+    pending: Vec<Value>,
+    pub connected: Option<Value>,
+}
+
+/// What a client saw when the server closed.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub disconnect: Option<Value>,
+}
+
+impl Client {
+    pub async fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Client {
+            ws,
+            pending: Vec::new(),
+            connected: None,
+        }
+    }
+
+    pub fn client_id(&self) -> String {
+        self.connected.as_ref().unwrap()["client"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.ws
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message (answering server pings), or None on close/timeout.
+    pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        if !self.pending.is_empty() {
+            return Some(self.pending.remove(0));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match frame {
+                Message::Text(text) => {
+                    let value: Value =
+                        serde_json::from_str(text.as_str()).expect("server sent JSON");
+                    if value["type"] == "ping" {
+                        let _ = self
+                            .ws
+                            .send(Message::Text(r#"{"type":"pong"}"#.into()))
+                            .await;
+                        continue;
+                    }
+                    return Some(value);
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until a message of `kind` arrives; others are kept for later reads.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let mut skipped = Vec::new();
+        let found = loop {
+            match self.next(WAIT).await {
+                Some(v) if v["type"] == kind => break v,
+                Some(v) => skipped.push(v),
+                None => panic!("no {kind} message; saw {skipped:?}"),
+            }
+        };
+        skipped.extend(self.pending.drain(..));
+        self.pending = skipped;
+        found
+    }
+
+    /// Sends a request and returns its reply (matched by id).
+    pub async fn request(&mut self, mut value: Value, id: u64) -> Value {
+        value["id"] = json!(id);
+        self.send(value).await;
+        let mut skipped = Vec::new();
+        let found = loop {
+            match self.next(WAIT).await {
+                Some(v) if v["id"] == json!(id) => break v,
+                Some(v) => skipped.push(v),
+                None => panic!("no reply to request {id}; saw {skipped:?}"),
+            }
+        };
+        skipped.extend(self.pending.drain(..));
+        self.pending = skipped;
+        found
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let reply = self
+            .request(json!({"type": "subscribe", "channel": channel}), 900_001)
+            .await;
+        assert_eq!(reply["type"], "subscribed", "subscribe {channel}: {reply}");
+        reply
+    }
+
+    /// Collects events until `quiet` passes with none.
+    pub async fn drain_events(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut events = Vec::new();
+        while let Some(v) = self.next(quiet).await {
+            if v["type"] == "event" {
+                events.push(v);
+            }
+        }
+        events
+    }
+
+    /// Waits for the server to close; returns the close code and the `disconnect`
+    /// message that preceded it.
+    pub async fn closed(&mut self, wait: Duration) -> Closed {
+        let mut disconnect = None;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = match tokio::time::timeout(remaining, self.ws.next()).await {
+                Err(_) => panic!("server did not close within {wait:?}"),
+                Ok(None) => {
+                    return Closed {
+                        code: 1006,
+                        disconnect,
+                    }
+                }
+                Ok(Some(Err(_))) => {
+                    return Closed {
+                        code: 1006,
+                        disconnect,
+                    }
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            match frame {
+                Message::Text(text) => {
+                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if v["type"] == "disconnect" {
+                        disconnect = Some(v);
+                    }
+                }
+                Message::Close(frame) => {
+                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                    return Closed { code, disconnect };
+                }
+                _ => {}
+            }
+        }
+    }
+}
