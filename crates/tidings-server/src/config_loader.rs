@@ -73,3 +73,23 @@ mod tests {
         assert_eq!(env_key_to_path("LISTEN"), "listen");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use std::path::Path;
+
+    use tidings::config::Config;
+
+    #[test]
+    fn example_config_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tidings.example.toml");
+        let mut parsed: Config = super::figment(Some(&path)).extract().unwrap();
+        let default = Config::default();
+        assert_eq!(
+            parsed.effective_namespaces(),
+            default.effective_namespaces()
+        );
+        parsed.namespaces.clear();
+        assert_eq!(parsed, default);
+    }
+}

@@ -232,36 +232,32 @@ impl Client {
         }
     }
 
-    /// Reads until a message of `kind` arrives; others are kept for later reads.
-    pub async fn expect(&mut self, kind: &str) -> Value {
+    /// Reads until a message matches; the others are kept for later reads.
+    pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
         let mut skipped = Vec::new();
         let found = loop {
             match self.next(WAIT).await {
-                Some(v) if v["type"] == kind => break v,
+                Some(v) if matches(&v) => break v,
                 Some(v) => skipped.push(v),
-                None => panic!("no {kind} message; saw {skipped:?}"),
+                None => panic!("no {what}; saw {skipped:?}"),
             }
         };
-        skipped.extend(self.pending.drain(..));
+        skipped.append(&mut self.pending);
         self.pending = skipped;
         found
+    }
+
+    /// Reads until a message of `kind` arrives.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        self.wait_for(kind, |v| v["type"] == kind).await
     }
 
     /// Sends a request and returns its reply (matched by id).
     pub async fn request(&mut self, mut value: Value, id: u64) -> Value {
         value["id"] = json!(id);
         self.send(value).await;
-        let mut skipped = Vec::new();
-        let found = loop {
-            match self.next(WAIT).await {
-                Some(v) if v["id"] == json!(id) => break v,
-                Some(v) => skipped.push(v),
-                None => panic!("no reply to request {id}; saw {skipped:?}"),
-            }
-        };
-        skipped.extend(self.pending.drain(..));
-        self.pending = skipped;
-        found
+        self.wait_for(&format!("reply to request {id}"), |v| v["id"] == json!(id))
+            .await
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {

@@ -1,0 +1,421 @@
+//! Tests of the `tidings` binary as a user runs it: dev mode, signals, logs,
+//! and the `gentoken` / `checkconfig` commands.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidings");
+const SECRET: &str = "process-test-secret-0123456789abcdef";
+const API_KEY: &str = "process-test-api-key-0123";
+
+/// A running `tidings` process; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    /// Everything printed to stdout up to and including `listening on`.
+    banner: String,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    // The test's own environment must not configure the server.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TIDINGS_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = command();
+    cmd.args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn tidings");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send((addr.to_owned(), banner.clone()));
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let (addr, banner) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server printed `listening on`");
+    Server {
+        child,
+        addr,
+        banner,
+        stderr: Some(stderr),
+    }
+}
+
+impl Server {
+    fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        self.stderr.take().unwrap().join().unwrap()
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: &str, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .unwrap();
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+fn token(sub: &str, workspaces: &[&str]) -> String {
+    tidings_auth::mint_hs256(
+        SECRET,
+        &tidings_auth::MintClaims {
+            sub: sub.into(),
+            workspaces: workspaces.iter().map(|s| s.to_string()).collect(),
+            ttl: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn banner_value<'a>(banner: &'a str, label: &str) -> &'a str {
+    banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(|rest| rest.trim_start_matches([' ', ':']).trim())
+        .unwrap_or_else(|| panic!("banner has no {label}:\n{banner}"))
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_token_that_connects_and_a_curl_that_delivers() {
+    let server = start(&[], &[]);
+    let token = banner_value(&server.banner, "Token");
+    assert!(banner_value(&server.banner, "API key").len() >= 16);
+    let mut ws = connect(&server.addr, token).await;
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","id":1,"channel":"workspace:demo"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+
+    // Run the printed curl command exactly as a user would paste it.
+    let curl: String = server
+        .banner
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("curl "))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        curl.contains("/api/publish"),
+        "no curl command in:\n{}",
+        server.banner
+    );
+    let started = Instant::now();
+    let output = Command::new("sh").arg("-c").arg(&curl).output().unwrap();
+    assert!(output.status.success(), "curl failed: {output:?}");
+    let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(reply["offset"], 1, "{reply}");
+    let event = next_json(&mut ws).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(event["type"], "event");
+    assert_eq!(event["data"]["text"], "Hello from curl");
+
+    // The console page is served.
+    let page = reqwest::get(format!("http://{}/", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Tidings console"));
+}
+
+#[tokio::test]
+async fn sigterm_sends_1012_to_every_client_and_exits() {
+    let mut server = start(
+        &[],
+        &[
+            ("TIDINGS_JWT_SECRET", SECRET),
+            ("TIDINGS_API_KEY", API_KEY),
+            ("TIDINGS_CONNECTION_SHUTDOWN_DRAIN", "5s"),
+        ],
+    );
+    assert!(!server.banner.contains("DEV MODE"));
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(connect(&server.addr, &token(&format!("u{i}"), &[])).await);
+    }
+    let (status, took) = tokio::task::spawn_blocking(move || {
+        let result = server.terminate();
+        drop(server);
+        result
+    })
+    .await
+    .unwrap();
+    for ws in &mut clients {
+        let notice = next_json(ws).await;
+        assert_eq!(
+            notice,
+            json!({"type": "disconnect", "code": 1012, "reason": "server restarting", "reconnect": true})
+        );
+        let close = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match close {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1012),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "drained in {took:?}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_ids_and_never_tokens_or_keys() {
+    let mut server = start(
+        &["--log-format", "json", "--log-level", "debug"],
+        &[("TIDINGS_JWT_SECRET", SECRET), ("TIDINGS_API_KEY", API_KEY)],
+    );
+    let good = token("loguser", &["acme"]);
+    let mut ws = connect(&server.addr, &good).await;
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","id":1,"channel":"workspace:acme"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let bad = format!("{good}tampered");
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={bad}", server.addr)).await;
+    assert!(refused.is_err());
+    let wrong_key = reqwest::Client::new()
+        .post(format!("http://{}/api/publish", server.addr))
+        .header("x-api-key", "not-the-key-but-long-enough")
+        .json(&json!({"channel": "workspace:acme", "event": "e", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key.status().as_u16(), 401);
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::spawn_blocking(move || {
+        server.terminate();
+        let logs = server.stderr();
+        assert!(!logs.trim().is_empty());
+        for line in logs.lines() {
+            let entry: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(entry.get("level").is_some(), "{line}");
+            for secret in [
+                good.as_str(),
+                bad.as_str(),
+                SECRET,
+                API_KEY,
+                "not-the-key-but-long-enough",
+            ] {
+                assert!(!line.contains(secret), "a secret leaked into: {line}");
+            }
+        }
+        let with_ids = logs
+            .lines()
+            .filter(|l| l.contains("\"client\":\"c_") && l.contains("\"user\":\"loguser\""))
+            .count();
+        assert!(
+            with_ids > 0,
+            "no log line carries the connection and user ids:\n{logs}"
+        );
+        assert!(
+            logs.contains("token refused"),
+            "refusal not logged:\n{logs}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn gentoken_mints_a_verifiable_token() {
+    let output = command()
+        .args([
+            "gentoken",
+            "--sub",
+            "u1",
+            "--workspaces",
+            "acme,beta",
+            "--roles",
+            "admin",
+            "--ttl",
+            "1h",
+        ])
+        .env("TIDINGS_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    let verifier = tidings_auth::TokenVerifier::new(&tidings_auth::JwtSettings {
+        secret: Some(SECRET.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let identity = verifier.verify(token.trim()).unwrap();
+    assert_eq!(&*identity.user, "u1");
+    assert!(identity.claim_contains("workspaces", "beta"));
+    assert_eq!(&*identity.roles, ["admin".to_owned()]);
+    let ttl = identity.expires_at.unwrap()
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+    assert!((3590..=3600).contains(&ttl), "{ttl}");
+
+    let no_secret = command()
+        .args(["gentoken", "--sub", "u1"])
+        .output()
+        .unwrap();
+    assert!(!no_secret.status.success());
+    assert!(String::from_utf8_lossy(&no_secret.stderr).contains("TIDINGS_JWT_SECRET"));
+}
+
+#[test]
+fn checkconfig_accepts_the_example_and_names_mistakes() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tidings.example.toml");
+    let ok = command().args(["checkconfig", example]).output().unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let text = String::from_utf8(ok.stdout).unwrap();
+    assert!(
+        text.contains("namespace  workspace") && text.contains("namespace  user"),
+        "{text}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tidings-checkconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, body, expected) in [
+        ("typo.toml", "listen = \"127.0.0.1:1\"\nheartbeat = \"1s\"\n", "heartbeat"),
+        ("rule.toml", "[jwt]\nsecret = \"s3cr3t-s3cr3t-s3cr3t-s3cr3t\"\n[namespaces.orders]\nsubscribe = [{ segment = 1 }]\n", "namespaces.orders.subscribe[0]"),
+        ("key.toml", "[jwt]\npublic_key_file = \"/nonexistent/key.pem\"\n", "/nonexistent/key.pem"),
+        ("zero.toml", "[jwt]\nsecret = \"s3cr3t-s3cr3t-s3cr3t-s3cr3t\"\n[connection]\nheartbeat = \"0s\"\n", "connection.heartbeat"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        let out = command().arg("checkconfig").arg(&path).output().unwrap();
+        assert!(!out.status.success(), "{name} passed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(!err.contains("s3cr3t"), "{name} leaked the secret: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn environment_configures_listen_and_keys() {
+    let mut cmd = command();
+    cmd.env("TIDINGS_LISTEN", "127.0.0.1:0")
+        .env("TIDINGS_JWT_SECRET", SECRET)
+        .env("TIDINGS_API_KEY", API_KEY)
+        .env("TIDINGS_CONNECTION_HEARTBEAT", "7s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("listening on"))
+        .unwrap();
+    let addr = line.trim_start_matches("listening on ").to_owned();
+    let mut ws = connect_raw(&addr, &token("u1", &[])).await;
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["heartbeat"], 7000);
+    let status = reqwest::Client::new()
+        .post(format!("http://{addr}/api/publish"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"channel": "user:u1", "event": "e", "data": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn connect_raw(addr: &str, token: &str) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .unwrap()
+        .0
+}
