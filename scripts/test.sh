@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the repository from a fresh clone: installs what the tests
+# need, then formatting, lints, and the Rust, TypeScript and browser test suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Rust formatting"
+cargo fmt --all -- --check
+
+step "Clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Build the server binary used by the process, bench and SDK tests"
+cargo build --locked -p tidings-server
+
+step "Rust tests (unit, integration over real sockets, property, binary)"
+cargo test --workspace --locked
