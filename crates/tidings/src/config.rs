@@ -145,8 +145,12 @@ pub struct NamespaceConfig {
     pub subscribe: Vec<Rule>,
     /// Who may publish from a client connection.
     pub publish: Vec<Rule>,
-    /// Who may list presence.
+    /// Who may list presence. A namespace with presence rules tracks its
+    /// subscribers' presence.
     pub presence: Vec<Rule>,
+    /// Push `presence` join/leave/status messages to subscribers that may see
+    /// presence. Off by default: on a busy channel every join reaches everyone.
+    pub presence_events: bool,
     /// Who may read history.
     pub history: Vec<Rule>,
     /// Events kept per channel for recovery and history (0 = none).
@@ -164,6 +168,7 @@ impl Default for NamespaceConfig {
             subscribe: Vec::new(),
             publish: Vec::new(),
             presence: Vec::new(),
+            presence_events: false,
             history: Vec::new(),
             history_size: 100,
             history_ttl: Duration::from_secs(600),

@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::access::AccessPolicy;
 use crate::config::{Config, ConfigError};
-use crate::engine::memory::{MemoryBroker, DEFAULT_SWEEP_INTERVAL};
-use crate::engine::Broker;
+use crate::engine::memory::DEFAULT_SWEEP_INTERVAL;
+use crate::engine::presence::PresenceStore;
+use crate::engine::Engine;
 use crate::hub::{ConnectionLimits, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
@@ -35,6 +36,8 @@ pub struct ServerState {
     pub access: AccessPolicy,
     /// Local subscribers and fan-out.
     pub hub: Arc<Hub>,
+    /// Who is on which channel.
+    pub presence: Arc<dyn PresenceStore>,
     /// The publish path.
     pub publisher: Publisher,
     /// Metrics.
@@ -60,13 +63,12 @@ impl Tidings {
     /// A server on the in-memory engine. Must be called within a Tokio runtime
     /// (it starts the history sweep and metrics upkeep).
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let engine = Arc::new(MemoryBroker::new());
-        engine.start_sweeper(DEFAULT_SWEEP_INTERVAL);
-        Self::with_broker(config, engine)
+        Self::with_engine(config, Engine::memory(DEFAULT_SWEEP_INTERVAL))
     }
 
     /// A server on the given engine.
-    pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Result<Self, ConfigError> {
+    pub fn with_engine(config: Config, engine: Engine) -> Result<Self, ConfigError> {
+        let Engine { broker, presence } = engine;
         config.validate()?;
         let verifier = TokenVerifier::new(&config.jwt)?;
         let metrics = Arc::new(Metrics::new());
@@ -98,6 +100,7 @@ impl Tidings {
             api_key,
             access,
             hub,
+            presence,
             publisher,
             metrics,
         });

@@ -3,6 +3,7 @@
 //! node; a Redis broker serves several without the hub or transports changing.
 
 pub mod memory;
+pub mod presence;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,6 +15,30 @@ use serde_json::value::RawValue;
 
 use crate::protocol::messages::EventEnvelope;
 use crate::protocol::{ChannelName, EventMeta};
+use presence::{MemoryPresence, PresenceStore};
+
+/// The engine a server runs on: where events are placed and carried, and where
+/// presence lives.
+#[derive(Clone)]
+pub struct Engine {
+    /// Offsets, history and delivery to every node.
+    pub broker: Arc<dyn Broker>,
+    /// Who is on which channel.
+    pub presence: Arc<dyn PresenceStore>,
+}
+
+impl Engine {
+    /// The single-node engine, with its history sweep running every `sweep`.
+    /// Must be called within a Tokio runtime.
+    pub fn memory(sweep: Duration) -> Self {
+        let broker = Arc::new(memory::MemoryBroker::new());
+        broker.start_sweeper(sweep);
+        Self {
+            broker,
+            presence: Arc::new(MemoryPresence::new()),
+        }
+    }
+}
 
 /// Who may receive an event, on top of channel permissions (§6 `audience`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

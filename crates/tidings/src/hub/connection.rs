@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::engine::Publication;
@@ -14,6 +15,13 @@ use crate::protocol::{ChannelName, CloseCode};
 pub enum Outbound {
     /// An event of a channel the connection is subscribed to.
     Event(Arc<Publication>),
+    /// A presence push for a channel the connection is on.
+    Presence {
+        /// The channel.
+        channel: ChannelName,
+        /// The encoded push, shared by every recipient.
+        text: Utf8Bytes,
+    },
     /// The server removed a subscription.
     Unsubscribed {
         /// The channel.
@@ -136,12 +144,25 @@ impl Connection {
 
     /// Queues a server-side unsubscribe notice (ordered after queued events).
     pub fn push_unsubscribed(&self, channel: ChannelName, reason: String) {
+        self.push_control(Outbound::Unsubscribed { channel, reason });
+    }
+
+    /// Queues a presence push. Subject to the same bounds as events.
+    pub fn push_presence(&self, channel: ChannelName, text: Utf8Bytes) {
+        let size = text.len();
+        let messages = self.queued_messages.load(Ordering::Relaxed);
+        let bytes = self.queued_bytes.load(Ordering::Relaxed);
+        if messages >= self.limits.messages || bytes + size > self.limits.bytes {
+            self.request_close(CloseCode::SlowConsumer, None);
+            return;
+        }
+        self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        self.push_control(Outbound::Presence { channel, text });
+    }
+
+    fn push_control(&self, item: Outbound) {
         self.queued_messages.fetch_add(1, Ordering::Relaxed);
-        if self
-            .sender
-            .send(Outbound::Unsubscribed { channel, reason })
-            .is_err()
-        {
+        if self.sender.send(item).is_err() {
             self.queued_messages.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -184,11 +205,14 @@ impl ConnectionQueue {
         self.connection
             .queued_messages
             .fetch_sub(1, Ordering::Relaxed);
-        if let Outbound::Event(p) = item {
-            self.connection
-                .queued_bytes
-                .fetch_sub(p.encoded().len(), Ordering::Relaxed);
-        }
+        let bytes = match item {
+            Outbound::Event(p) => p.encoded().len(),
+            Outbound::Presence { text, .. } => text.len(),
+            Outbound::Unsubscribed { .. } => 0,
+        };
+        self.connection
+            .queued_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Waits for the next item.

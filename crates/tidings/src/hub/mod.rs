@@ -19,7 +19,8 @@ pub use connection::{
 
 use crate::engine::{Broker, EngineError, EventSink, Publication};
 use crate::metrics::Metrics;
-use crate::protocol::{ChannelName, CloseCode};
+use crate::protocol::{ChannelName, CloseCode, ServerMessage};
+use axum::extract::ws::Utf8Bytes;
 
 const INTEREST_LOCK_SHARDS: usize = 64;
 
@@ -43,12 +44,19 @@ pub struct ConnectionLimits {
     pub total: usize,
 }
 
+/// One connection on one channel.
+struct Subscriber {
+    connection: Arc<Connection>,
+    /// Whether it may see the channel's presence (and so gets its pushes).
+    sees_presence: bool,
+}
+
 /// Local subscribers and fan-out.
 pub struct Hub {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     limits: ConnectionLimits,
-    subscribers: DashMap<ChannelName, HashMap<u64, Arc<Connection>>>,
+    subscribers: DashMap<ChannelName, HashMap<u64, Subscriber>>,
     connections: DashMap<u64, Arc<Connection>>,
     users: DashMap<Arc<str>, Vec<Arc<Connection>>>,
     // Serialises "first subscriber here / last one gone" per channel so the
@@ -143,20 +151,24 @@ impl Hub {
     }
 
     /// Adds `connection` to `channel`'s subscribers; from now on it receives the
-    /// channel's events.
+    /// channel's events (and its presence pushes when `sees_presence`).
     pub async fn add_subscription(
         &self,
         channel: &ChannelName,
         connection: &Arc<Connection>,
+        sees_presence: bool,
     ) -> Result<(), EngineError> {
         let _guard = self.interest_lock(channel).lock().await;
         if !self.subscribers.contains_key(channel) {
             self.broker.subscribe_node(channel).await?;
         }
-        self.subscribers
-            .entry(channel.clone())
-            .or_default()
-            .insert(connection.key, connection.clone());
+        self.subscribers.entry(channel.clone()).or_default().insert(
+            connection.key,
+            Subscriber {
+                connection: connection.clone(),
+                sees_presence,
+            },
+        );
         self.metrics.subscription_added();
         Ok(())
     }
@@ -193,13 +205,27 @@ impl Hub {
         };
         publication.encoded();
         let mut delivered = 0u64;
-        for connection in subs.values() {
-            if connection.push(publication) == PushOutcome::Queued {
+        for subscriber in subs.values() {
+            if subscriber.connection.push(publication) == PushOutcome::Queued {
                 delivered += 1;
             }
         }
         drop(subs);
         self.metrics.events_fanned_out(delivered);
+    }
+
+    /// Sends a presence push, encoded once, to the channel's local subscribers
+    /// that may see presence.
+    pub fn push_presence(&self, channel: &ChannelName, message: &ServerMessage) {
+        let Some(subs) = self.subscribers.get(channel) else {
+            return;
+        };
+        let text = Utf8Bytes::from(message.to_json());
+        for subscriber in subs.values().filter(|s| s.sees_presence) {
+            subscriber
+                .connection
+                .push_presence(channel.clone(), text.clone());
+        }
     }
 
     /// Asks every connection of `user` to close with `code`; returns how many.

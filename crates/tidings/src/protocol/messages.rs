@@ -305,6 +305,35 @@ pub enum ServerMessage {
     },
     /// Server liveness check; the client answers `pong`.
     Ping,
+    /// Reply to `presence`: the channel's members.
+    #[serde(rename = "presence")]
+    PresenceList {
+        /// Request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Channel name.
+        channel: String,
+        /// One entry per user.
+        members: Vec<PresenceMember>,
+    },
+    /// Push: a member joined, left or changed status.
+    #[serde(rename = "presence")]
+    PresenceChanged {
+        /// Channel name.
+        channel: String,
+        /// `join`, `leave` or `status`.
+        action: &'static str,
+        /// The member.
+        member: PresenceMember,
+    },
+    /// Reply to `status`.
+    Status {
+        /// Request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The status now set.
+        status: PresenceStatus,
+    },
     /// A request failed.
     Error {
         /// Request id.

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,7 @@ pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
         .route("/api/events", post(entity_event))
         .route("/api/disconnect", post(disconnect))
         .route("/api/unsubscribe", post(unsubscribe))
-        .route("/api/presence", get(not_yet))
+        .route("/api/presence", get(presence))
         .route("/api/history", get(not_yet))
         .route_layer(middleware::from_fn_with_state(state, require_api_key))
 }
@@ -175,6 +175,29 @@ async fn unsubscribe(
         .unsubscribe_user(&request.user, &channel, reason)
         .await;
     Ok(Json(json!({ "unsubscribed": count })).into_response())
+}
+
+#[derive(Deserialize)]
+struct ChannelQuery {
+    channel: String,
+}
+
+async fn presence(
+    State(state): State<Arc<ServerState>>,
+    query: Result<Query<ChannelQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let channel = ChannelName::parse(&query.channel)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
+    state
+        .access
+        .namespace(&channel)
+        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    let members = state.presence.members(&channel).await.map_err(|e| {
+        tracing::error!(error = %e, "presence read failed");
+        ApiError::new(ErrorCode::Internal, "presence read failed")
+    })?;
+    Ok(Json(json!({ "channel": channel, "members": members })).into_response())
 }
 
 async fn not_yet() -> ApiError {

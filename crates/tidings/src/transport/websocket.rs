@@ -21,12 +21,13 @@ use tracing::Instrument;
 
 use super::http::{bearer_token, check_origin, ApiError};
 use crate::access::{AccessError, Action};
+use crate::engine::presence::{ClientPresence, PresenceChange};
 use crate::engine::{HistoryQuery, Publication};
 use crate::hub::{CloseRequest, Connection, ConnectionQueue, Outbound, QueueLimits, RegisterError};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
-    parse_request, ChannelName, CloseCode, ErrorCode, EventMeta, Request, RequestId, ServerMessage,
-    StreamPosition, PROTOCOL_VERSION, SUBPROTOCOL,
+    parse_request, ChannelName, CloseCode, ErrorCode, EventMeta, PresenceStatus, Request,
+    RequestId, ServerMessage, StreamPosition, PROTOCOL_VERSION, SUBPROTOCOL,
 };
 use crate::publisher::PublishRequest;
 use crate::server::ServerState;
@@ -124,9 +125,15 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             pong_deadline: None,
             next_ping: Instant::now() + state.config.connection.heartbeat,
             token_expiry: None,
+            status: PresenceStatus::Online,
         };
         session.token_expiry = expiry_instant(&session.identity);
         let end = session.serve().await;
+        for (channel, subscription) in &session.subscriptions {
+            if subscription.presence {
+                leave_presence(&state, channel, &connection).await;
+            }
+        }
         let channels: Vec<ChannelName> = session.subscriptions.keys().cloned().collect();
         state.hub.unregister(&connection, channels).await;
         if let SessionEnd::Closed(CloseCode::SlowConsumer) = end {
@@ -242,6 +249,36 @@ struct Subscription {
     /// Highest offset delivered (or covered by `subscribed.offset`); later queue
     /// items at or below it are duplicates of what the client already has.
     offset: u64,
+    /// Whether this connection is tracked in the channel's presence.
+    presence: bool,
+}
+
+/// Removes a connection from a channel's presence and tells the others.
+async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: &Connection) {
+    match state
+        .presence
+        .leave(channel, &connection.user, &connection.client_id)
+        .await
+    {
+        Ok(Some(change)) => announce(state, channel, change),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%channel, error = %err, "presence leave failed"),
+    }
+}
+
+/// Pushes a presence change to the channel's subscribers that may see presence.
+fn announce(state: &ServerState, channel: &ChannelName, change: PresenceChange) {
+    let (action, member) = match change {
+        PresenceChange::Join(m) => ("join", m),
+        PresenceChange::Leave(m) => ("leave", m),
+        PresenceChange::Status(m) => ("status", m),
+    };
+    let push = ServerMessage::PresenceChanged {
+        channel: channel.to_string(),
+        action,
+        member,
+    };
+    state.hub.push_presence(channel, &push);
 }
 
 struct Session {
@@ -255,6 +292,7 @@ struct Session {
     pong_deadline: Option<Instant>,
     next_ping: Instant,
     token_expiry: Option<Instant>,
+    status: PresenceStatus,
 }
 
 /// A request's failure: the error reply to send.
@@ -484,12 +522,8 @@ impl Session {
                 limit,
             } => self.history(id.clone(), &channel, since, limit).await,
             Request::Refresh { token } => self.refresh(id.clone(), &token).await,
-            Request::Presence { .. } | Request::Status { .. } => {
-                Err(Failure::Refuse(Refusal::new(
-                    ErrorCode::NotAvailable,
-                    "presence is not available on this server yet",
-                )))
-            }
+            Request::Presence { channel } => self.presence(id.clone(), &channel).await,
+            Request::Status { status } => self.set_status(id.clone(), status).await,
         };
         match result {
             Ok(()) => {
@@ -551,8 +585,18 @@ impl Session {
                 ),
             )));
         }
+        let (tracks_presence, sees_presence) = match self.state.access.namespace(&channel) {
+            Ok(ns) => (
+                !ns.config.presence.is_empty(),
+                ns.config.presence_events && ns.allows(&self.identity, &channel, Action::Presence),
+            ),
+            Err(_) => (false, false),
+        };
         let hub = &self.state.hub;
-        if let Err(err) = hub.add_subscription(&channel, &self.connection).await {
+        if let Err(err) = hub
+            .add_subscription(&channel, &self.connection, sees_presence)
+            .await
+        {
             tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
             return Err(Failure::Refuse(Refusal::new(
                 ErrorCode::Internal,
@@ -594,8 +638,12 @@ impl Session {
             Subscription {
                 epoch: page.position.epoch.clone(),
                 offset: page.position.offset,
+                presence: tracks_presence,
             },
         );
+        if tracks_presence {
+            self.join_presence(&channel).await;
+        }
         let reply = ServerMessage::Subscribed {
             id,
             channel: channel.to_string(),
@@ -619,13 +667,84 @@ impl Session {
         self.write(out).await.map_err(Failure::Stop)
     }
 
+    async fn join_presence(&mut self, channel: &ChannelName) {
+        let me = ClientPresence {
+            client: self.connection.client_id.clone(),
+            user: self.identity.user.clone(),
+            status: self.status,
+            info: self.identity.info.clone(),
+        };
+        match self.state.presence.join(channel, me).await {
+            Ok(Some(change)) => announce(&self.state, channel, change),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
+        }
+    }
+
+    async fn presence(&mut self, id: Option<RequestId>, name: &str) -> Result<(), Failure> {
+        let channel = Self::parse_channel(name)?;
+        self.state
+            .access
+            .check(&self.identity, &channel, Action::Presence)
+            .map_err(|e| Failure::Refuse(e.into()))?;
+        let members = self
+            .state
+            .presence
+            .members(&channel)
+            .await
+            .map_err(|e| Failure::Refuse(Refusal::new(ErrorCode::Internal, e.to_string())))?;
+        let reply = ServerMessage::PresenceList {
+            id,
+            channel: channel.to_string(),
+            members,
+        };
+        self.send(&reply).await.map_err(Failure::Stop)
+    }
+
+    async fn set_status(
+        &mut self,
+        id: Option<RequestId>,
+        status: PresenceStatus,
+    ) -> Result<(), Failure> {
+        self.status = status;
+        let tracked: Vec<ChannelName> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.presence)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in tracked {
+            match self
+                .state
+                .presence
+                .set_status(
+                    &channel,
+                    &self.connection.user,
+                    &self.connection.client_id,
+                    status,
+                )
+                .await
+            {
+                Ok(Some(change)) => announce(&self.state, &channel, change),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
+            }
+        }
+        self.send(&ServerMessage::Status { id, status })
+            .await
+            .map_err(Failure::Stop)
+    }
+
     async fn unsubscribe(&mut self, id: Option<RequestId>, name: &str) -> Result<(), Failure> {
         let channel = Self::parse_channel(name)?;
-        if self.subscriptions.remove(&channel).is_none() {
+        let Some(subscription) = self.subscriptions.remove(&channel) else {
             return Err(Failure::Refuse(Refusal::new(
                 ErrorCode::NotSubscribed,
                 format!("not subscribed to {channel}"),
             )));
+        };
+        if subscription.presence {
+            leave_presence(&self.state, &channel, &self.connection).await;
         }
         self.state
             .hub
@@ -754,8 +873,16 @@ impl Session {
                         batch.push(publication.encoded().clone());
                     }
                 }
+                Outbound::Presence { channel, text } => {
+                    if self.subscriptions.contains_key(&channel) {
+                        batch.push(text);
+                    }
+                }
                 Outbound::Unsubscribed { channel, reason } => {
-                    if self.subscriptions.remove(&channel).is_some() {
+                    if let Some(subscription) = self.subscriptions.remove(&channel) {
+                        if subscription.presence {
+                            leave_presence(&self.state, &channel, &self.connection).await;
+                        }
                         let notice = ServerMessage::Unsubscribed {
                             id: None,
                             channel: channel.to_string(),

@@ -6,5 +6,6 @@ mod auth;
 mod bad_input;
 mod liveness;
 mod permissions;
+mod presence;
 mod properties;
 mod publish;

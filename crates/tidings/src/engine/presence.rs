@@ -1,0 +1,248 @@
+//! Presence: who is on a channel, with a status. [`PresenceStore`] is the seam;
+//! [`MemoryPresence`] serves one node.
+//!
+//! Presence is tracked per connection and reported per user: a user is a member
+//! while any of their connections is subscribed, and their status is the most
+//! available status among those connections (online, then busy, then away).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use serde_json::Value;
+
+use super::EngineError;
+use crate::protocol::messages::PresenceMember;
+use crate::protocol::{ChannelName, PresenceStatus};
+
+/// One connection's presence on a channel.
+#[derive(Debug, Clone)]
+pub struct ClientPresence {
+    /// Connection id.
+    pub client: Arc<str>,
+    /// User id.
+    pub user: Arc<str>,
+    /// The connection's status.
+    pub status: PresenceStatus,
+    /// The token's `info` claim.
+    pub info: Option<Value>,
+}
+
+/// A change others on the channel should be told about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PresenceChange {
+    /// The user's first connection joined.
+    Join(PresenceMember),
+    /// The user's last connection left.
+    Leave(PresenceMember),
+    /// The user's aggregate status changed.
+    Status(PresenceMember),
+}
+
+/// Where presence lives.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Adds a connection; returns `Join` when it is the user's first.
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        client: ClientPresence,
+    ) -> Result<Option<PresenceChange>, EngineError>;
+    /// Removes a connection of `user`; returns `Leave` when it was the user's last.
+    async fn leave(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        client: &str,
+    ) -> Result<Option<PresenceChange>, EngineError>;
+    /// Sets the status of a connection of `user`; returns `Status` when the
+    /// user's status changed.
+    async fn set_status(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        client: &str,
+        status: PresenceStatus,
+    ) -> Result<Option<PresenceChange>, EngineError>;
+    /// The channel's members, one per user, sorted by user id.
+    async fn members(&self, channel: &ChannelName) -> Result<Vec<PresenceMember>, EngineError>;
+}
+
+fn rank(status: PresenceStatus) -> u8 {
+    match status {
+        PresenceStatus::Online => 0,
+        PresenceStatus::Busy => 1,
+        PresenceStatus::Away => 2,
+    }
+}
+
+/// One user's connections on a channel, by connection id.
+type UserClients = HashMap<Arc<str>, ClientPresence>;
+
+/// The member view of one user's connections, if it has any.
+fn member_of(user: &str, clients: &UserClients) -> Option<PresenceMember> {
+    let status = clients
+        .values()
+        .map(|c| c.status)
+        .min_by_key(|s| rank(*s))?;
+    let mut ids: Vec<String> = clients.keys().map(|c| c.to_string()).collect();
+    ids.sort();
+    Some(PresenceMember {
+        user: user.to_owned(),
+        status,
+        info: clients.values().find_map(|c| c.info.clone()),
+        clients: ids,
+    })
+}
+
+/// Single-node presence: per channel, per user, per connection.
+#[derive(Debug, Default)]
+pub struct MemoryPresence {
+    channels: DashMap<ChannelName, HashMap<Arc<str>, UserClients>>,
+}
+
+impl MemoryPresence {
+    /// Empty presence.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryPresence {
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        client: ClientPresence,
+    ) -> Result<Option<PresenceChange>, EngineError> {
+        let mut users = self.channels.entry(channel.clone()).or_default();
+        let user = client.user.clone();
+        let clients = users.entry(user.clone()).or_default();
+        let first = clients.is_empty();
+        clients.insert(client.client.clone(), client);
+        Ok(first
+            .then(|| member_of(&user, clients))
+            .flatten()
+            .map(PresenceChange::Join))
+    }
+
+    async fn leave(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        client: &str,
+    ) -> Result<Option<PresenceChange>, EngineError> {
+        let mut change = None;
+        self.channels.remove_if_mut(channel, |_, users| {
+            if let Some(clients) = users.get_mut(user) {
+                if let Some(gone) = clients.remove(client) {
+                    if clients.is_empty() {
+                        users.remove(user);
+                        change = Some(PresenceChange::Leave(PresenceMember {
+                            user: user.to_owned(),
+                            status: gone.status,
+                            info: gone.info,
+                            clients: Vec::new(),
+                        }));
+                    }
+                }
+            }
+            users.is_empty()
+        });
+        Ok(change)
+    }
+
+    async fn set_status(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        client: &str,
+        status: PresenceStatus,
+    ) -> Result<Option<PresenceChange>, EngineError> {
+        let Some(mut users) = self.channels.get_mut(channel) else {
+            return Ok(None);
+        };
+        let Some(clients) = users.get_mut(user) else {
+            return Ok(None);
+        };
+        let before = member_of(user, clients).map(|m| m.status);
+        match clients.get_mut(client) {
+            Some(entry) => entry.status = status,
+            None => return Ok(None),
+        }
+        let after = member_of(user, clients);
+        Ok(after
+            .filter(|m| Some(m.status) != before)
+            .map(PresenceChange::Status))
+    }
+
+    async fn members(&self, channel: &ChannelName) -> Result<Vec<PresenceMember>, EngineError> {
+        let Some(users) = self.channels.get(channel) else {
+            return Ok(Vec::new());
+        };
+        let mut members: Vec<PresenceMember> =
+            users.iter().filter_map(|(u, c)| member_of(u, c)).collect();
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: &str, user: &str) -> ClientPresence {
+        ClientPresence {
+            client: Arc::from(id),
+            user: Arc::from(user),
+            status: PresenceStatus::Online,
+            info: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn join_and_leave_are_per_user() {
+        let p = MemoryPresence::new();
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        assert!(matches!(
+            p.join(&ch, client("c1", "u1")).await.unwrap(),
+            Some(PresenceChange::Join(_))
+        ));
+        assert_eq!(
+            p.join(&ch, client("c2", "u1")).await.unwrap(),
+            None,
+            "second tab is no join"
+        );
+        let members = p.members(&ch).await.unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].clients, ["c1", "c2"]);
+        assert_eq!(p.leave(&ch, "u1", "c1").await.unwrap(), None);
+        assert!(matches!(
+            p.leave(&ch, "u1", "c2").await.unwrap(),
+            Some(PresenceChange::Leave(_))
+        ));
+        assert!(p.members(&ch).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn status_is_the_most_available_of_the_users_connections() {
+        let p = MemoryPresence::new();
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        p.join(&ch, client("c1", "u1")).await.unwrap();
+        p.join(&ch, client("c2", "u1")).await.unwrap();
+        assert_eq!(
+            p.set_status(&ch, "u1", "c1", PresenceStatus::Away)
+                .await
+                .unwrap(),
+            None
+        );
+        let change = p
+            .set_status(&ch, "u1", "c2", PresenceStatus::Busy)
+            .await
+            .unwrap();
+        assert!(
+            matches!(change, Some(PresenceChange::Status(m)) if m.status == PresenceStatus::Busy)
+        );
+    }
+}

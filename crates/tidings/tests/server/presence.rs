@@ -1,0 +1,142 @@
+//! Presence: members, join/leave/status pushes, and the API view.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// A server whose `workspace` namespace pushes presence events.
+async fn server_with_presence_events() -> TestServer {
+    let mut config = base_config();
+    let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+        .remove("workspace")
+        .unwrap();
+    workspace.presence_events = true;
+    config.namespaces.insert("workspace".into(), workspace);
+    TestServer::with_config(config).await
+}
+
+#[tokio::test]
+async fn members_join_leave_and_status_are_pushed() {
+    let server = server_with_presence_events().await;
+    let mut alice = server.connect_user("alice", &["acme"]).await;
+    alice.subscribe("workspace:acme").await;
+    let joined = alice.expect("presence").await;
+    assert_eq!(joined["action"], "join");
+    assert_eq!(joined["member"]["user"], "alice");
+
+    let mut bob_tab1 = server.connect_user("bob", &["acme"]).await;
+    bob_tab1.subscribe("workspace:acme").await;
+    let push = alice.expect("presence").await;
+    assert_eq!(
+        (push["action"].as_str(), push["member"]["user"].as_str()),
+        (Some("join"), Some("bob"))
+    );
+    assert_eq!(push["member"]["status"], "online");
+
+    // A second tab of the same user is not a new member.
+    let mut bob_tab2 = server.connect_user("bob", &["acme"]).await;
+    bob_tab2.subscribe("workspace:acme").await;
+    let list = alice
+        .request(json!({"type": "presence", "channel": "workspace:acme"}), 1)
+        .await;
+    let members = list["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{list}");
+    assert_eq!(members[1]["user"], "bob");
+    assert_eq!(members[1]["clients"].as_array().unwrap().len(), 2);
+
+    // Status: bob's aggregate changes only when no tab is online any more.
+    let reply = bob_tab1
+        .request(json!({"type": "status", "status": "away"}), 2)
+        .await;
+    assert_eq!(reply, json!({"type": "status", "id": 2, "status": "away"}));
+    bob_tab2
+        .request(json!({"type": "status", "status": "busy"}), 3)
+        .await;
+    let push = alice
+        .wait_for("bob's status", |v| {
+            v["type"] == "presence" && v["action"] == "status"
+        })
+        .await;
+    assert_eq!(push["member"]["status"], "busy");
+
+    let (status, body) = api_presence(&server, "workspace:acme").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["members"].as_array().unwrap().len(), 2);
+
+    drop(bob_tab1);
+    bob_tab2
+        .request(
+            json!({"type": "unsubscribe", "channel": "workspace:acme"}),
+            4,
+        )
+        .await;
+    let push = alice
+        .wait_for("bob's leave", |v| {
+            v["type"] == "presence" && v["action"] == "leave"
+        })
+        .await;
+    assert_eq!(push["member"]["user"], "bob");
+    let list = alice
+        .request(json!({"type": "presence", "channel": "workspace:acme"}), 5)
+        .await;
+    assert_eq!(list["members"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn presence_needs_permission_and_does_not_leak_across_workspaces() {
+    let server = server_with_presence_events().await;
+    let mut acme = server.connect_user("a", &["acme"]).await;
+    let mut globex = server.connect_user("g", &["globex"]).await;
+    acme.subscribe("workspace:acme").await;
+    globex.subscribe("workspace:globex").await;
+    let denied = globex
+        .request(json!({"type": "presence", "channel": "workspace:acme"}), 1)
+        .await;
+    assert_eq!(denied["code"], "permission_denied");
+    // globex sees only its own join.
+    let mut seen = Vec::new();
+    while let Some(v) = globex.next(Duration::from_millis(300)).await {
+        seen.push(v);
+    }
+    assert!(seen.iter().all(|v| v["member"]["user"] != "a"), "{seen:?}");
+}
+
+async fn api_presence(server: &TestServer, channel: &str) -> (u16, serde_json::Value) {
+    let response = server
+        .http
+        .get(server.url(&format!("/api/presence?channel={channel}")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn default_namespaces_list_members_without_pushing() {
+    let server = TestServer::start().await;
+    let mut a = server.connect_user("a", &["acme"]).await;
+    let mut b = server.connect_user("b", &["acme"]).await;
+    a.subscribe("workspace:acme").await;
+    b.subscribe("workspace:acme").await;
+    let list = a
+        .request(json!({"type": "presence", "channel": "workspace:acme"}), 1)
+        .await;
+    let users: Vec<&str> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["a", "b"]);
+    assert!(
+        a.next(Duration::from_millis(300)).await.is_none(),
+        "no presence pushes by default"
+    );
+    let own = a
+        .request(json!({"type": "presence", "channel": "user:a"}), 2)
+        .await;
+    assert_eq!(own["members"], json!([]), "not subscribed there");
+}
