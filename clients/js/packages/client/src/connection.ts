@@ -1,0 +1,806 @@
+/**
+ * The connection engine: one logical connection to a Tidings server over a
+ * fallback chain of transports, with the state machine, reconnects with backoff,
+ * token refresh, the heartbeat watchdog, subscriptions kept across reconnects and
+ * the offline request queue. The public client and the cross-tab hub sit on top.
+ */
+import { backoffDelay } from './backoff.js';
+import { Emitter } from './emitter.js';
+import { TidingsError } from './errors.js';
+import {
+  shouldReconnect,
+  type ClientMessage,
+  type ConnectedMessage,
+  type EventEnvelope,
+  type RequestId,
+  type ServerMessage,
+  type StreamPosition,
+  type SubscribedMessage,
+} from './protocol.js';
+import type {
+  Transport,
+  TransportClose,
+  TransportFactory,
+  TransportName,
+  WebSocketConstructor,
+} from './transports/types.js';
+
+export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'disconnected' | 'failed';
+
+/** Why the state changed. */
+export interface StateReason {
+  /** Close code, when a close caused it. */
+  code?: number;
+  /** Server error code or SDK code (`offline`, `heartbeat_timeout`, `max_attempts`, …). */
+  error?: string;
+  message: string;
+}
+
+/** A snapshot of the connection, as emitted on every `state` change. */
+export interface StateInfo {
+  state: ConnectionState;
+  previous: ConnectionState | null;
+  reason?: StateReason;
+  /** The transport in use (or being tried). */
+  transport: TransportName | null;
+  /** The server's id for this connection (send it as `exclude_client`). */
+  clientId: string | null;
+  /** The user of the token. */
+  user: string | null;
+  /** Reconnect attempts made since the last successful connect. */
+  attempt: number;
+  /** When the next attempt starts (epoch ms), while waiting for one. */
+  nextAttemptAt?: number;
+  /** False while the browser reports being offline (attempts are paused). */
+  online: boolean;
+}
+
+export interface TokenRequest {
+  /** `initial`, `expired` (4003 or an expired token was refused), `refresh` (before expiry), `reauthenticate` (the app asked). */
+  reason: 'initial' | 'expired' | 'refresh' | 'reauthenticate';
+}
+
+export interface ConnectionOptions {
+  url: string;
+  getToken: (request: TokenRequest) => Promise<string>;
+  transports: TransportName[];
+  transportFactories: Partial<Record<TransportName, TransportFactory>>;
+  WebSocket: WebSocketConstructor | undefined;
+  fetch: typeof fetch | undefined;
+  minDelay: number;
+  maxDelay: number;
+  maxAttempts: number;
+  heartbeatGrace: number;
+  refreshMargin: number;
+  offlineQueueSize: number;
+  random: () => number;
+  watchNetwork: boolean;
+}
+
+export interface SubscribedInfo {
+  channel: string;
+  offset: number;
+  epoch: string;
+  recoverable: boolean;
+  /** `true`: every missed event follows; `false`: events were missed, reload; absent: fresh subscription. */
+  recovered?: boolean;
+  /** Whether this was a resubscription after a reconnect. */
+  resubscribed: boolean;
+}
+
+export interface ConnectionEvents {
+  state: StateInfo;
+  event: EventEnvelope;
+  subscribed: SubscribedInfo;
+  subscribeError: { channel: string; error: TidingsError };
+  /** The server removed a subscription (`unsubscribed` push). */
+  serverUnsubscribed: { channel: string; reason: string };
+}
+
+interface ChannelEntry {
+  /** Where to resume from; advanced by every delivered event. */
+  position?: StreamPosition;
+  status: 'pending' | 'subscribing' | 'subscribed' | 'error';
+  /** Request id of the subscribe in flight. */
+  requestId?: number;
+  /** Set once subscribed at least once (so the next one is a resubscription). */
+  everSubscribed: boolean;
+  /** Epoch of the current server subscription. */
+  epoch?: string;
+}
+
+interface PendingRequest {
+  message: ClientMessage & { id?: RequestId };
+  resolve: (reply: ServerMessage) => void;
+  reject: (error: TidingsError) => void;
+  timer: ReturnType<typeof setTimeout>;
+  sent: boolean;
+}
+
+/** Request options. */
+export interface RequestOptions {
+  /** ms until the promise rejects with `timeout`, counted from the call (default 10000). */
+  timeout?: number;
+}
+
+const DEFAULT_REQUEST_TIMEOUT = 10_000;
+/** Close code the SDK reports when its heartbeat watchdog fires. */
+export const HEARTBEAT_TIMEOUT_CODE = 4001;
+
+export function toUrls(url: string): { httpUrl: string; wsUrl: string } {
+  const trimmed = url.replace(/\/+$/, '').replace(/\/ws$/, '');
+  if (/^wss?:\/\//i.test(trimmed)) {
+    return { wsUrl: trimmed, httpUrl: trimmed.replace(/^ws/i, 'http') };
+  }
+  if (/^https?:\/\//i.test(trimmed)) {
+    return { httpUrl: trimmed, wsUrl: trimmed.replace(/^http/i, 'ws') };
+  }
+  throw new TypeError(`Tidings url must start with http(s):// or ws(s)://, got ${url}`);
+}
+
+/** Reads `exp` (ms) from a JWT without verifying it; undefined when unreadable. */
+export function tokenExpiry(token: string): number | undefined {
+  const part = token.split('.')[1];
+  if (!part) return undefined;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const json = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4))) as { exp?: unknown };
+    return typeof json.exp === 'number' ? json.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export class Connection extends Emitter<ConnectionEvents> {
+  readonly options: ConnectionOptions;
+  #urls: { httpUrl: string; wsUrl: string };
+  #info: StateInfo;
+  #transport: Transport | null = null;
+  #transportIndex = 0;
+  /** Bumped whenever the current attempt/session is abandoned. */
+  #generation = 0;
+  #token: string | null = null;
+  #tokenFresh = false;
+  #needNewToken = false;
+  #connected: ConnectedMessage | null = null;
+  #everConnected = false;
+  #retryTimer: ReturnType<typeof setTimeout> | null = null;
+  #waitingForNetwork = false;
+  #watchdog: ReturnType<typeof setTimeout> | null = null;
+  #refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  #lastDisconnect: { code: number; reason: string; reconnect: boolean } | null = null;
+  #authError: TidingsError | null = null;
+  #channels = new Map<string, ChannelEntry>();
+  #pending = new Map<RequestId, PendingRequest>();
+  #queue: PendingRequest[] = [];
+  #nextId = 1;
+  #removeNetworkListeners: (() => void) | null = null;
+
+  constructor(options: ConnectionOptions) {
+    super();
+    this.options = options;
+    this.#urls = toUrls(options.url);
+    this.#info = {
+      state: 'disconnected',
+      previous: null,
+      transport: null,
+      clientId: null,
+      user: null,
+      attempt: 0,
+      online: true,
+    };
+    if (options.watchNetwork) this.#watchNetwork();
+  }
+
+  get info(): StateInfo {
+    return this.#info;
+  }
+
+  get urls(): { httpUrl: string; wsUrl: string } {
+    return this.#urls;
+  }
+
+  /** Channels and their resume positions. */
+  positions(): Map<string, StreamPosition | undefined> {
+    return new Map([...this.#channels].map(([name, entry]) => [name, entry.position]));
+  }
+
+  // ---- lifecycle -------------------------------------------------------
+
+  /** Starts connecting (no-op unless disconnected or failed). */
+  connect(): void {
+    if (this.#info.state !== 'disconnected' && this.#info.state !== 'failed') return;
+    this.#everConnected = false;
+    this.#setState({ state: 'connecting', attempt: 0, reason: undefined, nextAttemptAt: undefined });
+    void this.#attempt();
+  }
+
+  /** After `failed`: starts over with a fresh attempt budget. */
+  retry(): void {
+    if (this.#info.state === 'failed' || this.#info.state === 'disconnected') {
+      this.connect();
+      return;
+    }
+    if (this.#info.state === 'reconnecting' && (this.#retryTimer || this.#waitingForNetwork)) {
+      this.#clearRetry();
+      void this.#attempt();
+    }
+  }
+
+  /** Closes for good (until `connect()`); queued requests are rejected. */
+  disconnect(reason = 'client disconnected'): void {
+    this.#abandon(1000, reason);
+    this.#setState({ state: 'disconnected', reason: { code: 1000, message: reason }, nextAttemptAt: undefined });
+    this.#rejectQueue('disconnected', 'the client disconnected');
+  }
+
+  /** Drops the cached token and reconnects at once with a new one (e.g. after re-login). */
+  reauthenticate(): void {
+    this.#token = null;
+    this.#needNewToken = true;
+    this.#reauthReason = true;
+    const state = this.#info.state;
+    this.#abandon(1000, 'reauthenticating');
+    this.#setState({
+      state: this.#everConnected || state === 'connected' ? 'reconnecting' : 'connecting',
+      attempt: 0,
+      reason: { error: 'reauthenticate', message: 'the token changed' },
+      nextAttemptAt: undefined,
+    });
+    void this.#attempt();
+  }
+  #reauthReason = false;
+
+  /** Stops everything and removes listeners. */
+  destroy(): void {
+    this.disconnect('client closed');
+    this.#removeNetworkListeners?.();
+    this.#removeNetworkListeners = null;
+  }
+
+  // ---- subscriptions ---------------------------------------------------
+
+  /**
+   * Wants `channel`. With `since`, the first subscribe resumes from there. If the
+   * channel is already wanted but not yet sent, the earlier position wins.
+   */
+  addChannel(channel: string, since?: StreamPosition): void {
+    const existing = this.#channels.get(channel);
+    if (existing) {
+      if (existing.status === 'pending' && since) {
+        const current = existing.position;
+        if (!current || (current.epoch === since.epoch && since.offset < current.offset)) {
+          existing.position = { ...since };
+        }
+      }
+      if (existing.status === 'error') {
+        existing.status = 'pending';
+        this.#sendSubscribe(channel, existing);
+      }
+      return;
+    }
+    const entry: ChannelEntry = { status: 'pending', everSubscribed: false };
+    if (since) entry.position = { ...since };
+    this.#channels.set(channel, entry);
+    this.#sendSubscribe(channel, entry);
+  }
+
+  removeChannel(channel: string): void {
+    const entry = this.#channels.get(channel);
+    if (!entry) return;
+    this.#channels.delete(channel);
+    if (this.#connected && (entry.status === 'subscribed' || entry.status === 'subscribing')) {
+      this.#send({ type: 'unsubscribe', channel, id: this.#nextId++ });
+    }
+  }
+
+  #sendSubscribe(channel: string, entry: ChannelEntry): void {
+    if (!this.#connected || !this.#transport) return;
+    const id = this.#nextId++;
+    entry.status = 'subscribing';
+    entry.requestId = id;
+    const message: ClientMessage = { type: 'subscribe', channel, id };
+    if (entry.position) message.since = { ...entry.position };
+    this.#send(message);
+  }
+
+  // ---- requests --------------------------------------------------------
+
+  /**
+   * Sends a request and resolves with the server's reply (rejects with its
+   * `error`). While not connected the request waits in the bounded offline
+   * queue and is sent, in order, after the next connect.
+   */
+  request(message: ClientMessage, options: RequestOptions = {}): Promise<ServerMessage> {
+    return new Promise<ServerMessage>((resolve, reject) => {
+      const timeout = options.timeout ?? DEFAULT_REQUEST_TIMEOUT;
+      const pending: PendingRequest = {
+        message: { ...message },
+        resolve,
+        reject,
+        sent: false,
+        timer: setTimeout(() => {
+          this.#forget(pending);
+          reject(new TidingsError('timeout', `no reply to ${message.type} within ${timeout} ms`));
+        }, timeout),
+      };
+      if (this.#connected && this.#transport) {
+        this.#sendPending(pending);
+        return;
+      }
+      if (this.#info.state === 'disconnected' || this.#info.state === 'failed') {
+        clearTimeout(pending.timer);
+        reject(new TidingsError('not_connected', `cannot send ${message.type}: the client is ${this.#info.state}`));
+        return;
+      }
+      if (this.#queue.length >= this.options.offlineQueueSize) {
+        clearTimeout(pending.timer);
+        reject(new TidingsError('queue_full', `the offline queue holds at most ${this.options.offlineQueueSize} requests`));
+        return;
+      }
+      this.#queue.push(pending);
+    });
+  }
+
+  /** Requests waiting for a connection. */
+  get queuedRequests(): number {
+    return this.#queue.length;
+  }
+
+  #sendPending(pending: PendingRequest): void {
+    const id = this.#nextId++;
+    pending.message = { ...pending.message, id } as PendingRequest['message'];
+    pending.sent = true;
+    this.#pending.set(id, pending);
+    this.#send(pending.message);
+  }
+
+  #forget(pending: PendingRequest): void {
+    const index = this.#queue.indexOf(pending);
+    if (index >= 0) this.#queue.splice(index, 1);
+    const id = pending.message.id;
+    if (id !== undefined && this.#pending.get(id) === pending) this.#pending.delete(id);
+  }
+
+  #rejectQueue(code: 'disconnected' | 'not_connected', message: string): void {
+    const queued = this.#queue.splice(0);
+    for (const pending of queued) {
+      clearTimeout(pending.timer);
+      pending.reject(new TidingsError(code, message));
+    }
+  }
+
+  #rejectInFlight(): void {
+    const inFlight = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const pending of inFlight) {
+      clearTimeout(pending.timer);
+      pending.reject(
+        new TidingsError('connection_lost', `the connection closed before the reply to ${pending.message.type}`),
+      );
+    }
+  }
+
+  // ---- attempts --------------------------------------------------------
+
+  async #attempt(): Promise<void> {
+    this.#clearRetry();
+    if (this.#info.online === false) {
+      this.#waitingForNetwork = true;
+      this.#setState({ reason: { error: 'offline', message: 'waiting for the network' }, nextAttemptAt: undefined });
+      return;
+    }
+    const generation = ++this.#generation;
+    this.#authError = null;
+    this.#lastDisconnect = null;
+    if (!this.#token || this.#needNewToken || this.#tokenNearExpiry()) {
+      const reason: TokenRequest['reason'] = this.#reauthReason
+        ? 'reauthenticate'
+        : this.#needNewToken || this.#token
+          ? 'expired'
+          : 'initial';
+      try {
+        const token = await this.options.getToken({ reason });
+        if (generation !== this.#generation) return;
+        this.#token = token;
+        this.#needNewToken = false;
+        this.#reauthReason = false;
+      } catch (err) {
+        if (generation !== this.#generation) return;
+        this.#attemptFailed({ error: 'token_error', message: `getToken failed: ${String(err)}` });
+        return;
+      }
+    }
+    this.#transportIndex = 0;
+    this.#openTransport(generation);
+  }
+
+  #tokenNearExpiry(): boolean {
+    if (!this.#token) return true;
+    const exp = tokenExpiry(this.#token);
+    return exp !== undefined && exp - Date.now() < 1000;
+  }
+
+  #openTransport(generation: number): void {
+    const name = this.options.transports[this.#transportIndex];
+    const factory = name ? this.options.transportFactories[name] : undefined;
+    if (!name || !factory) {
+      this.#attemptFailed({ error: 'transport_failed', message: 'no transport could connect' });
+      return;
+    }
+    this.#setState({ transport: name });
+    const token = this.#token ?? '';
+    this.#transport = factory({
+      ...this.#urls,
+      token,
+      WebSocket: this.options.WebSocket,
+      fetch: this.options.fetch,
+      handlers: {
+        message: (message) => {
+          if (generation === this.#generation) this.#onMessage(message);
+        },
+        close: (info) => {
+          if (generation === this.#generation) this.#onTransportClose(info, generation);
+        },
+      },
+    });
+  }
+
+  #onTransportClose(info: TransportClose, generation: number): void {
+    const wasConnected = this.#connected !== null;
+    this.#transport = null;
+    this.#endSession();
+    if (!wasConnected && !info.reachable && this.#transportIndex + 1 < this.options.transports.length) {
+      // This transport cannot get through (blocked, proxy): try the next one now.
+      this.#transportIndex += 1;
+      this.#openTransport(generation);
+      return;
+    }
+    const disconnect = this.#lastDisconnect;
+    const code = disconnect?.code ?? info.code;
+    const message = disconnect?.reason ?? info.reason;
+    const reason: StateReason = { code, message };
+    const authError = this.#authError;
+    if (authError) reason.error = authError.code;
+    if (info.status !== undefined) reason.error = `http_${info.status}`;
+    if (code === 4003 || authError?.code === 'token_expired') {
+      // Expired: a new token is needed whatever the close code.
+      this.#needNewToken = true;
+      this.#token = null;
+      this.#attemptOrSchedule(wasConnected, reason);
+      return;
+    }
+    const reconnect = disconnect ? disconnect.reconnect && shouldReconnect(code) : shouldReconnect(code);
+    if (!reconnect) {
+      this.#generation++;
+      this.#setState({ state: 'disconnected', reason, nextAttemptAt: undefined });
+      this.#rejectQueue('disconnected', `the server closed the connection (${code} ${message})`);
+      return;
+    }
+    this.#attemptOrSchedule(wasConnected, reason);
+  }
+
+  #attemptOrSchedule(wasConnected: boolean, reason: StateReason): void {
+    if (wasConnected) {
+      // A working session ended: start a new round of attempts.
+      this.#setState({ state: 'reconnecting', attempt: 0, reason });
+      this.#scheduleAttempt(reason);
+    } else {
+      this.#attemptFailed(reason);
+    }
+  }
+
+  /** The current attempt did not reach `connected`. */
+  #attemptFailed(reason: StateReason): void {
+    this.#transport = null;
+    const attempt = this.#info.attempt + 1;
+    if (attempt >= this.options.maxAttempts) {
+      this.#generation++;
+      this.#setState({
+        state: 'failed',
+        attempt,
+        reason: { ...reason, error: reason.error ?? 'max_attempts', message: `gave up after ${attempt} attempts: ${reason.message}` },
+        nextAttemptAt: undefined,
+      });
+      this.#rejectQueue('disconnected', 'the connection failed');
+      return;
+    }
+    this.#setState({ state: this.#everConnected ? 'reconnecting' : 'connecting', attempt, reason });
+    this.#scheduleAttempt(reason);
+  }
+
+  #scheduleAttempt(reason: StateReason): void {
+    this.#clearRetry();
+    if (!this.#info.online) {
+      this.#waitingForNetwork = true;
+      this.#setState({ reason: { ...reason, error: 'offline', message: 'waiting for the network' }, nextAttemptAt: undefined });
+      return;
+    }
+    const delay = backoffDelay(this.#info.attempt, this.options, this.options.random);
+    this.#setState({ reason, nextAttemptAt: Date.now() + delay });
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      void this.#attempt();
+    }, delay);
+  }
+
+  #clearRetry(): void {
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#waitingForNetwork = false;
+  }
+
+  /** Drops the current transport and session without reporting a close. */
+  #abandon(code: number, reason: string): void {
+    this.#generation++;
+    this.#clearRetry();
+    const transport = this.#transport;
+    this.#transport = null;
+    transport?.close(code, reason);
+    this.#endSession();
+  }
+
+  #endSession(): void {
+    this.#connected = null;
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    if (this.#refreshTimer) clearTimeout(this.#refreshTimer);
+    this.#watchdog = null;
+    this.#refreshTimer = null;
+    this.#rejectInFlight();
+    for (const entry of this.#channels.values()) {
+      if (entry.status === 'subscribing' || entry.status === 'subscribed') entry.status = 'pending';
+      entry.requestId = undefined;
+    }
+  }
+
+  // ---- the session -----------------------------------------------------
+
+  #send(message: ClientMessage): void {
+    this.#transport?.send(message);
+  }
+
+  #onMessage(message: ServerMessage): void {
+    this.#armWatchdog();
+    switch (message.type) {
+      case 'connected':
+        this.#onConnected(message);
+        return;
+      case 'ping':
+        this.#send({ type: 'pong' });
+        return;
+      case 'event':
+        this.#onEvent(message);
+        return;
+      case 'disconnect':
+        this.#lastDisconnect = { code: message.code, reason: message.reason, reconnect: message.reconnect };
+        return;
+      case 'subscribed':
+        if (message.id !== undefined && this.#onSubscribed(message)) return;
+        break;
+      case 'unsubscribed':
+        if (message.id === undefined) {
+          if (this.#channels.delete(message.channel)) {
+            this.emit('serverUnsubscribed', { channel: message.channel, reason: message.reason ?? 'removed by the server' });
+          }
+          return;
+        }
+        break;
+      case 'error':
+        if (!this.#connected) {
+          // An auth failure: the close follows.
+          this.#authError = new TidingsError(message.code, message.message);
+          return;
+        }
+        if (message.id !== undefined && this.#onSubscribeError(message.id, message.code, message.message)) return;
+        break;
+      default:
+        break;
+    }
+    if ('id' in message && message.id !== undefined) {
+      const pending = this.#pending.get(message.id);
+      if (!pending) return;
+      this.#pending.delete(message.id);
+      clearTimeout(pending.timer);
+      if (message.type === 'error') pending.reject(new TidingsError(message.code, message.message));
+      else pending.resolve(message);
+    }
+  }
+
+  #onConnected(message: ConnectedMessage): void {
+    this.#connected = message;
+    this.#everConnected = true;
+    this.#setState({
+      state: 'connected',
+      attempt: 0,
+      clientId: message.client,
+      user: message.user,
+      reason: undefined,
+      nextAttemptAt: undefined,
+    });
+    this.#armWatchdog();
+    this.#scheduleRefresh(message.expires_at);
+    for (const [channel, entry] of this.#channels) {
+      if (entry.status === 'pending') this.#sendSubscribe(channel, entry);
+    }
+    const queued = this.#queue.splice(0);
+    for (const pending of queued) {
+      if (!this.#connected) {
+        this.#queue.push(pending);
+        continue;
+      }
+      this.#sendPending(pending);
+    }
+  }
+
+  #onEvent(event: EventEnvelope): void {
+    const entry = this.#channels.get(event.channel);
+    if (!entry) return;
+    const position = entry.position;
+    // Offsets are per channel and epoch; the epoch is the one of the last `subscribed`.
+    if (position && entry.epoch !== undefined && position.epoch === entry.epoch && event.offset <= position.offset) return;
+    entry.position = { offset: event.offset, epoch: entry.epoch ?? position?.epoch ?? '' };
+    this.emit('event', event);
+  }
+
+  /** Returns true when the reply was for a subscribe. */
+  #onSubscribed(message: SubscribedMessage): boolean {
+    const entry = this.#channels.get(message.channel);
+    // Not wanted any more (removeChannel already sent the unsubscribe), or a
+    // stale reply to an earlier subscribe of the same channel.
+    if (!entry) return true;
+    if (entry.requestId !== message.id) return false;
+    entry.status = 'subscribed';
+    entry.requestId = undefined;
+    entry.epoch = message.epoch;
+    if (message.recovered !== true) {
+      // Fresh or not recoverable: continue from here.
+      entry.position = { offset: message.offset, epoch: message.epoch };
+    }
+    const info: SubscribedInfo = {
+      channel: message.channel,
+      offset: message.offset,
+      epoch: message.epoch,
+      recoverable: message.recoverable,
+      resubscribed: entry.everSubscribed,
+    };
+    if (message.recovered !== undefined) info.recovered = message.recovered;
+    entry.everSubscribed = true;
+    this.emit('subscribed', info);
+    return true;
+  }
+
+  #onSubscribeError(id: RequestId, code: TidingsError['code'], text: string): boolean {
+    for (const [channel, entry] of this.#channels) {
+      if (entry.requestId === id) {
+        entry.status = 'error';
+        entry.requestId = undefined;
+        this.emit('subscribeError', { channel, error: new TidingsError(code, text) });
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // ---- heartbeat and token refresh ----------------------------------------
+
+  #armWatchdog(): void {
+    const connected = this.#connected;
+    if (!connected) return;
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    const limit = connected.heartbeat + this.options.heartbeatGrace;
+    this.#watchdog = setTimeout(() => {
+      this.#watchdog = null;
+      if (!this.#connected) return;
+      // Nothing arrived for a whole heartbeat plus grace: the socket is dead.
+      const generation = this.#generation;
+      const transport = this.#transport;
+      this.#transport = null;
+      transport?.close(1000, 'heartbeat timeout');
+      this.#lastDisconnect = null;
+      this.#onTransportClose(
+        { code: HEARTBEAT_TIMEOUT_CODE, reason: `no message within ${limit} ms`, reachable: true },
+        generation,
+      );
+    }, limit);
+  }
+
+  #scheduleRefresh(expiresAt: string | undefined): void {
+    if (this.#refreshTimer) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    if (!expiresAt) return;
+    const expiry = Date.parse(expiresAt);
+    if (Number.isNaN(expiry)) return;
+    const ttl = expiry - Date.now();
+    const margin = Math.min(this.options.refreshMargin, Math.max(ttl / 5, 0));
+    const delay = Math.max(0, ttl - margin);
+    // setTimeout overflows past ~24.8 days.
+    if (delay > 2 ** 31 - 1) return;
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null;
+      void this.#refresh();
+    }, delay);
+  }
+
+  async #refresh(): Promise<void> {
+    const generation = this.#generation;
+    let token: string;
+    try {
+      token = await this.options.getToken({ reason: 'refresh' });
+    } catch {
+      // Keep the session; the server closes with 4003 at expiry and we get a token then.
+      return;
+    }
+    if (generation !== this.#generation || !this.#connected) return;
+    this.#token = token;
+    try {
+      const reply = await this.request({ type: 'refresh', token });
+      if (reply.type === 'refreshed') this.#scheduleRefresh(reply.expires_at);
+    } catch (err) {
+      if (generation !== this.#generation || !this.#connected) return;
+      if (err instanceof TidingsError && (err.code === 'unauthorized' || err.code === 'token_expired')) {
+        // E.g. a token for another user after re-login: reconnect with it.
+        this.#abandon(1000, 'new token');
+        this.#setState({ state: 'reconnecting', attempt: 0, reason: { error: err.code, message: err.message } });
+        void this.#attempt();
+      }
+    }
+  }
+
+  // ---- network ---------------------------------------------------------
+
+  #watchNetwork(): void {
+    const target = globalThis as unknown as {
+      addEventListener?: (name: string, fn: () => void) => void;
+      removeEventListener?: (name: string, fn: () => void) => void;
+      navigator?: { onLine?: boolean };
+    };
+    if (typeof target.addEventListener !== 'function' || typeof target.removeEventListener !== 'function') return;
+    if (typeof target.navigator?.onLine === 'boolean') this.#info = { ...this.#info, online: target.navigator.onLine };
+    const online = (): void => this.setOnline(true);
+    const offline = (): void => this.setOnline(false);
+    target.addEventListener('online', online);
+    target.addEventListener('offline', offline);
+    this.#removeNetworkListeners = () => {
+      target.removeEventListener?.('online', online);
+      target.removeEventListener?.('offline', offline);
+    };
+  }
+
+  /** The browser's network status changed (`online`/`offline` events). */
+  setOnline(online: boolean): void {
+    if (this.#info.online === online) return;
+    this.#setState({ online });
+    if (!online) {
+      if (this.#retryTimer) {
+        // Pause attempts until the network is back.
+        this.#clearRetry();
+        this.#waitingForNetwork = true;
+        this.#setState({ reason: { error: 'offline', message: 'waiting for the network' }, nextAttemptAt: undefined });
+      }
+      return;
+    }
+    const state = this.#info.state;
+    if ((state === 'reconnecting' || state === 'connecting') && (this.#retryTimer || this.#waitingForNetwork)) {
+      this.#clearRetry();
+      void this.#attempt();
+    } else if (state === 'failed') {
+      this.connect();
+    }
+  }
+
+  #setState(patch: Partial<StateInfo>): void {
+    const previous = this.#info;
+    const next: StateInfo = { ...previous, ...patch };
+    if (patch.state && patch.state !== previous.state) next.previous = previous.state;
+    if (next.state !== 'connected' && patch.state) {
+      if (patch.state !== previous.state && previous.state === 'connected') {
+        next.clientId = null;
+      }
+    }
+    for (const key of Object.keys(next) as (keyof StateInfo)[]) {
+      if (next[key] === undefined) delete next[key];
+    }
+    this.#info = next;
+    this.emit('state', next);
+  }
+}

@@ -1,0 +1,61 @@
+import type { ClientMessage, ServerMessage } from '../protocol.js';
+
+/** The ways of reaching a Tidings server, in the default fallback order. */
+export type TransportName = 'websocket' | 'sse' | 'polling';
+
+/** A WebSocket constructor: the browser's global, or `ws` in Node. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** How a transport ended. Reported exactly once. */
+export interface TransportClose {
+  /** Close code (WebSocket close code, or 1006 when the transport failed). */
+  code: number;
+  reason: string;
+  /**
+   * Whether the transport itself got through (socket open / HTTP 200). `false`
+   * means it could not connect at all, so the next transport is worth trying.
+   */
+  reachable: boolean;
+  /** HTTP status when an HTTP transport was refused. */
+  status?: number;
+}
+
+export interface TransportHandlers {
+  message(message: ServerMessage): void;
+  close(info: TransportClose): void;
+}
+
+/** Everything a transport needs to open. */
+export interface TransportContext {
+  /** `http(s)://host[:port][/prefix]` of the server, without trailing slash. */
+  httpUrl: string;
+  /** `ws(s)://…` form of the same. */
+  wsUrl: string;
+  token: string;
+  handlers: TransportHandlers;
+  WebSocket: WebSocketConstructor | undefined;
+  fetch: typeof fetch | undefined;
+}
+
+/**
+ * One open attempt of one transport. It speaks the protocol's messages whatever
+ * the wire (a transport without a native request channel emulates replies).
+ * It reports `connected` through `handlers.message` once authenticated.
+ */
+export interface Transport {
+  readonly name: TransportName;
+  send(message: ClientMessage): void;
+  /** Closes and detaches at once: no handler is called afterwards. */
+  close(code: number, reason: string): void;
+}
+
+export type TransportFactory = (context: TransportContext) => Transport;
