@@ -1,0 +1,389 @@
+//! The load generator's WebSocket clients: one task per connection, speaking
+//! either the Tidings protocol or Socket.IO v4 (Engine.IO v4 framing over a plain
+//! WebSocket), all on one thread sharing one set of counters.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Which server protocol a client speaks.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// Tidings wire protocol v1 on `/ws`.
+    Tidings,
+    /// Socket.IO v4 on `/socket.io/?EIO=4&transport=websocket`.
+    Socketio,
+}
+
+impl Proto {
+    pub fn label(self) -> &'static str {
+        match self {
+            Proto::Tidings => "Tidings",
+            Proto::Socketio => "Socket.IO",
+        }
+    }
+}
+
+/// A command broadcast to every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    /// Nothing to do.
+    Idle,
+    /// Send one application-level ping (round number); count the replies.
+    Ping(u32),
+    /// Close cleanly and end.
+    Close,
+}
+
+/// Counters shared by every connection (single-threaded runtime: no locking).
+pub struct Stats {
+    /// Latency of deliveries recorded while `recording`, in microseconds.
+    pub hist: Histogram<u64>,
+    pub recording: bool,
+    pub late_us: u64,
+    pub received: u64,
+    pub late: u64,
+    /// Sequence numbers skipped (events that never arrived on a connection).
+    pub gaps: u64,
+    /// Sequence numbers seen twice or out of order.
+    pub dups: u64,
+    /// Connections fully set up (connected and subscribed).
+    pub ready: u64,
+    pub connect_errors: u64,
+    /// Connections that ended without being asked to.
+    pub disconnects: u64,
+    pub pongs: u64,
+    pub first_errors: Vec<String>,
+}
+
+impl Stats {
+    pub fn new(late_ms: u64) -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            recording: false,
+            late_us: late_ms * 1000,
+            received: 0,
+            late: 0,
+            gaps: 0,
+            dups: 0,
+            ready: 0,
+            connect_errors: 0,
+            disconnects: 0,
+            pongs: 0,
+            first_errors: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, what: String) {
+        if self.first_errors.len() < 5 {
+            self.first_errors.push(what);
+        }
+    }
+
+    fn on_event(&mut self, t_ns: u64, seq: u64, next_seq: &mut u64) {
+        let now = now_ns();
+        let latency_us = now.saturating_sub(t_ns) / 1000;
+        self.received += 1;
+        if self.recording {
+            self.hist.saturating_record(latency_us.max(1));
+        }
+        if latency_us > self.late_us {
+            self.late += 1;
+        }
+        if seq > *next_seq {
+            self.gaps += seq - *next_seq;
+        } else if seq < *next_seq {
+            self.dups += 1;
+        }
+        *next_seq = seq + 1;
+    }
+}
+
+pub type SharedStats = Rc<RefCell<Stats>>;
+
+/// Wall-clock nanoseconds since the Unix epoch (the payload timestamp).
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything one connection needs.
+pub struct ConnSpec {
+    pub proto: Proto,
+    pub server: SocketAddr,
+    pub source: IpAddr,
+    pub token: String,
+    pub channels: Vec<String>,
+    /// Sequence number of the first event this connection expects.
+    pub first_seq: u64,
+}
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers: the generator holds tens of thousands of these.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+async fn tcp_connect(source: IpAddr, server: SocketAddr) -> Result<TcpStream> {
+    let socket = match server {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // Pick the port at connect time, so each source address gets its own
+    // ~28k ephemeral ports towards the server port.
+    let one: libc::c_int = 1;
+    // SAFETY: plain setsockopt on a socket we own, with a valid int pointer.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("bind {source}"))?;
+    socket.set_nodelay(true)?;
+    let stream = socket.connect(server).await.context("tcp connect")?;
+    Ok(stream)
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => bail!("closed during setup: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(err.into()),
+            None => bail!("connection ended during setup"),
+        }
+    }
+}
+
+async fn setup_tidings(spec: &ConnSpec, ws: &mut Ws) -> Result<()> {
+    let first = next_text(ws).await?;
+    if !first.contains("\"connected\"") {
+        bail!("expected connected, got {first}");
+    }
+    for (i, channel) in spec.channels.iter().enumerate() {
+        let req = format!(
+            r#"{{"type":"subscribe","id":{},"channel":"{}"}}"#,
+            i + 1,
+            channel
+        );
+        ws.send(Message::text(req)).await?;
+    }
+    let mut pending = spec.channels.len();
+    while pending > 0 {
+        let text = next_text(ws).await?;
+        if text.contains("\"subscribed\"") {
+            pending -= 1;
+        } else if text.starts_with(r#"{"type":"ping""#) {
+            ws.send(Message::text(r#"{"type":"pong"}"#)).await?;
+        } else if text.contains("\"error\"") {
+            bail!("subscribe refused: {text}");
+        }
+    }
+    Ok(())
+}
+
+async fn setup_socketio(spec: &ConnSpec, ws: &mut Ws) -> Result<()> {
+    let open = next_text(ws).await?;
+    if !open.starts_with('0') {
+        bail!("expected engine.io open packet, got {open}");
+    }
+    let token = serde_json::to_string(&spec.token)?;
+    ws.send(Message::text(format!(r#"40{{"token":{token}}}"#)))
+        .await?;
+    loop {
+        let text = next_text(ws).await?;
+        if text.starts_with("40") {
+            break;
+        } else if text.starts_with("44") {
+            bail!("socket.io connect refused: {text}");
+        } else if text == "2" {
+            ws.send(Message::text("3")).await?;
+        }
+    }
+    for (i, channel) in spec.channels.iter().enumerate() {
+        let req = format!(r#"42{}["subscribe","{}"]"#, i + 1, channel);
+        ws.send(Message::text(req)).await?;
+    }
+    let mut pending = spec.channels.len();
+    while pending > 0 {
+        let text = next_text(ws).await?;
+        if text.starts_with("43") {
+            if !text.contains("true") {
+                bail!("subscribe refused: {text}");
+            }
+            pending -= 1;
+        } else if text == "2" {
+            ws.send(Message::text("3")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds `key` (e.g. `"seq":`) after `from` and parses the unsigned integer after it.
+fn number_after(text: &str, key: &str, from: usize) -> Option<u64> {
+    let at = text.get(from..)?.find(key)? + from + key.len();
+    let digits = text[at..].trim_start();
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// `(t, seq)` of an event's payload `{"t":…,"seq":…}`.
+fn payload_numbers(text: &str) -> Option<(u64, u64)> {
+    let data = text.find("\"data\"")?;
+    Some((
+        number_after(text, "\"t\":", data)?,
+        number_after(text, "\"seq\":", data)?,
+    ))
+}
+
+/// Runs one connection: connect, set up, then count deliveries until told to close.
+pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::Receiver<Cmd>) {
+    let setup = async {
+        let stream = tcp_connect(spec.source, spec.server).await?;
+        let url = match spec.proto {
+            Proto::Tidings => format!("ws://{}/ws?token={}", spec.server, spec.token),
+            Proto::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.server),
+        };
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+                .await
+                .context("websocket handshake")?;
+        match spec.proto {
+            Proto::Tidings => setup_tidings(&spec, &mut ws).await?,
+            Proto::Socketio => setup_socketio(&spec, &mut ws).await?,
+        }
+        Ok::<_, anyhow::Error>(ws)
+    };
+    let mut ws = match tokio::time::timeout(Duration::from_secs(30), setup).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            let mut s = stats.borrow_mut();
+            s.connect_errors += 1;
+            s.error(format!("{err:#}"));
+            return;
+        }
+        Err(_) => {
+            let mut s = stats.borrow_mut();
+            s.connect_errors += 1;
+            s.error("setup timed out after 30 s".into());
+            return;
+        }
+    };
+    stats.borrow_mut().ready += 1;
+    let mut next_seq = spec.first_seq;
+    let end: Result<()> = async {
+        loop {
+            tokio::select! {
+                biased;
+                changed = cmd.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let command = *cmd.borrow_and_update();
+                    match command {
+                        Cmd::Idle => {}
+                        Cmd::Close => {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                            return Ok(());
+                        }
+                        Cmd::Ping(round) => {
+                            let msg = match spec.proto {
+                                Proto::Tidings => format!(r#"{{"type":"ping","id":{round}}}"#),
+                                Proto::Socketio => format!(r#"42{round}["echo"]"#),
+                            };
+                            ws.send(Message::text(msg)).await?;
+                        }
+                    }
+                }
+                frame = ws.next() => {
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Close(frame))) => return Err(anyhow!("server closed: {frame:?}")),
+                        Some(Ok(_)) => continue,
+                        Some(Err(err)) => return Err(err.into()),
+                        None => return Err(anyhow!("connection ended")),
+                    };
+                    let text = text.as_str();
+                    match spec.proto {
+                        Proto::Tidings => {
+                            if text.starts_with(r#"{"type":"event""#) {
+                                if let Some((t, seq)) = payload_numbers(text) {
+                                    stats.borrow_mut().on_event(t, seq, &mut next_seq);
+                                }
+                            } else if text.starts_with(r#"{"type":"ping""#) {
+                                ws.send(Message::text(r#"{"type":"pong"}"#)).await?;
+                            } else if text.starts_with(r#"{"type":"pong""#) {
+                                stats.borrow_mut().pongs += 1;
+                            } else if text.starts_with(r#"{"type":"disconnect""#) {
+                                return Err(anyhow!("server disconnect: {text}"));
+                            }
+                        }
+                        Proto::Socketio => {
+                            if text.starts_with("42") {
+                                if let Some((t, seq)) = payload_numbers(text) {
+                                    stats.borrow_mut().on_event(t, seq, &mut next_seq);
+                                }
+                            } else if text == "2" {
+                                ws.send(Message::text("3")).await?;
+                            } else if text.starts_with("43") {
+                                stats.borrow_mut().pongs += 1;
+                            } else if text.starts_with("41") || text.starts_with('1') {
+                                return Err(anyhow!("server disconnect: {text}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(err) = end {
+        let mut s = stats.borrow_mut();
+        s.disconnects += 1;
+        s.error(format!("{err:#}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_payload_numbers_of_both_protocols() {
+        let tidings = r#"{"type":"event","channel":"workspace:bench","offset":7,"id":"e_1","event":"tick","ts":"2026-01-01T00:00:00.000Z","data":{"t":123456789,"seq":6,"pad":"xx"}}"#;
+        assert_eq!(payload_numbers(tidings), Some((123456789, 6)));
+        let sio = r#"42["tick",{"channel":"workspace:bench","data":{"t":42,"seq":0,"pad":""}}]"#;
+        assert_eq!(payload_numbers(sio), Some((42, 0)));
+        assert_eq!(payload_numbers(r#"{"type":"pong"}"#), None);
+    }
+}

@@ -1,0 +1,830 @@
+//! Results: `results.json` (merged across invocations), `results.md` with
+//! Tidings and Socket.IO side by side, and SVG charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::client::Proto;
+
+/// One step of a scenario (one N for idle, one rate for max).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Step {
+    pub connections: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_errors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_conn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pongs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publishes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_errors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_max_lag_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gaps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dups: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p90_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sustained: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+impl Step {
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} deliveries/s, p50 {} p90 {} p99 {} p99.9 {} max {} ms, lost {}, late {}, gaps {}, disconnects {}, server CPU {}",
+            self.deliveries_per_s.unwrap_or(0.0),
+            f2(self.p50_ms),
+            f2(self.p90_ms),
+            f2(self.p99_ms),
+            f2(self.p999_ms),
+            f2(self.max_ms),
+            self.lost.unwrap_or(0),
+            self.late.unwrap_or(0),
+            self.gaps.unwrap_or(0),
+            self.disconnects.unwrap_or(0),
+            self.server_cpu_pct.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "?".into()),
+        )
+    }
+}
+
+/// The end of an idle hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Held {
+    pub secs: f64,
+    pub connections: u64,
+    pub disconnects: u64,
+    pub pongs: u64,
+    pub rss: Option<u64>,
+}
+
+/// One scenario against one server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Run {
+    pub scenario: String,
+    pub target: Proto,
+    pub date: String,
+    pub command: String,
+    pub pinned: bool,
+    pub fd_limit: u64,
+    pub params: serde_json::Value,
+    pub rss_idle_server: Option<u64>,
+    pub generator_rss: Option<u64>,
+    pub steps: Vec<Step>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sustained: Option<f64>,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run::new("", Proto::Tidings)
+    }
+}
+
+impl Run {
+    pub fn new(scenario: &str, target: Proto) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            target,
+            date: now_utc(),
+            command: String::new(),
+            pinned: false,
+            fd_limit: 0,
+            params: serde_json::Value::Null,
+            rss_idle_server: None,
+            generator_rss: None,
+            steps: Vec::new(),
+            held: None,
+            max_sustained: None,
+        }
+    }
+
+    /// What makes a smoke run fail.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(step) = self.steps.last() else {
+            return vec!["no result".into()];
+        };
+        if step.connect_errors.unwrap_or(0) > 0 {
+            out.push(format!(
+                "{} connections failed",
+                step.connect_errors.unwrap_or(0)
+            ));
+        }
+        if step.received.unwrap_or(0) == 0 {
+            out.push("nothing delivered".into());
+        }
+        for (what, v) in [
+            ("lost", step.lost),
+            ("gaps", step.gaps),
+            ("dups", step.dups),
+            ("disconnects", step.disconnects),
+            ("publish errors", step.publish_errors),
+        ] {
+            if v.unwrap_or(0) > 0 {
+                out.push(format!("{what}: {}", v.unwrap_or(0)));
+            }
+        }
+        if !out.is_empty() {
+            out.extend(step.errors.iter().cloned());
+        }
+        out
+    }
+
+    pub fn ok(&self) -> bool {
+        self.problems().is_empty()
+    }
+}
+
+fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn f2(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into())
+}
+
+fn f0(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into())
+}
+
+fn u(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "–".into())
+}
+
+fn kib(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.2}", v / 1024.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn mib(v: Option<u64>) -> String {
+    v.map(|v| format!("{:.1}", v as f64 / 1048576.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// Tidings' advantage: `better` is how much better Tidings is (>1 = Tidings ahead).
+fn ratio(tidings: Option<f64>, socketio: Option<f64>, higher_is_better: bool) -> String {
+    match (tidings, socketio) {
+        (Some(t), Some(s)) if t > 0.0 && s > 0.0 => {
+            let r = if higher_is_better { t / s } else { s / t };
+            format!("{r:.1}×")
+        }
+        _ => "–".into(),
+    }
+}
+
+pub fn load(out: &Path) -> Result<Vec<Run>> {
+    let path = out.join("results.json");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let doc: serde_json::Value = serde_json::from_str(&text)?;
+    let runs = doc
+        .get("runs")
+        .cloned()
+        .unwrap_or(serde_json::Value::Array(vec![]));
+    serde_json::from_value(runs).context("reading runs from results.json")
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serde_json::json!({
+        "cpu": model,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "kernel": kernel.trim(),
+    })
+}
+
+pub fn write(out: &Path, runs: &[Run]) -> Result<()> {
+    let doc = serde_json::json!({ "machine": machine(), "generated": now_utc(), "runs": runs });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    std::fs::write(out.join("results.md"), markdown(runs, &doc["machine"]))?;
+    for (name, svg) in charts(runs) {
+        std::fs::write(out.join(name), svg)?;
+    }
+    Ok(())
+}
+
+fn find<'a>(runs: &'a [Run], scenario: &str, target: Proto) -> Option<&'a Run> {
+    runs.iter()
+        .find(|r| r.scenario == scenario && r.target == target)
+}
+
+fn markdown(runs: &[Run], machine: &serde_json::Value) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# tidings-bench results\n");
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} cores, {} GiB, Linux {}). Ratios are Tidings' advantage: \
+         above 1× means Tidings is better (faster, leaner or more).\n",
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["memory_gib"],
+        machine["kernel"].as_str().unwrap_or("?")
+    );
+    for scenario in ["idle", "fanout", "channels", "max", "smoke"] {
+        let t = find(runs, scenario, Proto::Tidings);
+        let s = find(runs, scenario, Proto::Socketio);
+        if t.is_none() && s.is_none() {
+            continue;
+        }
+        let _ = writeln!(md, "## {scenario}\n");
+        for r in [t, s].into_iter().flatten() {
+            let _ = writeln!(md, "- {}: {} — `{}`", r.target.label(), r.date, r.command);
+        }
+        let _ = writeln!(md);
+        match scenario {
+            "idle" => idle_table(&mut md, t, s),
+            "max" => max_tables(&mut md, t, s),
+            _ => steady_table(&mut md, t, s),
+        }
+    }
+    md
+}
+
+fn idle_table(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
+    let _ = writeln!(
+        md,
+        "| connections | Tidings connect/s | Socket.IO connect/s | Tidings RSS MiB | Socket.IO RSS MiB | Tidings KiB/conn | Socket.IO KiB/conn | memory ratio | pings answered (T / S) |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let steps = t
+        .map(|r| r.steps.len())
+        .unwrap_or(0)
+        .max(s.map(|r| r.steps.len()).unwrap_or(0));
+    for i in 0..steps {
+        let ts = t.and_then(|r| r.steps.get(i));
+        let ss = s.and_then(|r| r.steps.get(i));
+        let n = ts.or(ss).map(|x| x.connections).unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            if ts.is_some()
+                && ss.is_some()
+                && ts.map(|x| x.connections) != ss.map(|x| x.connections)
+            {
+                format!(
+                    "{} / {}",
+                    ts.map(|x| x.connections).unwrap_or(0),
+                    ss.map(|x| x.connections).unwrap_or(0)
+                )
+            } else {
+                n.to_string()
+            },
+            f0(ts.and_then(|x| x.connect_rate)),
+            f0(ss.and_then(|x| x.connect_rate)),
+            mib(ts.and_then(|x| x.rss)),
+            mib(ss.and_then(|x| x.rss)),
+            kib(ts.and_then(|x| x.rss_per_conn)),
+            kib(ss.and_then(|x| x.rss_per_conn)),
+            ratio(
+                ts.and_then(|x| x.rss_per_conn),
+                ss.and_then(|x| x.rss_per_conn),
+                false
+            ),
+            u(ts.and_then(|x| x.pongs)),
+            u(ss.and_then(|x| x.pongs)),
+        );
+    }
+    for r in [t, s].into_iter().flatten() {
+        if let Some(h) = &r.held {
+            let _ = writeln!(
+                md,
+                "\n{} after holding {} connections for {:.0} s: {} answered a ping, {} disconnected, RSS {} MiB.",
+                r.target.label(),
+                h.connections,
+                h.secs,
+                h.pongs,
+                h.disconnects,
+                mib(h.rss)
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nBaseline RSS before connecting: Tidings {} MiB, Socket.IO {} MiB.\n",
+        mib(t.and_then(|r| r.rss_idle_server)),
+        mib(s.and_then(|r| r.rss_idle_server))
+    );
+}
+
+fn steady_table(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
+    let ts = t.and_then(|r| r.steps.last());
+    let ss = s.and_then(|r| r.steps.last());
+    let _ = writeln!(md, "| | Tidings | Socket.IO | Tidings advantage |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let row = |md: &mut String, name: &str, a: String, b: String, r: String| {
+        let _ = writeln!(md, "| {name} | {a} | {b} | {r} |");
+    };
+    let get = |st: Option<&Step>, f: fn(&Step) -> Option<f64>| st.and_then(f);
+    row(
+        md,
+        "connections",
+        u(ts.map(|x| x.connections)),
+        u(ss.map(|x| x.connections)),
+        String::new(),
+    );
+    row(
+        md,
+        "offered deliveries/s",
+        f0(get(ts, |x| x.offered_rate)),
+        f0(get(ss, |x| x.offered_rate)),
+        String::new(),
+    );
+    row(
+        md,
+        "publishes/s (HTTP)",
+        f2(get(ts, |x| x.publish_rate)),
+        f2(get(ss, |x| x.publish_rate)),
+        String::new(),
+    );
+    row(
+        md,
+        "**deliveries/s**",
+        f0(get(ts, |x| x.deliveries_per_s)),
+        f0(get(ss, |x| x.deliveries_per_s)),
+        ratio(
+            get(ts, |x| x.deliveries_per_s),
+            get(ss, |x| x.deliveries_per_s),
+            true,
+        ),
+    );
+    for (name, f) in [
+        (
+            "latency p50 ms",
+            (|x: &Step| x.p50_ms) as fn(&Step) -> Option<f64>,
+        ),
+        ("latency p90 ms", |x: &Step| x.p90_ms),
+        ("**latency p99 ms**", |x: &Step| x.p99_ms),
+        ("latency p99.9 ms", |x: &Step| x.p999_ms),
+        ("latency max ms", |x: &Step| x.max_ms),
+    ] {
+        row(
+            md,
+            name,
+            f2(get(ts, f)),
+            f2(get(ss, f)),
+            ratio(get(ts, f), get(ss, f), false),
+        );
+    }
+    row(
+        md,
+        "server CPU %",
+        f0(get(ts, |x| x.server_cpu_pct)),
+        f0(get(ss, |x| x.server_cpu_pct)),
+        String::new(),
+    );
+    row(
+        md,
+        "server RSS MiB (connected)",
+        mib(ts.and_then(|x| x.rss)),
+        mib(ss.and_then(|x| x.rss)),
+        String::new(),
+    );
+    row(
+        md,
+        "expected / received",
+        format!(
+            "{} / {}",
+            u(ts.and_then(|x| x.expected)),
+            u(ts.and_then(|x| x.received))
+        ),
+        format!(
+            "{} / {}",
+            u(ss.and_then(|x| x.expected)),
+            u(ss.and_then(|x| x.received))
+        ),
+        String::new(),
+    );
+    for (name, f) in [
+        ("lost", (|x: &Step| x.lost) as fn(&Step) -> Option<u64>),
+        ("late (> late-ms)", |x: &Step| x.late),
+        ("sequence gaps", |x: &Step| x.gaps),
+        ("disconnects", |x: &Step| x.disconnects),
+        ("publish errors", |x: &Step| x.publish_errors),
+    ] {
+        row(
+            md,
+            name,
+            u(ts.and_then(f)),
+            u(ss.and_then(f)),
+            String::new(),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn max_tables(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
+    let _ = writeln!(
+        md,
+        "| | Tidings | Socket.IO | Tidings advantage |\n|---|---:|---:|---:|\n| **highest sustained deliveries/s** | {} | {} | {} |\n",
+        f0(t.and_then(|r| r.max_sustained)),
+        f0(s.and_then(|r| r.max_sustained)),
+        ratio(t.and_then(|r| r.max_sustained), s.and_then(|r| r.max_sustained), true)
+    );
+    if let Some(bound) = t
+        .or(s)
+        .and_then(|r| r.params.get("p99_bound_ms"))
+        .and_then(|v| v.as_f64())
+    {
+        let _ = writeln!(
+            md,
+            "A step is sustained when p99 ≤ {bound} ms, nothing is lost, no connection drops and ≥ 95% of the offered rate is delivered. Subscribers: {}.\n",
+            t.or(s).and_then(|r| r.params.get("connections")).map(|v| v.to_string()).unwrap_or_default()
+        );
+    }
+    for r in [t, s].into_iter().flatten() {
+        let _ = writeln!(md, "{}:\n", r.target.label());
+        let _ = writeln!(md, "| offered/s | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | server CPU % | sustained |");
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|");
+        for st in &r.steps {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                f0(st.offered_rate),
+                f0(st.deliveries_per_s),
+                f2(st.p50_ms),
+                f2(st.p90_ms),
+                f2(st.p99_ms),
+                f2(st.p999_ms),
+                f2(st.max_ms),
+                u(st.lost),
+                f0(st.server_cpu_pct),
+                if st.sustained == Some(true) {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            );
+        }
+        let _ = writeln!(md);
+    }
+}
+
+// ---------------------------------------------------------------- charts
+
+struct Series {
+    name: String,
+    color: &'static str,
+    dashed: bool,
+    points: Vec<(f64, f64)>,
+}
+
+const TIDINGS: &str = "#1f77b4";
+const SOCKETIO: &str = "#d62728";
+
+fn color(p: Proto) -> &'static str {
+    match p {
+        Proto::Tidings => TIDINGS,
+        Proto::Socketio => SOCKETIO,
+    }
+}
+
+fn charts(runs: &[Run]) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    // Latency percentiles against offered rate (max scenario).
+    let mut lat = Vec::new();
+    for p in [Proto::Tidings, Proto::Socketio] {
+        if let Some(r) = find(runs, "max", p) {
+            for (q, dashed, f) in [
+                (
+                    "p50",
+                    true,
+                    (|s: &Step| s.p50_ms) as fn(&Step) -> Option<f64>,
+                ),
+                ("p99", false, |s: &Step| s.p99_ms),
+            ] {
+                lat.push(Series {
+                    name: format!("{} {q}", p.label()),
+                    color: color(p),
+                    dashed,
+                    points: r
+                        .steps
+                        .iter()
+                        .filter_map(|s| Some((s.offered_rate?, f(s)?)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    if !lat.is_empty() {
+        out.push((
+            "latency-vs-rate.svg",
+            line_chart(
+                "Delivery latency against offered rate (max scenario)",
+                "offered deliveries/s",
+                "latency ms (log)",
+                &lat,
+                true,
+            ),
+        ));
+    }
+    // RSS against connections (idle scenario).
+    let mut rss = Vec::new();
+    for p in [Proto::Tidings, Proto::Socketio] {
+        if let Some(r) = find(runs, "idle", p) {
+            let mut points = vec![(0.0, r.rss_idle_server.unwrap_or(0) as f64 / 1048576.0)];
+            points.extend(
+                r.steps
+                    .iter()
+                    .filter_map(|s| Some((s.connections as f64, s.rss? as f64 / 1048576.0))),
+            );
+            rss.push(Series {
+                name: format!("{} RSS", p.label()),
+                color: color(p),
+                dashed: false,
+                points,
+            });
+        }
+    }
+    if !rss.is_empty() {
+        out.push((
+            "rss-vs-connections.svg",
+            line_chart(
+                "Server RSS against idle connections",
+                "connections",
+                "RSS MiB",
+                &rss,
+                false,
+            ),
+        ));
+    }
+    out
+}
+
+fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    let span = (hi - lo).max(1e-9);
+    let raw = span / n as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(raw);
+    let mut v = (lo / step).ceil() * step;
+    let mut out = Vec::new();
+    while v <= hi + 1e-9 && out.len() < 50 {
+        out.push(v);
+        v += step;
+    }
+    out
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}k", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> String {
+    let (w, h) = (720.0, 420.0);
+    let (ml, mr, mt, mb) = (70.0, 180.0, 40.0, 50.0);
+    let pw = w - ml - mr;
+    let ph = h - mt - mb;
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .collect();
+    let xmax = all.iter().map(|p| p.0).fold(0.0, f64::max).max(1.0);
+    let xmin = 0.0;
+    let (ymin, ymax) = if log_y {
+        let lo = all
+            .iter()
+            .map(|p| p.1)
+            .filter(|v| *v > 0.0)
+            .fold(f64::MAX, f64::min);
+        let hi = all.iter().map(|p| p.1).fold(0.0, f64::max);
+        let lo = if lo == f64::MAX { 0.1 } else { lo };
+        (
+            10f64.powf(lo.log10().floor()),
+            10f64.powf(hi.max(lo * 10.0).log10().ceil()),
+        )
+    } else {
+        (
+            0.0,
+            all.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.1,
+        )
+    };
+    let sx = |x: f64| ml + (x - xmin) / (xmax - xmin) * pw;
+    let sy = |y: f64| {
+        if log_y {
+            let y = y.max(ymin);
+            mt + ph - (y.log10() - ymin.log10()) / (ymax.log10() - ymin.log10()) * ph
+        } else {
+            mt + ph - (y - ymin) / (ymax - ymin) * ph
+        }
+    };
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        ml + pw / 2.0,
+        esc(title)
+    );
+    // Grid and ticks.
+    for x in nice_ticks(xmin, xmax, 6) {
+        let px = sx(x);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{px:.1}" y1="{mt}" x2="{px:.1}" y2="{:.1}" stroke="#eee"/>"##,
+            mt + ph
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            mt + ph + 16.0,
+            fmt_tick(x)
+        );
+    }
+    let yticks: Vec<f64> = if log_y {
+        let mut v = ymin;
+        let mut out = Vec::new();
+        while v <= ymax * 1.001 && out.len() < 12 {
+            out.push(v);
+            v *= 10.0;
+        }
+        out
+    } else {
+        nice_ticks(ymin, ymax, 6)
+    };
+    for y in yticks {
+        let py = sy(y);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{ml}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#eee"/>"##,
+            ml + pw
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            ml - 6.0,
+            py + 4.0,
+            fmt_tick(y)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        ml + pw / 2.0,
+        h - 12.0,
+        esc(x_label)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">{}</text>"#,
+        mt + ph / 2.0,
+        mt + ph / 2.0,
+        esc(y_label)
+    );
+    for (i, s) in series.iter().enumerate() {
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
+            pts.join(" "),
+            s.color
+        );
+        for (x, y) in &s.points {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                sx(*x),
+                sy(*y),
+                s.color
+            );
+        }
+        let ly = mt + 10.0 + i as f64 * 20.0;
+        let lx = ml + pw + 15.0;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
+            lx + 25.0,
+            s.color,
+            lx + 30.0,
+            ly + 4.0,
+            esc(&s.name)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

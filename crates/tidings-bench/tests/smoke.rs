@@ -1,0 +1,102 @@
+//! A few seconds of `tidings-bench smoke` against a Tidings server and the
+//! Socket.IO peer, so the tool cannot rot. Builds nothing itself: the Tidings
+//! binary must exist (`cargo build -p tidings-server`) and the peer's
+//! node_modules must be installed (`npm ci --prefix bench/peers/socketio`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn tidings_binary() -> PathBuf {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for profile in ["debug", "release"] {
+        let path = target.join(profile).join("tidings");
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!(
+        "no Tidings server binary under {}/{{debug,release}}/tidings: run `cargo build -p tidings-server` first",
+        target.display()
+    );
+}
+
+fn run_smoke(target: &str, extra: &[&str]) -> serde_json::Value {
+    let out = std::env::temp_dir().join(format!(
+        "tidings-bench-smoke-{target}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .args(["smoke", "--target", target, "--no-pin"])
+        .args(["--connections", "300", "--rate", "3000"])
+        .args(["--duration", "3", "--warmup", "1", "--timeout", "60"])
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .output()
+        .expect("running tidings-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tidings-bench smoke against {target} failed ({:?}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "smoke took {:?}",
+        started.elapsed()
+    );
+    let text = std::fs::read_to_string(out.join("results.json")).expect("results.json");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    assert!(out.join("results.md").exists(), "results.md written");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = doc["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["target"] == target)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {target} run in results.json:\n{stdout}\n{stderr}"));
+    let step = run["steps"][0].clone();
+    assert_eq!(step["connections"], 300, "all connections up: {step}");
+    assert_eq!(step["lost"], 0, "nothing lost: {step}");
+    assert_eq!(step["gaps"], 0, "no sequence gaps: {step}");
+    assert_eq!(step["disconnects"], 0, "no drops: {step}");
+    assert!(step["received"].as_u64().unwrap_or(0) > 0, "events delivered: {step}");
+    assert_eq!(step["received"], step["expected"], "every event delivered: {step}");
+    step
+}
+
+#[test]
+fn smoke_against_tidings() {
+    let bin = tidings_binary();
+    let bin = bin.to_str().expect("utf-8 path");
+    let step = run_smoke("tidings", &["--tidings-bin", bin]);
+    assert!(step["p99_ms"].as_f64().is_some(), "latency measured: {step}");
+}
+
+#[test]
+fn smoke_against_socketio_peer() {
+    let peer = workspace_root().join("bench/peers/socketio");
+    assert!(
+        peer.join("node_modules/socket.io").exists(),
+        "{}/node_modules is missing: run `npm ci --prefix bench/peers/socketio` first",
+        peer.display()
+    );
+    let peer = peer.to_str().expect("utf-8 path");
+    run_smoke("socketio", &["--peer-dir", peer]);
+}
