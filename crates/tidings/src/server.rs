@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use tidings_auth::{ApiKey, TokenVerifier};
 use tokio::net::TcpListener;
@@ -155,6 +156,12 @@ impl Tidings {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = self.router();
         let mut server_stop = stop_rx.clone();
+        // Events are small writes that must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "could not set TCP_NODELAY");
+            }
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -233,3 +233,28 @@ async fn silent_unauthenticated_socket_is_closed_after_auth_timeout() {
     let (_sink, mut stream) = ws.split();
     assert!(tokio::time::timeout(WAIT, stream.next()).await.is_ok());
 }
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_are_refused() {
+    let mut config = base_config();
+    config.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &[], &[]);
+    for (origin, allowed) in [
+        ("https://app.example.com", true),
+        ("https://evil.example.com", false),
+    ] {
+        let mut request = format!("{}?token={token}", server.ws_url())
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        let result = tokio_tungstenite::connect_async(request).await;
+        match (allowed, result) {
+            (true, Ok(_)) => {}
+            (false, Err(WsError::Http(response))) => assert_eq!(response.status().as_u16(), 403),
+            (allowed, other) => panic!("{origin} (allowed: {allowed}): {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -9,3 +9,4 @@ mod permissions;
 mod presence;
 mod properties;
 mod publish;
+mod recovery;
