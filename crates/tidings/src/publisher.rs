@@ -40,6 +40,35 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
 }
 
+impl PublishRequest {
+    /// An event with a ready JSON payload and no metadata, audience, exclusion or
+    /// idempotency key (set those fields afterwards as needed).
+    pub fn new(channel: impl Into<String>, event: impl Into<String>, data: Box<RawValue>) -> Self {
+        Self {
+            channel: channel.into(),
+            event: event.into(),
+            data,
+            meta: None,
+            audience: None,
+            exclude_client: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Like [`PublishRequest::new`], serializing `data`.
+    pub fn json<T: Serialize + ?Sized>(
+        channel: impl Into<String>,
+        event: impl Into<String>,
+        data: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::new(
+            channel,
+            event,
+            serde_json::value::to_raw_value(data)?,
+        ))
+    }
+}
+
 /// The body of `POST /api/broadcast`: one event to several channels.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -71,9 +71,11 @@ pub async fn upgrade(
         .protocols([SUBPROTOCOL])
         .read_buffer_size(settings.read_buffer_size)
         .write_buffer_size(settings.write_buffer_size)
+        // Large enough for the largest event the API accepts, whatever the queue bound.
         .max_write_buffer_size(
             settings
                 .send_queue_bytes
+                .max(state.config.api.max_body_size + 64 * 1024)
                 .max(settings.write_buffer_size * 2),
         )
         .max_message_size(settings.max_message_size)
@@ -770,21 +772,13 @@ impl Session {
             .access
             .check(&self.identity, &channel, Action::Publish)
             .map_err(|e| Failure::Refuse(e.into()))?;
-        let data = serde_json::value::to_raw_value(&data)
+        let mut request = PublishRequest::json(name, event, &data)
             .map_err(|e| Failure::Refuse(Refusal::new(ErrorCode::BadRequest, e.to_string())))?;
-        let request = PublishRequest {
-            channel: name,
-            event,
-            data,
-            // The server vouches for the actor of a client publish.
-            meta: Some(EventMeta {
-                actor: Some(self.identity.user.to_string()),
-                ..EventMeta::default()
-            }),
-            audience: None,
-            exclude_client: None,
-            idempotency_key: None,
-        };
+        // The server vouches for the actor of a client publish.
+        request.meta = Some(EventMeta {
+            actor: Some(self.identity.user.to_string()),
+            ..EventMeta::default()
+        });
         match self.state.publisher.publish(request).await {
             Ok(published) => {
                 let reply = ServerMessage::Published {

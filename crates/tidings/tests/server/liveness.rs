@@ -151,15 +151,11 @@ async fn slow_consumer_is_closed_with_4002_and_memory_stays_bounded() {
     });
     for _ in 0..3000 {
         publisher
-            .publish(tidings::PublishRequest {
-                channel: "workspace:acme".into(),
-                event: "big".into(),
-                data: payload.clone(),
-                meta: None,
-                audience: None,
-                exclude_client: None,
-                idempotency_key: None,
-            })
+            .publish(tidings::PublishRequest::new(
+                "workspace:acme",
+                "big",
+                payload.clone(),
+            ))
             .await
             .unwrap();
         tokio::task::yield_now().await;

@@ -233,15 +233,7 @@ async fn concurrent_publishers_keep_offsets_in_order() {
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
                 publisher
-                    .publish(tidings::PublishRequest {
-                        channel: "workspace:acme".into(),
-                        event: "e".into(),
-                        data: serde_json::value::to_raw_value(&json!([t, i])).unwrap(),
-                        meta: None,
-                        audience: None,
-                        exclude_client: None,
-                        idempotency_key: None,
-                    })
+                    .publish(tidings::PublishRequest::json("workspace:acme", "e", &[t, i]).unwrap())
                     .await
                     .unwrap();
             }
