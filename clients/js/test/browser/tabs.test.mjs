@@ -1,0 +1,101 @@
+// shareAcrossTabs in real Chromium against a real Tidings server.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { launchChromium, servePages } from '../helpers/chromium.mjs';
+import { sleep, startServer, waitFor } from '../helpers/server.mjs';
+
+const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>tab</title></head><body>
+<script type="module">
+  import { TidingsClient } from '/client/index.js';
+  window.log = { events: [], states: [], subscribed: [] };
+  window.startClient = ({ url, token, channel }) => {
+    const client = new TidingsClient({
+      url,
+      getToken: async () => token,
+      shareAcrossTabs: true,
+      tabChannelName: 'tidings-test',
+      reconnect: { minDelay: 100, maxDelay: 300 },
+    });
+    client.on('state', (s) => window.log.states.push(s.state));
+    const sub = client.subscribe(channel, (e) => window.log.events.push(e.offset));
+    sub.on('subscribed', (i) => window.log.subscribed.push(i));
+    window.client = client;
+    window.sub = sub;
+  };
+  window.ready = true;
+</script></body></html>`;
+
+describe('shareAcrossTabs in Chromium', () => {
+  let server;
+  let pages;
+  let browser;
+  before(async () => {
+    server = await startServer();
+    pages = await servePages(PAGE);
+    browser = await launchChromium();
+  });
+  after(async () => {
+    await browser?.close();
+    await pages?.close();
+    await server?.stop();
+  });
+
+  test('three tabs share one connection; every tab gets every event; closing the leader loses nothing', async () => {
+    const context = await browser.newContext();
+    const channel = 'workspace:acme:shared';
+    const token = server.token({ sub: 'u-tabs' });
+    const tabs = [];
+    for (let i = 0; i < 3; i++) {
+      const page = await context.newPage();
+      page.on('pageerror', (err) => console.error(`tab ${i} error:`, err));
+      await page.goto(pages.url);
+      await page.waitForFunction(() => window.ready === true);
+      await page.evaluate((args) => window.startClient(args), { url: server.url, token, channel });
+      tabs.push(page);
+    }
+    const leaders = async (list) => (await Promise.all(list.map((p) => p.evaluate(() => window.client.isLeader)))).filter(Boolean).length;
+    await waitFor(async () => (await leaders(tabs)) === 1, { message: 'one leader' });
+    await waitFor(
+      async () => (await Promise.all(tabs.map((p) => p.evaluate(() => window.sub.state)))).every((s) => s === 'subscribed'),
+      { message: 'all tabs subscribed' },
+    );
+    assert.equal(await server.connections(), 1, '/metrics shows one connection for three tabs');
+    const states = await Promise.all(tabs.map((p) => p.evaluate(() => [window.client.state, window.client.clientId])));
+    assert.ok(states.every(([s, id]) => s === 'connected' && id === states[0][1]), JSON.stringify(states));
+
+    for (let i = 1; i <= 5; i++) await server.publish(channel, 'tick', { i });
+    for (const page of tabs) {
+      await page.waitForFunction(() => window.log.events.length >= 5);
+    }
+    for (const page of tabs) assert.deepEqual(await page.evaluate(() => window.log.events), [1, 2, 3, 4, 5]);
+
+    // Requests from a follower go through the leader.
+    const follower = (await Promise.all(tabs.map(async (p) => [p, await p.evaluate(() => window.client.isLeader)]))).find(([, l]) => !l)[0];
+    const reply = await follower.evaluate(() => window.client.publish('chat:tabs', 'hello', { from: 'follower' }));
+    assert.equal(reply.type, 'published');
+
+    // Close the leader tab while events keep coming.
+    const leaderIndex = (await Promise.all(tabs.map((p) => p.evaluate(() => window.client.isLeader)))).indexOf(true);
+    const [leader] = tabs.splice(leaderIndex, 1);
+    await leader.close();
+    for (let i = 6; i <= 15; i++) {
+      await server.publish(channel, 'tick', { i });
+      await sleep(20);
+    }
+    await waitFor(async () => (await leaders(tabs)) === 1, { message: 'a new leader' });
+    for (let i = 16; i <= 18; i++) await server.publish(channel, 'tick', { i });
+    const expected = Array.from({ length: 18 }, (_, k) => k + 1);
+    for (const page of tabs) {
+      await page.waitForFunction((n) => window.log.events.length >= n, 18, { timeout: 15_000 });
+    }
+    await sleep(200);
+    for (const page of tabs) {
+      assert.deepEqual(await page.evaluate(() => window.log.events), expected, 'every event once, in order');
+    }
+    const subscribed = await tabs[0].evaluate(() => window.log.subscribed);
+    assert.ok(subscribed.some((s) => s.recovered === true), `recovered on the new leader: ${JSON.stringify(subscribed)}`);
+    await waitFor(async () => (await server.connections()) === 1, { message: 'one connection after the handover' });
+    await context.close();
+    await waitFor(async () => (await server.connections()) === 0, { message: 'no connection after all tabs closed' });
+  });
+});
