@@ -83,7 +83,7 @@ export interface SubscriptionStateInfo {
   reason?: string;
 }
 
-export interface SubscriptionEvents<M extends EventMap> {
+export interface SubscriptionEvents<M extends object> {
   event: TypedEvent<M>;
   state: SubscriptionStateInfo;
   /** Every (re)subscription; `recovered === false` means events were missed: reload. */
@@ -104,7 +104,7 @@ interface ChannelEntry {
 }
 
 /** One `subscribe()` call; several may share a channel (one server subscription). */
-export class Subscription<M extends EventMap = EventMap> extends Emitter<SubscriptionEvents<M>> {
+export class Subscription<M extends object = EventMap> extends Emitter<SubscriptionEvents<M>> {
   readonly channel: string;
   #client: TidingsClient;
   #active = true;
@@ -279,7 +279,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
    * same handler, in order, once. Type the events with a map:
    * `client.subscribe<{ 'app.updated': { id: string } }>(channel, (e) => …)`.
    */
-  subscribe<M extends EventMap = EventMap>(
+  subscribe<M extends object = EventMap>(
     channel: string,
     handler?: (event: TypedEvent<M>) => void,
     options: SubscribeOptions = {},

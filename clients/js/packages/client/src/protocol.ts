@@ -42,7 +42,7 @@ export interface EventEnvelope<Name extends string = string, Data = unknown> {
 }
 
 /** A discriminated union of envelopes, one member per event of `M`. */
-export type TypedEvent<M extends EventMap> = {
+export type TypedEvent<M extends object> = {
   [K in keyof M & string]: EventEnvelope<K, M[K]>;
 }[keyof M & string];
 

@@ -32,7 +32,7 @@ export interface SubscriptionStatus {
  * Subscribes to `channel` while the component is mounted (`null` to skip).
  * The latest `handler` is always called; changing it does not resubscribe.
  */
-export function useSubscription<M extends EventMap = EventMap>(
+export function useSubscription<M extends object = EventMap>(
   channel: string | null,
   handler?: (event: TypedEvent<M>) => void,
   options: UseSubscriptionOptions = {},
@@ -86,7 +86,7 @@ export function entityChannel(scope: EntityScope): string {
  * (`{workspace, type, id}`), as published by the server's `POST /api/events`
  * (`{type}.created|updated|deleted` with `meta.entity`).
  */
-export function useEntitySubscription<M extends EventMap = EventMap>(
+export function useEntitySubscription<M extends object = EventMap>(
   scope: EntityScope | null,
   handler?: (event: TypedEvent<M>) => void,
   options: UseSubscriptionOptions = {},

@@ -7,7 +7,7 @@ import { useQueryClient, type QueryClient, type QueryKey } from '@tanstack/react
 import type { EventEnvelope, EventMap, TypedEvent } from '@tidings/client';
 import { useTidings } from './context.js';
 
-export interface QueryBridgeRule<M extends EventMap = EventMap> {
+export interface QueryBridgeRule<M extends object = EventMap> {
   /** Channel to subscribe to. */
   channel: string;
   /** Event names this rule handles: exact names, `prefix.*`, or `*` (default). */
@@ -33,7 +33,7 @@ function matches(patterns: string | string[] | undefined, name: string): boolean
 }
 
 /** Applies one rule to one event. */
-export function applyRule<M extends EventMap>(queryClient: QueryClient, rule: QueryBridgeRule<M>, event: EventEnvelope): void {
+export function applyRule<M extends object>(queryClient: QueryClient, rule: QueryBridgeRule<M>, event: EventEnvelope): void {
   if (!matches(rule.events, event.event)) return;
   const typed = event as TypedEvent<M>;
   for (const update of rule.update ?? []) {
@@ -50,7 +50,7 @@ export function applyRule<M extends EventMap>(queryClient: QueryClient, rule: Qu
  * (`recovered: false`), every key of the channel's rules is invalidated so the
  * data is refetched. `rules` may change between renders.
  */
-export function useTidingsQueryBridge<M extends EventMap = EventMap>(
+export function useTidingsQueryBridge<M extends object = EventMap>(
   rules: QueryBridgeRule<M>[],
   options: QueryBridgeOptions = {},
 ): void {
