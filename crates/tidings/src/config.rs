@@ -81,6 +81,12 @@ pub struct ConnectionSettings {
     pub send_queue_bytes: usize,
     /// Bad requests in a row before close 4501.
     pub max_bad_requests: u32,
+    /// Sustained requests per second one connection may send (0 = unlimited).
+    /// Beyond it requests get `rate_limited`; a client that keeps sending
+    /// `request_burst` more while limited is closed with 4004.
+    pub requests_per_second: u32,
+    /// Requests a connection may send in a burst above `requests_per_second`.
+    pub request_burst: u32,
     /// WebSocket read buffer per connection, in bytes.
     pub read_buffer_size: usize,
     /// WebSocket write buffer per connection, in bytes.
@@ -103,6 +109,8 @@ impl Default for ConnectionSettings {
             send_queue_messages: 1024,
             send_queue_bytes: 4 * 1024 * 1024,
             max_bad_requests: 20,
+            requests_per_second: 100,
+            request_burst: 200,
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,
             shutdown_drain: Duration::from_secs(10),

@@ -36,6 +36,8 @@ use crate::server::ServerState;
 const WRITE_BATCH: usize = 64;
 /// How long a closing connection waits to get its close frame out.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long it then waits for the client's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Query parameters of the upgrade request.
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +130,7 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             next_ping: Instant::now() + state.config.connection.heartbeat,
             token_expiry: None,
             status: PresenceStatus::Online,
+            rate: RequestRate::new(settings.requests_per_second, settings.request_burst),
         };
         session.token_expiry = expiry_instant(&session.identity);
         let end = session.serve().await;
@@ -218,7 +221,12 @@ async fn send_error(socket: &mut WebSocket, id: Option<RequestId>, code: ErrorCo
         tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Text(text.into()))).await;
 }
 
-/// Sends `disconnect` then a close frame with the same code, bounded in time.
+/// Sends `disconnect` then a close frame with the same code, and waits for the
+/// client's close frame, all bounded in time.
+///
+/// Waiting for the client's close (reading and dropping whatever it still sends)
+/// matters: closing TCP with unread input makes the kernel send a reset, and the
+/// client may then lose the close frame and its code.
 async fn close_socket(socket: &mut WebSocket, code: CloseCode, reason: &str) {
     let notice = ServerMessage::Disconnect {
         code: code.code(),
@@ -229,11 +237,21 @@ async fn close_socket(socket: &mut WebSocket, code: CloseCode, reason: &str) {
         code: code.code(),
         reason: Utf8Bytes::from(reason),
     };
-    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+    let sent = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
         socket.feed(Message::Text(notice.to_json().into())).await?;
         socket.send(Message::Close(Some(frame))).await
     })
     .await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            while let Some(Ok(message)) = socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// How a session ended.
@@ -295,6 +313,27 @@ struct Session {
     next_ping: Instant,
     token_expiry: Option<Instant>,
     status: PresenceStatus,
+    rate: Option<RequestRate>,
+}
+
+/// A connection's request budget (GCRA) and how long it has been over it.
+struct RequestRate {
+    limiter: governor::DefaultDirectRateLimiter,
+    limited_in_a_row: u32,
+    tolerance: u32,
+}
+
+impl RequestRate {
+    fn new(per_second: u32, burst: u32) -> Option<Self> {
+        let per_second = std::num::NonZeroU32::new(per_second)?;
+        let burst = std::num::NonZeroU32::new(burst.max(per_second.get())).unwrap_or(per_second);
+        let quota = governor::Quota::per_second(per_second).allow_burst(burst);
+        Some(Self {
+            limiter: governor::RateLimiter::direct(quota),
+            limited_in_a_row: 0,
+            tolerance: burst.get(),
+        })
+    }
 }
 
 /// A request's failure: the error reply to send.
@@ -499,6 +538,25 @@ impl Session {
                     .await
             }
         };
+        if !matches!(request, Request::Pong) {
+            if let Some(rate) = &mut self.rate {
+                if rate.limiter.check().is_err() {
+                    rate.limited_in_a_row += 1;
+                    if rate.limited_in_a_row > rate.tolerance {
+                        return Err(Stop::Close(
+                            CloseCode::RateLimited,
+                            CloseCode::RateLimited.default_reason().into(),
+                        ));
+                    }
+                    let refusal =
+                        Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
+                    return self
+                        .send(&ServerMessage::error(id, refusal.code, refusal.message))
+                        .await;
+                }
+                rate.limited_in_a_row = 0;
+            }
+        }
         let result = match request {
             Request::Pong => Ok(()),
             Request::Ping => self

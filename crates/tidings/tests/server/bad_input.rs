@@ -129,7 +129,9 @@ async fn too_many_bad_requests_in_a_row_close_with_4501() {
 
 #[tokio::test]
 async fn thousands_of_subscribes_hit_the_channel_limit() {
-    let server = TestServer::start().await;
+    let mut config = base_config();
+    config.connection.requests_per_second = 0;
+    let server = TestServer::with_config(config).await;
     let mut client = server.connect_user("u1", &["acme"]).await;
     let limit = tidings::config::ConnectionSettings::default().max_channels;
     let total = 2000;
@@ -171,5 +173,51 @@ async fn garbage_on_the_upgrade_path_does_not_crash() {
     assert!(weird.status().is_client_error());
     let health = server.http.get(server.url("/health")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
-    let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn request_floods_are_rate_limited_then_closed_with_4004() {
+    let mut config = base_config();
+    config.connection.requests_per_second = 10;
+    config.connection.request_burst = 10;
+    let server = TestServer::with_config(config).await;
+    let mut client = server.connect_user("u1", &[]).await;
+    for i in 0..15 {
+        client.send(json!({"type": "ping", "id": i})).await;
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    for _ in 0..15 {
+        let reply = client.next(WAIT).await.expect("a reply to every ping");
+        match reply["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if reply["code"] == "rate_limited" => limited += 1,
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    assert!(
+        (10..=11).contains(&pongs),
+        "burst of 10 allowed, got {pongs}"
+    );
+    assert_eq!(pongs + limited, 15);
+    // After a pause the budget refills.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reply = client.request(json!({"type": "ping"}), 100).await;
+    assert_eq!(reply["type"], "pong");
+    // A client that ignores rate_limited is closed.
+    for i in 0..200 {
+        if client
+            .ws
+            .send(Message::Text(
+                json!({"type": "ping", "id": i}).to_string().into(),
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let closed = client.closed(WAIT).await;
+    assert_eq!(closed.code, 4004);
+    assert_eq!(closed.disconnect.unwrap()["reconnect"], true);
 }
