@@ -60,6 +60,8 @@ describe('shareAcrossTabs in Chromium', () => {
       { message: 'all tabs subscribed' },
     );
     assert.equal(await server.connections(), 1, '/metrics shows one connection for three tabs');
+    const refCounts = await Promise.all(tabs.map((p) => p.evaluate((c) => window.client.hub?.refCount(c) ?? null, channel)));
+    assert.deepEqual(refCounts.filter((n) => n !== null), [3], 'the leader counts three tabs on the channel');
     const states = await Promise.all(tabs.map((p) => p.evaluate(() => [window.client.state, window.client.clientId])));
     assert.ok(states.every(([s, id]) => s === 'connected' && id === states[0][1]), JSON.stringify(states));
 
@@ -92,6 +94,8 @@ describe('shareAcrossTabs in Chromium', () => {
     for (const page of tabs) {
       assert.deepEqual(await page.evaluate(() => window.log.events), expected, 'every event once, in order');
     }
+    const counts = await Promise.all(tabs.map((p) => p.evaluate((c) => window.client.hub?.refCount(c) ?? null, channel)));
+    assert.deepEqual(counts.filter((n) => n !== null), [2], 'the new leader counts the two remaining tabs');
     const subscribed = await tabs[0].evaluate(() => window.log.subscribed);
     assert.ok(subscribed.some((s) => s.recovered === true), `recovered on the new leader: ${JSON.stringify(subscribed)}`);
     await waitFor(async () => (await server.connections()) === 1, { message: 'one connection after the handover' });
