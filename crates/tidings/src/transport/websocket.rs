@@ -121,6 +121,7 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
         let mut session = Session {
             socket,
             state: state.clone(),
+            token_expiry: expiry_instant(&identity),
             identity,
             connection: connection.clone(),
             queue,
@@ -128,11 +129,9 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             bad_requests: 0,
             pong_deadline: None,
             next_ping: Instant::now() + state.config.connection.heartbeat,
-            token_expiry: None,
             status: PresenceStatus::Online,
             rate: RequestRate::new(settings.requests_per_second, settings.request_burst),
         };
-        session.token_expiry = expiry_instant(&session.identity);
         let end = session.serve().await;
         for (channel, subscription) in &session.subscriptions {
             if subscription.presence {
@@ -384,16 +383,12 @@ enum Failure {
 }
 
 impl Session {
-    fn token_deadline(&self) -> Option<Instant> {
-        self.token_expiry
-    }
-
     fn next_deadline(&self) -> Instant {
         let mut deadline = self.next_ping;
         if let Some(pong) = self.pong_deadline {
             deadline = deadline.min(pong);
         }
-        if let Some(expiry) = self.token_deadline() {
+        if let Some(expiry) = self.token_expiry {
             deadline = deadline.min(expiry);
         }
         deadline
@@ -477,7 +472,7 @@ impl Session {
                 CloseCode::NoPong.default_reason().into(),
             ));
         }
-        if self.token_deadline().is_some_and(|d| d <= now) {
+        if self.token_expiry.is_some_and(|d| d <= now) {
             return Err(Stop::Close(
                 CloseCode::TokenExpired,
                 CloseCode::TokenExpired.default_reason().into(),
@@ -497,7 +492,8 @@ impl Session {
         let message = match frame {
             None => return Err(Stop::Gone),
             Some(Err(err)) => {
-                // tungstenite reports oversized messages as errors on read.
+                // tungstenite reports oversized messages as capacity errors on
+                // read (pinned by the `oversized_message_closes_with_4501` test).
                 let text = err.to_string();
                 if text.contains("too long")
                     || text.contains("Capacity")
