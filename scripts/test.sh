@@ -17,3 +17,13 @@ cargo build --locked -p tidings-server
 
 step "Rust tests (unit, integration over real sockets, property, binary)"
 cargo test --workspace --locked
+
+step "System packages for the browser tests (Debian's chromium)"
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  "${apt_get[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq chromium >/dev/null
+fi
+
+step "TypeScript SDK and React bindings (Node, React, and Chromium tests against the real server)"
+(cd clients/js && npm ci --no-audit --no-fund && npm test)
