@@ -59,8 +59,10 @@ pub struct Stats {
     pub late: u64,
     /// Sequence numbers skipped (events that never arrived on a connection).
     pub gaps: u64,
-    /// Sequence numbers seen twice or out of order.
+    /// Sequence numbers seen again with no gap open (duplicates).
     pub dups: u64,
+    /// Sequence numbers that arrived after a later one (publishes reordered).
+    pub reordered: u64,
     /// Connections fully set up (connected and subscribed).
     pub ready: u64,
     pub connect_errors: u64,
@@ -80,6 +82,7 @@ impl Stats {
             late: 0,
             gaps: 0,
             dups: 0,
+            reordered: 0,
             ready: 0,
             connect_errors: 0,
             disconnects: 0,
@@ -104,12 +107,18 @@ impl Stats {
         if latency_us > self.late_us {
             self.late += 1;
         }
-        if seq > *next_seq {
+        // Concurrent HTTP publishes may be ordered differently by the server
+        // than their sequence numbers: a skipped number counts as a gap until it
+        // arrives late, so `gaps` ends as the numbers never seen.
+        if seq >= *next_seq {
             self.gaps += seq - *next_seq;
-        } else if seq < *next_seq {
+            *next_seq = seq + 1;
+        } else if self.gaps > 0 {
+            self.gaps -= 1;
+            self.reordered += 1;
+        } else {
             self.dups += 1;
         }
-        *next_seq = seq + 1;
     }
 }
 

@@ -151,6 +151,10 @@ struct Cli {
     /// Output directory (results.json is merged, so runs can be made one by one).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Before each run, wait up to this many seconds for other processes on the
+    /// machine to go quiet (under 25% of a core).
+    #[arg(long, default_value_t = 0.0)]
+    quiet_wait: f64,
     /// Hard limit on each scenario run per target, in seconds.
     #[arg(long, default_value_t = 900.0)]
     timeout: f64,
@@ -248,6 +252,15 @@ async fn async_main(
                     continue;
                 }
             };
+            if cli.quiet_wait > 0.0 {
+                let other =
+                    server::wait_for_quiet(Duration::from_secs_f64(cli.quiet_wait), 25.0).await;
+                if other >= 25.0 {
+                    eprintln!(
+                        "warning: other processes use {other:.0}% CPU; results will be noisy"
+                    );
+                }
+            }
             let limit = Duration::from_secs_f64(cli.timeout);
             let result = tokio::time::timeout(limit, run_scenario(&cli, scenario, &server)).await;
             server.stop().await;
@@ -635,6 +648,8 @@ struct Snap {
     received: u64,
     at: Instant,
     cpu: Option<f64>,
+    gen_cpu: Option<f64>,
+    machine: Option<f64>,
 }
 
 fn snap(fleet: &Fleet, server: &Server) -> Snap {
@@ -642,6 +657,8 @@ fn snap(fleet: &Fleet, server: &Server) -> Snap {
         received: fleet.stats.borrow().received,
         at: Instant::now(),
         cpu: server.cpu_seconds(),
+        gen_cpu: server::cpu_of(std::process::id()),
+        machine: server::machine_busy_seconds(),
     }
 }
 
@@ -772,6 +789,8 @@ async fn steady(
                 received: s.received,
                 at: Instant::now(),
                 cpu: pid.and_then(server::cpu_of),
+                gen_cpu: server::cpu_of(std::process::id()),
+                machine: server::machine_busy_seconds(),
             }));
         })
     };
@@ -806,12 +825,25 @@ async fn steady(
         if let (Some(a), Some(b)) = (after.cpu, before.cpu) {
             step.server_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
         }
+        if let (Some(a), Some(b)) = (after.gen_cpu, before.gen_cpu) {
+            step.generator_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
+        }
+        if let (Some(a), Some(b)) = (after.machine, before.machine) {
+            let total = (a - b) / secs.max(1e-9) * 100.0;
+            step.other_cpu_pct = Some(
+                (total
+                    - step.server_cpu_pct.unwrap_or(0.0)
+                    - step.generator_cpu_pct.unwrap_or(0.0))
+                .max(0.0),
+            );
+        }
         step.expected = Some(expected);
         step.received = Some(s.received);
         step.lost = Some(expected.saturating_sub(s.received));
         step.late = Some(s.late);
         step.gaps = Some(s.gaps);
         step.dups = Some(s.dups);
+        step.reordered = Some(s.reordered);
         step.disconnects = Some(s.disconnects);
         fill_latency(&mut step, &s);
         step.errors = s.first_errors.clone();
@@ -895,6 +927,18 @@ async fn max(cli: &Cli, server: &Server, run: &mut Run, rss0: Option<u64>) -> Re
         step.deliveries_per_s = Some((after.received - received0) as f64 / secs.max(1e-9));
         if let (Some(a), Some(b)) = (after.cpu, before.cpu) {
             step.server_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
+        }
+        if let (Some(a), Some(b)) = (after.gen_cpu, before.gen_cpu) {
+            step.generator_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
+        }
+        if let (Some(a), Some(b)) = (after.machine, before.machine) {
+            let total = (a - b) / secs.max(1e-9) * 100.0;
+            step.other_cpu_pct = Some(
+                (total
+                    - step.server_cpu_pct.unwrap_or(0.0)
+                    - step.generator_cpu_pct.unwrap_or(0.0))
+                .max(0.0),
+            );
         }
         let expected = stats.sent * subs;
         step.expected = Some(expected);

@@ -39,6 +39,11 @@ pub struct Step {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_cpu_pct: Option<f64>,
+    /// CPU used by other processes on the machine during the measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_cpu_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub received: Option<u64>,
@@ -50,6 +55,8 @@ pub struct Step {
     pub gaps: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dups: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reordered: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disconnects: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,7 +82,7 @@ pub struct Step {
 impl Step {
     pub fn summary(&self) -> String {
         format!(
-            "{:.0} deliveries/s, p50 {} p90 {} p99 {} p99.9 {} max {} ms, lost {}, late {}, gaps {}, disconnects {}, server CPU {}",
+            "{:.0} deliveries/s, p50 {} p90 {} p99 {} p99.9 {} max {} ms, lost {}, late {}, gaps {}, disconnects {}, server CPU {}, generator CPU {}, others {}",
             self.deliveries_per_s.unwrap_or(0.0),
             f2(self.p50_ms),
             f2(self.p90_ms),
@@ -87,6 +94,8 @@ impl Step {
             self.gaps.unwrap_or(0),
             self.disconnects.unwrap_or(0),
             self.server_cpu_pct.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "?".into()),
+            self.generator_cpu_pct.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "?".into()),
+            self.other_cpu_pct.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "?".into()),
         )
     }
 }
@@ -463,6 +472,20 @@ fn steady_table(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
     );
     row(
         md,
+        "generator CPU %",
+        f0(get(ts, |x| x.generator_cpu_pct)),
+        f0(get(ss, |x| x.generator_cpu_pct)),
+        String::new(),
+    );
+    row(
+        md,
+        "other processes' CPU %",
+        f0(get(ts, |x| x.other_cpu_pct)),
+        f0(get(ss, |x| x.other_cpu_pct)),
+        String::new(),
+    );
+    row(
+        md,
         "server RSS MiB (connected)",
         mib(ts.and_then(|x| x.rss)),
         mib(ss.and_then(|x| x.rss)),
@@ -487,6 +510,7 @@ fn steady_table(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
         ("lost", (|x: &Step| x.lost) as fn(&Step) -> Option<u64>),
         ("late (> late-ms)", |x: &Step| x.late),
         ("sequence gaps", |x: &Step| x.gaps),
+        ("reordered (publishes overtaking)", |x: &Step| x.reordered),
         ("disconnects", |x: &Step| x.disconnects),
         ("publish errors", |x: &Step| x.publish_errors),
     ] {
@@ -522,12 +546,15 @@ fn max_tables(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
     }
     for r in [t, s].into_iter().flatten() {
         let _ = writeln!(md, "{}:\n", r.target.label());
-        let _ = writeln!(md, "| offered/s | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | server CPU % | sustained |");
-        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|");
+        let _ = writeln!(md, "| offered/s | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | server CPU % | generator CPU % | others CPU % | sustained |");
+        let _ = writeln!(
+            md,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"
+        );
         for st in &r.steps {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 f0(st.offered_rate),
                 f0(st.deliveries_per_s),
                 f2(st.p50_ms),
@@ -537,6 +564,8 @@ fn max_tables(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
                 f2(st.max_ms),
                 u(st.lost),
                 f0(st.server_cpu_pct),
+                f0(st.generator_cpu_pct),
+                f0(st.other_cpu_pct),
                 if st.sustained == Some(true) {
                     "yes"
                 } else {

@@ -174,6 +174,47 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Busy CPU time of the whole machine (all cores, from `/proc/stat`), in seconds.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum::<f64>();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(busy / ticks.max(1.0))
+}
+
+/// Waits (up to `limit`) until processes other than ours use under `pct`% of
+/// one core for two seconds in a row, so other work on the machine does not
+/// skew the run. Returns the last reading.
+pub async fn wait_for_quiet(limit: std::time::Duration, pct: f64) -> f64 {
+    let start = std::time::Instant::now();
+    let mut calm = 0;
+    loop {
+        let a = machine_busy_seconds().unwrap_or(0.0);
+        let me_a = cpu_of(std::process::id()).unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b = machine_busy_seconds().unwrap_or(0.0);
+        let me_b = cpu_of(std::process::id()).unwrap_or(0.0);
+        let last = ((b - a) - (me_b - me_a)).max(0.0) * 100.0;
+        calm = if last < pct { calm + 1 } else { 0 };
+        if calm >= 2 || start.elapsed() >= limit {
+            return last;
+        }
+    }
+}
+
 /// User + system CPU time of `pid`, in seconds.
 pub fn cpu_of(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
