@@ -15,7 +15,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "Build the server binary used by the process, bench and SDK tests"
 cargo build --locked -p tidings-server
 
-step "Rust tests (unit, integration over real sockets, property, binary)"
+step "Socket.IO peer for the benchmark smoke test"
+npm ci --prefix bench/peers/socketio --no-audit --no-fund
+
+step "Rust tests (unit, integration over real sockets, property, binary, bench smoke)"
 cargo test --workspace --locked
 
 step "System packages for the browser tests (Debian's chromium)"
