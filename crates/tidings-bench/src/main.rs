@@ -820,7 +820,8 @@ async fn steady(
         step.publishes = Some(sent);
         step.publish_errors = Some(warm.errors + measured.errors);
         step.publish_max_lag_ms = Some(warm.max_lag.max(measured.max_lag).as_secs_f64() * 1000.0);
-        let secs = (after.at - before.at).as_secs_f64();
+        // The window ends at the last publish; never count it shorter than planned.
+        let secs = (after.at - before.at).as_secs_f64().max(duration);
         step.deliveries_per_s = Some((after.received - before.received) as f64 / secs.max(1e-9));
         if let (Some(a), Some(b)) = (after.cpu, before.cpu) {
             step.server_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
@@ -918,7 +919,7 @@ async fn max(cli: &Cli, server: &Server, run: &mut Run, rss0: Option<u64>) -> Re
             connections: s.ready - s.disconnects,
             ..Default::default()
         };
-        let secs = (after.at - before.at).as_secs_f64();
+        let secs = (after.at - before.at).as_secs_f64().max(cli.step_secs);
         step.offered_rate = Some(rate);
         step.publish_rate = Some(publish_rate);
         step.publishes = Some(stats.sent);

@@ -282,7 +282,9 @@ fn machine() -> serde_json::Value {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     serde_json::json!({
         "cpu": model,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        // Online cores of the machine (not this process's affinity mask).
+        // SAFETY: sysconf has no preconditions.
+        "cores": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
         "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
         "kernel": kernel.trim(),
     })
