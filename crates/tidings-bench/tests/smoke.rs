@@ -76,8 +76,14 @@ fn run_smoke(target: &str, extra: &[&str]) -> serde_json::Value {
     assert_eq!(step["lost"], 0, "nothing lost: {step}");
     assert_eq!(step["gaps"], 0, "no sequence gaps: {step}");
     assert_eq!(step["disconnects"], 0, "no drops: {step}");
-    assert!(step["received"].as_u64().unwrap_or(0) > 0, "events delivered: {step}");
-    assert_eq!(step["received"], step["expected"], "every event delivered: {step}");
+    assert!(
+        step["received"].as_u64().unwrap_or(0) > 0,
+        "events delivered: {step}"
+    );
+    assert_eq!(
+        step["received"], step["expected"],
+        "every event delivered: {step}"
+    );
     step
 }
 
@@ -86,7 +92,10 @@ fn smoke_against_tidings() {
     let bin = tidings_binary();
     let bin = bin.to_str().expect("utf-8 path");
     let step = run_smoke("tidings", &["--tidings-bin", bin]);
-    assert!(step["p99_ms"].as_f64().is_some(), "latency measured: {step}");
+    assert!(
+        step["p99_ms"].as_f64().is_some(),
+        "latency measured: {step}"
+    );
 }
 
 #[test]
