@@ -3,7 +3,7 @@
 //! Deny by default: a channel whose namespace is not configured is unknown, and an
 //! action whose rule list is empty is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tidings_auth::Identity;
@@ -54,6 +54,8 @@ pub struct Namespace {
 #[derive(Debug, Clone)]
 pub struct AccessPolicy {
     namespaces: Arc<HashMap<String, Arc<Namespace>>>,
+    /// Every claim a rule reads; the others need not outlive authentication.
+    read_claims: Arc<HashSet<String>>,
 }
 
 impl AccessPolicy {
@@ -72,9 +74,37 @@ impl AccessPolicy {
                 (name, Arc::new(ns))
             })
             .collect();
+        let mut read_claims: HashSet<String> = HashSet::from([roles_claim]);
+        for ns in config.effective_namespaces().values() {
+            for rule in ns
+                .subscribe
+                .iter()
+                .chain(&ns.publish)
+                .chain(&ns.presence)
+                .chain(&ns.history)
+            {
+                read_claims.extend(rule.claim.clone());
+            }
+        }
         Self {
             namespaces: Arc::new(namespaces),
+            read_claims: Arc::new(read_claims),
         }
+    }
+
+    /// Drops the claims no rule reads, so a long-lived connection does not keep
+    /// its whole decoded token in memory.
+    pub fn retain_read_claims(&self, identity: &mut Identity) {
+        if identity.claims.keys().all(|k| self.read_claims.contains(k)) {
+            return;
+        }
+        let kept = identity
+            .claims
+            .iter()
+            .filter(|(k, _)| self.read_claims.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        identity.claims = Arc::new(kept);
     }
 
     /// The namespace `channel` belongs to, if it is configured and the channel's

@@ -111,7 +111,7 @@ impl Default for ConnectionSettings {
             max_bad_requests: 20,
             requests_per_second: 100,
             request_burst: 200,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 4 * 1024,
             shutdown_drain: Duration::from_secs(10),
         }

@@ -1,34 +1,57 @@
 //! One connection as the hub sees it: identity for filtering, a bounded send
 //! queue, and a way to ask its transport task to close.
+//!
+//! The queue is a `VecDeque` behind a mutex rather than a channel: it allocates
+//! nothing until the first event (an idle connection costs no queue memory) and
+//! counts messages and bytes exactly under the same lock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::engine::Publication;
 use crate::protocol::{ChannelName, CloseCode};
 
-/// What the hub hands a connection's transport task.
+/// What the hub hands a connection's transport task. Rare variants are boxed
+/// so the common one (an event) keeps queue slots small.
 #[derive(Debug)]
 pub enum Outbound {
     /// An event of a channel the connection is subscribed to.
     Event(Arc<Publication>),
     /// A presence push for a channel the connection is on.
-    Presence {
-        /// The channel.
-        channel: ChannelName,
-        /// The encoded push, shared by every recipient.
-        text: Utf8Bytes,
-    },
+    Presence(Box<PresencePush>),
     /// The server removed a subscription.
-    Unsubscribed {
-        /// The channel.
-        channel: ChannelName,
-        /// Why.
-        reason: String,
-    },
+    Unsubscribed(Box<ServerUnsubscribe>),
+}
+
+/// A presence push, encoded once and shared by every recipient.
+#[derive(Debug)]
+pub struct PresencePush {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The encoded `presence` message.
+    pub text: Utf8Bytes,
+}
+
+/// A server-side unsubscribe.
+#[derive(Debug)]
+pub struct ServerUnsubscribe {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Why.
+    pub reason: String,
+}
+
+impl Outbound {
+    fn size(&self) -> usize {
+        match self {
+            Self::Event(p) => p.encoded().len(),
+            Self::Presence(push) => push.text.len(),
+            Self::Unsubscribed(_) => 0,
+        }
+    }
 }
 
 /// Bounds of one send queue.
@@ -49,6 +72,17 @@ pub struct CloseRequest {
     pub reason: String,
 }
 
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Outbound>,
+    bytes: usize,
+    /// Set once the transport task is gone; later pushes are dropped.
+    closed: bool,
+}
+
+/// Queues that grew during a burst give their memory back once drained.
+const KEEP_CAPACITY: usize = 16;
+
 /// The hub's side of a connection.
 #[derive(Debug)]
 pub struct Connection {
@@ -60,22 +94,20 @@ pub struct Connection {
     pub user: Arc<str>,
     /// Roles, for audience filtering.
     pub roles: Arc<[String]>,
-    sender: mpsc::UnboundedSender<Outbound>,
-    queued_messages: AtomicUsize,
-    queued_bytes: AtomicUsize,
+    queue: Mutex<QueueState>,
+    queue_notify: Notify,
     limits: QueueLimits,
     close: Mutex<Option<CloseRequest>>,
     close_notify: Notify,
 }
 
-/// The transport task's side of the queue.
+/// The transport task's side of the queue; marks the queue closed when dropped.
 #[derive(Debug)]
 pub struct ConnectionQueue {
-    receiver: mpsc::UnboundedReceiver<Outbound>,
     connection: Arc<Connection>,
 }
 
-/// Why [`Connection::push`] did not queue an event.
+/// What [`Connection::push`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
     /// Queued.
@@ -88,6 +120,13 @@ pub enum PushOutcome {
     Closed,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here can panic while holding the lock; recover rather than cascade.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Connection {
     /// A connection and the queue its transport task reads.
     pub fn new(
@@ -97,21 +136,18 @@ impl Connection {
         roles: Arc<[String]>,
         limits: QueueLimits,
     ) -> (Arc<Self>, ConnectionQueue) {
-        let (sender, receiver) = mpsc::unbounded_channel();
         let connection = Arc::new(Self {
             key,
             client_id,
             user,
             roles,
-            sender,
-            queued_messages: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
+            queue: Mutex::new(QueueState::default()),
+            queue_notify: Notify::new(),
             limits,
             close: Mutex::new(None),
             close_notify: Notify::new(),
         });
         let queue = ConnectionQueue {
-            receiver,
             connection: connection.clone(),
         };
         (connection, queue)
@@ -123,114 +159,125 @@ impl Connection {
         if !publication.admits(&self.client_id, &self.user, &self.roles) {
             return PushOutcome::Filtered;
         }
-        let size = publication.encoded().len();
-        let messages = self.queued_messages.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size;
-        if messages > self.limits.messages || bytes > self.limits.bytes {
-            self.queued_messages.fetch_sub(1, Ordering::Relaxed);
-            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.request_close(CloseCode::SlowConsumer, None);
-            return PushOutcome::Overflow;
-        }
-        if self
-            .sender
-            .send(Outbound::Event(publication.clone()))
-            .is_err()
-        {
-            return PushOutcome::Closed;
-        }
-        PushOutcome::Queued
+        self.enqueue(Outbound::Event(publication.clone()), true)
     }
 
     /// Queues a server-side unsubscribe notice (ordered after queued events).
     pub fn push_unsubscribed(&self, channel: ChannelName, reason: String) {
-        self.push_control(Outbound::Unsubscribed { channel, reason });
+        let notice = ServerUnsubscribe { channel, reason };
+        self.enqueue(Outbound::Unsubscribed(Box::new(notice)), false);
     }
 
     /// Queues a presence push. Subject to the same bounds as events.
     pub fn push_presence(&self, channel: ChannelName, text: Utf8Bytes) {
-        let size = text.len();
-        let messages = self.queued_messages.load(Ordering::Relaxed);
-        let bytes = self.queued_bytes.load(Ordering::Relaxed);
-        if messages >= self.limits.messages || bytes + size > self.limits.bytes {
-            self.request_close(CloseCode::SlowConsumer, None);
-            return;
-        }
-        self.queued_bytes.fetch_add(size, Ordering::Relaxed);
-        self.push_control(Outbound::Presence { channel, text });
+        let push = PresencePush { channel, text };
+        self.enqueue(Outbound::Presence(Box::new(push)), true);
     }
 
-    fn push_control(&self, item: Outbound) {
-        self.queued_messages.fetch_add(1, Ordering::Relaxed);
-        if self.sender.send(item).is_err() {
-            self.queued_messages.fetch_sub(1, Ordering::Relaxed);
+    fn enqueue(&self, item: Outbound, bounded: bool) -> PushOutcome {
+        let size = item.size();
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            return PushOutcome::Closed;
         }
+        if bounded
+            && (queue.items.len() >= self.limits.messages || queue.bytes + size > self.limits.bytes)
+        {
+            drop(queue);
+            self.request_close(CloseCode::SlowConsumer, None);
+            return PushOutcome::Overflow;
+        }
+        let was_empty = queue.items.is_empty();
+        queue.items.push_back(item);
+        queue.bytes += size;
+        drop(queue);
+        // The reader drains everything per wake-up, so only the first item needs one.
+        if was_empty {
+            self.queue_notify.notify_one();
+        }
+        PushOutcome::Queued
     }
 
     /// Asks the transport task to send `disconnect` and close. The first request wins.
     pub fn request_close(&self, code: CloseCode, reason: Option<String>) {
-        let mut close = self.close.lock().unwrap_or_else(|p| p.into_inner());
+        let mut close = lock(&self.close);
         if close.is_none() {
             *close = Some(CloseRequest {
                 code,
                 reason: reason.unwrap_or_else(|| code.default_reason().to_owned()),
             });
-            self.close_notify.notify_one();
+            drop(close);
+            // Every waiter (the request loop, a blocked write) must see it.
+            self.close_notify.notify_waiters();
         }
     }
 
     /// The pending close request, if any.
     pub fn close_request(&self) -> Option<CloseRequest> {
-        self.close.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.close).clone()
     }
 
     /// Resolves once a close has been requested.
     pub async fn close_requested(&self) -> CloseRequest {
         loop {
+            let notified = self.close_notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a request between the check and the
+            // await still wakes us.
+            notified.as_mut().enable();
             if let Some(request) = self.close_request() {
                 return request;
             }
-            self.close_notify.notified().await;
+            notified.await;
         }
+    }
+
+    fn pop(&self) -> Option<Outbound> {
+        let mut queue = lock(&self.queue);
+        let item = queue.items.pop_front()?;
+        queue.bytes -= item.size();
+        if queue.items.is_empty() && queue.items.capacity() > KEEP_CAPACITY {
+            queue.items = VecDeque::new();
+        }
+        Some(item)
     }
 
     /// Messages waiting in the send queue.
     pub fn queued_messages(&self) -> usize {
-        self.queued_messages.load(Ordering::Relaxed)
+        lock(&self.queue).items.len()
     }
 }
 
 impl ConnectionQueue {
-    fn account(&self, item: &Outbound) {
-        self.connection
-            .queued_messages
-            .fetch_sub(1, Ordering::Relaxed);
-        let bytes = match item {
-            Outbound::Event(p) => p.encoded().len(),
-            Outbound::Presence { text, .. } => text.len(),
-            Outbound::Unsubscribed { .. } => 0,
-        };
-        self.connection
-            .queued_bytes
-            .fetch_sub(bytes, Ordering::Relaxed);
-    }
-
     /// Waits for the next item.
-    pub async fn recv(&mut self) -> Option<Outbound> {
-        let item = self.receiver.recv().await?;
-        self.account(&item);
-        Some(item)
+    pub async fn recv(&mut self) -> Outbound {
+        let connection = &self.connection;
+        loop {
+            // Created before looking, so a push in between leaves a permit.
+            let notified = connection.queue_notify.notified();
+            if let Some(item) = connection.pop() {
+                return item;
+            }
+            notified.await;
+        }
     }
 
     /// The next item if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        let item = self.receiver.try_recv().ok()?;
-        self.account(&item);
-        Some(item)
+        self.connection.pop()
     }
 
     /// The connection this queue belongs to.
     pub fn connection(&self) -> &Arc<Connection> {
         &self.connection
+    }
+}
+
+impl Drop for ConnectionQueue {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.connection.queue);
+        queue.closed = true;
+        queue.items = VecDeque::new();
+        queue.bytes = 0;
     }
 }

@@ -23,6 +23,7 @@ use super::http::{bearer_token, check_origin, ApiError};
 use crate::access::{AccessError, Action};
 use crate::engine::presence::{ClientPresence, PresenceChange};
 use crate::engine::{HistoryQuery, Publication};
+use crate::hub::connection::ServerUnsubscribe;
 use crate::hub::{CloseRequest, Connection, ConnectionQueue, Outbound, QueueLimits, RegisterError};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
@@ -87,13 +88,14 @@ pub async fn upgrade(
 
 async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identity>) {
     let mut socket = socket;
-    let identity = match identity {
+    let mut identity = match identity {
         Some(identity) => identity,
-        None => match authenticate_first_message(&mut socket, &state).await {
+        None => match Box::pin(authenticate_first_message(&mut socket, &state)).await {
             Some(identity) => identity,
             None => return,
         },
     };
+    state.access.retain_read_claims(&mut identity);
     let client_id: Arc<str> = Arc::from(new_client_id().as_str());
     let span = tracing::info_span!("conn", client = %client_id, user = %identity.user);
     async move {
@@ -114,7 +116,12 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
                 RegisterError::NodeLimit => "connection limit reached",
             };
             tracing::info!(reason, "connection refused");
-            close_socket(&mut socket, CloseCode::ConnectionLimit, reason).await;
+            Box::pin(close_socket(
+                &mut socket,
+                CloseCode::ConnectionLimit,
+                reason,
+            ))
+            .await;
             return;
         }
         tracing::debug!("connected");
@@ -133,13 +140,20 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             rate: RequestRate::new(settings.requests_per_second, settings.request_burst),
         };
         let end = session.serve().await;
-        for (channel, subscription) in &session.subscriptions {
-            if subscription.presence {
-                leave_presence(&state, channel, &connection).await;
+        let subscriptions = std::mem::take(&mut session.subscriptions);
+        drop(session);
+        Box::pin(async {
+            for (channel, subscription) in &subscriptions {
+                if subscription.presence {
+                    leave_presence(&state, channel, &connection).await;
+                }
             }
-        }
-        let channels: Vec<ChannelName> = session.subscriptions.keys().cloned().collect();
-        state.hub.unregister(&connection, channels).await;
+            state
+                .hub
+                .unregister(&connection, subscriptions.into_keys())
+                .await;
+        })
+        .await;
         if let SessionEnd::Closed(CloseCode::SlowConsumer) = end {
             state.metrics.slow_consumer_closed();
         }
@@ -399,23 +413,31 @@ impl Session {
             return self.finish(stop).await;
         }
         let connection = self.connection.clone();
+        // One timer and one close watch for the whole session: re-creating them on
+        // every wake-up would cost a timer registration per event batch.
+        let closed = connection.close_requested();
+        tokio::pin!(closed);
+        let timer = tokio::time::sleep_until(self.next_deadline());
+        tokio::pin!(timer);
         let stop = loop {
             let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            // Rarely-taken arms are boxed so their large futures do not sit in
+            // every connection's task; the hot arm (queued events) is not.
             let step = tokio::select! {
                 biased;
-                request = connection.close_requested() => Err(Stop::Close(request.code, request.reason)),
-                frame = self.socket.recv() => self.on_frame(frame).await,
-                item = self.queue.recv() => match item {
-                    Some(item) => self.write_queued(item).await,
-                    None => Err(Stop::Gone),
-                },
-                () = tokio::time::sleep_until(deadline) => self.on_deadline().await,
+                request = &mut closed => Err(Stop::Close(request.code, request.reason)),
+                item = self.queue.recv() => self.write_queued(item).await,
+                frame = self.socket.recv() => Box::pin(self.on_frame(frame)).await,
+                () = &mut timer => Box::pin(self.on_deadline()).await,
             };
             if let Err(stop) = step {
                 break stop;
             }
         };
-        self.finish(stop).await
+        Box::pin(self.finish(stop)).await
     }
 
     async fn finish(&mut self, stop: Stop) -> SessionEnd {
@@ -882,7 +904,7 @@ impl Session {
     }
 
     async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), Failure> {
-        let identity = match self.state.verifier.verify(token) {
+        let mut identity = match self.state.verifier.verify(token) {
             Ok(identity) => identity,
             Err(err) => {
                 self.state.metrics.auth_failed();
@@ -900,6 +922,7 @@ impl Session {
                 "the new token is for another user",
             )));
         }
+        self.state.access.retain_read_claims(&mut identity);
         let expires_at = identity.expires_at.map(format_unix_seconds);
         self.token_expiry = expiry_instant(&identity);
         self.identity = identity;
@@ -921,12 +944,13 @@ impl Session {
                         batch.push(publication.encoded().clone());
                     }
                 }
-                Outbound::Presence { channel, text } => {
-                    if self.subscriptions.contains_key(&channel) {
-                        batch.push(text);
+                Outbound::Presence(push) => {
+                    if self.subscriptions.contains_key(&push.channel) {
+                        batch.push(push.text);
                     }
                 }
-                Outbound::Unsubscribed { channel, reason } => {
+                Outbound::Unsubscribed(notice) => {
+                    let ServerUnsubscribe { channel, reason } = *notice;
                     if let Some(subscription) = self.subscriptions.remove(&channel) {
                         if subscription.presence {
                             leave_presence(&self.state, &channel, &self.connection).await;
