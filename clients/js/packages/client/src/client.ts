@@ -3,6 +3,7 @@
  */
 import {
   Connection,
+  initialStateInfo,
   type ConnectionState,
   type RequestOptions,
   type StateInfo,
@@ -190,15 +191,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
     super();
     this.options = options;
     this.consumerId = `t_${Date.now().toString(36)}_${(consumerCounter++).toString(36)}_${Math.random().toString(36).slice(2, 10)}`;
-    this.#info = {
-      state: 'disconnected',
-      previous: null,
-      transport: null,
-      clientId: null,
-      user: null,
-      attempt: 0,
-      online: true,
-    };
+    this.#info = initialStateInfo();
     if (options.shareAcrossTabs && TabCoordinator.supported()) {
       this.#tabs = new TabCoordinator(this, options.tabChannelName ?? `tidings:${options.url}`);
       this.#tabs.start(options.autoConnect !== false);

@@ -55,6 +55,19 @@ export interface StateInfo {
   online: boolean;
 }
 
+/** The snapshot before anything has happened. */
+export function initialStateInfo(): StateInfo {
+  return {
+    state: 'disconnected',
+    previous: null,
+    transport: null,
+    clientId: null,
+    user: null,
+    attempt: 0,
+    online: true,
+  };
+}
+
 export interface TokenRequest {
   /** `initial`, `expired` (4003 or an expired token was refused), `refresh` (before expiry), `reauthenticate` (the app asked). */
   reason: 'initial' | 'expired' | 'refresh' | 'reauthenticate';
@@ -180,15 +193,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     super();
     this.options = options;
     this.#urls = toUrls(options.url);
-    this.#info = {
-      state: 'disconnected',
-      previous: null,
-      transport: null,
-      clientId: null,
-      user: null,
-      attempt: 0,
-      online: true,
-    };
+    this.#info = initialStateInfo();
     if (options.watchNetwork) this.#watchNetwork();
   }
 
