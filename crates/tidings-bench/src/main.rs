@@ -103,7 +103,8 @@ struct Cli {
     /// [default: 10, smoke 3]
     #[arg(long)]
     duration: Option<f64>,
-    /// Seconds of publishing before measuring. [default: 2, smoke 1]
+    /// Seconds of publishing before measuring (max: at the first rate, before the
+    /// first step). [default: 2, smoke 1]
     #[arg(long)]
     warmup: Option<f64>,
     /// max: offered deliveries/s per step.
@@ -795,6 +796,11 @@ async fn steady(
         })
     };
     let measured = publish(cli, server, &channels, publish_rate, warmup + duration, 0).await?;
+    if let Some(before) = start_snap.get() {
+        // The last publish goes out one interval before the window ends; let the
+        // window run its planned length so that publish's deliveries are in it.
+        tokio::time::sleep_until(before.at + Duration::from_secs_f64(duration)).await;
+    }
     let after = snap(&fleet, server);
     let _ = flip.await;
     let before = start_snap.get().context("measurement never started")?;
@@ -874,6 +880,7 @@ async fn max(cli: &Cli, server: &Server, run: &mut Run, rss0: Option<u64>) -> Re
     run.params = serde_json::json!({
         "connections": n, "step_s": cli.step_secs, "p99_bound_ms": cli.p99_bound_ms,
         "rates": cli.max_rates, "payload_pad_bytes": cli.payload_pad,
+        "warmup_s": cli.warmup.unwrap_or(2.0),
     });
     let ramp = fleet
         .ramp(cli, n, &|_| vec!["workspace:bench".to_owned()])
@@ -888,6 +895,17 @@ async fn max(cli: &Cli, server: &Server, run: &mut Run, rss0: Option<u64>) -> Re
     let subs = ramp.ready;
     let mut seq_base = 0u64;
     let mut expected_total = 0u64;
+    // An unjudged warm-up at the first rate, as in the steady scenarios: the
+    // first step should not pay for cold caches or a JIT that has not run yet.
+    let warmup = cli.warmup.unwrap_or(2.0);
+    if let (Some(&rate), true) = (cli.max_rates.first(), warmup > 0.0) {
+        let publish_rate = rate / subs as f64;
+        let stats = publish(cli, server, &channels, publish_rate, warmup, seq_base).await?;
+        seq_base += (publish_rate * warmup).round().max(1.0) as u64;
+        expected_total += stats.sent * subs;
+        drain(&fleet, expected_total, Duration::from_secs(3)).await;
+        println!("[{}] warm-up: {:.0} s at {rate:.0}/s", fleet.label, warmup);
+    }
     for &rate in &cli.max_rates {
         let publish_rate = rate / subs as f64;
         {
@@ -909,6 +927,10 @@ async fn max(cli: &Cli, server: &Server, run: &mut Run, rss0: Option<u64>) -> Re
             seq_base,
         )
         .await?;
+        // Publishes are spread over the step, the last one an interval before its
+        // end: measure the planned step, so at low rates (e.g. 2 publishes/s) the
+        // last publish's deliveries are counted and the window is not cut short.
+        tokio::time::sleep_until(before.at + Duration::from_secs_f64(cli.step_secs)).await;
         let after = snap(&fleet, server);
         let planned = (publish_rate * cli.step_secs).round().max(1.0) as u64;
         seq_base += planned;
