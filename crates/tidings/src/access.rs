@@ -11,6 +11,15 @@ use tidings_auth::Identity;
 use crate::config::{Config, NamespaceConfig, Rule};
 use crate::protocol::ChannelName;
 
+/// One shared empty claims map, for connections whose rules read no claim.
+fn empty_claims() -> Arc<serde_json::Map<String, serde_json::Value>> {
+    static EMPTY: std::sync::OnceLock<Arc<serde_json::Map<String, serde_json::Value>>> =
+        std::sync::OnceLock::new();
+    EMPTY
+        .get_or_init(|| Arc::new(serde_json::Map::new()))
+        .clone()
+}
+
 /// What a connection wants to do on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -74,7 +83,8 @@ impl AccessPolicy {
                 (name, Arc::new(ns))
             })
             .collect();
-        let mut read_claims: HashSet<String> = HashSet::from([roles_claim]);
+        // `sub` and the roles claim are read from their parsed forms in `Identity`.
+        let mut read_claims: HashSet<String> = HashSet::new();
         for ns in config.effective_namespaces().values() {
             for rule in ns
                 .subscribe
@@ -86,6 +96,8 @@ impl AccessPolicy {
                 read_claims.extend(rule.claim.clone());
             }
         }
+        read_claims.remove("sub");
+        read_claims.remove(&config.jwt.roles_claim);
         Self {
             namespaces: Arc::new(namespaces),
             read_claims: Arc::new(read_claims),
@@ -98,13 +110,20 @@ impl AccessPolicy {
         if identity.claims.keys().all(|k| self.read_claims.contains(k)) {
             return;
         }
-        let kept = identity
+        if !identity.claims.keys().any(|k| self.read_claims.contains(k)) {
+            identity.claims = empty_claims();
+            return;
+        }
+        let kept: Vec<(String, serde_json::Value)> = identity
             .claims
             .iter()
             .filter(|(k, _)| self.read_claims.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        identity.claims = Arc::new(kept);
+        // Sized exactly: this map lives as long as the connection.
+        let mut claims = serde_json::Map::with_capacity(kept.len());
+        claims.extend(kept);
+        identity.claims = Arc::new(claims);
     }
 
     /// The namespace `channel` belongs to, if it is configured and the channel's
@@ -162,18 +181,30 @@ impl Namespace {
             .any(|rule| self.rule_holds(rule, identity, channel))
     }
 
+    /// Whether claim `name` equals or contains `value`. `sub` and the roles claim
+    /// come from their parsed forms (connections do not keep them in `claims`).
+    fn claim_contains(&self, identity: &Identity, name: &str, value: &str) -> bool {
+        if name == "sub" {
+            return &*identity.user == value;
+        }
+        if name == self.roles_claim {
+            return identity.roles.iter().any(|r| r == value);
+        }
+        identity.claim_contains(name, value)
+    }
+
     fn rule_holds(&self, rule: &Rule, identity: &Identity, channel: &ChannelName) -> bool {
         if let Some(role) = &rule.role {
-            if !identity.claim_contains(&self.roles_claim, role) {
+            if !identity.roles.iter().any(|r| r == role) {
                 return false;
             }
         }
         match (&rule.claim, rule.segment, &rule.value) {
             (Some(claim), Some(index), _) => match channel.segment(index) {
-                Some(segment) => identity.claim_contains(claim, segment),
+                Some(segment) => self.claim_contains(identity, claim, segment),
                 None => false,
             },
-            (Some(claim), None, Some(value)) => identity.claim_contains(claim, value),
+            (Some(claim), None, Some(value)) => self.claim_contains(identity, claim, value),
             // Shapes without a claim are either `{}`/role-only (already checked) or
             // rejected by `Config::validate`; refuse them here too.
             (None, None, None) => true,

@@ -227,12 +227,13 @@ pub fn builtin_namespaces(jwt: &JwtSettings) -> BTreeMap<String, NamespaceConfig
         history: member,
         ..NamespaceConfig::default()
     };
+    // No presence on `user:` channels: only the user's own tabs could be members,
+    // and tracking them would cost every connection memory for nothing.
     let own = vec![Rule::segment_in_claim(1, "sub")];
     let user = NamespaceConfig {
         min_segments: 2,
         max_segments: 2,
         subscribe: own.clone(),
-        presence: own.clone(),
         history: own,
         ..NamespaceConfig::default()
     };

@@ -77,21 +77,19 @@ fn rank(status: PresenceStatus) -> u8 {
     }
 }
 
-/// One user's connections on a channel, by connection id.
-type UserClients = HashMap<Arc<str>, ClientPresence>;
+/// One user's connections on a channel. A `Vec`, not a map: almost every user
+/// has one or two, and a map per user would cost every connection ~1 KiB.
+type UserClients = Vec<ClientPresence>;
 
 /// The member view of one user's connections, if it has any.
 fn member_of(user: &str, clients: &UserClients) -> Option<PresenceMember> {
-    let status = clients
-        .values()
-        .map(|c| c.status)
-        .min_by_key(|s| rank(*s))?;
-    let mut ids: Vec<String> = clients.keys().map(|c| c.to_string()).collect();
+    let status = clients.iter().map(|c| c.status).min_by_key(|s| rank(*s))?;
+    let mut ids: Vec<String> = clients.iter().map(|c| c.client.to_string()).collect();
     ids.sort();
     Some(PresenceMember {
         user: user.to_owned(),
         status,
-        info: clients.values().find_map(|c| c.info.clone()),
+        info: clients.iter().find_map(|c| c.info.clone()),
         clients: ids,
     })
 }
@@ -118,9 +116,12 @@ impl PresenceStore for MemoryPresence {
     ) -> Result<Option<PresenceChange>, EngineError> {
         let mut users = self.channels.entry(channel.clone()).or_default();
         let user = client.user.clone();
-        let clients = users.entry(user.clone()).or_default();
+        let clients = users
+            .entry(user.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
         let first = clients.is_empty();
-        clients.insert(client.client.clone(), client);
+        clients.retain(|c| c.client != client.client);
+        clients.push(client);
         Ok(first
             .then(|| member_of(&user, clients))
             .flatten()
@@ -136,7 +137,8 @@ impl PresenceStore for MemoryPresence {
         let mut change = None;
         self.channels.remove_if_mut(channel, |_, users| {
             if let Some(clients) = users.get_mut(user) {
-                if let Some(gone) = clients.remove(client) {
+                let index = clients.iter().position(|c| &*c.client == client);
+                if let Some(gone) = index.map(|i| clients.swap_remove(i)) {
                     if clients.is_empty() {
                         users.remove(user);
                         change = Some(PresenceChange::Leave(PresenceMember {
@@ -167,7 +169,7 @@ impl PresenceStore for MemoryPresence {
             return Ok(None);
         };
         let before = member_of(user, clients).map(|m| m.status);
-        match clients.get_mut(client) {
+        match clients.iter_mut().find(|c| &*c.client == client) {
             Some(entry) => entry.status = status,
             None => return Ok(None),
         }
