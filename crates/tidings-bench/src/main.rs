@@ -699,6 +699,19 @@ async fn drain(fleet: &Fleet, expected: u64, limit: Duration) {
     }
 }
 
+/// CPU shares over a window of `secs`: the server's, the generator's, and
+/// everything else on the machine (which should be ~0 for a clean run).
+fn fill_cpu(step: &mut Step, before: &Snap, after: &Snap, secs: f64) {
+    let pct = |a: Option<f64>, b: Option<f64>| Some((a? - b?) / secs.max(1e-9) * 100.0);
+    step.server_cpu_pct = pct(after.cpu, before.cpu);
+    step.generator_cpu_pct = pct(after.gen_cpu, before.gen_cpu);
+    if let Some(total) = pct(after.machine, before.machine) {
+        let others =
+            total - step.server_cpu_pct.unwrap_or(0.0) - step.generator_cpu_pct.unwrap_or(0.0);
+        step.other_cpu_pct = Some(others.max(0.0));
+    }
+}
+
 fn fill_latency(step: &mut Step, stats: &Stats) {
     let h = &stats.hist;
     if h.is_empty() {
@@ -829,21 +842,7 @@ async fn steady(
         // The window ends at the last publish; never count it shorter than planned.
         let secs = (after.at - before.at).as_secs_f64().max(duration);
         step.deliveries_per_s = Some((after.received - before.received) as f64 / secs.max(1e-9));
-        if let (Some(a), Some(b)) = (after.cpu, before.cpu) {
-            step.server_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
-        }
-        if let (Some(a), Some(b)) = (after.gen_cpu, before.gen_cpu) {
-            step.generator_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
-        }
-        if let (Some(a), Some(b)) = (after.machine, before.machine) {
-            let total = (a - b) / secs.max(1e-9) * 100.0;
-            step.other_cpu_pct = Some(
-                (total
-                    - step.server_cpu_pct.unwrap_or(0.0)
-                    - step.generator_cpu_pct.unwrap_or(0.0))
-                .max(0.0),
-            );
-        }
+        fill_cpu(&mut step, &before, &after, secs);
         step.expected = Some(expected);
         step.received = Some(s.received);
         step.lost = Some(expected.saturating_sub(s.received));
@@ -948,21 +947,7 @@ async fn max(cli: &Cli, server: &Server, run: &mut Run, rss0: Option<u64>) -> Re
         step.publish_errors = Some(stats.errors);
         step.publish_max_lag_ms = Some(stats.max_lag.as_secs_f64() * 1000.0);
         step.deliveries_per_s = Some((after.received - received0) as f64 / secs.max(1e-9));
-        if let (Some(a), Some(b)) = (after.cpu, before.cpu) {
-            step.server_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
-        }
-        if let (Some(a), Some(b)) = (after.gen_cpu, before.gen_cpu) {
-            step.generator_cpu_pct = Some((a - b) / secs.max(1e-9) * 100.0);
-        }
-        if let (Some(a), Some(b)) = (after.machine, before.machine) {
-            let total = (a - b) / secs.max(1e-9) * 100.0;
-            step.other_cpu_pct = Some(
-                (total
-                    - step.server_cpu_pct.unwrap_or(0.0)
-                    - step.generator_cpu_pct.unwrap_or(0.0))
-                .max(0.0),
-            );
-        }
+        fill_cpu(&mut step, &before, &after, secs);
         let expected = stats.sent * subs;
         step.expected = Some(expected);
         step.received = Some(s.received - received0);
