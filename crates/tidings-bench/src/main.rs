@@ -581,16 +581,7 @@ async fn idle(cli: &Cli, server: &Server, run: &mut Run, rss0: Option<u64>) -> R
             .ping_all(round as u32 + 1, Duration::from_secs(15))
             .await;
         let s = fleet.stats.borrow();
-        let mut step = Step {
-            connections: s.ready,
-            ..Default::default()
-        };
-        step.connect_errors = Some(s.connect_errors);
-        step.connect_rate = Some(ramp.ready as f64 / ramp.secs.max(1e-9));
-        step.rss = rss;
-        if let (Some(rss), Some(rss0)) = (rss, rss0) {
-            step.rss_per_conn = Some(rss.saturating_sub(rss0) as f64 / (s.ready.max(1)) as f64);
-        }
+        let mut step = connection_step(&s, &ramp, rss, rss0);
         step.pongs = Some(pongs);
         step.disconnects = Some(s.disconnects);
         step.errors = s.first_errors.clone();
@@ -697,6 +688,22 @@ async fn drain(fleet: &Fleet, expected: u64, limit: Duration) {
     while fleet.stats.borrow().received < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A step with the connection figures filled in: count, connect errors and rate,
+/// server RSS and RSS per connection over the baseline `rss0`.
+fn connection_step(s: &Stats, ramp: &RampResult, rss: Option<u64>, rss0: Option<u64>) -> Step {
+    let mut step = Step {
+        connections: s.ready,
+        ..Default::default()
+    };
+    step.connect_errors = Some(s.connect_errors);
+    step.connect_rate = Some(ramp.ready as f64 / ramp.secs.max(1e-9));
+    step.rss = rss;
+    if let (Some(rss), Some(rss0)) = (rss, rss0) {
+        step.rss_per_conn = Some(rss.saturating_sub(rss0) as f64 / s.ready.max(1) as f64);
+    }
+    step
 }
 
 /// CPU shares over a window of `secs`: the server's, the generator's, and
@@ -824,16 +831,7 @@ async fn steady(
     fleet.stats.borrow_mut().recording = false;
     let step = {
         let s = fleet.stats.borrow();
-        let mut step = Step {
-            connections: s.ready,
-            ..Default::default()
-        };
-        step.connect_errors = Some(s.connect_errors);
-        step.connect_rate = Some(ramp.ready as f64 / ramp.secs.max(1e-9));
-        step.rss = rss_conn;
-        if let (Some(rss), Some(rss0)) = (rss_conn, rss0) {
-            step.rss_per_conn = Some(rss.saturating_sub(rss0) as f64 / s.ready.max(1) as f64);
-        }
+        let mut step = connection_step(&s, &ramp, rss_conn, rss0);
         step.offered_rate = Some(rate);
         step.publish_rate = Some(publish_rate);
         step.publishes = Some(sent);
