@@ -141,9 +141,9 @@ impl MemoryBroker {
             .clone()
     }
 
-    /// Runs `f` on the channel's state under its lock, retrying if the sweep
-    /// reclaimed it between lookup and lock.
-    fn with_state<R>(&self, channel: &ChannelName, mut f: impl FnMut(&mut ChannelState) -> R) -> R {
+    /// Runs `f` once on the channel's state under its lock, looking the state up
+    /// again if the sweep reclaimed it between lookup and lock.
+    fn with_state<R>(&self, channel: &ChannelName, f: impl FnOnce(&mut ChannelState) -> R) -> R {
         loop {
             let state = self.state(channel);
             let mut st = lock(&state);
@@ -168,7 +168,6 @@ impl Broker for MemoryBroker {
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError> {
         let sink = self.sink.get().cloned();
-        let mut event = Some(event);
         let outcome = self.with_state(channel, |st| {
             let now = Instant::now();
             st.policy = options.history;
@@ -181,15 +180,6 @@ impl Broker for MemoryBroker {
                     };
                 }
             }
-            let Some(event) = event.take() else {
-                // Unreachable: the closure publishes at most once per call.
-                return PublishOutcome {
-                    offset: st.top,
-                    epoch: st.epoch.clone(),
-                    id: String::new(),
-                    duplicate: true,
-                };
-            };
             st.top += 1;
             let id = event.id.clone();
             let publication = Arc::new(Publication::new(

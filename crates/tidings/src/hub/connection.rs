@@ -241,11 +241,6 @@ impl Connection {
         }
         Some(item)
     }
-
-    /// Messages waiting in the send queue.
-    pub fn queued_messages(&self) -> usize {
-        lock(&self.queue).items.len()
-    }
 }
 
 impl ConnectionQueue {
@@ -265,11 +260,6 @@ impl ConnectionQueue {
     /// The next item if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outbound> {
         self.connection.pop()
-    }
-
-    /// The connection this queue belongs to.
-    pub fn connection(&self) -> &Arc<Connection> {
-        &self.connection
     }
 }
 

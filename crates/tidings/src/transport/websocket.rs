@@ -514,13 +514,14 @@ impl Session {
         let message = match frame {
             None => return Err(Stop::Gone),
             Some(Err(err)) => {
-                // tungstenite reports oversized messages as capacity errors on
-                // read (pinned by the `oversized_message_closes_with_4501` test).
-                let text = err.to_string();
-                if text.contains("too long")
-                    || text.contains("Capacity")
-                    || text.contains("capacity")
-                {
+                // An oversized message is tungstenite's capacity error; the
+                // version must be axum's (the `oversized_message_closes_with_4501`
+                // test fails if a version skew breaks the downcast).
+                let oversized = err
+                    .into_inner()
+                    .downcast_ref::<tungstenite::Error>()
+                    .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+                if oversized {
                     return Err(Stop::Close(
                         CloseCode::ProtocolViolation,
                         "message exceeds max_message_size".into(),
