@@ -31,6 +31,10 @@ pub struct Config {
     pub connection: ConnectionSettings,
     /// Server API limits.
     pub api: ApiSettings,
+    /// Which client transports are served, and their settings.
+    pub transports: TransportSettings,
+    /// How the engine keeps channel state.
+    pub engine: EngineSettings,
     /// Add the conventional `workspace` and `user` namespaces unless defined below.
     pub builtin_namespaces: bool,
     /// Namespaces by name (the part of a channel before the first `:`).
@@ -48,6 +52,8 @@ impl Default for Config {
             jwt: JwtSettings::default(),
             connection: ConnectionSettings::default(),
             api: ApiSettings::default(),
+            transports: TransportSettings::default(),
+            engine: EngineSettings::default(),
             builtin_namespaces: true,
             namespaces: BTreeMap::new(),
         }
@@ -137,6 +143,68 @@ impl Default for ApiSettings {
             max_body_size: 1024 * 1024,
             idempotency_window: Duration::from_secs(300),
             max_broadcast_channels: 1000,
+        }
+    }
+}
+
+/// Which client transports are served, and their settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSettings {
+    /// Serve WebSocket at `/ws` and `/api/ws`.
+    pub websocket: bool,
+    /// Serve Server-Sent Events at `/sse`.
+    pub sse: bool,
+    /// Serve HTTP polling at `/events`.
+    pub polling: bool,
+    /// Serve the client request endpoint at `POST /request` (publish, status,
+    /// history, presence, refresh for clients on SSE or polling).
+    pub http_requests: bool,
+    /// Cookie that may carry the JWT for SSE, polling and `/request`.
+    pub token_cookie: String,
+    /// Reconnect delay suggested to EventSource clients (`retry:`).
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
+    /// Longest long-poll `wait` accepted; longer waits are shortened to it.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_wait: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            websocket: true,
+            sse: true,
+            polling: true,
+            http_requests: true,
+            token_cookie: "tidings_token".to_owned(),
+            sse_retry: Duration::from_secs(2),
+            max_poll_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How the engine keeps channel state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// How long a channel remembers its epoch and last offset after its last
+    /// event or its last subscriber left, once its history has expired. A client
+    /// that comes back within it to a channel where nothing happened recovers
+    /// instead of reloading; after it the channel is forgotten (and gets a new
+    /// epoch when used again).
+    #[serde(with = "humantime_serde")]
+    pub position_ttl: Duration,
+    /// How often expired history is dropped and idle channels are reclaimed.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            position_ttl: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -286,6 +354,7 @@ impl Config {
             ("connection.heartbeat", c.heartbeat),
             ("connection.pong_timeout", c.pong_timeout),
             ("connection.auth_timeout", c.auth_timeout),
+            ("engine.sweep_interval", self.engine.sweep_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(name, "must be greater than zero"));
@@ -307,6 +376,18 @@ impl Config {
             if value == 0 {
                 return Err(invalid(name, "must be greater than zero"));
             }
+        }
+        if self.transports.token_cookie.is_empty()
+            || !self
+                .transports
+                .token_cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "transports.token_cookie",
+                "must be a non-empty cookie name of letters, digits, `-`, `_` or `.`",
+            ));
         }
         if let Some(key) = &self.api_key {
             if key.len() < 16 {

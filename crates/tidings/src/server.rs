@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 
 use crate::access::AccessPolicy;
 use crate::config::{Config, ConfigError};
-use crate::engine::memory::DEFAULT_SWEEP_INTERVAL;
 use crate::engine::presence::PresenceStore;
 use crate::engine::Engine;
 use crate::hub::{ConnectionLimits, Hub};
@@ -64,7 +63,8 @@ impl Tidings {
     /// A server on the in-memory engine. Must be called within a Tokio runtime
     /// (it starts the history sweep and metrics upkeep).
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        Self::with_engine(config, Engine::memory(DEFAULT_SWEEP_INTERVAL))
+        let engine = Engine::memory(&config.engine);
+        Self::with_engine(config, engine)
     }
 
     /// A server on the given engine.

@@ -2,7 +2,8 @@
 //!
 //! Offsets are assigned and events delivered under the channel's lock, so each
 //! channel's events reach the sink in offset order. Channels with no subscribers,
-//! no unexpired history and no pending idempotency keys are reclaimed by a sweep.
+//! no unexpired history, no pending idempotency keys and no activity within
+//! `position_ttl` are reclaimed by a sweep.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -17,15 +18,14 @@ use super::{
 };
 use crate::protocol::ChannelName;
 
-/// How often the sweep looks for expired history and idle channels.
-pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
 struct ChannelState {
     epoch: Arc<str>,
     top: u64,
     history: VecDeque<Arc<Publication>>,
     policy: HistoryPolicy,
     idempotency: HashMap<String, (Instant, PublishOutcome)>,
+    /// Last publish, or when the last subscriber of this node left.
+    last_active: Instant,
     /// Set when the sweep removed this state from the map; holders must look again.
     reclaimed: bool,
 }
@@ -41,6 +41,7 @@ impl ChannelState {
                 ttl: Duration::ZERO,
             },
             idempotency: HashMap::new(),
+            last_active: Instant::now(),
             reclaimed: false,
         }
     }
@@ -83,20 +84,17 @@ fn lock(state: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
 pub struct MemoryBroker {
     channels: DashMap<ChannelName, Arc<Mutex<ChannelState>>>,
     sink: OnceLock<Arc<dyn EventSink>>,
-}
-
-impl Default for MemoryBroker {
-    fn default() -> Self {
-        Self::new()
-    }
+    position_ttl: Duration,
 }
 
 impl MemoryBroker {
-    /// An empty engine. Call [`MemoryBroker::start_sweeper`] to reclaim idle channels.
-    pub fn new() -> Self {
+    /// An empty engine that forgets an idle channel's position after
+    /// `position_ttl`. Call [`MemoryBroker::start_sweeper`] to reclaim idle channels.
+    pub fn new(position_ttl: Duration) -> Self {
         Self {
             channels: DashMap::new(),
             sink: OnceLock::new(),
+            position_ttl,
         }
     }
 
@@ -125,6 +123,7 @@ impl MemoryBroker {
             st.expire(now);
             let idle = st.history.is_empty()
                 && st.idempotency.is_empty()
+                && now.duration_since(st.last_active) >= self.position_ttl
                 && !sink.is_some_and(|s| s.has_subscribers(channel));
             if idle {
                 st.reclaimed = true;
@@ -181,6 +180,7 @@ impl Broker for MemoryBroker {
                 }
             }
             st.top += 1;
+            st.last_active = now;
             let id = event.id.clone();
             let publication = Arc::new(Publication::new(
                 channel.clone(),
@@ -220,7 +220,12 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn unsubscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        // The position must outlive the last subscriber by `position_ttl`, so a
+        // client that drops off a quiet channel can still resume there.
+        if let Some(state) = self.channels.get(channel).map(|s| s.value().clone()) {
+            lock(&state).last_active = Instant::now();
+        }
         Ok(())
     }
 
@@ -242,13 +247,12 @@ impl Broker for MemoryBroker {
                     .front()
                     .is_some_and(|first| first.offset <= after + 1);
             let limit = query.limit.unwrap_or(usize::MAX);
-            let events = st
-                .history
-                .iter()
-                .filter(|p| p.offset > after)
-                .take(limit)
-                .cloned()
-                .collect();
+            let newer = st.history.iter().filter(|p| p.offset > after);
+            let events = if query.newest_first {
+                newer.rev().take(limit).cloned().collect()
+            } else {
+                newer.take(limit).cloned().collect()
+            };
             HistoryPage {
                 position: st.position(),
                 events,
@@ -292,7 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_are_consecutive_and_history_bounded() {
-        let engine = MemoryBroker::new();
+        let engine = MemoryBroker::new(Duration::from_secs(60));
         let ch = ChannelName::parse("workspace:a").unwrap();
         for n in 1..=10 {
             let out = engine
@@ -310,18 +314,56 @@ mod tests {
                 &ch,
                 &HistoryQuery {
                     after: Some(6),
-                    limit: None,
+                    ..HistoryQuery::default()
                 },
             )
             .await
             .unwrap();
         assert!(tail.complete);
         assert_eq!(tail.events.len(), 4);
+        let newest = engine
+            .history(
+                &ch,
+                &HistoryQuery {
+                    limit: Some(2),
+                    newest_first: true,
+                    ..HistoryQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = newest.events.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![10, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_channel_keeps_its_position_for_position_ttl() {
+        let engine = MemoryBroker::new(Duration::from_secs(60));
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        let mut opts = options(10, None);
+        opts.history.ttl = Duration::from_millis(1);
+        engine.publish(&ch, event(1), &opts).await.unwrap();
+        let before = engine.position(&ch).await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        engine.sweep();
+        assert_eq!(engine.channel_count(), 1, "history expired, position kept");
+        let page = engine
+            .history(
+                &ch,
+                &HistoryQuery {
+                    after: Some(1),
+                    ..HistoryQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.position, before);
+        assert!(page.complete, "nothing after offset 1 was missed");
     }
 
     #[tokio::test]
     async fn idempotency_key_publishes_once() {
-        let engine = MemoryBroker::new();
+        let engine = MemoryBroker::new(Duration::from_secs(60));
         let ch = ChannelName::parse("workspace:a").unwrap();
         let first = engine
             .publish(&ch, event(1), &options(10, Some("k")))
@@ -338,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_channels_are_reclaimed_with_a_new_epoch() {
-        let engine = MemoryBroker::new();
+        let engine = MemoryBroker::new(Duration::ZERO);
         let ch = ChannelName::parse("workspace:a").unwrap();
         let mut opts = options(10, None);
         opts.history.ttl = Duration::from_millis(1);

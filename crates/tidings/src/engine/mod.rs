@@ -13,6 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::config::EngineSettings;
 use crate::protocol::messages::EventEnvelope;
 use crate::protocol::{ChannelName, EventMeta};
 use presence::{MemoryPresence, PresenceStore};
@@ -28,11 +29,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The single-node engine, with its history sweep running every `sweep`.
+    /// The single-node engine, with its sweep running as `settings` say.
     /// Must be called within a Tokio runtime.
-    pub fn memory(sweep: Duration) -> Self {
-        let broker = Arc::new(memory::MemoryBroker::new());
-        broker.start_sweeper(sweep);
+    pub fn memory(settings: &EngineSettings) -> Self {
+        let broker = Arc::new(memory::MemoryBroker::new(settings.position_ttl));
+        broker.start_sweeper(settings.sweep_interval);
         Self {
             broker,
             presence: Arc::new(MemoryPresence::new()),
@@ -191,6 +192,9 @@ pub struct HistoryQuery {
     pub after: Option<u64>,
     /// At most this many.
     pub limit: Option<usize>,
+    /// The newest events first (and `limit` keeps the newest), instead of the
+    /// oldest first.
+    pub newest_first: bool,
 }
 
 /// The events a history read found.

@@ -688,7 +688,13 @@ impl Session {
         let after = since.as_ref().map(|s| s.offset);
         let page = match hub
             .broker()
-            .history(&channel, &HistoryQuery { after, limit: None })
+            .history(
+                &channel,
+                &HistoryQuery {
+                    after,
+                    ..HistoryQuery::default()
+                },
+            )
             .await
         {
             Ok(page) => page,
@@ -884,6 +890,7 @@ impl Session {
         let query = HistoryQuery {
             after: since.as_ref().map(|s| s.offset),
             limit: limit.map(|l| l as usize),
+            ..HistoryQuery::default()
         };
         let page = self
             .state
