@@ -26,6 +26,12 @@ pub struct Metrics {
     slow_consumer_closes: Counter,
     auth_failures: Counter,
     publish_to_write: Histogram,
+    recovered: Counter,
+    recovery_failed: [Counter; 3],
+    sse_streams: Gauge,
+    polls: Counter,
+    polls_waiting: Gauge,
+    http_requests: Counter,
     _recorder: PrometheusRecorder,
 }
 
@@ -100,6 +106,38 @@ impl Metrics {
             "tidings_auth_failures_total",
             "Refused tokens and API keys.",
         );
+        recorder.describe_counter(
+            KeyName::from_const_str("tidings_recoveries_total"),
+            None,
+            SharedString::const_str(
+                "Subscribes that asked to recover missed events, by result (recovered, failed) and reason.",
+            ),
+        );
+        let recovery = |result: &'static str, reason: Option<&'static str>| {
+            let mut labels = vec![metrics::Label::from_static_parts("result", result)];
+            if let Some(reason) = reason {
+                labels.push(metrics::Label::from_static_parts("reason", reason));
+            }
+            recorder.register_counter(
+                &Key::from_parts("tidings_recoveries_total", labels),
+                &METADATA,
+            )
+        };
+        let recovered = recovery("recovered", None);
+        let recovery_failed = RecoveryFailure::ALL.map(|r| recovery("failed", Some(r.as_str())));
+        let sse_streams = gauge("tidings_sse_streams", "Open SSE streams on this node.");
+        let polls = counter(
+            "tidings_polls_total",
+            "HTTP polling requests (GET /events) answered.",
+        );
+        let polls_waiting = gauge(
+            "tidings_polls_waiting",
+            "Long-poll requests waiting for an event.",
+        );
+        let http_requests = counter(
+            "tidings_http_requests_total",
+            "Client requests received over POST /request.",
+        );
         let (key, unit, help) = describe(
             "tidings_publish_to_write_seconds",
             Some(Unit::Seconds),
@@ -121,6 +159,12 @@ impl Metrics {
             slow_consumer_closes,
             auth_failures,
             publish_to_write,
+            recovered,
+            recovery_failed,
+            sse_streams,
+            polls,
+            polls_waiting,
+            http_requests,
             _recorder: recorder,
         }
     }
@@ -166,5 +210,54 @@ impl Metrics {
     }
     pub(crate) fn written(&self, latency: Duration) {
         self.publish_to_write.record(latency.as_secs_f64());
+    }
+    pub(crate) fn recovery(&self, outcome: Result<(), RecoveryFailure>) {
+        match outcome {
+            Ok(()) => self.recovered.increment(1),
+            Err(failure) => self.recovery_failed[failure as usize].increment(1),
+        }
+    }
+    pub(crate) fn sse_stream_opened(&self) {
+        self.sse_streams.increment(1.0);
+    }
+    pub(crate) fn sse_stream_closed(&self) {
+        self.sse_streams.decrement(1.0);
+    }
+    pub(crate) fn poll_answered(&self) {
+        self.polls.increment(1);
+    }
+    pub(crate) fn poll_waiting(&self, waiting: bool) {
+        if waiting {
+            self.polls_waiting.increment(1.0);
+        } else {
+            self.polls_waiting.decrement(1.0);
+        }
+    }
+    pub(crate) fn http_request(&self) {
+        self.http_requests.increment(1);
+    }
+}
+
+/// Why a `since` could not be recovered (§5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryFailure {
+    /// The channel's history was reset: another epoch.
+    EpochChanged = 0,
+    /// Events after `since` have left history (trimmed or expired).
+    HistoryGone = 1,
+    /// `since.offset` is beyond the channel's last offset.
+    OffsetAhead = 2,
+}
+
+impl RecoveryFailure {
+    const ALL: [Self; 3] = [Self::EpochChanged, Self::HistoryGone, Self::OffsetAhead];
+
+    /// The reason as sent to clients and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EpochChanged => "epoch_changed",
+            Self::HistoryGone => "history_gone",
+            Self::OffsetAhead => "offset_ahead",
+        }
     }
 }

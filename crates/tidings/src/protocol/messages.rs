@@ -37,6 +37,17 @@ pub enum PresenceStatus {
     Busy,
 }
 
+/// Which end of history a read starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryOrder {
+    /// The oldest events after `since`, in offset order.
+    #[default]
+    Oldest,
+    /// The newest events, newest first.
+    Newest,
+}
+
 /// A client → server request, without its `id`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -78,6 +89,9 @@ pub enum Request {
         /// At most this many events.
         #[serde(default)]
         limit: Option<u32>,
+        /// Oldest first (default) or newest first.
+        #[serde(default)]
+        order: HistoryOrder,
     },
     /// List a channel's members.
     Presence {

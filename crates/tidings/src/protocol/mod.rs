@@ -10,8 +10,8 @@ pub mod time;
 pub use channel::{ChannelName, ChannelNameError};
 pub use codes::{CloseCode, ErrorCode};
 pub use messages::{
-    parse_request, EntityRef, EventMeta, PresenceStatus, Request, RequestId, ServerMessage,
-    StreamPosition,
+    parse_request, EntityRef, EventMeta, HistoryOrder, PresenceStatus, Request, RequestId,
+    ServerMessage, StreamPosition,
 };
 
 /// Protocol version announced in `connected`.

@@ -5,7 +5,6 @@
 //! queued events (coalesced into one flush), and watches a single deadline for
 //! pings, pong timeouts and token expiry.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,17 +19,15 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::http::{bearer_token, check_origin, ApiError};
-use crate::access::{AccessError, Action};
-use crate::engine::presence::{ClientPresence, PresenceChange};
-use crate::engine::{HistoryQuery, Publication};
+use super::requests::{self, Reader};
+use super::subscriptions::{parse_channel, Refusal, Subscriptions};
 use crate::hub::connection::ServerUnsubscribe;
 use crate::hub::{CloseRequest, Connection, ConnectionQueue, Outbound, QueueLimits, RegisterError};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
-    parse_request, ChannelName, CloseCode, ErrorCode, EventMeta, PresenceStatus, Request,
-    RequestId, ServerMessage, StreamPosition, PROTOCOL_VERSION, SUBPROTOCOL,
+    parse_request, CloseCode, ErrorCode, PresenceStatus, Request, RequestId, ServerMessage,
+    StreamPosition, PROTOCOL_VERSION, SUBPROTOCOL,
 };
-use crate::publisher::PublishRequest;
 use crate::server::ServerState;
 
 /// Most queued events written before one flush.
@@ -132,7 +129,7 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             identity,
             connection: connection.clone(),
             queue,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             bad_requests: 0,
             pong_deadline: None,
             next_ping: Instant::now() + state.config.connection.heartbeat,
@@ -142,18 +139,7 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
         let end = session.serve().await;
         let subscriptions = std::mem::take(&mut session.subscriptions);
         drop(session);
-        Box::pin(async {
-            for (channel, subscription) in &subscriptions {
-                if subscription.presence {
-                    leave_presence(&state, channel, &connection).await;
-                }
-            }
-            state
-                .hub
-                .unregister(&connection, subscriptions.into_keys())
-                .await;
-        })
-        .await;
+        Box::pin(subscriptions.close(&state, &connection)).await;
         if let SessionEnd::Closed(CloseCode::SlowConsumer) = end {
             state.metrics.slow_consumer_closed();
         }
@@ -276,51 +262,13 @@ enum SessionEnd {
     Closed(CloseCode),
 }
 
-/// Per-subscription state kept by the connection task.
-struct Subscription {
-    epoch: Arc<str>,
-    /// Highest offset delivered (or covered by `subscribed.offset`); later queue
-    /// items at or below it are duplicates of what the client already has.
-    offset: u64,
-    /// Whether this connection is tracked in the channel's presence.
-    presence: bool,
-}
-
-/// Removes a connection from a channel's presence and tells the others.
-async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: &Connection) {
-    match state
-        .presence
-        .leave(channel, &connection.user, &connection.client_id)
-        .await
-    {
-        Ok(Some(change)) => announce(state, channel, change),
-        Ok(None) => {}
-        Err(err) => tracing::warn!(%channel, error = %err, "presence leave failed"),
-    }
-}
-
-/// Pushes a presence change to the channel's subscribers that may see presence.
-fn announce(state: &ServerState, channel: &ChannelName, change: PresenceChange) {
-    let (action, member) = match change {
-        PresenceChange::Join(m) => ("join", m),
-        PresenceChange::Leave(m) => ("leave", m),
-        PresenceChange::Status(m) => ("status", m),
-    };
-    let push = ServerMessage::PresenceChanged {
-        channel: channel.to_string(),
-        action,
-        member,
-    };
-    state.hub.push_presence(channel, &push);
-}
-
 struct Session {
     socket: WebSocket,
     state: Arc<ServerState>,
     identity: Identity,
     connection: Arc<Connection>,
     queue: ConnectionQueue,
-    subscriptions: HashMap<ChannelName, Subscription>,
+    subscriptions: Subscriptions,
     bad_requests: u32,
     pong_deadline: Option<Instant>,
     next_ping: Instant,
@@ -346,31 +294,6 @@ impl RequestRate {
             limited_in_a_row: 0,
             tolerance: burst.get(),
         })
-    }
-}
-
-/// A request's failure: the error reply to send.
-struct Refusal {
-    code: ErrorCode,
-    message: String,
-}
-
-impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<AccessError> for Refusal {
-    fn from(err: AccessError) -> Self {
-        let code = match err {
-            AccessError::UnknownChannel(_) => ErrorCode::UnknownChannel,
-            AccessError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
-        };
-        Self::new(code, err.to_string())
     }
 }
 
@@ -594,14 +517,46 @@ impl Session {
                 channel,
                 event,
                 data,
-            } => self.publish(id.clone(), channel, event, data).await,
+            } => {
+                let reply = requests::publish(
+                    &self.state,
+                    &self.identity,
+                    id.clone(),
+                    channel,
+                    event,
+                    &data,
+                )
+                .await;
+                self.reply(reply.map(|m| m.to_json())).await
+            }
             Request::History {
                 channel,
                 since,
                 limit,
-            } => self.history(id.clone(), &channel, since, limit).await,
+                order,
+            } => {
+                let reader = Reader {
+                    client: &self.connection.client_id,
+                    identity: &self.identity,
+                };
+                let reply = requests::history(
+                    &self.state,
+                    reader,
+                    id.clone(),
+                    &channel,
+                    since,
+                    limit,
+                    order,
+                )
+                .await;
+                self.reply(reply).await
+            }
             Request::Refresh { token } => self.refresh(id.clone(), &token).await,
-            Request::Presence { channel } => self.presence(id.clone(), &channel).await,
+            Request::Presence { channel } => {
+                let reply =
+                    requests::presence(&self.state, &self.identity, id.clone(), &channel).await;
+                self.reply(reply.map(|m| m.to_json())).await
+            }
             Request::Status { status } => self.set_status(id.clone(), status).await,
         };
         match result {
@@ -612,6 +567,14 @@ impl Session {
             Err(Failure::Stop(stop)) => Err(stop),
             Err(Failure::Refuse(refusal)) => self.refuse(id, refusal).await,
         }
+    }
+
+    /// Sends a transport-independent request's reply, or passes its refusal on.
+    async fn reply(&mut self, reply: Result<String, Refusal>) -> Result<(), Failure> {
+        let text = reply.map_err(Failure::Refuse)?;
+        self.write([Utf8Bytes::from(text)])
+            .await
+            .map_err(Failure::Stop)
     }
 
     /// Sends an error reply; too many malformed requests in a row close the
@@ -632,158 +595,28 @@ impl Session {
             .await
     }
 
-    fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
-        ChannelName::parse(name).map_err(|e| {
-            Failure::Refuse(Refusal::new(ErrorCode::BadRequest, format!("channel: {e}")))
-        })
-    }
-
     async fn subscribe(
         &mut self,
         id: Option<RequestId>,
         name: &str,
         since: Option<StreamPosition>,
     ) -> Result<(), Failure> {
-        let channel = Self::parse_channel(name)?;
-        self.state
-            .access
-            .check(&self.identity, &channel, Action::Subscribe)
-            .map_err(|e| Failure::Refuse(e.into()))?;
-        if self.subscriptions.contains_key(&channel) {
-            return Err(Failure::Refuse(Refusal::new(
-                ErrorCode::AlreadySubscribed,
-                format!("already subscribed to {channel}"),
-            )));
-        }
-        if self.subscriptions.len() >= self.state.config.connection.max_channels {
-            return Err(Failure::Refuse(Refusal::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "at most {} channels per connection",
-                    self.state.config.connection.max_channels
-                ),
-            )));
-        }
-        let (tracks_presence, sees_presence) = match self.state.access.namespace(&channel) {
-            Ok(ns) => (
-                !ns.config.presence.is_empty(),
-                ns.config.presence_events && ns.allows(&self.identity, &channel, Action::Presence),
-            ),
-            Err(_) => (false, false),
-        };
-        let hub = &self.state.hub;
-        if let Err(err) = hub
-            .add_subscription(&channel, &self.connection, sees_presence)
-            .await
-        {
-            tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
-            return Err(Failure::Refuse(Refusal::new(
-                ErrorCode::Internal,
-                "subscribe failed; retry",
-            )));
-        }
-        // Registered first, read second: every event after the position we read is
-        // already on its way through the queue, and anything at or below it that
-        // the queue also carries is dropped as a duplicate.
-        let after = since.as_ref().map(|s| s.offset);
-        let page = match hub
-            .broker()
-            .history(
-                &channel,
-                &HistoryQuery {
-                    after,
-                    ..HistoryQuery::default()
-                },
+        let channel = parse_channel(name).map_err(Failure::Refuse)?;
+        let subscribed = self
+            .subscriptions
+            .subscribe(
+                &self.state,
+                &self.identity,
+                &self.connection,
+                channel,
+                since.as_ref(),
+                self.status,
             )
             .await
-        {
-            Ok(page) => page,
-            Err(err) => {
-                hub.remove_subscription(&channel, &self.connection).await;
-                tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
-                return Err(Failure::Refuse(Refusal::new(
-                    ErrorCode::Internal,
-                    "subscribe failed; retry",
-                )));
-            }
-        };
-        let recoverable = self
-            .state
-            .access
-            .namespace(&channel)
-            .map(|ns| ns.config.history_size > 0)
-            .unwrap_or(false);
-        let recovered = since.as_ref().map(|since| {
-            *since.epoch == *page.position.epoch
-                && since.offset <= page.position.offset
-                && page.complete
-        });
-        self.subscriptions.insert(
-            channel.clone(),
-            Subscription {
-                epoch: page.position.epoch.clone(),
-                offset: page.position.offset,
-                presence: tracks_presence,
-            },
-        );
-        if tracks_presence {
-            self.join_presence(&channel).await;
-        }
-        let reply = ServerMessage::Subscribed {
-            id,
-            channel: channel.to_string(),
-            offset: page.position.offset,
-            epoch: page.position.epoch.to_string(),
-            recoverable,
-            recovered,
-        };
-        let mut out = vec![Utf8Bytes::from(reply.to_json())];
-        if recovered == Some(true) {
-            let connection = &self.connection;
-            out.extend(
-                page.events
-                    .iter()
-                    .filter(|p| {
-                        p.admits(&connection.client_id, &connection.user, &connection.roles)
-                    })
-                    .map(|p| p.encoded().clone()),
-            );
-        }
+            .map_err(Failure::Refuse)?;
+        let mut out = vec![Utf8Bytes::from(subscribed.reply(id).to_json())];
+        out.extend(subscribed.replay.iter().map(|p| p.encoded().clone()));
         self.write(out).await.map_err(Failure::Stop)
-    }
-
-    async fn join_presence(&mut self, channel: &ChannelName) {
-        let me = ClientPresence {
-            client: self.connection.client_id.clone(),
-            user: self.identity.user.clone(),
-            status: self.status,
-            info: self.identity.info.clone(),
-        };
-        match self.state.presence.join(channel, me).await {
-            Ok(Some(change)) => announce(&self.state, channel, change),
-            Ok(None) => {}
-            Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
-        }
-    }
-
-    async fn presence(&mut self, id: Option<RequestId>, name: &str) -> Result<(), Failure> {
-        let channel = Self::parse_channel(name)?;
-        self.state
-            .access
-            .check(&self.identity, &channel, Action::Presence)
-            .map_err(|e| Failure::Refuse(e.into()))?;
-        let members = self
-            .state
-            .presence
-            .members(&channel)
-            .await
-            .map_err(|e| Failure::Refuse(Refusal::new(ErrorCode::Internal, e.to_string())))?;
-        let reply = ServerMessage::PresenceList {
-            id,
-            channel: channel.to_string(),
-            members,
-        };
-        self.send(&reply).await.map_err(Failure::Stop)
     }
 
     async fn set_status(
@@ -792,49 +625,26 @@ impl Session {
         status: PresenceStatus,
     ) -> Result<(), Failure> {
         self.status = status;
-        let tracked: Vec<ChannelName> = self
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.presence)
-            .map(|(c, _)| c.clone())
-            .collect();
-        for channel in tracked {
-            match self
-                .state
-                .presence
-                .set_status(
-                    &channel,
-                    &self.connection.user,
-                    &self.connection.client_id,
-                    status,
-                )
-                .await
-            {
-                Ok(Some(change)) => announce(&self.state, &channel, change),
-                Ok(None) => {}
-                Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
-            }
-        }
+        self.subscriptions
+            .set_status(&self.state, &self.connection, status)
+            .await;
         self.send(&ServerMessage::Status { id, status })
             .await
             .map_err(Failure::Stop)
     }
 
     async fn unsubscribe(&mut self, id: Option<RequestId>, name: &str) -> Result<(), Failure> {
-        let channel = Self::parse_channel(name)?;
-        let Some(subscription) = self.subscriptions.remove(&channel) else {
+        let channel = parse_channel(name).map_err(Failure::Refuse)?;
+        if !self
+            .subscriptions
+            .unsubscribe(&self.state, &self.connection, &channel)
+            .await
+        {
             return Err(Failure::Refuse(Refusal::new(
                 ErrorCode::NotSubscribed,
                 format!("not subscribed to {channel}"),
             )));
-        };
-        if subscription.presence {
-            leave_presence(&self.state, &channel, &self.connection).await;
         }
-        self.state
-            .hub
-            .remove_subscription(&channel, &self.connection)
-            .await;
         let reply = ServerMessage::Unsubscribed {
             id,
             channel: channel.to_string(),
@@ -843,94 +653,9 @@ impl Session {
         self.send(&reply).await.map_err(Failure::Stop)
     }
 
-    async fn publish(
-        &mut self,
-        id: Option<RequestId>,
-        name: String,
-        event: String,
-        data: serde_json::Value,
-    ) -> Result<(), Failure> {
-        let channel = Self::parse_channel(&name)?;
-        self.state
-            .access
-            .check(&self.identity, &channel, Action::Publish)
-            .map_err(|e| Failure::Refuse(e.into()))?;
-        let mut request = PublishRequest::json(name, event, &data)
-            .map_err(|e| Failure::Refuse(Refusal::new(ErrorCode::BadRequest, e.to_string())))?;
-        // The server vouches for the actor of a client publish.
-        request.meta = Some(EventMeta {
-            actor: Some(self.identity.user.to_string()),
-            ..EventMeta::default()
-        });
-        match self.state.publisher.publish(request).await {
-            Ok(published) => {
-                let reply = ServerMessage::Published {
-                    id,
-                    channel: published.channel,
-                    offset: published.offset,
-                };
-                self.send(&reply).await.map_err(Failure::Stop)
-            }
-            Err(err) => Err(Failure::Refuse(Refusal::new(err.code(), err.to_string()))),
-        }
-    }
-
-    async fn history(
-        &mut self,
-        id: Option<RequestId>,
-        name: &str,
-        since: Option<StreamPosition>,
-        limit: Option<u32>,
-    ) -> Result<(), Failure> {
-        let channel = Self::parse_channel(name)?;
-        self.state
-            .access
-            .check(&self.identity, &channel, Action::History)
-            .map_err(|e| Failure::Refuse(e.into()))?;
-        let query = HistoryQuery {
-            after: since.as_ref().map(|s| s.offset),
-            limit: limit.map(|l| l as usize),
-            ..HistoryQuery::default()
-        };
-        let page = self
-            .state
-            .hub
-            .broker()
-            .history(&channel, &query)
-            .await
-            .map_err(|e| Failure::Refuse(Refusal::new(ErrorCode::Internal, e.to_string())))?;
-        let connection = &self.connection;
-        let events: Vec<&Arc<Publication>> = page
-            .events
-            .iter()
-            .filter(|p| p.admits(&connection.client_id, &connection.user, &connection.roles))
-            .collect();
-        let reply = super::history_json(id.as_ref(), &channel, &page.position, &events);
-        self.write([Utf8Bytes::from(reply)])
-            .await
-            .map_err(Failure::Stop)
-    }
-
     async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), Failure> {
-        let mut identity = match self.state.verifier.verify(token) {
-            Ok(identity) => identity,
-            Err(err) => {
-                self.state.metrics.auth_failed();
-                let code = if err.is_expired() {
-                    ErrorCode::TokenExpired
-                } else {
-                    ErrorCode::Unauthorized
-                };
-                return Err(Failure::Refuse(Refusal::new(code, err.to_string())));
-            }
-        };
-        if identity.user != self.identity.user {
-            return Err(Failure::Refuse(Refusal::new(
-                ErrorCode::Unauthorized,
-                "the new token is for another user",
-            )));
-        }
-        self.state.access.retain_read_claims(&mut identity);
+        let identity = requests::verify_refresh(&self.state, &self.identity.user, token)
+            .map_err(Failure::Refuse)?;
         let expires_at = identity.expires_at.map(format_unix_seconds);
         self.token_expiry = expiry_instant(&identity);
         self.identity = identity;
@@ -947,22 +672,23 @@ impl Session {
         while let Some(next) = item.take() {
             match next {
                 Outbound::Event(publication) => {
-                    if self.accept(&publication) {
+                    if self.subscriptions.accept(&publication) {
                         oldest.get_or_insert(publication.received_at);
                         batch.push(publication.encoded().clone());
                     }
                 }
                 Outbound::Presence(push) => {
-                    if self.subscriptions.contains_key(&push.channel) {
+                    if self.subscriptions.contains(&push.channel) {
                         batch.push(push.text);
                     }
                 }
                 Outbound::Unsubscribed(notice) => {
                     let ServerUnsubscribe { channel, reason } = *notice;
-                    if let Some(subscription) = self.subscriptions.remove(&channel) {
-                        if subscription.presence {
-                            leave_presence(&self.state, &channel, &self.connection).await;
-                        }
+                    if self
+                        .subscriptions
+                        .forget(&self.state, &self.connection, &channel)
+                        .await
+                    {
                         let notice = ServerMessage::Unsubscribed {
                             id: None,
                             channel: channel.to_string(),
@@ -984,25 +710,6 @@ impl Session {
             self.state.metrics.written(received.elapsed());
         }
         Ok(())
-    }
-
-    /// Whether a queued event is new for this connection's subscription.
-    fn accept(&mut self, publication: &Publication) -> bool {
-        let Some(sub) = self.subscriptions.get_mut(&publication.channel) else {
-            return false;
-        };
-        if sub.epoch != publication.epoch {
-            // History was reset under us (e.g. the channel was reclaimed and
-            // recreated): follow the new epoch from here.
-            sub.epoch = publication.epoch.clone();
-            sub.offset = publication.offset;
-            return true;
-        }
-        if publication.offset <= sub.offset {
-            return false;
-        }
-        sub.offset = publication.offset;
-        true
     }
 }
 

@@ -1,0 +1,334 @@
+//! What one client connection (WebSocket or SSE stream) is subscribed to: the
+//! subscribe procedure with recovery (§5), the per-channel positions that drop
+//! duplicates, and presence membership. The transports that hold a connection
+//! share it, so both give the same guarantees.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tidings_auth::Identity;
+
+use crate::access::{AccessError, Action};
+use crate::engine::presence::{ClientPresence, PresenceChange};
+use crate::engine::{ChannelPosition, HistoryPage, HistoryQuery, Publication};
+use crate::hub::Connection;
+use crate::metrics::RecoveryFailure;
+use crate::protocol::{
+    ChannelName, ErrorCode, PresenceStatus, RequestId, ServerMessage, StreamPosition,
+};
+use crate::server::ServerState;
+
+/// A refused request: the error reply to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "the engine failed; retry")
+    }
+}
+
+impl From<AccessError> for Refusal {
+    fn from(err: AccessError) -> Self {
+        let code = match err {
+            AccessError::UnknownChannel(_) => ErrorCode::UnknownChannel,
+            AccessError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+/// Parses a channel name from a request.
+pub(crate) fn parse_channel(name: &str) -> Result<ChannelName, Refusal> {
+    ChannelName::parse(name)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("channel: {e}")))
+}
+
+/// Whether everything after `since` can be replayed from `page`, a history read
+/// of the events after `since.offset` (§5: all of them or none).
+pub(crate) fn recovery(since: &StreamPosition, page: &HistoryPage) -> Result<(), RecoveryFailure> {
+    if *since.epoch != *page.position.epoch {
+        Err(RecoveryFailure::EpochChanged)
+    } else if since.offset > page.position.offset {
+        Err(RecoveryFailure::OffsetAhead)
+    } else if !page.complete {
+        Err(RecoveryFailure::HistoryGone)
+    } else {
+        Ok(())
+    }
+}
+
+/// One channel of a connection.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub epoch: Arc<str>,
+    /// Highest offset delivered (or covered by `subscribed.offset`); queued
+    /// events at or below it are duplicates of what the client already has.
+    pub offset: u64,
+    /// Whether this connection is tracked in the channel's presence.
+    presence: bool,
+}
+
+/// A successful subscribe: what to tell the client, then what to replay.
+#[derive(Debug)]
+pub(crate) struct Subscribed {
+    pub channel: ChannelName,
+    pub position: ChannelPosition,
+    pub recoverable: bool,
+    /// Present when the subscribe asked to recover.
+    pub recovery: Option<Result<(), RecoveryFailure>>,
+    /// The missed events this connection may see, in offset order (only when
+    /// recovered).
+    pub replay: Vec<Arc<Publication>>,
+}
+
+impl Subscribed {
+    /// The `subscribed` reply.
+    pub fn reply(&self, id: Option<RequestId>) -> ServerMessage {
+        ServerMessage::Subscribed {
+            id,
+            channel: self.channel.to_string(),
+            offset: self.position.offset,
+            epoch: self.position.epoch.to_string(),
+            recoverable: self.recoverable,
+            recovered: self.recovery.map(|r| r.is_ok()),
+        }
+    }
+}
+
+/// A connection's subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    channels: HashMap<ChannelName, Subscription>,
+}
+
+impl Subscriptions {
+    /// Subscribes `connection` to `channel`, recovering from `since` when given.
+    ///
+    /// The connection is registered with the hub first and the history read
+    /// second: every event after the position read is already on its way through
+    /// the connection's queue, and [`Subscriptions::accept`] drops what the queue
+    /// carries at or below it. Nothing is lost and nothing is doubled.
+    pub async fn subscribe(
+        &mut self,
+        state: &ServerState,
+        identity: &Identity,
+        connection: &Arc<Connection>,
+        channel: ChannelName,
+        since: Option<&StreamPosition>,
+        status: PresenceStatus,
+    ) -> Result<Subscribed, Refusal> {
+        state.access.check(identity, &channel, Action::Subscribe)?;
+        if self.channels.contains_key(&channel) {
+            return Err(Refusal::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel}"),
+            ));
+        }
+        let max = state.config.connection.max_channels;
+        if self.channels.len() >= max {
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!("at most {max} channels per connection"),
+            ));
+        }
+        let namespace = state.access.namespace(&channel)?;
+        let tracks_presence = !namespace.config.presence.is_empty();
+        let sees_presence = namespace.config.presence_events
+            && namespace.allows(identity, &channel, Action::Presence);
+        let recoverable = namespace.config.history_size > 0;
+        let hub = &state.hub;
+        if let Err(err) = hub
+            .add_subscription(&channel, connection, sees_presence)
+            .await
+        {
+            tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
+            return Err(Refusal::internal());
+        }
+        let query = HistoryQuery {
+            after: since.map(|s| s.offset),
+            ..HistoryQuery::default()
+        };
+        let page = match hub.broker().history(&channel, &query).await {
+            Ok(page) => page,
+            Err(err) => {
+                hub.remove_subscription(&channel, connection).await;
+                tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
+                return Err(Refusal::internal());
+            }
+        };
+        let recovery = since.map(|since| recovery(since, &page));
+        if let Some(outcome) = recovery {
+            state.metrics.recovery(outcome);
+        }
+        let replay = match recovery {
+            Some(Ok(())) => page
+                .events
+                .into_iter()
+                .filter(|p| p.admits(&connection.client_id, &connection.user, &connection.roles))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.channels.insert(
+            channel.clone(),
+            Subscription {
+                epoch: page.position.epoch.clone(),
+                offset: page.position.offset,
+                presence: tracks_presence,
+            },
+        );
+        if tracks_presence {
+            let me = ClientPresence {
+                client: connection.client_id.clone(),
+                user: identity.user.clone(),
+                status,
+                info: identity.info.clone(),
+            };
+            match state.presence.join(&channel, me).await {
+                Ok(Some(change)) => announce(state, &channel, change),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
+            }
+        }
+        Ok(Subscribed {
+            channel,
+            position: page.position,
+            recoverable,
+            recovery,
+            replay,
+        })
+    }
+
+    /// Leaves `channel` at the client's request; returns whether it was on it.
+    pub async fn unsubscribe(
+        &mut self,
+        state: &ServerState,
+        connection: &Connection,
+        channel: &ChannelName,
+    ) -> bool {
+        if !self.forget(state, connection, channel).await {
+            return false;
+        }
+        state.hub.remove_subscription(channel, connection).await;
+        true
+    }
+
+    /// Forgets `channel` after the hub removed the connection from it (a
+    /// server-side unsubscribe); returns whether it was on it.
+    pub async fn forget(
+        &mut self,
+        state: &ServerState,
+        connection: &Connection,
+        channel: &ChannelName,
+    ) -> bool {
+        match self.channels.remove(channel) {
+            Some(subscription) => {
+                if subscription.presence {
+                    leave_presence(state, channel, connection).await;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a queued event is new for this connection, advancing its position.
+    pub fn accept(&mut self, publication: &Publication) -> bool {
+        let Some(sub) = self.channels.get_mut(&publication.channel) else {
+            return false;
+        };
+        if sub.epoch != publication.epoch {
+            // History was reset under us (the channel was reclaimed and
+            // recreated): follow the new epoch from here.
+            sub.epoch = publication.epoch.clone();
+            sub.offset = publication.offset;
+            return true;
+        }
+        if publication.offset <= sub.offset {
+            return false;
+        }
+        sub.offset = publication.offset;
+        true
+    }
+
+    /// Whether the connection is on `channel`.
+    pub fn contains(&self, channel: &ChannelName) -> bool {
+        self.channels.contains_key(channel)
+    }
+
+    /// Each channel with its position.
+    pub fn iter(&self) -> impl Iterator<Item = (&ChannelName, &Subscription)> {
+        self.channels.iter()
+    }
+
+    /// Sets the connection's presence status on every channel tracking it.
+    pub async fn set_status(
+        &self,
+        state: &ServerState,
+        connection: &Connection,
+        status: PresenceStatus,
+    ) {
+        for (channel, _) in self.channels.iter().filter(|(_, s)| s.presence) {
+            match state
+                .presence
+                .set_status(channel, &connection.user, &connection.client_id, status)
+                .await
+            {
+                Ok(Some(change)) => announce(state, channel, change),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
+            }
+        }
+    }
+
+    /// Ends every subscription and unregisters the connection from the hub.
+    pub async fn close(self, state: &ServerState, connection: &Arc<Connection>) {
+        for (channel, subscription) in &self.channels {
+            if subscription.presence {
+                leave_presence(state, channel, connection).await;
+            }
+        }
+        state
+            .hub
+            .unregister(connection, self.channels.into_keys())
+            .await;
+    }
+}
+
+/// Removes a connection from a channel's presence and tells the others.
+async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: &Connection) {
+    match state
+        .presence
+        .leave(channel, &connection.user, &connection.client_id)
+        .await
+    {
+        Ok(Some(change)) => announce(state, channel, change),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%channel, error = %err, "presence leave failed"),
+    }
+}
+
+/// Pushes a presence change to the channel's subscribers that may see presence.
+fn announce(state: &ServerState, channel: &ChannelName, change: PresenceChange) {
+    let (action, member) = match change {
+        PresenceChange::Join(m) => ("join", m),
+        PresenceChange::Leave(m) => ("leave", m),
+        PresenceChange::Status(m) => ("status", m),
+    };
+    let push = ServerMessage::PresenceChanged {
+        channel: channel.to_string(),
+        action,
+        member,
+    };
+    state.hub.push_presence(channel, &push);
+}
