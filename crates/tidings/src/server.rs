@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use tidings_auth::{ApiKey, TokenVerifier};
@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::publisher::{PublishError, PublishRequest, Published, Publisher};
 use crate::transport;
+use crate::transport::http::client_cors;
+use crate::transport::request_endpoint::UserRequestLimits;
 
 /// Everything the transports share.
 pub struct ServerState {
@@ -42,6 +44,8 @@ pub struct ServerState {
     pub publisher: Publisher,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-user budgets of `POST /request`.
+    pub user_request_limits: UserRequestLimits,
 }
 
 /// A Tidings server: mount [`Tidings::router`] in an axum app (or call
@@ -94,7 +98,9 @@ impl Tidings {
             .unwrap_or_else(|| format!("n_{}", &ulid::Ulid::generate().to_string()[16..]));
         let api_key = config.api_key.clone().map(ApiKey::new);
         spawn_metrics_upkeep(&metrics);
+        let user_request_limits = UserRequestLimits::new(&config.connection);
         let state = Arc::new(ServerState {
+            user_request_limits,
             config,
             node,
             verifier,
@@ -111,9 +117,27 @@ impl Tidings {
     /// The axum router with every transport and endpoint.
     pub fn router(&self) -> Router {
         let state = self.state.clone();
-        Router::new()
-            .route("/ws", get(transport::websocket::upgrade))
-            .route("/api/ws", get(transport::websocket::upgrade))
+        let transports = &state.config.transports;
+        let mut router = Router::new();
+        if transports.websocket {
+            router = router
+                .route("/ws", get(transport::websocket::upgrade))
+                .route("/api/ws", get(transport::websocket::upgrade));
+        }
+        // Browsers reach these with fetch/EventSource, often cross-origin.
+        let mut http_clients = Router::new();
+        if transports.sse {
+            http_clients = http_clients.route("/sse", get(transport::sse::stream));
+        }
+        if transports.polling {
+            http_clients = http_clients.route("/events", get(transport::polling::poll));
+        }
+        if transports.http_requests {
+            http_clients =
+                http_clients.route("/request", post(transport::request_endpoint::handle));
+        }
+        router
+            .merge(http_clients.layer(client_cors(&state.config.allowed_origins)))
             .merge(transport::api::routes(state.clone()))
             .merge(transport::ops::routes(state.config.console))
             .layer(DefaultBodyLimit::max(state.config.api.max_body_size))

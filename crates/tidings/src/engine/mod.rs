@@ -96,6 +96,7 @@ pub struct Publication {
     /// When this node received it, for publish-to-write latency.
     pub received_at: Instant,
     encoded: OnceLock<Utf8Bytes>,
+    sse_frame: OnceLock<bytes::Bytes>,
 }
 
 impl Publication {
@@ -108,6 +109,7 @@ impl Publication {
             event,
             received_at: Instant::now(),
             encoded: OnceLock::new(),
+            sse_frame: OnceLock::new(),
         }
     }
 
@@ -130,6 +132,21 @@ impl Publication {
         })
     }
 
+    /// The event as an SSE message without its `id:` line (`event: <name>` and
+    /// the envelope as `data:` lines), formatted once and shared by every stream.
+    pub fn sse_frame(&self) -> &bytes::Bytes {
+        self.sse_frame.get_or_init(|| {
+            let envelope = self.encoded().as_str();
+            let mut frame = String::with_capacity(envelope.len() + self.event.event.len() + 16);
+            frame.push_str("event: ");
+            frame.push_str(&self.event.event);
+            frame.push('\n');
+            push_sse_data(&mut frame, envelope);
+            frame.push('\n');
+            bytes::Bytes::from(frame)
+        })
+    }
+
     /// Whether a connection may receive this event given the audience and exclusion.
     pub fn admits(&self, client: &str, user: &str, roles: &[String]) -> bool {
         if self.event.exclude_client.as_deref() == Some(client) {
@@ -138,6 +155,19 @@ impl Publication {
         match &self.event.audience {
             Some(audience) => audience.admits(user, roles),
             None => true,
+        }
+    }
+}
+
+/// Appends `text` as SSE `data:` lines. Verbatim JSON payloads may contain line
+/// breaks (as whitespace only); each becomes a new `data:` line, which the
+/// client joins back with `\n`, an equally valid JSON whitespace.
+pub fn push_sse_data(frame: &mut String, text: &str) {
+    for line in text.split('\n') {
+        for part in line.split('\r') {
+            frame.push_str("data: ");
+            frame.push_str(part);
+            frame.push('\n');
         }
     }
 }

@@ -12,7 +12,8 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 use crate::engine::Publication;
-use crate::protocol::{ChannelName, CloseCode};
+use crate::protocol::{ChannelName, CloseCode, PresenceStatus};
+use tidings_auth::Identity;
 
 /// What the hub hands a connection's transport task. Rare variants are boxed
 /// so the common one (an event) keeps queue slots small.
@@ -24,6 +25,17 @@ pub enum Outbound {
     Presence(Box<PresencePush>),
     /// The server removed a subscription.
     Unsubscribed(Box<ServerUnsubscribe>),
+    /// A request for this connection that arrived over `POST /request`.
+    Control(Box<ControlRequest>),
+}
+
+/// What `POST /request` asks of a live connection.
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Set the connection's presence status.
+    Status(PresenceStatus),
+    /// Replace the connection's identity with a newer token's (same user).
+    Refresh(Identity),
 }
 
 /// A presence push, encoded once and shared by every recipient.
@@ -49,7 +61,7 @@ impl Outbound {
         match self {
             Self::Event(p) => p.encoded().len(),
             Self::Presence(push) => push.text.len(),
-            Self::Unsubscribed(_) => 0,
+            Self::Unsubscribed(_) | Self::Control(_) => 0,
         }
     }
 }
@@ -166,6 +178,11 @@ impl Connection {
     pub fn push_unsubscribed(&self, channel: ChannelName, reason: String) {
         let notice = ServerUnsubscribe { channel, reason };
         self.enqueue(Outbound::Unsubscribed(Box::new(notice)), false);
+    }
+
+    /// Queues a request from `POST /request` for the transport task.
+    pub fn push_control(&self, request: ControlRequest) -> bool {
+        self.enqueue(Outbound::Control(Box::new(request)), false) == PushOutcome::Queued
     }
 
     /// Queues a presence push. Subject to the same bounds as events.

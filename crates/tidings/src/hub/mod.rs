@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 
 pub use connection::{
-    CloseRequest, Connection, ConnectionQueue, Outbound, PushOutcome, QueueLimits,
+    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, PushOutcome, QueueLimits,
 };
 
 use crate::engine::{Broker, EngineError, EventSink, Publication};
@@ -226,6 +226,15 @@ impl Hub {
                 .connection
                 .push_presence(channel.clone(), text.clone());
         }
+    }
+
+    /// The live connection `client_id` of `user`, if there is one.
+    pub fn connection_of(&self, user: &str, client_id: &str) -> Option<Arc<Connection>> {
+        self.users
+            .get(user)?
+            .iter()
+            .find(|c| &*c.client_id == client_id)
+            .cloned()
     }
 
     /// Asks every connection of `user` to close with `code`; returns how many.

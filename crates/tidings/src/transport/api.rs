@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{bearer_token, ApiError};
-use crate::protocol::{ChannelName, CloseCode, ErrorCode};
+use crate::engine::{HistoryQuery, Publication};
+use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
 use crate::publisher::{BroadcastRequest, EntityChange, PublishError, PublishRequest};
 use crate::server::ServerState;
 
@@ -29,7 +30,7 @@ pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
         .route("/api/disconnect", post(disconnect))
         .route("/api/unsubscribe", post(unsubscribe))
         .route("/api/presence", get(presence))
-        .route("/api/history", get(not_yet))
+        .route("/api/history", get(history))
         .route_layer(middleware::from_fn_with_state(state, require_api_key))
 }
 
@@ -200,6 +201,60 @@ async fn presence(
     Ok(Json(json!({ "channel": channel, "members": members })).into_response())
 }
 
-async fn not_yet() -> ApiError {
-    ApiError::new(ErrorCode::NotAvailable, "not available on this server yet")
+/// `GET /api/history` parameters.
+#[derive(Debug, Deserialize)]
+struct HistoryParams {
+    channel: String,
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<usize>,
+    #[serde(default)]
+    order: HistoryOrder,
+}
+
+/// The backend sees every event: audience and exclusion do not apply.
+async fn history(
+    State(state): State<Arc<ServerState>>,
+    query: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let channel = ChannelName::parse(&params.channel)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
+    state
+        .access
+        .namespace(&channel)
+        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    if params.epoch.is_some() && params.since.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "`epoch` needs `since`",
+        ));
+    }
+    let query = HistoryQuery {
+        after: params.since,
+        limit: params.limit,
+        newest_first: params.order == HistoryOrder::Newest,
+    };
+    let page = state
+        .hub
+        .broker()
+        .history(&channel, &query)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "history read failed");
+            ApiError::new(ErrorCode::Internal, "history read failed")
+        })?;
+    let same_epoch = params
+        .epoch
+        .as_deref()
+        .is_none_or(|epoch| epoch == &*page.position.epoch);
+    let events: Vec<&Arc<Publication>> = page.events.iter().filter(|_| same_epoch).collect();
+    let body = super::history_json(
+        None,
+        &channel,
+        &page.position,
+        &events,
+        Some(page.complete && same_epoch),
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

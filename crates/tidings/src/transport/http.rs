@@ -1,11 +1,18 @@
-//! HTTP pieces every transport shares: JSON error bodies, bearer tokens, origins.
+//! HTTP pieces every transport shares: JSON error bodies, tokens, origins, CORS.
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use tidings_auth::Identity;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::protocol::ErrorCode;
+use crate::server::ServerState;
+
+/// The header naming an SSE stream's connection id (sent with the stream,
+/// accepted by `POST /request`).
+pub const CLIENT_HEADER: &str = "x-tidings-client";
 
 /// An HTTP error with the contract's body `{"error":{"code","message"}}`.
 #[derive(Debug, Clone)]
@@ -58,6 +65,83 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"'))
+        .filter(|value| !value.is_empty())
+}
+
+/// Checks the origin and verifies the client token of a plain HTTP transport
+/// request (SSE, polling, `/request`): `Authorization: Bearer`, then `?token=`,
+/// then the token cookie.
+pub fn authenticate_client(
+    state: &ServerState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Identity, ApiError> {
+    check_origin(&state.config.allowed_origins, headers)?;
+    let token = bearer_token(headers)
+        .or(query_token)
+        .or_else(|| cookie(headers, &state.config.transports.token_cookie))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "no token: send Authorization: Bearer <jwt>, ?token= or the token cookie",
+            )
+        })?;
+    match state.verifier.verify(token) {
+        Ok(mut identity) => {
+            state.access.retain_read_claims(&mut identity);
+            Ok(identity)
+        }
+        Err(err) => {
+            state.metrics.auth_failed();
+            tracing::info!(reason = %err, "client token refused");
+            let code = if err.is_expired() {
+                ErrorCode::TokenExpired
+            } else {
+                ErrorCode::Unauthorized
+            };
+            Err(ApiError::new(code, err.to_string()))
+        }
+    }
+}
+
+/// CORS for the browser-facing HTTP transports: the allowed origins (any when
+/// none are configured), with credentials so the token cookie works.
+pub fn client_cors(allowed: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = allowed
+        .iter()
+        .filter(|o| o.as_str() != "*")
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let allow_origin = if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    let client = HeaderName::from_static(CLIENT_HEADER);
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+            client.clone(),
+        ])
+        .expose_headers([client])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
 /// Refuses a browser request from an origin not in `allowed` (empty allows all).
 pub fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
     if allowed.is_empty() {
@@ -88,5 +172,17 @@ mod tests {
         assert_eq!(bearer_token(&h), Some("abc"));
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(cookie(&h, "t"), None);
+        h.append(header::COOKIE, "a=1; t=jwt.x.y ;b=2".parse().unwrap());
+        assert_eq!(cookie(&h, "t"), Some("jwt.x.y"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "tt"), None);
+        h.append(header::COOKIE, "c=\"q\"".parse().unwrap());
+        assert_eq!(cookie(&h, "c"), Some("q"));
     }
 }

@@ -4,11 +4,20 @@
 pub mod api;
 pub mod http;
 pub mod ops;
+pub mod polling;
+pub mod request_endpoint;
 mod requests;
+pub mod sse;
 mod subscriptions;
 pub mod websocket;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tidings_auth::Identity;
+
+use crate::config::ConnectionSettings;
+use tokio::time::Instant;
 
 use crate::engine::{ChannelPosition, Publication};
 use crate::protocol::{ChannelName, RequestId};
@@ -51,4 +60,27 @@ pub(crate) fn history_json(
     }
     out.push_str("]}");
     out
+}
+
+/// When a token with `exp` (unix seconds) stops being valid, on the monotonic clock.
+pub(crate) fn expiry_instant(identity: &Identity) -> Option<Instant> {
+    let expires = identity.expires_at?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Some(Instant::now() + Duration::from_secs(expires).saturating_sub(now))
+}
+
+/// A duration in whole milliseconds, as the protocol writes them.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A connection's (or a user's, over `POST /request`) request budget; `None`
+/// when unlimited.
+pub(crate) fn request_quota(settings: &ConnectionSettings) -> Option<governor::Quota> {
+    let per_second = std::num::NonZeroU32::new(settings.requests_per_second)?;
+    let burst = std::num::NonZeroU32::new(settings.request_burst.max(per_second.get()))
+        .unwrap_or(per_second);
+    Some(governor::Quota::per_second(per_second).allow_burst(burst))
 }

@@ -266,11 +266,6 @@ impl Subscriptions {
         self.channels.contains_key(channel)
     }
 
-    /// Each channel with its position.
-    pub fn iter(&self) -> impl Iterator<Item = (&ChannelName, &Subscription)> {
-        self.channels.iter()
-    }
-
     /// Sets the connection's presence status on every channel tracking it.
     pub async fn set_status(
         &self,

@@ -6,7 +6,7 @@
 //! pings, pong timeouts and token expiry.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -21,8 +21,12 @@ use tracing::Instrument;
 use super::http::{bearer_token, check_origin, ApiError};
 use super::requests::{self, Reader};
 use super::subscriptions::{parse_channel, Refusal, Subscriptions};
+use super::{duration_ms, expiry_instant, request_quota};
+use crate::config::ConnectionSettings;
 use crate::hub::connection::ServerUnsubscribe;
-use crate::hub::{CloseRequest, Connection, ConnectionQueue, Outbound, QueueLimits, RegisterError};
+use crate::hub::{
+    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, QueueLimits, RegisterError,
+};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
     parse_request, CloseCode, ErrorCode, PresenceStatus, Request, RequestId, ServerMessage,
@@ -134,7 +138,7 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             pong_deadline: None,
             next_ping: Instant::now() + state.config.connection.heartbeat,
             status: PresenceStatus::Online,
-            rate: RequestRate::new(settings.requests_per_second, settings.request_burst),
+            rate: RequestRate::new(settings),
         };
         let end = session.serve().await;
         let subscriptions = std::mem::take(&mut session.subscriptions);
@@ -285,25 +289,14 @@ struct RequestRate {
 }
 
 impl RequestRate {
-    fn new(per_second: u32, burst: u32) -> Option<Self> {
-        let per_second = std::num::NonZeroU32::new(per_second)?;
-        let burst = std::num::NonZeroU32::new(burst.max(per_second.get())).unwrap_or(per_second);
-        let quota = governor::Quota::per_second(per_second).allow_burst(burst);
+    fn new(settings: &ConnectionSettings) -> Option<Self> {
+        let quota = request_quota(settings)?;
         Some(Self {
             limiter: governor::RateLimiter::direct(quota),
             limited_in_a_row: 0,
-            tolerance: burst.get(),
+            tolerance: quota.burst_size().get(),
         })
     }
-}
-
-/// When a token with `exp` (unix seconds) stops being valid, on the monotonic clock.
-fn expiry_instant(identity: &Identity) -> Option<Instant> {
-    let expires = identity.expires_at?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Some(Instant::now() + Duration::from_secs(expires).saturating_sub(now))
 }
 
 /// Why the request loop must stop.
@@ -682,6 +675,18 @@ impl Session {
                         batch.push(push.text);
                     }
                 }
+                Outbound::Control(request) => match *request {
+                    ControlRequest::Status(status) => {
+                        self.status = status;
+                        self.subscriptions
+                            .set_status(&self.state, &self.connection, status)
+                            .await;
+                    }
+                    ControlRequest::Refresh(identity) => {
+                        self.token_expiry = expiry_instant(&identity);
+                        self.identity = identity;
+                    }
+                },
                 Outbound::Unsubscribed(notice) => {
                     let ServerUnsubscribe { channel, reason } = *notice;
                     if self
@@ -711,8 +716,4 @@ impl Session {
         }
         Ok(())
     }
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,0 +1,190 @@
+//! `POST /request`: what a WebSocket client would send, for clients on SSE or
+//! polling. Same token, same checks, same replies; `status` and `refresh` reach
+//! the SSE stream named by `X-Tidings-Client`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tidings_auth::Identity;
+
+use super::http::{authenticate_client, ApiError, CLIENT_HEADER};
+use super::request_quota;
+use super::requests::{self, Reader};
+use super::subscriptions::Refusal;
+use crate::config::ConnectionSettings;
+use crate::hub::ControlRequest;
+use crate::protocol::time::format_unix_seconds;
+use crate::protocol::{parse_request, ErrorCode, Request, RequestId, ServerMessage};
+use crate::server::ServerState;
+
+/// How often (in requests) idle users are dropped from the rate limiter.
+const RETAIN_EVERY: u64 = 1024;
+
+/// Per-user request budgets for `POST /request`, as a connection has its own.
+pub struct UserRequestLimits {
+    limiter: Option<governor::DefaultKeyedRateLimiter<Arc<str>>>,
+    seen: AtomicU64,
+}
+
+impl std::fmt::Debug for UserRequestLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserRequestLimits")
+    }
+}
+
+impl UserRequestLimits {
+    /// Budgets of `requests_per_second` with `request_burst` per user.
+    pub fn new(settings: &ConnectionSettings) -> Self {
+        Self {
+            limiter: request_quota(settings).map(governor::RateLimiter::keyed),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    fn admit(&self, user: &Arc<str>) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        if self.seen.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        limiter.check_key(user).is_ok()
+    }
+}
+
+/// `POST /request`.
+pub async fn handle(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: String,
+) -> Response {
+    state.metrics.http_request();
+    let query_token = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value.into_owned());
+    let identity = match authenticate_client(&state, &headers, query_token.as_deref()) {
+        Ok(identity) => identity,
+        Err(err) => return reply_error(None, Refusal::new(err.code, err.message)),
+    };
+    if body.len() > state.config.connection.max_message_size {
+        let refusal = Refusal::new(ErrorCode::LimitExceeded, "request over max_message_size");
+        return reply_error(None, refusal);
+    }
+    let (id, request) = match parse_request(&body) {
+        Ok(parsed) => parsed,
+        Err(bad) => return reply_error(bad.id, Refusal::new(ErrorCode::BadRequest, bad.message)),
+    };
+    if !state.user_request_limits.admit(&identity.user) {
+        let refusal = Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
+        return reply_error(id, refusal);
+    }
+    let client = headers
+        .get(CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match dispatch(&state, &identity, client, id.clone(), request).await {
+        Ok(text) => json_response(StatusCode::OK, text),
+        Err(refusal) => reply_error(id, refusal),
+    }
+}
+
+async fn dispatch(
+    state: &ServerState,
+    identity: &Identity,
+    client: &str,
+    id: Option<RequestId>,
+    request: Request,
+) -> Result<String, Refusal> {
+    match request {
+        Request::Publish {
+            channel,
+            event,
+            data,
+        } => requests::publish(state, identity, id, channel, event, &data)
+            .await
+            .map(|m| m.to_json()),
+        Request::History {
+            channel,
+            since,
+            limit,
+            order,
+        } => {
+            let reader = Reader { client, identity };
+            requests::history(state, reader, id, &channel, since, limit, order).await
+        }
+        Request::Presence { channel } => requests::presence(state, identity, id, &channel)
+            .await
+            .map(|m| m.to_json()),
+        Request::Ping => Ok(ServerMessage::Pong { id }.to_json()),
+        Request::Status { status } => {
+            control(state, identity, client, ControlRequest::Status(status))?;
+            Ok(ServerMessage::Status { id, status }.to_json())
+        }
+        Request::Refresh { token } => {
+            let refreshed = requests::verify_refresh(state, &identity.user, &token)?;
+            let expires_at = refreshed.expires_at.map(format_unix_seconds);
+            control(state, identity, client, ControlRequest::Refresh(refreshed))?;
+            Ok(ServerMessage::Refreshed { id, expires_at }.to_json())
+        }
+        Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "subscriptions belong to a stream: open /sse with the channel list and the last resume token",
+        )),
+        Request::Auth { .. } | Request::Pong => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "not a request POST /request takes",
+        )),
+    }
+}
+
+/// Hands `request` to the live connection `client` of the same user.
+fn control(
+    state: &ServerState,
+    identity: &Identity,
+    client: &str,
+    request: ControlRequest,
+) -> Result<(), Refusal> {
+    if client.is_empty() {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "this request needs X-Tidings-Client naming your SSE stream",
+        ));
+    }
+    let connection = state
+        .hub
+        .connection_of(&identity.user, client)
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::BadRequest,
+                format!("no live stream {client} of this user"),
+            )
+        })?;
+    if connection.push_control(request) {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("stream {client} has ended"),
+        ))
+    }
+}
+
+fn reply_error(id: Option<RequestId>, refusal: Refusal) -> Response {
+    let status = ApiError::new(refusal.code, "").status();
+    let text = ServerMessage::error(id, refusal.code, refusal.message).to_json();
+    json_response(status, text)
+}
+
+fn json_response(status: StatusCode, text: String) -> Response {
+    let mut response = (status, text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
