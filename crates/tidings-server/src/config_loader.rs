@@ -17,7 +17,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "builtin_namespaces",
 ];
 /// Sections reachable as `TIDINGS_<SECTION>_<KEY>` (or `TIDINGS_<SECTION>__<KEY>`).
-const SECTIONS: &[&str] = &["jwt", "connection", "api"];
+const SECTIONS: &[&str] = &["jwt", "connection", "api", "transports", "engine"];
 /// Variables the binary reads itself rather than as config keys.
 const NOT_CONFIG: &[&str] = &["config", "log_format", "log_level"];
 
@@ -71,6 +71,14 @@ mod tests {
             "connection.heartbeat"
         );
         assert_eq!(env_key_to_path("LISTEN"), "listen");
+        assert_eq!(
+            env_key_to_path("TRANSPORTS_WEBSOCKET"),
+            "transports.websocket"
+        );
+        assert_eq!(
+            env_key_to_path("ENGINE_POSITION_TTL"),
+            "engine.position_ttl"
+        );
     }
 }
 
