@@ -1,0 +1,945 @@
+//! SSE (`/sse`), HTTP polling (`/events`), client requests over HTTP
+//! (`/request`) and `GET /api/history`, over real HTTP connections.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tidings::config::{Config, NamespaceConfig, Rule};
+
+use crate::support::*;
+
+/// One SSE message.
+#[derive(Debug, Clone)]
+struct SseMessage {
+    id: Option<String>,
+    event: String,
+    data: String,
+}
+
+impl SseMessage {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+}
+
+/// A streaming `GET /sse` read with a small WHATWG-style parser.
+struct SseStream {
+    response: reqwest::Response,
+    buffer: String,
+    comments: usize,
+    ended: bool,
+    last_id: Option<String>,
+}
+
+impl SseStream {
+    async fn open(server: &TestServer, query: &str, token: &str) -> Self {
+        Self::open_with(server, query, |r| r.bearer_auth(token)).await
+    }
+
+    async fn open_with(
+        server: &TestServer,
+        query: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Self {
+        let request = server.http.get(server.url(&format!("/sse?{query}")));
+        let response = build(request).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{query}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "content type"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+            comments: 0,
+            ended: false,
+            last_id: None,
+        }
+    }
+
+    fn take_message(&mut self) -> Option<SseMessage> {
+        loop {
+            let end = self.buffer.find("\n\n")?;
+            let block: String = self.buffer.drain(..end + 2).collect();
+            let mut message = SseMessage {
+                id: None,
+                event: "message".into(),
+                data: String::new(),
+            };
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if line.starts_with(':') {
+                    self.comments += 1;
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "id" => message.id = Some(value.to_owned()),
+                    "event" => message.event = value.to_owned(),
+                    "data" => data.push(value.to_owned()),
+                    _ => {}
+                }
+            }
+            if message.id.is_some() {
+                self.last_id = message.id.clone();
+            }
+            if !data.is_empty() {
+                message.data = data.join("\n");
+                return Some(message);
+            }
+        }
+    }
+
+    /// The next message, or `None` if the stream ends or `wait` passes.
+    async fn next(&mut self, wait: Duration) -> Option<SseMessage> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(message) = self.take_message() {
+                return Some(message);
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Err(_) => return None,
+                Ok(Ok(Some(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Ok(_) => self.ended = true,
+            }
+        }
+    }
+
+    async fn expect(&mut self, event: &str) -> SseMessage {
+        let message = self
+            .next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no `{event}` message"));
+        assert_eq!(message.event, event, "{message:?}");
+        message
+    }
+
+    /// Application events until `quiet` passes without one.
+    async fn drain_events(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut events = Vec::new();
+        while let Some(message) = self.next(quiet).await {
+            let value = message.json();
+            if value["type"] == "event" {
+                events.push(value);
+            }
+        }
+        events
+    }
+}
+
+fn offsets(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect()
+}
+
+fn chat_config() -> Config {
+    let mut config = base_config();
+    let anyone = vec![Rule::default()];
+    config.namespaces.insert(
+        "chat".into(),
+        NamespaceConfig {
+            subscribe: anyone.clone(),
+            publish: anyone.clone(),
+            presence: anyone.clone(),
+            history: anyone,
+            ..NamespaceConfig::default()
+        },
+    );
+    config
+}
+
+#[tokio::test]
+async fn sse_streams_connected_subscribed_errors_and_events() {
+    let server = TestServer::start().await;
+    server.publish("workspace:acme", "before", json!(1)).await;
+    let token = token("u1", &["acme"], &[]);
+    let mut stream = SseStream::open(
+        &server,
+        "channel=workspace:acme&channel=user:u1&channel=workspace:globex",
+        &token,
+    )
+    .await;
+    let client_header = stream.response.headers()["x-tidings-client"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let connected = stream.expect("connected").await.json();
+    assert_eq!(connected["client"], client_header.as_str());
+    assert_eq!(connected["user"], "u1");
+    let acme = stream.expect("subscribed").await;
+    assert_eq!(acme.json()["channel"], "workspace:acme");
+    assert_eq!(acme.json()["offset"], 1);
+    assert!(acme.json().get("recovered").is_none());
+    assert!(acme.id.is_some(), "subscribed carries a resume token");
+    assert_eq!(
+        stream.expect("subscribed").await.json()["channel"],
+        "user:u1"
+    );
+    let refused = stream.expect("error").await.json();
+    assert_eq!(refused["channel"], "workspace:globex");
+    assert_eq!(refused["code"], "permission_denied");
+
+    // The same bytes a WebSocket client gets, under the event's name.
+    let mut ws = server.connect_user("u2", &["acme"]).await;
+    ws.subscribe("workspace:acme").await;
+    server
+        .publish(
+            "workspace:acme",
+            "applications.updated",
+            json!({"id": "a1"}),
+        )
+        .await;
+    let message = stream.expect("applications.updated").await;
+    let over_ws = ws.expect("event").await;
+    assert_eq!(message.json(), over_ws);
+    assert_eq!(message.json()["offset"], 2);
+    server.publish("user:u1", "note", json!("hi")).await;
+    assert_eq!(stream.expect("note").await.json()["channel"], "user:u1");
+    assert_eq!(server.metric("tidings_sse_streams").await, 1.0);
+
+    drop(stream);
+    let deadline = Instant::now() + WAIT;
+    while server.metric("tidings_sse_streams").await > 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.metric("tidings_sse_streams").await, 0.0);
+    assert_eq!(
+        server.metric("tidings_connections").await,
+        1.0,
+        "only ws left"
+    );
+}
+
+#[tokio::test]
+async fn sse_resumes_from_last_event_id_with_exactly_the_missed_events() {
+    let server = TestServer::start().await;
+    let token = token("u1", &["acme"], &[]);
+    let mut stream =
+        SseStream::open(&server, "channel=workspace:acme&channel=user:u1", &token).await;
+    stream.expect("connected").await;
+    stream.expect("subscribed").await;
+    stream.expect("subscribed").await;
+    for i in 1..=2 {
+        server.publish("workspace:acme", "seen", json!(i)).await;
+        stream.expect("seen").await;
+    }
+    server.publish("user:u1", "seen", json!(0)).await;
+    stream.expect("seen").await;
+    let last_id = stream.last_id.clone().unwrap();
+    drop(stream);
+
+    for i in 3..=5 {
+        server.publish("workspace:acme", "missed", json!(i)).await;
+    }
+    server.publish("user:u1", "missed", json!(0)).await;
+    // The header a browser's EventSource sends on its own reconnect.
+    let mut again = SseStream::open_with(&server, "channel=workspace:acme&channel=user:u1", |r| {
+        r.bearer_auth(&token).header("Last-Event-ID", &last_id)
+    })
+    .await;
+    again.expect("connected").await;
+    let acme = again.expect("subscribed").await.json();
+    assert_eq!(acme["recovered"], true, "{acme}");
+    let replay: Vec<Value> = [
+        again.expect("missed").await,
+        again.expect("missed").await,
+        again.expect("missed").await,
+    ]
+    .iter()
+    .map(SseMessage::json)
+    .collect();
+    assert_eq!(offsets(&replay), [3, 4, 5]);
+    let user = again.expect("subscribed").await.json();
+    assert_eq!(user["recovered"], true);
+    assert_eq!(again.expect("missed").await.json()["channel"], "user:u1");
+    server.publish("workspace:acme", "live", json!(6)).await;
+    let live = again.drain_events(Duration::from_millis(300)).await;
+    assert_eq!(offsets(&live), [6], "nothing replayed twice");
+
+    // The same token as a query parameter, after more events: only those.
+    let resume = again.last_id.clone().unwrap();
+    drop(again);
+    server.publish("workspace:acme", "later", json!(7)).await;
+    let query = format!(
+        "channel=workspace:acme&last_event_id={}",
+        urlencode(&resume)
+    );
+    let mut third = SseStream::open(&server, &query, &token).await;
+    third.expect("connected").await;
+    assert_eq!(third.expect("subscribed").await.json()["recovered"], true);
+    let events = third.drain_events(Duration::from_millis(300)).await;
+    assert_eq!(offsets(&events), [7]);
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sse_says_unrecoverable_for_another_epoch_or_a_gap() {
+    let mut config = base_config();
+    config.namespaces.insert(
+        "feed".into(),
+        NamespaceConfig {
+            subscribe: vec![Rule::default()],
+            history_size: 3,
+            ..NamespaceConfig::default()
+        },
+    );
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &[], &[]);
+    let mut stream = SseStream::open(&server, "channel=feed:a", &token).await;
+    stream.expect("connected").await;
+    let epoch = stream.expect("subscribed").await.json()["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(stream);
+    for i in 1..=10 {
+        server.publish("feed:a", "tick", json!(i)).await;
+    }
+    for (token_text, reason) in [
+        (format!("1;feed:a,{epoch},2"), "history_gone"),
+        ("1;feed:a,OTHEREPOCH,2".to_owned(), "epoch_changed"),
+        (format!("1;feed:a,{epoch},99"), "offset_ahead"),
+    ] {
+        let query = format!("channel=feed:a&last_event_id={}", urlencode(&token_text));
+        let mut stream = SseStream::open(&server, &query, &token).await;
+        stream.expect("connected").await;
+        let notice = stream.expect("unrecoverable").await.json();
+        assert_eq!(notice["channel"], "feed:a");
+        assert_eq!(notice["reason"], reason);
+        assert_eq!(notice["offset"], 10);
+        let subscribed = stream.expect("subscribed").await.json();
+        assert_eq!(subscribed["recovered"], false);
+        assert!(
+            stream
+                .drain_events(Duration::from_millis(200))
+                .await
+                .is_empty(),
+            "never a partial replay"
+        );
+    }
+    let metrics = server.metrics().await;
+    for reason in ["history_gone", "epoch_changed", "offset_ahead"] {
+        let line = format!(r#"tidings_recoveries_total{{result="failed",reason="{reason}"}} 1"#);
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn sse_keeps_alive_and_ends_with_disconnect() {
+    let mut config = base_config();
+    config.connection.heartbeat = Duration::from_millis(150);
+    let server = TestServer::with_config(config).await;
+    let short = token_with_ttl("u1", &["acme"], &[], Duration::from_secs(2));
+    let mut stream = SseStream::open(&server, "channel=workspace:acme", &short).await;
+    stream.expect("connected").await;
+    stream.expect("subscribed").await;
+    // Comments are not messages: the stream stays quiet but alive.
+    assert!(stream.next(Duration::from_millis(600)).await.is_none());
+    assert!(stream.comments >= 2, "keep-alives: {}", stream.comments);
+    let expired = stream
+        .next(Duration::from_secs(4))
+        .await
+        .expect("disconnect at expiry");
+    assert_eq!(expired.event, "disconnect");
+    assert_eq!(expired.json()["code"], 4003);
+    assert_eq!(expired.json()["reconnect"], true);
+    assert!(stream.next(Duration::from_secs(1)).await.is_none());
+    assert!(stream.ended, "the body ends after disconnect");
+
+    let token = token("u2", &["acme"], &[]);
+    let mut stream = SseStream::open(&server, "channel=workspace:acme", &token).await;
+    stream.expect("connected").await;
+    stream.expect("subscribed").await;
+    let (status, body) = server
+        .api("/api/disconnect", json!({"user": "u2", "code": 4502}))
+        .await;
+    assert_eq!((status, &body["disconnected"]), (200, &json!(1)));
+    let notice = stream.expect("disconnect").await.json();
+    assert_eq!(notice["code"], 4502);
+    assert_eq!(notice["reconnect"], false);
+}
+
+#[tokio::test]
+async fn sse_refuses_bad_requests_before_the_stream() {
+    let mut config = base_config();
+    config.connection.max_channels = 2;
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &["acme"], &[]);
+    let get = |query: &str| server.http.get(server.url(&format!("/sse?{query}")));
+    let cases = [
+        (get("").bearer_auth(&token), 400),
+        (get("channel=bad%20name").bearer_auth(&token), 400),
+        (
+            get("channel=user:u1&channel=workspace:acme&channel=workspace:acme:x")
+                .bearer_auth(&token),
+            400,
+        ),
+        (
+            get("channel=user:u1&last_event_id=garbage").bearer_auth(&token),
+            400,
+        ),
+        (get("channel=user:u1"), 401),
+        (get("channel=user:u1").bearer_auth("not-a-jwt"), 401),
+    ];
+    for (request, status) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    // Token by query and by cookie.
+    let mut by_query =
+        SseStream::open_with(&server, &format!("channel=user:u1&token={token}"), |r| r).await;
+    assert_eq!(by_query.expect("connected").await.json()["user"], "u1");
+    let mut by_cookie = SseStream::open_with(&server, "channel=user:u1", |r| {
+        r.header("cookie", format!("theme=dark; tidings_token={token}"))
+    })
+    .await;
+    assert_eq!(by_cookie.expect("connected").await.json()["user"], "u1");
+}
+
+#[tokio::test]
+async fn sse_data_with_line_breaks_arrives_intact() {
+    let server = TestServer::start().await;
+    let token = token("u1", &["acme"], &[]);
+    let mut stream = SseStream::open(&server, "channel=workspace:acme", &token).await;
+    stream.expect("connected").await;
+    stream.expect("subscribed").await;
+    // A backend posting pretty-printed JSON: `data` is kept byte for byte.
+    let body = "{\"channel\":\"workspace:acme\",\"event\":\"pretty\",\"data\":{\r\n  \"a\": 1,\n  \"b\": \"x\"\n}}";
+    let response = server
+        .http
+        .post(server.url("/api/publish"))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let event = stream.expect("pretty").await.json();
+    assert_eq!(event["data"], json!({"a": 1, "b": "x"}));
+}
+
+#[tokio::test]
+async fn long_poll_answers_when_an_event_arrives_or_when_wait_ends() {
+    let server = TestServer::start().await;
+    let token = token("u1", &["acme"], &[]);
+    let poll = |query: String| {
+        let request = server
+            .http
+            .get(server.url(&format!("/events?{query}")))
+            .bearer_auth(&token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, probe) = poll(String::new()).await;
+    assert_eq!((status, &probe["type"]), (200, &json!("connected")));
+    assert_eq!(probe["user"], "u1");
+
+    let (_, first) = poll("channel=workspace:acme".into()).await;
+    assert_eq!(first["offset"], 0);
+    assert!(first.get("recovered").is_none());
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+
+    // Held open until the publish, then answered at once.
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let published_at = Instant::now();
+        server.publish("workspace:acme", "tick", json!(1)).await;
+        published_at
+    };
+    let started = Instant::now();
+    let ((_, reply), published_at) = tokio::join!(
+        poll(format!(
+            "channel=workspace:acme&since=0&epoch={epoch}&wait=10"
+        )),
+        publisher
+    );
+    let answered = Instant::now();
+    assert!(started.elapsed() >= Duration::from_millis(350), "it waited");
+    assert!(
+        answered.duration_since(published_at) < Duration::from_millis(500),
+        "answered {:?} after the publish",
+        answered.duration_since(published_at)
+    );
+    assert_eq!(reply["recovered"], true);
+    assert_eq!(offsets(reply["events"].as_array().unwrap()), [1]);
+    assert_eq!(reply["offset"], 1);
+
+    // Nothing new: answered empty after `wait`.
+    let started = Instant::now();
+    let (_, empty) = poll(format!(
+        "channel=workspace:acme&since=1&epoch={epoch}&wait=0.6"
+    ))
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(empty["events"], json!([]));
+    assert_eq!(empty["offset"], 1);
+    assert_eq!(server.metric("tidings_polls_waiting").await, 0.0);
+
+    // Paging with limit.
+    for i in 2..=5 {
+        server.publish("workspace:acme", "tick", json!(i)).await;
+    }
+    let (_, page) = poll(format!(
+        "channel=workspace:acme&since=1&epoch={epoch}&limit=2"
+    ))
+    .await;
+    assert_eq!(offsets(page["events"].as_array().unwrap()), [2, 3]);
+    assert_eq!((&page["offset"], &page["more"]), (&json!(3), &json!(true)));
+    let (_, rest) = poll(format!(
+        "channel=workspace:acme&since=3&epoch={epoch}&limit=2"
+    ))
+    .await;
+    assert_eq!(offsets(rest["events"].as_array().unwrap()), [4, 5]);
+    assert_eq!(rest["more"], false);
+
+    // Another epoch: at once, not recovered, nothing replayed, where to go on.
+    let started = Instant::now();
+    let (_, lost) = poll("channel=workspace:acme&since=1&epoch=NOPE&wait=10".into()).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(lost["recovered"], false);
+    assert_eq!(lost["events"], json!([]));
+    assert_eq!(
+        (&lost["offset"], &lost["epoch"]),
+        (&json!(5), &json!(epoch))
+    );
+
+    for (query, status) in [
+        ("channel=workspace:acme&since=1", 400),
+        ("channel=workspace:acme&since=x&epoch=e", 400),
+        ("channel=workspace:acme&limit=0", 400),
+        ("channel=workspace:acme&wait=-1", 400),
+        ("channel=workspace:globex", 403),
+        ("channel=nope:x", 404),
+    ] {
+        let (got, body) = poll(query.into()).await;
+        assert_eq!(got, status, "{query}: {body}");
+    }
+    assert!(server.metric("tidings_polls_total").await >= 6.0);
+}
+
+#[tokio::test]
+async fn polling_applies_audience_rules() {
+    let server = TestServer::start().await;
+    let (_, top) = server
+        .http
+        .get(server.url("/events?channel=workspace:acme"))
+        .bearer_auth(token("u1", &["acme"], &[]))
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    let top: Value = top.json().await.unwrap();
+    let epoch = top["epoch"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .api(
+            "/api/publish",
+            json!({"channel": "workspace:acme", "event": "secret", "data": 1, "audience": {"users": ["u2"]}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.publish("workspace:acme", "public", json!(2)).await;
+    for (user, expected) in [("u1", vec![2]), ("u2", vec![1, 2])] {
+        let reply: Value = server
+            .http
+            .get(server.url(&format!(
+                "/events?channel=workspace:acme&since=0&epoch={epoch}"
+            )))
+            .bearer_auth(token(user, &["acme"], &[]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            offsets(reply["events"].as_array().unwrap()),
+            expected,
+            "{user}"
+        );
+        assert_eq!(reply["offset"], 2, "{user} moves past what it may not see");
+    }
+}
+
+#[tokio::test]
+async fn http_requests_publish_read_and_reach_the_sse_stream() {
+    let server = TestServer::with_config(chat_config()).await;
+    let token = token("u1", &[], &[]);
+    let mut stream = SseStream::open(&server, "channel=chat:room", &token).await;
+    let client = stream.expect("connected").await.json()["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stream.expect("subscribed").await;
+    let request = |body: Value, client: Option<&str>, token: &str| {
+        let mut request = server
+            .http
+            .post(server.url("/request"))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(client) = client {
+            request = request.header("x-tidings-client", client);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, published) = request(
+        json!({"type": "publish", "id": 1, "channel": "chat:room", "event": "message", "data": {"text": "hi"}}),
+        None,
+        &token,
+    )
+    .await;
+    assert_eq!(status, 200, "{published}");
+    assert_eq!(published["type"], "published");
+    assert_eq!(
+        (&published["id"], &published["offset"]),
+        (&json!(1), &json!(1))
+    );
+    let event = stream.expect("message").await.json();
+    assert_eq!(event["meta"]["actor"], "u1");
+
+    let (_, history) = request(
+        json!({"type": "history", "id": "h", "channel": "chat:room"}),
+        None,
+        &token,
+    )
+    .await;
+    assert_eq!(history["type"], "history");
+    assert_eq!(offsets(history["events"].as_array().unwrap()), [1]);
+
+    let (status, pong) = request(json!({"type": "ping", "id": 9}), None, &token).await;
+    assert_eq!(
+        (status, &pong["type"], &pong["id"]),
+        (200, &json!("pong"), &json!(9))
+    );
+
+    // Status reaches this stream's presence.
+    let (status, reply) = request(
+        json!({"type": "status", "id": 2, "status": "busy"}),
+        Some(&client),
+        &token,
+    )
+    .await;
+    assert_eq!((status, &reply["status"]), (200, &json!("busy")));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, presence) = request(
+            json!({"type": "presence", "id": 3, "channel": "chat:room"}),
+            None,
+            &token,
+        )
+        .await;
+        if presence["members"][0]["status"] == "busy" {
+            assert_eq!(presence["members"][0]["clients"][0], client.as_str());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never applied: {presence}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Refresh extends the stream's token; another user's token is refused.
+    let fresh = token_with_ttl("u1", &[], &[], Duration::from_secs(7200));
+    let (status, refreshed) = request(
+        json!({"type": "refresh", "id": 4, "token": fresh}),
+        Some(&client),
+        &token,
+    )
+    .await;
+    assert_eq!((status, &refreshed["type"]), (200, &json!("refreshed")));
+    let other = super::support::token("u9", &[], &[]);
+    let (status, refused) = request(
+        json!({"type": "refresh", "id": 5, "token": other}),
+        Some(&client),
+        &token,
+    )
+    .await;
+    assert_eq!((status, &refused["code"]), (401, &json!("unauthorized")));
+
+    // Errors: WebSocket-shaped, with an HTTP status.
+    let u2 = super::support::token("u2", &[], &[]);
+    let cases = [
+        (
+            json!({"type": "status", "status": "away"}),
+            None,
+            &token,
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"type": "status", "status": "away"}),
+            Some(client.as_str()),
+            &u2,
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"type": "subscribe", "id": 6, "channel": "chat:room"}),
+            None,
+            &token,
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"type": "publish", "id": 7, "channel": "workspace:acme", "event": "x", "data": 1}),
+            None,
+            &token,
+            403,
+            "permission_denied",
+        ),
+        (
+            json!({"type": "nope", "id": 8}),
+            None,
+            &token,
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"type": "ping"}),
+            None,
+            &"bad".to_owned(),
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (body, client, token, status, code) in cases {
+        let (got, reply) = request(body.clone(), client, token).await;
+        assert_eq!((got, &reply["code"]), (status, &json!(code)), "{body}");
+        assert_eq!(reply["type"], "error");
+    }
+    let (_, echoed) = request(json!({"type": "nope", "id": 8}), None, &token).await;
+    assert_eq!(echoed["id"], 8, "the id is echoed when it can be read");
+    assert!(server.metric("tidings_http_requests_total").await >= 10.0);
+}
+
+#[tokio::test]
+async fn http_requests_are_rate_limited_per_user() {
+    let mut config = base_config();
+    config.connection.requests_per_second = 2;
+    config.connection.request_burst = 3;
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &[], &[]);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let response = server
+            .http
+            .post(server.url("/request"))
+            .bearer_auth(&token)
+            .body(r#"{"type":"ping"}"#)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], [200, 200, 200]);
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    // Another user has a budget of their own.
+    let response = server
+        .http
+        .post(server.url("/request"))
+        .bearer_auth(super::support::token("u2", &[], &[]))
+        .body(r#"{"type":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn api_history_reads_oldest_or_newest_with_since_and_epoch() {
+    let server = TestServer::start().await;
+    for i in 1..=5 {
+        server.publish("workspace:acme", "tick", json!(i)).await;
+    }
+    let get = |query: &str| {
+        let request = server
+            .http
+            .get(server.url(&format!("/api/history?{query}")))
+            .bearer_auth(API_KEY);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, all) = get("channel=workspace:acme").await;
+    assert_eq!(status, 200);
+    assert_eq!(offsets(all["events"].as_array().unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        (&all["offset"], &all["complete"]),
+        (&json!(5), &json!(true))
+    );
+    let epoch = all["epoch"].as_str().unwrap().to_owned();
+    let (_, newest) = get("channel=workspace:acme&limit=2&order=newest").await;
+    assert_eq!(offsets(newest["events"].as_array().unwrap()), [5, 4]);
+    let (_, after) = get(&format!("channel=workspace:acme&since=3&epoch={epoch}")).await;
+    assert_eq!(offsets(after["events"].as_array().unwrap()), [4, 5]);
+    let (_, other) = get("channel=workspace:acme&since=3&epoch=OTHER").await;
+    assert_eq!(other["events"], json!([]));
+    assert_eq!(other["complete"], false);
+    for (query, status) in [
+        ("", 400),
+        ("channel=workspace:acme&order=sideways", 400),
+        ("channel=workspace:acme&epoch=x", 400),
+        ("channel=nope:x", 404),
+    ] {
+        assert_eq!(get(query).await.0, status, "{query}");
+    }
+    let response = server
+        .http
+        .get(server.url("/api/history?channel=workspace:acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "the API key is required");
+}
+
+#[tokio::test]
+async fn browsers_get_cors_for_allowed_origins_only() {
+    let mut config = base_config();
+    config.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::with_config(config).await;
+    let preflight = |origin: &str| {
+        server
+            .http
+            .request(reqwest::Method::OPTIONS, server.url("/request"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,x-tidings-client",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert!(allowed.status().is_success());
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    let allow_headers = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(
+        allow_headers.contains("x-tidings-client"),
+        "{allow_headers}"
+    );
+    let denied = preflight("https://evil.example").await.unwrap();
+    assert!(denied
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    let response = server
+        .http
+        .get(server.url("/sse?channel=user:u1"))
+        .bearer_auth(token("u1", &[], &[]))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test]
+async fn switched_off_transports_are_not_served() {
+    let mut config = base_config();
+    config.transports.websocket = false;
+    config.transports.polling = false;
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &[], &[]);
+    for path in ["/ws", "/api/ws", "/events?channel=user:u1"] {
+        let response = server
+            .http
+            .get(server.url(path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    let mut stream = SseStream::open(&server, "channel=user:u1", &token).await;
+    stream.expect("connected").await;
+}
+
+#[tokio::test]
+async fn sse_reconnecting_under_a_continuous_publisher_sees_every_offset_once() {
+    let server = TestServer::start().await;
+    let token = token("u1", &["acme"], &[]);
+    const EVENTS: u64 = 600;
+    let tidings = server.tidings.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 1..=EVENTS {
+            let request =
+                tidings::PublishRequest::json("workspace:acme", "tick", &json!(i)).unwrap();
+            tidings.publish(request).await.unwrap();
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut resume: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut cycles = 0;
+    while seen.last().copied() != Some(EVENTS) && Instant::now() < deadline {
+        let query = match &resume {
+            Some(id) => format!("channel=workspace:acme&last_event_id={}", urlencode(id)),
+            None => "channel=workspace:acme".to_owned(),
+        };
+        let mut stream = SseStream::open(&server, &query, &token).await;
+        stream.expect("connected").await;
+        let subscribed = stream.expect("subscribed").await.json();
+        if resume.is_some() {
+            assert_eq!(subscribed["recovered"], true, "{subscribed}");
+        } else {
+            // The first subscribe starts at the top: what came before is history.
+            seen.extend(1..=subscribed["offset"].as_u64().unwrap());
+        }
+        // Read a few events, then drop the stream mid-flow.
+        for _ in 0..(7 + cycles % 13) {
+            match stream.next(Duration::from_millis(500)).await {
+                Some(message) if message.event == "tick" => {
+                    seen.push(message.json()["offset"].as_u64().unwrap());
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            }
+        }
+        resume = stream.last_id.clone();
+        cycles += 1;
+    }
+    publisher.await.unwrap();
+    assert!(cycles >= 10, "only {cycles} reconnects");
+    let expected: Vec<u64> = (1..=EVENTS).collect();
+    assert_eq!(seen, expected, "every offset exactly once, in order");
+}
