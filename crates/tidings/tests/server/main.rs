@@ -10,4 +10,5 @@ mod permissions;
 mod presence;
 mod properties;
 mod publish;
+mod reclaim;
 mod recovery;

@@ -1,9 +1,13 @@
-//! `history` and `subscribe` with `since` (the recovery protocol's basics; the
-//! full guarantees are exercised with the recovery work).
+//! `history` and `subscribe` with `since`: the recovery guarantees of protocol
+//! §5 (all missed events once and in order, or `recovered: false` and none),
+//! including resubscribing while events keep arriving.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
+use tidings::PublishRequest;
 
 use crate::support::*;
 
@@ -108,4 +112,409 @@ async fn wrong_epoch_or_trimmed_history_is_not_recovered() {
             "no partial replay"
         );
     }
+}
+
+const CH: &str = "workspace:acme";
+/// How long to listen for events that must not come.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// The value of one `tidings_recoveries_total` series.
+async fn recoveries(server: &TestServer, labels: &str) -> f64 {
+    server
+        .metric(&format!("tidings_recoveries_total{{{labels}}}"))
+        .await
+}
+
+#[tokio::test]
+async fn fifty_missed_events_are_replayed_once_in_order_before_live_ones() {
+    const MISSED: u64 = 50;
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let first = client.subscribe(CH).await;
+    server.publish(CH, "seen", json!(0)).await;
+    assert_eq!(client.expect("event").await["offset"], 1);
+    drop(client);
+
+    for i in 1..=MISSED {
+        server.publish(CH, "missed", json!(i)).await;
+    }
+    let mut again = server.connect_user("u1", &["acme"]).await;
+    let reply = again.subscribe_since(CH, 1, &first["epoch"], 1).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], first["epoch"]);
+    assert_eq!(reply["offset"], 1 + MISSED);
+    // Live events published right away must queue up behind the replay.
+    for i in 1..=3 {
+        server.publish(CH, "live", json!(i)).await;
+    }
+    let events = again.events_through(1 + MISSED + 3, QUIET).await;
+    let seen: Vec<(u64, &str, &Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["event"].as_str().unwrap(),
+                &e["data"],
+            )
+        })
+        .collect();
+    let data: Vec<Value> = (1..=MISSED).chain(1..=3).map(|i| json!(i)).collect();
+    let expected: Vec<(u64, &str, &Value)> = (2..=1 + MISSED + 3)
+        .zip(data.iter())
+        .map(|(offset, data)| {
+            let name = if offset <= 1 + MISSED {
+                "missed"
+            } else {
+                "live"
+            };
+            (offset, name, data)
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(recoveries(&server, r#"result="recovered""#).await, 1.0);
+}
+
+#[tokio::test]
+async fn wrong_epoch_or_offset_ahead_replays_nothing_but_live_events_flow() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let first = client.subscribe(CH).await;
+    for i in 1..=3 {
+        server.publish(CH, "seen", json!(i)).await;
+    }
+    assert_eq!(offsets(&client.events_through(3, QUIET).await), [1, 2, 3]);
+    drop(client);
+    server.publish(CH, "missed", json!(4)).await;
+    server.publish(CH, "missed", json!(5)).await;
+
+    // Same shape as a real epoch, but another one.
+    let wrong_epoch = json!("0000000000");
+    assert_ne!(first["epoch"], wrong_epoch);
+    let mut wrong = server.connect_user("u1", &["acme"]).await;
+    let reply = wrong.subscribe_since(CH, 3, &wrong_epoch, 1).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["epoch"], first["epoch"], "the channel's real epoch");
+    assert_eq!(reply["offset"], 5);
+
+    // The right epoch with an offset the channel never reached.
+    let mut ahead = server.connect_user("u1", &["acme"]).await;
+    let reply = ahead.subscribe_since(CH, 99, &first["epoch"], 1).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["offset"], 5);
+
+    for c in [&mut wrong, &mut ahead] {
+        let replayed = c.drain_events(QUIET).await;
+        assert!(replayed.is_empty(), "no replay at all: {replayed:?}");
+    }
+    server.publish(CH, "live", json!(6)).await;
+    for c in [&mut wrong, &mut ahead] {
+        let events = c.events_through(6, QUIET).await;
+        assert_eq!(offsets(&events), [6]);
+        assert_eq!(events[0]["event"], "live");
+    }
+    let failed = |reason: &str| format!(r#"result="failed",reason="{reason}""#);
+    assert_eq!(recoveries(&server, &failed("epoch_changed")).await, 1.0);
+    assert_eq!(recoveries(&server, &failed("offset_ahead")).await, 1.0);
+    assert_eq!(recoveries(&server, r#"result="recovered""#).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_gap_beyond_history_replays_nothing_and_a_gap_of_exactly_history_recovers() {
+    const HISTORY: u64 = 5;
+    let server = TestServer::with_config(config_with_workspace(|ws| {
+        ws.history_size = HISTORY as usize
+    }))
+    .await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let first = client.subscribe(CH).await;
+    let epoch = &first["epoch"];
+    for i in 1..=3 {
+        server.publish(CH, "seen", json!(i)).await;
+    }
+    assert_eq!(offsets(&client.events_through(3, QUIET).await), [1, 2, 3]);
+    drop(client);
+
+    // Exactly `HISTORY` missed (4..=8): history holds all of them.
+    for i in 4..=3 + HISTORY {
+        server.publish(CH, "missed", json!(i)).await;
+    }
+    let mut exact = server.connect_user("u1", &["acme"]).await;
+    let reply = exact.subscribe_since(CH, 3, epoch, 1).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(
+        offsets(&exact.events_through(8, QUIET).await),
+        [4, 5, 6, 7, 8]
+    );
+    // One more missed (3..=8 from offset 2): event 3 left the ring.
+    let mut one_over = server.connect_user("u1", &["acme"]).await;
+    let reply = one_over.subscribe_since(CH, 2, epoch, 1).await;
+    assert_eq!(reply["recovered"], false, "event 3 was trimmed: {reply}");
+    let replayed = one_over.drain_events(QUIET).await;
+    assert!(replayed.is_empty(), "no partial replay: {replayed:?}");
+    drop((exact, one_over));
+
+    // 20 missed with room for 5.
+    for i in 9..=28 {
+        server.publish(CH, "missed", json!(i)).await;
+    }
+    let mut far = server.connect_user("u1", &["acme"]).await;
+    let reply = far.subscribe_since(CH, 8, epoch, 1).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["epoch"], *epoch);
+    assert_eq!(reply["offset"], 28);
+    let replayed = far.drain_events(QUIET).await;
+    assert!(replayed.is_empty(), "no partial replay: {replayed:?}");
+    server.publish(CH, "live", json!(29)).await;
+    assert_eq!(offsets(&far.events_through(29, QUIET).await), [29]);
+}
+
+#[tokio::test]
+async fn since_at_the_top_recovers_after_history_expired_within_position_ttl() {
+    let mut config = config_with_workspace(|ws| ws.history_ttl = Duration::from_millis(300));
+    config.engine.sweep_interval = Duration::from_millis(50);
+    assert!(config.engine.position_ttl >= Duration::from_secs(60));
+    let server = TestServer::with_config(config).await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let first = client.subscribe(CH).await;
+    let epoch = &first["epoch"];
+    for i in 1..=3 {
+        server.publish(CH, "seen", json!(i)).await;
+    }
+    assert_eq!(offsets(&client.events_through(3, QUIET).await), [1, 2, 3]);
+    client.ws.close(None).await.unwrap();
+    drop(client);
+
+    // Past the history TTL and a few sweeps.
+    tokio::time::sleep(Duration::from_millis(300 + 200)).await;
+    let mut back = server.connect_user("u1", &["acme"]).await;
+    let history = back
+        .request(json!({"type": "history", "channel": CH}), 9)
+        .await;
+    assert_eq!(history["type"], "history", "{history}");
+    assert_eq!(history["events"], json!([]), "history expired: {history}");
+    assert_eq!(history["offset"], 3, "the position is remembered");
+    assert_eq!(history["epoch"], *epoch);
+    assert_eq!(server.metric("tidings_engine_channels").await, 1.0);
+
+    let reply = back.subscribe_since(CH, 3, epoch, 1).await;
+    assert_eq!(reply["recovered"], true, "nothing was missed: {reply}");
+    assert_eq!(reply["epoch"], *epoch);
+    assert_eq!(reply["offset"], 3);
+    // Behind the top, the expired events cannot be replayed.
+    let mut behind = server.connect_user("u1", &["acme"]).await;
+    let reply = behind.subscribe_since(CH, 2, epoch, 1).await;
+    assert_eq!(reply["recovered"], false, "event 3 expired: {reply}");
+    for c in [&mut back, &mut behind] {
+        let replayed = c.drain_events(QUIET).await;
+        assert!(replayed.is_empty(), "nothing to replay: {replayed:?}");
+    }
+    server.publish(CH, "live", json!(4)).await;
+    assert_eq!(offsets(&back.events_through(4, QUIET).await), [4]);
+}
+
+#[tokio::test]
+async fn replay_respects_the_audience_of_each_missed_event() {
+    let server = TestServer::start().await;
+    let mut u1 = server.connect_user("u1", &["acme"]).await;
+    let mut u2 = server.connect_user("u2", &["acme"]).await;
+    let epoch = u1.subscribe(CH).await["epoch"].clone();
+    assert_eq!(u2.subscribe(CH).await["epoch"], epoch);
+    server.publish(CH, "all", json!(1)).await;
+    assert_eq!(offsets(&u1.events_through(1, QUIET).await), [1]);
+    assert_eq!(offsets(&u2.events_through(1, QUIET).await), [1]);
+    drop(u1);
+    drop(u2);
+
+    server
+        .publish_to_users(CH, "for-u2", json!(2), &["u2"])
+        .await;
+    server.publish(CH, "all", json!(3)).await;
+    server
+        .publish_to_users(CH, "for-u2", json!(4), &["u2"])
+        .await;
+    server
+        .publish_to_users(CH, "for-u1", json!(5), &["u1"])
+        .await;
+
+    let mut u1 = server.connect_user("u1", &["acme"]).await;
+    let reply = u1.subscribe_since(CH, 1, &epoch, 1).await;
+    assert_eq!(
+        reply["recovered"], true,
+        "filtered offsets are no gap: {reply}"
+    );
+    assert_eq!(reply["offset"], 5);
+    let mut u2 = server.connect_user("u2", &["acme"]).await;
+    let reply = u2.subscribe_since(CH, 1, &epoch, 1).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+
+    server.publish(CH, "live", json!(6)).await;
+    let names = |events: &[Value]| -> Vec<(u64, String)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["offset"].as_u64().unwrap(),
+                    e["event"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let u1_events = u1.events_through(6, QUIET).await;
+    assert_eq!(
+        names(&u1_events),
+        [(3, "all".into()), (5, "for-u1".into()), (6, "live".into())]
+    );
+    let u2_events = u2.events_through(6, QUIET).await;
+    assert_eq!(
+        names(&u2_events),
+        [
+            (2, "for-u2".into()),
+            (3, "all".into()),
+            (4, "for-u2".into()),
+            (6, "live".into())
+        ]
+    );
+}
+
+/// Reads events for `window`, appending their offsets to `seen`.
+async fn read_for(client: &mut Client, window: Duration, seen: &mut Vec<u64>) {
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return;
+        }
+        match client.next(remaining).await {
+            Some(v) if v["type"] == "event" => seen.push(v["offset"].as_u64().unwrap()),
+            Some(v) => panic!("unexpected message: {v}"),
+            None => return,
+        }
+    }
+}
+
+/// Sends `request` and reads until its reply, appending the offsets of the
+/// events that come first to `seen`.
+async fn request_recording(
+    client: &mut Client,
+    mut request: Value,
+    id: u64,
+    seen: &mut Vec<u64>,
+) -> Value {
+    request["id"] = json!(id);
+    client.send(request.clone()).await;
+    loop {
+        match client.next(WAIT).await {
+            Some(v) if v["id"] == json!(id) => return v,
+            Some(v) if v["type"] == "event" => seen.push(v["offset"].as_u64().unwrap()),
+            Some(v) => panic!("unexpected message: {v}"),
+            None => panic!("no reply to {request}"),
+        }
+    }
+}
+
+/// Where `seen` first differs from 1, 2, 3, ….
+fn first_break(seen: &[u64]) -> Option<String> {
+    let at = seen.iter().zip(1..).position(|(&s, n)| s != n)?;
+    let from = at.saturating_sub(3);
+    Some(format!(
+        "at index {at}: expected {}, saw {:?}",
+        at + 1,
+        &seen[from..(at + 4).min(seen.len())]
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_while_events_keep_coming_loses_and_doubles_nothing() {
+    const CYCLES: u64 = 30;
+    /// Most events published; history holds them all, so recovery always works.
+    const MAX_EVENTS: u64 = 20_000;
+    /// Events published between 1 ms pauses (several thousand a second).
+    const BURST: u64 = 16;
+    let config = config_with_workspace(|ws| ws.history_size = MAX_EVENTS as usize);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let epoch = client.subscribe(CH).await["epoch"].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = server.tidings.publisher();
+    let publishing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed)
+                && last + BURST <= MAX_EVENTS
+                && tokio::time::Instant::now() < deadline
+            {
+                for _ in 0..BURST {
+                    let request = PublishRequest::json(CH, "tick", &(last + 1)).unwrap();
+                    last = publisher.publish(request).await.unwrap().offset;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            last
+        }
+    });
+
+    let mut seen = Vec::new();
+    let mut replays = 0;
+    for cycle in 0..CYCLES {
+        let window = Duration::from_millis([0, 3, 10, 25, 40][cycle as usize % 5]);
+        read_for(&mut client, window, &mut seen).await;
+        match cycle % 3 {
+            0 => {
+                drop(client);
+                client = server.connect_user("u1", &["acme"]).await;
+            }
+            1 => {
+                let _ = client.ws.close(None).await;
+                client = server.connect_user("u1", &["acme"]).await;
+            }
+            _ => {
+                let reply = request_recording(
+                    &mut client,
+                    json!({"type": "unsubscribe", "channel": CH}),
+                    cycle * 2,
+                    &mut seen,
+                )
+                .await;
+                assert_eq!(reply["type"], "unsubscribed", "{reply}");
+            }
+        }
+        let since = seen.last().copied().unwrap_or(0);
+        let subscribe =
+            json!({"type": "subscribe", "channel": CH, "since": {"offset": since, "epoch": epoch}});
+        let reply = request_recording(&mut client, subscribe, cycle * 2 + 1, &mut seen).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        assert_eq!(reply["recovered"], true, "cycle {cycle}: {reply}");
+        assert_eq!(reply["epoch"], epoch);
+        if reply["offset"].as_u64().unwrap() > since {
+            replays += 1;
+        }
+        if let Some(problem) = first_break(&seen) {
+            panic!("cycle {cycle}: {problem}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let last = publishing.await.unwrap();
+    let rest = client
+        .events_through(last, Duration::from_millis(200))
+        .await;
+    seen.extend(offsets(&rest));
+    eprintln!(
+        "{CYCLES} resubscribes, {replays} with a replay, {last} events published, {} received",
+        seen.len()
+    );
+    if let Some(problem) = first_break(&seen) {
+        panic!("{problem}");
+    }
+    assert_eq!(
+        seen.len() as u64,
+        last,
+        "every offset 1..={last} exactly once"
+    );
+    assert!(
+        last > 30 * CYCLES && replays >= CYCLES / 3,
+        "publishing overlapped the resubscribes ({last} events, {replays} replays)"
+    );
 }

@@ -318,3 +318,120 @@ impl Client {
         }
     }
 }
+
+// Helpers for the recovery and reclaim tests.
+
+/// `base_config()` with the builtin `workspace` namespace changed by `change`.
+pub fn config_with_workspace(change: impl FnOnce(&mut tidings::config::NamespaceConfig)) -> Config {
+    let mut config = base_config();
+    let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+        .remove("workspace")
+        .expect("builtin workspace namespace");
+    change(&mut workspace);
+    config.namespaces.insert("workspace".into(), workspace);
+    config
+}
+
+/// The offsets of `events`, in arrival order.
+pub fn offsets(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| {
+            e["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no offset: {e}"))
+        })
+        .collect()
+}
+
+/// This process's resident set size, in bytes (`VmRSS` of `/proc/self/status`).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+impl TestServer {
+    /// Polls the unlabelled metric `name` until `done` holds for it; returns the
+    /// value then. Panics after `within`.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        within: Duration,
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let value = self.metric(name).await;
+            if done(value) {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} still {value} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes over the API with an `audience` of `users`.
+    pub async fn publish_to_users(&self, channel: &str, event: &str, data: Value, users: &[&str]) {
+        let (status, body) = self
+            .api(
+                "/api/publish",
+                json!({"channel": channel, "event": event, "data": data, "audience": {"users": users}}),
+            )
+            .await;
+        assert_eq!(status, 200, "publish failed: {body}");
+    }
+}
+
+impl Client {
+    /// Subscribes with `since` and returns the `subscribed` reply; the replayed
+    /// events follow it and are read separately.
+    pub async fn subscribe_since(
+        &mut self,
+        channel: &str,
+        offset: u64,
+        epoch: &Value,
+        id: u64,
+    ) -> Value {
+        let since = json!({"offset": offset, "epoch": epoch});
+        let reply = self
+            .request(
+                json!({"type": "subscribe", "channel": channel, "since": since}),
+                id,
+            )
+            .await;
+        assert_eq!(reply["type"], "subscribed", "subscribe {channel}: {reply}");
+        reply
+    }
+
+    /// Reads events until one at `offset` (or beyond) arrives, then keeps reading
+    /// until `quiet` passes with nothing, so extra or doubled events show up too.
+    pub async fn events_through(&mut self, offset: u64, quiet: Duration) -> Vec<Value> {
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let last = events.last().and_then(|e: &Value| e["offset"].as_u64());
+            if last.is_some_and(|last| last >= offset) {
+                break;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(remaining).await {
+                Some(v) if v["type"] == "event" => events.push(v),
+                Some(_) => {}
+                None => panic!(
+                    "offset {offset} did not arrive within {WAIT:?}; got {:?}",
+                    offsets(&events)
+                ),
+            }
+        }
+        events.extend(self.drain_events(quiet).await);
+        events
+    }
+}
