@@ -22,7 +22,7 @@ use crate::protocol::CloseCode;
 use crate::publisher::{PublishError, PublishRequest, Published, Publisher};
 use crate::transport;
 use crate::transport::http::client_cors;
-use crate::transport::request_endpoint::UserRequestLimits;
+use crate::transport::http::UserRequestLimits;
 
 /// Everything the transports share.
 pub struct ServerState {
@@ -44,7 +44,7 @@ pub struct ServerState {
     pub publisher: Publisher,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Per-user budgets of `POST /request`.
+    /// Per-user budgets of `POST /request` and `GET /events`.
     pub user_request_limits: UserRequestLimits,
 }
 

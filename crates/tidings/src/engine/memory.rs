@@ -26,6 +26,10 @@ struct ChannelState {
     idempotency: HashMap<String, (Instant, PublishOutcome)>,
     /// Last publish, or when the last subscriber of this node left.
     last_active: Instant,
+    /// Published to or subscribed at least once. A channel only ever read (a
+    /// history request or poll on a name nobody uses) is not worth remembering
+    /// for `position_ttl`: reads must not pin memory.
+    claimed: bool,
     /// Set when the sweep removed this state from the map; holders must look again.
     reclaimed: bool,
 }
@@ -42,6 +46,7 @@ impl ChannelState {
             },
             idempotency: HashMap::new(),
             last_active: Instant::now(),
+            claimed: false,
             reclaimed: false,
         }
     }
@@ -79,6 +84,10 @@ fn lock(state: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// How long a channel that was only read (never published to or subscribed)
+/// is kept, at most.
+const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 
 /// The single-node engine.
 pub struct MemoryBroker {
@@ -118,12 +127,18 @@ impl MemoryBroker {
     pub fn sweep(&self) {
         let now = Instant::now();
         let sink = self.sink.get();
+        let unclaimed_ttl = self.position_ttl.min(UNCLAIMED_TTL);
         self.channels.retain(|channel, state| {
             let mut st = lock(state);
             st.expire(now);
+            let keep_for = if st.claimed {
+                self.position_ttl
+            } else {
+                unclaimed_ttl
+            };
             let idle = st.history.is_empty()
                 && st.idempotency.is_empty()
-                && now.duration_since(st.last_active) >= self.position_ttl
+                && now.duration_since(st.last_active) >= keep_for
                 && !sink.is_some_and(|s| s.has_subscribers(channel));
             if idle {
                 st.reclaimed = true;
@@ -181,6 +196,7 @@ impl Broker for MemoryBroker {
             }
             st.top += 1;
             st.last_active = now;
+            st.claimed = true;
             let id = event.id.clone();
             let publication = Arc::new(Publication::new(
                 channel.clone(),
@@ -215,8 +231,10 @@ impl Broker for MemoryBroker {
         Ok(outcome)
     }
 
-    async fn subscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
-        // One node: every event already reaches the sink.
+    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        // One node: every event already reaches the sink. A subscribed channel's
+        // position is worth remembering after its subscribers leave.
+        self.with_state(channel, |st| st.claimed = true);
         Ok(())
     }
 
@@ -334,6 +352,28 @@ mod tests {
             .unwrap();
         let offsets: Vec<u64> = newest.events.iter().map(|p| p.offset).collect();
         assert_eq!(offsets, vec![10, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_channel_only_read_is_not_kept_for_position_ttl() {
+        let engine = MemoryBroker::new(Duration::from_secs(3600));
+        let read = ChannelName::parse("workspace:a:read").unwrap();
+        let subscribed = ChannelName::parse("workspace:a:subscribed").unwrap();
+        engine
+            .history(&read, &HistoryQuery::default())
+            .await
+            .unwrap();
+        engine.subscribe_node(&subscribed).await.unwrap();
+        engine.unsubscribe_node(&subscribed).await.unwrap();
+        assert_eq!(engine.channel_count(), 2);
+        // Age both past the unclaimed TTL.
+        for state in engine.channels.iter() {
+            let mut st = lock(state.value());
+            st.last_active = st.last_active.checked_sub(UNCLAIMED_TTL).unwrap();
+        }
+        engine.sweep();
+        assert_eq!(engine.channel_count(), 1);
+        assert!(engine.channels.contains_key(&subscribed));
     }
 
     #[tokio::test]

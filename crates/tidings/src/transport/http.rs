@@ -1,4 +1,8 @@
-//! HTTP pieces every transport shares: JSON error bodies, tokens, origins, CORS.
+//! HTTP pieces every transport shares: JSON error bodies, tokens, origins, CORS,
+//! per-user request budgets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,6 +11,8 @@ use serde_json::json;
 use tidings_auth::Identity;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use super::request_quota;
+use crate::config::ConnectionSettings;
 use crate::protocol::ErrorCode;
 use crate::server::ServerState;
 
@@ -140,6 +146,44 @@ pub fn client_cors(allowed: &[String]) -> CorsLayer {
         ])
         .expose_headers([client])
         .max_age(std::time::Duration::from_secs(600))
+}
+
+/// How often (in requests) idle users are dropped from the rate limiter.
+const RETAIN_EVERY: u64 = 1024;
+
+/// Per-user request budgets for the HTTP client transports (`POST /request`,
+/// `GET /events`), as a WebSocket connection has its own.
+pub struct UserRequestLimits {
+    limiter: Option<governor::DefaultKeyedRateLimiter<Arc<str>>>,
+    seen: AtomicU64,
+}
+
+impl std::fmt::Debug for UserRequestLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserRequestLimits")
+    }
+}
+
+impl UserRequestLimits {
+    /// Budgets of `requests_per_second` with `request_burst` per user.
+    pub fn new(settings: &ConnectionSettings) -> Self {
+        Self {
+            limiter: request_quota(settings).map(governor::RateLimiter::keyed),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `user` may make one more request now.
+    pub fn admit(&self, user: &Arc<str>) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        if self.seen.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        limiter.check_key(user).is_ok()
+    }
 }
 
 /// Refuses a browser request from an origin not in `allowed` (empty allows all).

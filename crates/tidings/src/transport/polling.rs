@@ -72,6 +72,12 @@ async fn answer(
 ) -> Result<String, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let identity = authenticate_client(state, headers, query.token.as_deref())?;
+    if !state.user_request_limits.admit(&identity.user) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many requests; slow down",
+        ));
+    }
     let Some(channel) = &query.channel else {
         return Ok(connected_json(state, &identity));
     };

@@ -2,7 +2,6 @@
 //! polling. Same token, same checks, same replies; `status` and `refresh` reach
 //! the SSE stream named by `X-Tidings-Client`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
@@ -11,50 +10,12 @@ use axum::response::{IntoResponse, Response};
 use tidings_auth::Identity;
 
 use super::http::{authenticate_client, ApiError, CLIENT_HEADER};
-use super::request_quota;
 use super::requests::{self, Reader};
 use super::subscriptions::Refusal;
-use crate::config::ConnectionSettings;
 use crate::hub::ControlRequest;
 use crate::protocol::time::format_unix_seconds;
 use crate::protocol::{parse_request, ErrorCode, Request, RequestId, ServerMessage};
 use crate::server::ServerState;
-
-/// How often (in requests) idle users are dropped from the rate limiter.
-const RETAIN_EVERY: u64 = 1024;
-
-/// Per-user request budgets for `POST /request`, as a connection has its own.
-pub struct UserRequestLimits {
-    limiter: Option<governor::DefaultKeyedRateLimiter<Arc<str>>>,
-    seen: AtomicU64,
-}
-
-impl std::fmt::Debug for UserRequestLimits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UserRequestLimits")
-    }
-}
-
-impl UserRequestLimits {
-    /// Budgets of `requests_per_second` with `request_burst` per user.
-    pub fn new(settings: &ConnectionSettings) -> Self {
-        Self {
-            limiter: request_quota(settings).map(governor::RateLimiter::keyed),
-            seen: AtomicU64::new(0),
-        }
-    }
-
-    fn admit(&self, user: &Arc<str>) -> bool {
-        let Some(limiter) = &self.limiter else {
-            return true;
-        };
-        if self.seen.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-        limiter.check_key(user).is_ok()
-    }
-}
 
 /// `POST /request`.
 pub async fn handle(
