@@ -1,4 +1,4 @@
-// The SSE stream parser used by the (not yet server-tested) SSE transport.
+// The SSE stream parser of the SSE transport.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { SseParser } from '../../packages/client/dist/index.js';
@@ -18,4 +18,15 @@ test('SseParser splits messages across chunks, handles CRLF, comments, ids and m
     { event: 'unrecoverable', data: '{"channel":"x"}', id: 'r2' },
     { event: 'message', data: 'line1\nline2', id: 'r2' },
   ]);
+});
+
+test('SseParser keeps a CRLF split across chunks as one line end', () => {
+  const parser = new SseParser();
+  const messages = [];
+  parser.onMessage = (m) => messages.push(m);
+  parser.push('event: a\r');
+  parser.push('\ndata: 1\r');
+  parser.push('\n\r');
+  parser.push('\n');
+  assert.deepEqual(messages, [{ event: 'a', data: '1', id: undefined }]);
 });

@@ -1,7 +1,7 @@
 // @tidings/react against a real Tidings server, rendered with React Testing Library (jsdom).
 import { QueryClient, QueryClientProvider, useQuery } from '@tanstack/react-query';
 import { act, cleanup, fireEvent, render, screen, waitFor as rtlWaitFor } from '@testing-library/react';
-import { useState } from 'react';
+import { useState, version as reactVersion } from 'react';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import WebSocket from 'ws';
 import { TidingsClient, type TidingsClientOptions } from '@tidings/client';
@@ -59,6 +59,10 @@ function StateText() {
   const info = useConnectionState();
   return <p data-testid="state">{info.state}</p>;
 }
+
+test('runs the React major this vitest project is for', () => {
+  expect(reactVersion.split('.')[0]).toBe(process.env.EXPECT_REACT);
+});
 
 describe('provider, connection state, status indicator', () => {
   test('useConnectionState and <ConnectionStatus> follow the connection', async () => {

@@ -7,6 +7,7 @@
 import { backoffDelay } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { TidingsError } from './errors.js';
+import { tokenExpiry } from './jwt.js';
 import {
   shouldReconnect,
   type ClientMessage,
@@ -140,6 +141,8 @@ const DEFAULT_REQUEST_TIMEOUT = 10_000;
 /** Close code the SDK reports when its heartbeat watchdog fires. */
 export const HEARTBEAT_TIMEOUT_CODE = 4001;
 
+export { tokenExpiry };
+
 export function toUrls(url: string): { httpUrl: string; wsUrl: string } {
   const trimmed = url.replace(/\/+$/, '').replace(/\/ws$/, '');
   if (/^wss?:\/\//i.test(trimmed)) {
@@ -149,19 +152,6 @@ export function toUrls(url: string): { httpUrl: string; wsUrl: string } {
     return { httpUrl: trimmed, wsUrl: trimmed.replace(/^http/i, 'ws') };
   }
   throw new TypeError(`Tidings url must start with http(s):// or ws(s)://, got ${url}`);
-}
-
-/** Reads `exp` (ms) from a JWT without verifying it; undefined when unreadable. */
-export function tokenExpiry(token: string): number | undefined {
-  const part = token.split('.')[1];
-  if (!part) return undefined;
-  try {
-    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
-    const json = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4))) as { exp?: unknown };
-    return typeof json.exp === 'number' ? json.exp * 1000 : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 export class Connection extends Emitter<ConnectionEvents> {
@@ -188,6 +178,8 @@ export class Connection extends Emitter<ConnectionEvents> {
   #queue: PendingRequest[] = [];
   #nextId = 1;
   #removeNetworkListeners: (() => void) | null = null;
+  /** Resume state the last transport used saved (the SSE resume token). */
+  #resume: { transport: TransportName; state: unknown } | null = null;
 
   constructor(options: ConnectionOptions) {
     super();
@@ -435,17 +427,30 @@ export class Connection extends Emitter<ConnectionEvents> {
     }
     this.#setState({ transport: name });
     const token = this.#token ?? '';
+    const channels = new Map<string, StreamPosition | undefined>();
+    for (const [channel, entry] of this.#channels) {
+      if (entry.status === 'pending') channels.set(channel, entry.position ? { ...entry.position } : undefined);
+    }
+    const resume = this.#resume;
     this.#transport = factory({
       ...this.#urls,
       token,
       WebSocket: this.options.WebSocket,
       fetch: this.options.fetch,
+      channels,
+      resume: resume && resume.transport === name ? resume.state : undefined,
       handlers: {
         message: (message) => {
           if (generation === this.#generation) this.#onMessage(message);
         },
         close: (info) => {
           if (generation === this.#generation) this.#onTransportClose(info, generation);
+        },
+        fail: (id, code, message) => {
+          if (generation === this.#generation) this.#settle(id, new TidingsError(code, message));
+        },
+        saveResume: (state) => {
+          if (generation === this.#generation) this.#resume = { transport: name, state };
         },
       },
     });
@@ -467,7 +472,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     const reason: StateReason = { code, message };
     const authError = this.#authError;
     if (authError) reason.error = authError.code;
-    if (info.status !== undefined) reason.error = `http_${info.status}`;
+    if (info.status !== undefined && !authError) reason.error = `http_${info.status}`;
     if (code === 4003 || authError?.code === 'token_expired') {
       // Expired: a new token is needed whatever the close code.
       this.#needNewToken = true;
@@ -568,7 +573,8 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.#armWatchdog();
     switch (message.type) {
       case 'connected':
-        this.#onConnected(message);
+        if (this.#connected) this.#onIdentity(message);
+        else this.#onConnected(message);
         return;
       case 'ping':
         this.#send({ type: 'pong' });
@@ -580,7 +586,11 @@ export class Connection extends Emitter<ConnectionEvents> {
         this.#lastDisconnect = { code: message.code, reason: message.reason, reconnect: message.reconnect };
         return;
       case 'subscribed':
-        if (message.id !== undefined && this.#onSubscribed(message)) return;
+        if (message.id === undefined) {
+          this.#onResubscribed(message);
+          return;
+        }
+        if (this.#onSubscribed(message)) return;
         break;
       case 'unsubscribed':
         if (message.id === undefined) {
@@ -597,28 +607,39 @@ export class Connection extends Emitter<ConnectionEvents> {
           return;
         }
         if (message.id !== undefined && this.#onSubscribeError(message.id, message.code, message.message)) return;
+        if (message.id === undefined && message.channel !== undefined) {
+          this.#onChannelError(message.channel, message.code, message.message);
+          return;
+        }
         break;
       default:
         break;
     }
     if ('id' in message && message.id !== undefined) {
-      const pending = this.#pending.get(message.id);
-      if (!pending) return;
-      this.#pending.delete(message.id);
-      clearTimeout(pending.timer);
-      if (message.type === 'error') pending.reject(new TidingsError(message.code, message.message));
-      else pending.resolve(message);
+      this.#settle(message.id, message.type === 'error' ? new TidingsError(message.code, message.message) : message);
     }
+  }
+
+  /** Resolves (or, with an error, rejects) the request `id`. */
+  #settle(id: RequestId, outcome: ServerMessage | TidingsError): void {
+    const pending = this.#pending.get(id);
+    if (!pending) return;
+    this.#pending.delete(id);
+    clearTimeout(pending.timer);
+    if (outcome instanceof TidingsError) pending.reject(outcome);
+    else pending.resolve(outcome);
   }
 
   #onConnected(message: ConnectedMessage): void {
     this.#connected = message;
+    // Resume state of another transport is stale once this one carried events.
+    if (this.#resume && this.#resume.transport !== this.#info.transport) this.#resume = null;
     this.#everConnected = true;
     this.#setState({
       state: 'connected',
       attempt: 0,
-      clientId: message.client,
-      user: message.user,
+      clientId: message.client || null,
+      user: message.user || null,
       reason: undefined,
       nextAttemptAt: undefined,
     });
@@ -635,6 +656,17 @@ export class Connection extends Emitter<ConnectionEvents> {
       }
       this.#sendPending(pending);
     }
+  }
+
+  /**
+   * A `connected` within the session: the transport opened a new stream for it
+   * (SSE reopens with each change of channels), so the client id changed.
+   */
+  #onIdentity(message: ConnectedMessage): void {
+    this.#connected = message;
+    this.#setState({ clientId: message.client || null, user: message.user || this.#info.user });
+    this.#armWatchdog();
+    this.#scheduleRefresh(message.expires_at);
   }
 
   #onEvent(event: EventEnvelope): void {
@@ -674,6 +706,36 @@ export class Connection extends Emitter<ConnectionEvents> {
     return true;
   }
 
+  /**
+   * A `subscribed` nobody asked for: the transport resubscribed a channel on its
+   * own (an SSE stream reopened, a poll found its position gone) and could not
+   * recover it. Reported like a resubscription after a reconnect.
+   */
+  #onResubscribed(message: SubscribedMessage): void {
+    const entry = this.#channels.get(message.channel);
+    if (!entry || entry.status !== 'subscribed') return;
+    entry.epoch = message.epoch;
+    if (message.recovered === true) return;
+    entry.position = { offset: message.offset, epoch: message.epoch };
+    this.emit('subscribed', {
+      channel: message.channel,
+      offset: message.offset,
+      epoch: message.epoch,
+      recoverable: message.recoverable,
+      recovered: false,
+      resubscribed: true,
+    });
+  }
+
+  /** The server refused a channel that was subscribed (e.g. when an SSE stream reopened). */
+  #onChannelError(channel: string, code: TidingsError['code'], text: string): void {
+    const entry = this.#channels.get(channel);
+    if (!entry) return;
+    entry.status = 'error';
+    entry.requestId = undefined;
+    this.emit('subscribeError', { channel, error: new TidingsError(code, text) });
+  }
+
   #onSubscribeError(id: RequestId, code: TidingsError['code'], text: string): boolean {
     for (const [channel, entry] of this.#channels) {
       if (entry.requestId === id) {
@@ -696,6 +758,11 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.#watchdog = setTimeout(() => {
       this.#watchdog = null;
       if (!this.#connected) return;
+      if (this.#transport?.idle?.()) {
+        // Nothing open that could go silent: look again later.
+        this.#armWatchdog();
+        return;
+      }
       // Nothing arrived for a whole heartbeat plus grace: the socket is dead.
       const generation = this.#generation;
       const transport = this.#transport;

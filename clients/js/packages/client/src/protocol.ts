@@ -160,8 +160,20 @@ export type ErrorCode =
 export interface ErrorMessage {
   type: 'error';
   id?: RequestId;
+  /** Over SSE: the channel the stream could not subscribe to. */
+  channel?: string;
   code: ErrorCode;
   message: string;
+}
+
+/** SSE: a channel of the resume token could not be recovered (`subscribed` with `recovered: false` follows). */
+export interface UnrecoverableMessage {
+  type: 'unrecoverable';
+  channel: string;
+  epoch: string;
+  offset: number;
+  /** `epoch_changed`, `history_gone` or `offset_ahead`. */
+  reason: string;
 }
 
 export interface DisconnectMessage {

@@ -1,4 +1,5 @@
-import type { ClientMessage, ServerMessage } from '../protocol.js';
+import type { ClientErrorCode } from '../errors.js';
+import type { ClientMessage, RequestId, ServerMessage, StreamPosition } from '../protocol.js';
 
 /** The ways of reaching a Tidings server, in the default fallback order. */
 export type TransportName = 'websocket' | 'sse' | 'polling';
@@ -32,6 +33,16 @@ export interface TransportClose {
 export interface TransportHandlers {
   message(message: ServerMessage): void;
   close(info: TransportClose): void;
+  /**
+   * Settles the request `id` with an SDK error instead of a server reply (e.g.
+   * `connection_lost` when an HTTP request failed on the way).
+   */
+  fail(id: RequestId, code: ClientErrorCode, message: string): void;
+  /**
+   * Keeps transport-specific resume state (the SSE resume token) for the next
+   * attempt of the same transport, which finds it in `TransportContext.resume`.
+   */
+  saveResume(state: unknown): void;
 }
 
 /** Everything a transport needs to open. */
@@ -44,6 +55,14 @@ export interface TransportContext {
   handlers: TransportHandlers;
   WebSocket: WebSocketConstructor | undefined;
   fetch: typeof fetch | undefined;
+  /**
+   * The channels the connection will subscribe to once `connected`, with the
+   * positions it will resume from. A transport that names its channels when it
+   * opens (SSE) opens with these.
+   */
+  channels: ReadonlyMap<string, StreamPosition | undefined>;
+  /** What this transport passed to `handlers.saveResume` during the previous session, if it was the last one used. */
+  resume: unknown;
 }
 
 /**
@@ -56,6 +75,11 @@ export interface Transport {
   send(message: ClientMessage): void;
   /** Closes and detaches at once: no handler is called afterwards. */
   close(code: number, reason: string): void;
+  /**
+   * True while nothing could go silent (no stream or poll is open, e.g. no
+   * channel is subscribed over SSE or polling): the heartbeat watchdog waits.
+   */
+  idle?(): boolean;
 }
 
 export type TransportFactory = (context: TransportContext) => Transport;

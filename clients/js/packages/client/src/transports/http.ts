@@ -1,0 +1,151 @@
+/**
+ * What the HTTP transports (SSE and polling) share: `POST /request` for the
+ * requests a WebSocket client would send in band, error bodies, channel names.
+ */
+import { tokenExpiry, tokenSubject } from '../jwt.js';
+import type { ClientMessage, ErrorCode, RequestId, ServerMessage } from '../protocol.js';
+import type { TransportContext } from './types.js';
+
+/** A channel name the server accepts (docs/protocol.md §1). */
+const CHANNEL_NAME = /^[A-Za-z0-9_.:@/=-]{1,255}$/;
+
+export function validChannel(channel: string): boolean {
+  return CHANNEL_NAME.test(channel);
+}
+
+const ERROR_CODES: readonly ErrorCode[] = [
+  'bad_request',
+  'unauthorized',
+  'permission_denied',
+  'unknown_channel',
+  'already_subscribed',
+  'not_subscribed',
+  'limit_exceeded',
+  'rate_limited',
+  'token_expired',
+  'not_available',
+  'internal',
+];
+
+function errorCode(value: unknown, fallback: ErrorCode): ErrorCode {
+  return ERROR_CODES.find((code) => code === value) ?? fallback;
+}
+
+/** The code and message of an error answer: `{"error":{code,message}}` or `{"type":"error",code,message}`. */
+export async function readError(response: Response, fallback: ErrorCode): Promise<{ code: ErrorCode; message: string }> {
+  let body: unknown;
+  try {
+    body = await response.json();
+  } catch {
+    return { code: fallback, message: `HTTP ${response.status}` };
+  }
+  const error =
+    body && typeof body === 'object' && 'error' in body && body.error && typeof body.error === 'object'
+      ? (body.error as { code?: unknown; message?: unknown })
+      : (body as { code?: unknown; message?: unknown } | null);
+  return {
+    code: errorCode(error?.code, fallback),
+    message: typeof error?.message === 'string' ? error.message : `HTTP ${response.status}`,
+  };
+}
+
+export function authHeaders(token: string): Record<string, string> {
+  return { Authorization: `Bearer ${token}` };
+}
+
+/** The transport-independent way an HTTP transport answers a request. */
+export interface RequestSink {
+  message(message: ServerMessage): void;
+  fail(id: RequestId, message: string): void;
+}
+
+function errorReply(id: RequestId | undefined, code: ErrorCode, message: string): ServerMessage {
+  return { type: 'error', ...(id !== undefined ? { id } : {}), code, message };
+}
+
+/**
+ * Sends `message` to `POST /request` and hands the reply (or the server's error
+ * message) to `sink`; a request that never got an answer fails with
+ * `connection_lost`, since it may or may not have been applied.
+ */
+export async function postRequest(
+  context: TransportContext,
+  token: string,
+  message: ClientMessage & { id?: RequestId },
+  sink: RequestSink,
+  streamClient?: string,
+): Promise<ServerMessage | undefined> {
+  const id = message.id;
+  const doFetch = context.fetch;
+  if (!doFetch) {
+    sink.message(errorReply(id, 'not_available', 'no fetch implementation for POST /request'));
+    return undefined;
+  }
+  const headers: Record<string, string> = { ...authHeaders(token), 'Content-Type': 'application/json' };
+  if (streamClient) headers['X-Tidings-Client'] = streamClient;
+  let response: Response;
+  let body: unknown;
+  try {
+    response = await doFetch(`${context.httpUrl}/request`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify(message),
+      cache: 'no-store',
+    });
+    body = await response.json().catch(() => undefined);
+  } catch (err) {
+    if (id !== undefined) sink.fail(id, `POST /request failed: ${String(err)}`);
+    return undefined;
+  }
+  let reply: ServerMessage;
+  if (body && typeof body === 'object' && typeof (body as { type?: unknown }).type === 'string') {
+    reply = body as ServerMessage;
+  } else if (response.status === 404 || response.status === 405) {
+    reply = errorReply(id, 'not_available', `this server does not take POST /request (HTTP ${response.status})`);
+  } else {
+    reply = errorReply(id, 'internal', `unexpected answer to POST /request: HTTP ${response.status}`);
+  }
+  sink.message(reply);
+  return reply;
+}
+
+/**
+ * `refresh` where no server-side session holds the token (polling, or SSE with
+ * no stream open): the new token is checked by the server (`POST /request`
+ * `ping` with it) and must name the same user; the transport then uses it.
+ */
+export async function verifyRefresh(
+  context: TransportContext,
+  current: string,
+  next: string,
+  id: RequestId | undefined,
+  sink: RequestSink,
+): Promise<boolean> {
+  const subject = tokenSubject(next);
+  if (subject === undefined || subject !== tokenSubject(current)) {
+    sink.message(errorReply(id, 'unauthorized', 'the new token is for another user'));
+    return false;
+  }
+  let verdict: ServerMessage | undefined;
+  const probe: RequestSink = {
+    message: (reply) => {
+      verdict = reply;
+    },
+    fail: (_id, text) => {
+      if (id !== undefined) sink.fail(id, text);
+    },
+  };
+  await postRequest(context, next, { type: 'ping', id: 'refresh' }, probe);
+  if (!verdict) return false;
+  if (verdict.type === 'error') {
+    sink.message({ ...verdict, ...(id !== undefined ? { id } : {}) });
+    return false;
+  }
+  const expiry = tokenExpiry(next);
+  sink.message({
+    type: 'refreshed',
+    ...(id !== undefined ? { id } : {}),
+    ...(expiry !== undefined ? { expires_at: new Date(expiry).toISOString() } : {}),
+  });
+  return true;
+}

@@ -1,0 +1,413 @@
+// @tidings/client over SSE and HTTP long-polling, against real server processes
+// whose WebSocket (and SSE) endpoints are switched off.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
+import { TidingsClient } from '../../packages/client/dist/index.js';
+import { sleep, startServer, waitFor } from '../helpers/server.mjs';
+
+const NO_WEBSOCKET = { TIDINGS_TRANSPORTS__WEBSOCKET: 'false' };
+const POLLING_ONLY = { TIDINGS_TRANSPORTS__WEBSOCKET: 'false', TIDINGS_TRANSPORTS__SSE: 'false' };
+
+/** A client for `server` (default transports, `ws` for WebSocket) with fast reconnects. */
+function makeClient(server, { claims = {}, ...options } = {}) {
+  const states = [];
+  const tokenRequests = [];
+  const client = new TidingsClient({
+    url: server.url,
+    WebSocket,
+    getToken: async (request) => {
+      tokenRequests.push(request.reason);
+      return server.token(claims);
+    },
+    reconnect: { minDelay: 50, maxDelay: 200, maxAttempts: 20 },
+    watchNetwork: false,
+    ...options,
+  });
+  client.on('state', (info) => states.push(info));
+  return { client, states, tokenRequests };
+}
+
+function collect(client, channel, options) {
+  const events = [];
+  const subscribed = [];
+  const states = [];
+  const sub = client.subscribe(channel, (e) => events.push(e), options);
+  sub.on('subscribed', (info) => subscribed.push(info));
+  sub.on('state', (s) => states.push(s));
+  return { sub, events, subscribed, states };
+}
+
+/** Publishes `event` with `{i}` = 1, 2, … on `channel` every `every` ms until stopped; resolves with the count. */
+function publisher(server, channel, every = 5) {
+  let stop = false;
+  let count = 0;
+  const done = (async () => {
+    while (!stop) {
+      count++;
+      await server.publish(channel, 'tick', { i: count });
+      await sleep(every);
+    }
+    return count;
+  })();
+  return {
+    get count() {
+      return count;
+    },
+    stop: () => {
+      stop = true;
+      return done;
+    },
+  };
+}
+
+const range = (n) => Array.from({ length: n }, (_, k) => k + 1);
+
+describe('SSE (WebSocket switched off on the server)', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ env: NO_WEBSOCKET });
+  });
+  after(() => server.stop());
+
+  test('falls back to SSE: events arrive; publish, history, presence and status go through POST /request', async () => {
+    const { client, states } = makeClient(server, { claims: { sub: 'u-sse' } });
+    const orders = collect(client, 'workspace:acme:orders');
+    const chat = collect(client, 'chat:sse-room');
+    const denied = collect(client, 'workspace:globex');
+    await waitFor(() => orders.sub.state === 'subscribed' && chat.sub.state === 'subscribed', { message: 'subscribed' });
+    await waitFor(() => denied.sub.state === 'error', { message: 'refused channel' });
+    assert.equal(denied.sub.error.code, 'permission_denied');
+    assert.equal(client.state, 'connected');
+    assert.equal(client.transport, 'sse');
+    assert.deepEqual([...new Set(states.map((s) => s.transport).filter(Boolean))], ['websocket', 'sse']);
+    assert.match(client.clientId, /^c_/);
+    assert.equal(client.stateInfo.user, 'u-sse');
+
+    await server.entityEvent({
+      workspace: 'acme',
+      entity: { type: 'orders', id: 'o1', version: 3 },
+      action: 'created',
+      data: { total: 5 },
+      actor: 'u7',
+    });
+    await waitFor(() => orders.events.length === 1, { message: 'event over SSE' });
+    assert.equal(orders.events[0].event, 'orders.created');
+    assert.deepEqual(orders.events[0].data, { total: 5 });
+    assert.deepEqual(orders.events[0].meta, { actor: 'u7', entity: { type: 'orders', id: 'o1', version: 3 } });
+
+    // Client publish where the namespace allows it (chat: publish = [{}]); meta.actor is the token's sub.
+    const published = await client.publish('chat:sse-room', 'message', { text: 'hi' });
+    assert.equal(published.type, 'published');
+    assert.equal(published.offset, 1);
+    await waitFor(() => chat.events.length === 1, { message: 'own publish over SSE' });
+    assert.equal(chat.events[0].meta.actor, 'u-sse');
+    await assert.rejects(client.publish('workspace:acme:orders', 'x', {}), { code: 'permission_denied' });
+    await assert.rejects(client.publish('nowhere:x', 'x', {}), { code: 'unknown_channel' });
+
+    const history = await client.history('chat:sse-room');
+    assert.deepEqual(
+      history.events.map((e) => e.data),
+      [{ text: 'hi' }],
+    );
+
+    // status and presence name this stream (X-Tidings-Client).
+    const status = await client.setStatus('busy');
+    assert.equal(status.type, 'status');
+    assert.equal(status.status, 'busy');
+    const presence = await client.presence('workspace:acme:orders');
+    assert.deepEqual(
+      presence.members.map((m) => [m.user, m.status, m.clients]),
+      [['u-sse', 'busy', [client.clientId]]],
+    );
+    client.close();
+  });
+
+  test('subscription changes reopen the stream: channels already on it lose and repeat nothing and are not re-reported', async () => {
+    const { client } = makeClient(server, { claims: { sub: 'u-reopen' } });
+    const channel = 'workspace:acme:feed';
+    const feed = collect(client, channel);
+    await waitFor(() => feed.sub.state === 'subscribed');
+    const firstClient = client.clientId;
+    const pub = publisher(server, channel, 3);
+    const others = [];
+    for (let k = 0; k < 6; k++) {
+      // Add a channel, wait for it, drop the previous one: each change is a new stream.
+      const next = collect(client, `workspace:acme:side${k}`);
+      others.push(next);
+      await waitFor(() => next.sub.state === 'subscribed', { message: `side${k} subscribed` });
+      if (k > 0) others[k - 1].sub.unsubscribe();
+      await sleep(20);
+    }
+    const total = await pub.stop();
+    await waitFor(() => feed.events.length >= total, { message: `${total} events` });
+    await sleep(100);
+    assert.deepEqual(
+      feed.events.map((e) => e.data.i),
+      range(total),
+      'every event once, in order',
+    );
+    assert.equal(feed.subscribed.length, 1, 'the reopens are not reported as (re)subscriptions');
+    assert.equal(feed.sub.state, 'subscribed');
+    assert.notEqual(client.clientId, firstClient, 'each stream has its own client id');
+    assert.ok(total >= 10, `published ${total} events during the reopens`);
+    // The last side channel is live on the current stream.
+    await server.publish('workspace:acme:side5', 'x', { ok: true });
+    await waitFor(() => others[5].events.length === 1);
+    // Dropping every channel closes the stream; subscribing again opens one.
+    feed.sub.unsubscribe();
+    others[5].sub.unsubscribe();
+    await waitFor(() => client.clientId === null, { message: 'no stream, no client id' });
+    assert.equal(client.state, 'connected');
+    const again = collect(client, channel);
+    await waitFor(() => again.sub.state === 'subscribed');
+    assert.match(client.clientId, /^c_/);
+    client.close();
+  });
+
+  test('the server closes the stream (disconnect 4000) while events are published: reconnects and recovers each event once, in order', async () => {
+    const { client, states } = makeClient(server, {
+      claims: { sub: 'u-sse-4000' },
+      reconnect: { minDelay: 200, maxDelay: 300, maxAttempts: 10 },
+    });
+    const channel = 'workspace:acme:stream';
+    const { sub, events, subscribed } = collect(client, channel);
+    await waitFor(() => sub.state === 'subscribed');
+    const pub = publisher(server, channel, 5);
+    await waitFor(() => events.length >= 5, { message: 'first events' });
+    const firstClient = client.clientId;
+    await server.disconnectUser('u-sse-4000', 4000);
+    await waitFor(() => client.state === 'reconnecting', { message: 'reconnecting' });
+    await waitFor(() => client.state === 'connected' && subscribed.length === 2, { message: 'resubscribed' });
+    await sleep(100);
+    const total = await pub.stop();
+    await waitFor(() => events.length >= total, { message: `${total} events` });
+    await sleep(100);
+    assert.deepEqual(
+      events.map((e) => e.data.i),
+      range(total),
+    );
+    assert.deepEqual(
+      events.map((e) => e.offset),
+      range(total),
+    );
+    assert.equal(subscribed[1].recovered, true);
+    assert.equal(subscribed[1].resubscribed, true);
+    assert.notEqual(client.clientId, firstClient);
+    assert.equal(client.transport, 'sse');
+    const lost = states.find((s) => s.state === 'reconnecting');
+    assert.equal(lost.reason.code, 4000);
+    client.close();
+  });
+
+  test('disconnect 4502 from the server API stops: disconnected, no reconnect', async () => {
+    const { client, tokenRequests } = makeClient(server, { claims: { sub: 'u-sse-4502' } });
+    const { sub } = collect(client, 'workspace:acme');
+    await waitFor(() => sub.state === 'subscribed');
+    await server.disconnectUser('u-sse-4502');
+    await waitFor(() => client.state === 'disconnected', { message: 'disconnected' });
+    assert.equal(client.stateInfo.reason.code, 4502);
+    await sleep(300);
+    assert.equal(client.state, 'disconnected');
+    assert.deepEqual(tokenRequests, ['initial']);
+    client.close();
+  });
+
+  test('the token is refreshed through POST /request (X-Tidings-Client): the stream outlives the first token', async () => {
+    const reasons = [];
+    const client = new TidingsClient({
+      url: server.url,
+      WebSocket,
+      getToken: async (request) => {
+        reasons.push(request.reason);
+        return server.token({ sub: 'u-sse-refresh', ttl: 3 });
+      },
+      refreshMargin: 1500,
+      watchNetwork: false,
+    });
+    const { sub, events } = collect(client, 'workspace:acme:refresh');
+    await waitFor(() => sub.state === 'subscribed');
+    const id = client.clientId;
+    await sleep(4500);
+    assert.equal(client.state, 'connected');
+    assert.equal(client.clientId, id, 'same stream');
+    assert.ok(reasons.includes('refresh'), `reasons ${reasons}`);
+    await server.publish('workspace:acme:refresh', 'still', {});
+    await waitFor(() => events.length === 1);
+    client.close();
+  });
+});
+
+describe('SSE across a server restart', () => {
+  test('the resume token of the old process is unrecoverable: recovered false, live events continue', async () => {
+    let server = await startServer({ env: NO_WEBSOCKET });
+    const { port, secret, apiKey } = server;
+    const { client } = makeClient(server, { reconnect: { minDelay: 100, maxDelay: 300, maxAttempts: 50 } });
+    const channel = 'workspace:acme:restart';
+    const { sub, events, subscribed } = collect(client, channel);
+    await waitFor(() => sub.state === 'subscribed');
+    await server.publish(channel, 't', { n: 1 });
+    await waitFor(() => events.length === 1);
+    await server.stop('SIGTERM');
+    server = await startServer({ port, secret, apiKey, env: NO_WEBSOCKET });
+    try {
+      await waitFor(() => subscribed.length === 2, { timeout: 15_000, message: 'resubscribed after restart' });
+      assert.equal(subscribed[1].recovered, false);
+      assert.notEqual(subscribed[1].epoch, subscribed[0].epoch);
+      assert.equal(client.transport, 'sse');
+      await server.publish(channel, 't', { n: 2 });
+      await waitFor(() => events.length === 2);
+      assert.equal(events[1].offset, 1);
+      client.close();
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe('long-polling (WebSocket and SSE switched off)', () => {
+  let server;
+  before(async () => {
+    // No leeway, so a poll with an expired token is refused at once (the refresh test).
+    server = await startServer({ env: { ...POLLING_ONLY, TIDINGS_JWT_LEEWAY: '0s' } });
+  });
+  after(() => server.stop());
+
+  test('falls back to polling: events arrive, a publish during a long poll arrives at once; requests over POST /request', async () => {
+    const { client, states } = makeClient(server, { claims: { sub: 'u-poll' } });
+    const { sub, events, subscribed } = collect(client, 'workspace:acme:polled');
+    const chat = collect(client, 'chat:poll-room');
+    await waitFor(() => sub.state === 'subscribed' && chat.sub.state === 'subscribed', { message: 'subscribed' });
+    assert.equal(client.transport, 'polling');
+    assert.deepEqual([...new Set(states.map((s) => s.transport).filter(Boolean))], ['websocket', 'sse', 'polling']);
+    assert.equal(client.clientId, null, 'polling has no client id');
+    assert.equal(client.stateInfo.user, 'u-poll');
+    assert.equal(subscribed[0].recovered, undefined);
+
+    await sleep(500); // the next poll is now waiting (wait=25)
+    const started = Date.now();
+    await server.publish('workspace:acme:polled', 'ping', { n: 1 });
+    await waitFor(() => events.length === 1, { timeout: 5000, message: 'event over polling' });
+    const latency = Date.now() - started;
+    assert.ok(latency < 1000, `arrived after ${latency} ms`);
+    assert.deepEqual(events[0].data, { n: 1 });
+
+    for (let n = 2; n <= 30; n++) await server.publish('workspace:acme:polled', 'ping', { n });
+    await waitFor(() => events.length === 30, { message: '30 events' });
+    assert.deepEqual(
+      events.map((e) => e.data.n),
+      range(30),
+    );
+
+    const published = await client.publish('chat:poll-room', 'message', { text: 'polled' });
+    assert.equal(published.offset, 1);
+    await waitFor(() => chat.events.length === 1);
+    assert.equal(chat.events[0].meta.actor, 'u-poll');
+    await assert.rejects(client.publish('workspace:acme:polled', 'x', {}), { code: 'permission_denied' });
+    const history = await client.history('workspace:acme:polled', { limit: 2 });
+    assert.deepEqual(
+      history.events.map((e) => e.offset),
+      [1, 2],
+    );
+    await assert.rejects(client.setStatus('away'), { code: 'not_available' });
+
+    const denied = collect(client, 'workspace:globex');
+    await waitFor(() => denied.sub.state === 'error');
+    assert.equal(denied.sub.error.code, 'permission_denied');
+    sub.unsubscribe();
+    chat.sub.unsubscribe();
+    client.close();
+  });
+
+  test('a token refreshed over polling is checked by the server and used for the next polls: no reconnect at expiry', async () => {
+    const reasons = [];
+    const states = [];
+    const client = new TidingsClient({
+      url: server.url,
+      WebSocket,
+      getToken: async (request) => {
+        reasons.push(request.reason);
+        return server.token({ sub: 'u-poll-refresh', ttl: 3 });
+      },
+      refreshMargin: 1500,
+      watchNetwork: false,
+    });
+    client.on('state', (s) => states.push(s.state));
+    const { sub, events } = collect(client, 'workspace:acme:poll-refresh');
+    await waitFor(() => sub.state === 'subscribed');
+    // An event every 300 ms ends each long poll, so new polls keep starting past the first token's expiry.
+    for (let n = 1; n <= 15; n++) {
+      await server.publish('workspace:acme:poll-refresh', 'tick', { n });
+      await sleep(300);
+    }
+    await waitFor(() => events.length === 15);
+    assert.ok(reasons.includes('refresh'), `reasons ${reasons}`);
+    assert.ok(!states.includes('reconnecting'), `states ${states}`);
+    client.close();
+  });
+
+  test('after a server restart the polls resume with since and report recovered: false', async () => {
+    let own = await startServer({ env: POLLING_ONLY });
+    const { port, secret, apiKey } = own;
+    const { client } = makeClient(own, { reconnect: { minDelay: 100, maxDelay: 300, maxAttempts: 50 } });
+    const { sub, events, subscribed } = collect(client, 'workspace:acme:poll-restart');
+    await waitFor(() => sub.state === 'subscribed');
+    await own.publish('workspace:acme:poll-restart', 't', { n: 1 });
+    await waitFor(() => events.length === 1);
+    await own.stop();
+    own = await startServer({ port, secret, apiKey, env: POLLING_ONLY });
+    try {
+      await waitFor(() => subscribed.length === 2, { timeout: 15_000, message: 'resubscribed' });
+      assert.equal(subscribed[1].recovered, false);
+      await own.publish('workspace:acme:poll-restart', 't', { n: 2 });
+      await waitFor(() => events.length === 2);
+      client.close();
+    } finally {
+      await own.stop();
+    }
+  });
+});
+
+describe('transport fallback order', () => {
+  test('every transport switched off: websocket, sse, polling are tried in order, then failed with http_404', async () => {
+    const server = await startServer({
+      env: { ...POLLING_ONLY, TIDINGS_TRANSPORTS__POLLING: 'false' },
+    });
+    try {
+      const tried = [];
+      const { client } = makeClient(server, { reconnect: { minDelay: 20, maxDelay: 40, maxAttempts: 1 } });
+      client.on('state', (s) => {
+        if (s.transport && tried.at(-1) !== s.transport) tried.push(s.transport);
+      });
+      await waitFor(() => client.state === 'failed', { message: 'failed' });
+      assert.deepEqual(tried, ['websocket', 'sse', 'polling']);
+      assert.equal(client.stateInfo.reason.error, 'http_404');
+      client.close();
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test('a bad token over SSE stops with 4500 unauthorized, as over WebSocket', async () => {
+    const server = await startServer({ env: NO_WEBSOCKET });
+    try {
+      for (const channels of [[], ['workspace:acme']]) {
+        const client = new TidingsClient({
+          url: server.url,
+          WebSocket,
+          getToken: async () => 'not-a-jwt',
+          reconnect: { minDelay: 20, maxDelay: 40 },
+          watchNetwork: false,
+        });
+        for (const channel of channels) client.subscribe(channel);
+        await waitFor(() => client.state === 'disconnected' && client.stateInfo.reason, { message: 'stopped' });
+        assert.equal(client.transport, 'sse');
+        assert.equal(client.stateInfo.reason.code, 4500);
+        assert.equal(client.stateInfo.reason.error, 'unauthorized');
+        client.close();
+      }
+    } finally {
+      await server.stop();
+    }
+  });
+});
