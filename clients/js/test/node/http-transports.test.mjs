@@ -368,6 +368,74 @@ describe('long-polling (WebSocket and SSE switched off)', () => {
   });
 });
 
+describe('HTTP transports: heartbeat and request budget', () => {
+  test('SSE: with no channel there is no stream and no watchdog; a stream that goes silent trips it', async () => {
+    const server = await startServer({
+      env: { ...NO_WEBSOCKET, TIDINGS_CONNECTION_HEARTBEAT: '300ms' },
+    });
+    try {
+      const { client, states } = makeClient(server, { heartbeatGrace: 400 });
+      await waitFor(() => client.state === 'connected');
+      assert.equal(client.transport, 'sse');
+      assert.equal(client.clientId, null, 'no channel, no stream');
+      await sleep(1200); // longer than heartbeat + grace
+      assert.ok(!states.some((s) => s.state === 'reconnecting'), 'idle: nothing to watch');
+      const { sub } = collect(client, 'workspace:acme:hb');
+      await waitFor(() => sub.state === 'subscribed');
+      const id = client.clientId;
+      await sleep(1200); // `: ping` every 300 ms keeps the stream alive
+      assert.equal(client.clientId, id, 'same stream');
+      server.pause();
+      try {
+        await waitFor(() => client.state === 'reconnecting', { timeout: 3000, message: 'watchdog' });
+        assert.equal(states.find((s) => s.state === 'reconnecting').reason.code, 4001);
+      } finally {
+        server.resume();
+      }
+      await waitFor(() => client.state === 'connected' && sub.state === 'subscribed', { message: 'back' });
+      client.close();
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test('polling: polls over the request budget (429) pause and resume; nothing is lost, no reconnect', async () => {
+    const server = await startServer({
+      env: { ...POLLING_ONLY, TIDINGS_CONNECTION_REQUESTS_PER_SECOND: '4', TIDINGS_CONNECTION_REQUEST_BURST: '4' },
+    });
+    try {
+      const statuses = [];
+      const { client, states } = makeClient(server, {
+        claims: { sub: 'u-budget' },
+        fetch: async (input, init) => {
+          const response = await fetch(input, init);
+          statuses.push(response.status);
+          return response;
+        },
+      });
+      const { sub, events } = collect(client, 'workspace:acme:budget');
+      await waitFor(() => sub.state === 'subscribed');
+      for (let n = 1; n <= 40; n++) {
+        await server.publish('workspace:acme:budget', 'tick', { n });
+        await sleep(40);
+      }
+      await waitFor(() => events.length === 40, { timeout: 15_000, message: '40 events' });
+      assert.deepEqual(
+        events.map((e) => e.data.n),
+        range(40),
+      );
+      assert.ok(!states.some((s) => s.state === 'reconnecting'), 'no reconnect');
+      assert.ok(statuses.includes(429), 'some polls were over the budget');
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      const polls = Number(/^tidings_polls_total\s+(\d+)/m.exec(metrics)?.[1]);
+      assert.ok(polls < 40, `${polls} polls for 40 events`);
+      client.close();
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
 describe('transport fallback order', () => {
   test('every transport switched off: websocket, sse, polling are tried in order, then failed with http_404', async () => {
     const server = await startServer({

@@ -29,6 +29,26 @@ const WAIT_SECONDS = 25;
 const LIMIT = 100;
 /** A poll without an answer this long after its wait is given up as lost. */
 const POLL_SLACK_MS = 15_000;
+/**
+ * Least time between the starts of two polls of a channel while events keep
+ * coming (polls count against the user's request budget); events published
+ * meanwhile come together in the next answer. A poll waiting on a quiet
+ * channel still answers as soon as an event is published.
+ */
+const MIN_POLL_INTERVAL_MS = 100;
+/** First and largest pause after `429 rate_limited`. */
+const RATE_LIMIT_PAUSE_MS = [500, 8000] as const;
+
+const sleep = (ms: number, signal: AbortSignal): Promise<void> =>
+  new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done);
+  });
 
 interface PollReply {
   channel: string;
@@ -96,6 +116,11 @@ export function pollingTransport(context: TransportContext): Transport {
       emit({ type: 'error', code: error.code, message: error.message });
       return finish(4500, error.message, true, response.status);
     }
+    if (response.status === 429) {
+      // Over the user's request budget: reconnect after a backoff, like close 4004.
+      const error = await readError(response, 'rate_limited');
+      return finish(4004, error.message, true, response.status);
+    }
     if (!response.ok) {
       // 404/405: not served here; 5xx: not usable now.
       return finish(1006, `polling not available: HTTP ${response.status}`, false, response.status);
@@ -131,7 +156,14 @@ export function pollingTransport(context: TransportContext): Transport {
     };
     let position = since;
     let first = true;
+    let started = 0;
+    let busy = false;
+    let limited = 0;
     while (alive()) {
+      const elapsed = Date.now() - started;
+      if (busy && elapsed < MIN_POLL_INTERVAL_MS) await sleep(MIN_POLL_INTERVAL_MS - elapsed, controller.signal);
+      if (!alive()) return;
+      started = Date.now();
       const url = new URL(`${context.httpUrl}/events`);
       url.searchParams.set('channel', channel);
       if (position) {
@@ -148,6 +180,12 @@ export function pollingTransport(context: TransportContext): Transport {
         if (!response.ok) {
           const error = await readError(response, 'bad_request');
           if (!alive()) return;
+          if (response.status === 429) {
+            // Over the user's request budget: pause, then ask again.
+            const pause = Math.min(RATE_LIMIT_PAUSE_MS[1], RATE_LIMIT_PAUSE_MS[0] * 2 ** limited++);
+            await sleep(pause * (0.5 + Math.random() / 2), controller.signal);
+            continue;
+          }
           if (first) {
             forget();
             emit({ type: 'error', ...withId(id), code: error.code, message: error.message });
@@ -165,6 +203,7 @@ export function pollingTransport(context: TransportContext): Transport {
           return finish(1006, `poll failed: HTTP ${response.status} ${error.message}`, true, response.status);
         }
         body = (await response.json()) as PollReply;
+        limited = 0;
       } catch (err) {
         if (!alive()) return;
         return finish(1006, `poll failed: ${String(err)}`, true);
@@ -190,6 +229,7 @@ export function pollingTransport(context: TransportContext): Transport {
         emit(event);
       }
       position = { offset: body.offset, epoch: body.epoch };
+      busy = body.events.length > 0 && body.more !== true;
       // Every answer proves the server is there (the connection's watchdog).
       emit({ type: 'ping' });
     }

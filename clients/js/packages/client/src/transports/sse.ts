@@ -240,7 +240,8 @@ export function sseTransport(context: TransportContext): Transport {
       if (error.code === 'token_expired') return finish(4003, error.message, true, status);
       return finish(4500, error.message, true, status);
     }
-    if (status === 429) return finish(4503, error.message, true, status);
+    // 429: the user's or the node's connection limit (as close 4503), or a request budget (as 4004).
+    if (status === 429) return finish(error.code === 'rate_limited' ? 4004 : 4503, error.message, true, status);
     if (status === 400) {
       if (own.resumed) {
         // A resume token this server cannot read (another server, or a version
