@@ -148,6 +148,11 @@ describe('SSE (WebSocket switched off on the server)', () => {
       'every event once, in order',
     );
     assert.equal(feed.subscribed.length, 1, 'the reopens are not reported as (re)subscriptions');
+    assert.deepEqual(
+      feed.states.map((s) => s.state),
+      ['subscribed'],
+      'the subscription state did not move',
+    );
     assert.equal(feed.sub.state, 'subscribed');
     assert.notEqual(client.clientId, firstClient, 'each stream has its own client id');
     assert.ok(total >= 10, `published ${total} events during the reopens`);
@@ -162,6 +167,40 @@ describe('SSE (WebSocket switched off on the server)', () => {
     const again = collect(client, channel);
     await waitFor(() => again.sub.state === 'subscribed');
     assert.match(client.clientId, /^c_/);
+    client.close();
+  });
+
+  test('a channel the reopened stream cannot resume is reported with recovered: false and stays subscribed', async () => {
+    const { client } = makeClient(server, { claims: { sub: 'u-gone' } });
+    const channel = 'workspace:acme:gone';
+    const gone = collect(client, channel);
+    await waitFor(() => gone.sub.state === 'subscribed');
+    await server.publish(channel, 'seen', {});
+    await waitFor(() => gone.events.length === 1);
+    // Events this stream is excluded from do not move its resume position; once
+    // more of them than the history keeps (100) are published, the position is gone.
+    for (let i = 0; i < 101; i++) await server.publish(channel, 'hidden', {}, { exclude_client: client.clientId });
+    const other = collect(client, 'workspace:acme:other');
+    await waitFor(() => other.sub.state === 'subscribed' && gone.subscribed.length === 2, { message: 'reported' });
+    assert.deepEqual(
+      gone.subscribed.map((s) => [s.recovered, s.resubscribed]),
+      [
+        [undefined, false],
+        [false, true],
+      ],
+    );
+    assert.equal(gone.subscribed[1].offset, 102);
+    assert.equal(gone.sub.state, 'subscribed');
+    assert.deepEqual(gone.sub.position, { offset: 102, epoch: gone.subscribed[0].epoch });
+    await server.publish(channel, 'live', {});
+    await waitFor(() => gone.events.length === 2);
+    assert.deepEqual(
+      gone.events.map((e) => [e.event, e.offset]),
+      [
+        ['seen', 1],
+        ['live', 103],
+      ],
+    );
     client.close();
   });
 
