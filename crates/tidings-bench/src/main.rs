@@ -3,10 +3,12 @@
 //!
 //! Scenarios: `idle` (connections and memory), `fanout` (one channel, many
 //! subscribers), `channels` (one channel per connection), `max` (raise the rate
-//! until p99 crosses a bound), `smoke` (a few seconds, for the test suite) and
-//! `all`. Results go to `<out>/results.json`, `<out>/results.md` and SVG charts.
+//! until p99 crosses a bound), `smoke` (a few seconds, for the test suite),
+//! `all`, and `history` (what history costs in server memory; Tidings only).
+//! Results go to `<out>/results.json`, `<out>/results.md` and SVG charts.
 
 mod client;
+mod history;
 mod publish;
 mod report;
 mod server;
@@ -35,6 +37,9 @@ enum Scenario {
     Smoke,
     /// idle, fanout, channels and max in turn.
     All,
+    /// What history costs in server memory: per channel touched once, per
+    /// remembered position, per event (Tidings only; starts its own servers).
+    History,
     /// Only regenerate results.md and the charts from results.json.
     Report,
 }
@@ -48,6 +53,7 @@ impl Scenario {
             Scenario::Max => "max",
             Scenario::Smoke => "smoke",
             Scenario::All => "all",
+            Scenario::History => "history",
             Scenario::Report => "report",
         }
     }
@@ -159,6 +165,50 @@ struct Cli {
     /// Hard limit on each scenario run per target, in seconds.
     #[arg(long, default_value_t = 900.0)]
     timeout: f64,
+    /// history: the phases to run, each against a fresh server.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "channels,positions,events,events-subscribed"
+    )]
+    history_phases: Vec<history::Phase>,
+    /// history: channels touched once each; RSS is read at every step.
+    #[arg(long, value_delimiter = ',', default_value = "25000,50000,100000")]
+    channel_steps: Vec<usize>,
+    /// history: bytes of `data` in the event that touches each channel.
+    #[arg(long, default_value_t = 40)]
+    touch_payload: usize,
+    /// history: `history_size` of the namespace in the channels phase.
+    #[arg(long, default_value_t = 100)]
+    history_size: usize,
+    /// history: `history_ttl` in the channels phase, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    history_ttl: f64,
+    /// history: `engine.position_ttl`, in seconds (longer than history-ttl plus
+    /// the time it takes to touch the channels).
+    #[arg(long, default_value_t = 45.0)]
+    position_ttl: f64,
+    /// history: `engine.sweep_interval`, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    sweep_interval: f64,
+    /// history: events published into one channel's history per payload size.
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    /// history: bytes of `data` per event in the events phases.
+    #[arg(long, value_delimiter = ',', default_value = "100,1024")]
+    payload_sizes: Vec<usize>,
+    /// history: channels per `/api/broadcast` request.
+    #[arg(long, default_value_t = 1000)]
+    broadcast_batch: usize,
+    /// history: HTTP requests in flight while publishing.
+    #[arg(long, default_value_t = 4)]
+    publish_concurrency: usize,
+    /// history: after the `expired` and `reclaimed` readings, call glibc's
+    /// malloc_trim(0) in the server through gdb (needs gdb and ptrace) and read
+    /// RSS again, to tell memory the allocator keeps free from memory in use.
+    #[arg(long)]
+    malloc_trim_probe: bool,
 }
 
 fn main() -> Result<()> {
@@ -244,6 +294,30 @@ async fn async_main(
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     for scenario in scenarios {
         for &proto in &cli.target {
+            if scenario == Scenario::History {
+                if proto != Proto::Tidings {
+                    println!(
+                        "(history runs against Tidings only; skipping {})",
+                        proto.label()
+                    );
+                    continue;
+                }
+                println!("== history against Tidings ==");
+                match run_history(&cli, &launch, &out).await {
+                    Ok(mut run) => {
+                        run.command = command_line.clone();
+                        run.pinned = pin;
+                        run.fd_limit = fd_limit;
+                        runs.retain(|r| !(r.scenario == run.scenario && r.target == run.target));
+                        runs.push(run);
+                    }
+                    Err(err) => {
+                        eprintln!("error: history against Tidings: {err:#}");
+                        failed = true;
+                    }
+                }
+                continue;
+            }
             println!("== {} against {} ==", scenario.name(), proto.label());
             let server = match start_server(&cli, &launch, proto).await {
                 Ok(s) => s,
@@ -310,6 +384,56 @@ async fn async_main(
         out.display()
     );
     Ok(if failed { 1 } else { 0 })
+}
+
+/// The `history` scenario: its own servers, one per phase, within `--timeout`.
+async fn run_history(cli: &Cli, launch: &Launch, out: &std::path::Path) -> Result<Run> {
+    if cli.tidings_addr.is_some() {
+        bail!(
+            "history starts its own servers with its own config; --tidings-addr is not supported"
+        );
+    }
+    let secs = |s: f64, what: &str| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            bail!("--{what} must be a positive number of seconds")
+        }
+    };
+    let opts = history::Options {
+        phases: cli.history_phases.clone(),
+        channel_steps: cli.channel_steps.clone(),
+        touch_payload: cli.touch_payload,
+        history_size: cli.history_size,
+        history_ttl: secs(cli.history_ttl, "history-ttl")?,
+        position_ttl: secs(cli.position_ttl, "position-ttl")?,
+        sweep_interval: secs(cli.sweep_interval, "sweep-interval")?,
+        events: cli.events,
+        payload_sizes: cli.payload_sizes.clone(),
+        broadcast_batch: cli.broadcast_batch,
+        concurrency: cli.publish_concurrency,
+        malloc_trim_probe: cli.malloc_trim_probe,
+        config_dir: out.join("history-config"),
+    };
+    let mut run = Run::new("history", Proto::Tidings);
+    run.params = serde_json::json!({
+        "phases": cli.history_phases.iter()
+            .filter_map(|p| p.to_possible_value().map(|v| v.get_name().to_owned()))
+            .collect::<Vec<_>>(),
+        "channel_steps": opts.channel_steps, "touch_payload_bytes": opts.touch_payload,
+        "history_size": opts.history_size, "history_ttl_s": cli.history_ttl,
+        "position_ttl_s": cli.position_ttl, "sweep_interval_s": cli.sweep_interval,
+        "events": opts.events, "payload_sizes": opts.payload_sizes,
+        "broadcast_batch": opts.broadcast_batch, "publish_concurrency": opts.concurrency,
+        "malloc_trim_probe": opts.malloc_trim_probe,
+    });
+    let limit = Duration::from_secs_f64(cli.timeout);
+    let result = tokio::time::timeout(limit, history::run(&opts, launch))
+        .await
+        .with_context(|| format!("history hit the {} s limit", cli.timeout))??;
+    run.history = Some(result);
+    run.generator_rss = server::rss_of(std::process::id());
+    Ok(run)
 }
 
 async fn start_server(cli: &Cli, launch: &Launch, proto: Proto) -> Result<Server> {
@@ -542,7 +666,7 @@ async fn run_scenario(cli: &Cli, scenario: Scenario, server: &Server) -> Result<
             steady(cli, scenario, server, &mut run, rss0).await?
         }
         Scenario::Max => max(cli, server, &mut run, rss0).await?,
-        Scenario::All | Scenario::Report => unreachable!(),
+        Scenario::All | Scenario::Report | Scenario::History => unreachable!(),
     }
     Ok(run)
 }

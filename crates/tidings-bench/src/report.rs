@@ -128,6 +128,9 @@ pub struct Run {
     pub held: Option<Held>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sustained: Option<f64>,
+    /// The `history` scenario's measurements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::history::HistoryResult>,
 }
 
 impl Default for Run {
@@ -151,6 +154,7 @@ impl Run {
             steps: Vec::new(),
             held: None,
             max_sustained: None,
+            history: None,
         }
     }
 
@@ -320,7 +324,7 @@ fn markdown(runs: &[Run], machine: &serde_json::Value) -> String {
         machine["memory_gib"],
         machine["kernel"].as_str().unwrap_or("?")
     );
-    for scenario in ["idle", "fanout", "channels", "max", "smoke"] {
+    for scenario in ["idle", "fanout", "channels", "max", "smoke", "history"] {
         let t = find(runs, scenario, Proto::Tidings);
         let s = find(runs, scenario, Proto::Socketio);
         if t.is_none() && s.is_none() {
@@ -334,6 +338,11 @@ fn markdown(runs: &[Run], machine: &serde_json::Value) -> String {
         match scenario {
             "idle" => idle_table(&mut md, t, s),
             "max" => max_tables(&mut md, t, s),
+            "history" => {
+                if let Some(h) = t.and_then(|r| r.history.as_ref()) {
+                    crate::history::markdown(&mut md, h);
+                }
+            }
             _ => steady_table(&mut md, t, s),
         }
     }

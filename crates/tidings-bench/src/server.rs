@@ -21,6 +21,7 @@ pub struct Server {
 }
 
 /// How to start servers.
+#[derive(Clone)]
 pub struct Launch {
     pub tidings_bin: PathBuf,
     pub peer_dir: PathBuf,

@@ -109,3 +109,66 @@ fn smoke_against_socketio_peer() {
     let peer = peer.to_str().expect("utf-8 path");
     run_smoke("socketio", &["--peer-dir", peer]);
 }
+
+/// `history` with tiny counts and TTLs: every phase runs, the channels are
+/// reclaimed after position_ttl, and the history holds every event published.
+#[test]
+fn history_smoke_against_tidings() {
+    let bin = tidings_binary();
+    let out = std::env::temp_dir().join(format!("tidings-bench-history-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .args(["history", "--target", "tidings", "--no-pin"])
+        .args(["--history-phases", "channels,positions,events-subscribed"])
+        .args(["--channel-steps", "1000,3000", "--events", "2000"])
+        .args(["--payload-sizes", "100", "--history-ttl", "1"])
+        .args(["--position-ttl", "6", "--sweep-interval", "0.5"])
+        .args(["--timeout", "90", "--tidings-bin"])
+        .arg(&bin)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("running tidings-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tidings-bench history failed ({:?}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "history took {:?}",
+        started.elapsed()
+    );
+    let text = std::fs::read_to_string(out.join("results.json")).expect("results.json");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = doc["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["scenario"] == "history")
+        .cloned()
+        .unwrap_or_else(|| panic!("no history run:\n{stdout}\n{stderr}"));
+    let h = &run["history"];
+    let channels = &h["channels"];
+    assert_eq!(channels["steps"][1]["engine_channels"], 4000, "{channels}");
+    assert!(
+        channels["steps"][1]["bytes_per_channel"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{channels}"
+    );
+    assert_eq!(channels["reclaimed"]["engine_channels"], 0, "{channels}");
+    assert_eq!(h["positions"]["steps"][1]["engine_channels"], 4000, "{h}");
+    let events = &h["events"][0];
+    assert_eq!(events["subscribers"], 1, "{events}");
+    assert_eq!(events["received"], 2000, "{events}");
+    assert_eq!(
+        events["history_len"], 3000,
+        "warm-up and measured events kept: {events}"
+    );
+}
