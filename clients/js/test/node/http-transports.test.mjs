@@ -252,28 +252,45 @@ describe('SSE (WebSocket switched off on the server)', () => {
     client.close();
   });
 
-  test('the token is refreshed through POST /request (X-Tidings-Client): the stream outlives the first token', async () => {
-    const reasons = [];
-    const client = new TidingsClient({
-      url: server.url,
-      WebSocket,
-      getToken: async (request) => {
-        reasons.push(request.reason);
-        return server.token({ sub: 'u-sse-refresh', ttl: 3 });
-      },
-      refreshMargin: 1500,
-      watchNetwork: false,
-    });
-    const { sub, events } = collect(client, 'workspace:acme:refresh');
-    await waitFor(() => sub.state === 'subscribed');
-    const id = client.clientId;
-    await sleep(4500);
-    assert.equal(client.state, 'connected');
-    assert.equal(client.clientId, id, 'same stream');
-    assert.ok(reasons.includes('refresh'), `reasons ${reasons}`);
-    await server.publish('workspace:acme:refresh', 'still', {});
-    await waitFor(() => events.length === 1);
-    client.close();
+  test('the token is refreshed before it expires: checked by a ping while there is no stream, through POST /request (X-Tidings-Client) on a stream', async () => {
+    // No leeway: an expired token is refused at once.
+    const strict = await startServer({ env: { ...NO_WEBSOCKET, TIDINGS_JWT_LEEWAY: '0s' } });
+    try {
+      const reasons = [];
+      const states = [];
+      const client = new TidingsClient({
+        url: strict.url,
+        WebSocket,
+        getToken: async (request) => {
+          reasons.push(request.reason);
+          return strict.token({ sub: 'u-sse-refresh', ttl: 3 });
+        },
+        refreshMargin: 1500,
+        watchNetwork: false,
+      });
+      client.on('state', (s) => states.push(s.state));
+      await waitFor(() => client.state === 'connected');
+      assert.equal(client.clientId, null, 'no stream yet');
+      await sleep(3500); // past the first token's expiry
+      assert.ok(reasons.includes('refresh'), `reasons ${reasons}`);
+      const published = await client.publish('chat:refresh', 'm', {});
+      assert.equal(published.type, 'published', 'requests carry the refreshed token');
+
+      const { sub, events } = collect(client, 'workspace:acme:refresh');
+      await waitFor(() => sub.state === 'subscribed');
+      const id = client.clientId;
+      const refreshes = reasons.filter((r) => r === 'refresh').length;
+      await sleep(3500); // past the expiry of the token the stream was opened with
+      assert.ok(reasons.filter((r) => r === 'refresh').length > refreshes, `reasons ${reasons}`);
+      assert.equal(client.state, 'connected');
+      assert.equal(client.clientId, id, 'same stream: the server extended it');
+      assert.ok(!states.includes('reconnecting'), `states ${states}`);
+      await strict.publish('workspace:acme:refresh', 'still', {});
+      await waitFor(() => events.length === 1);
+      client.close();
+    } finally {
+      await strict.stop();
+    }
   });
 });
 

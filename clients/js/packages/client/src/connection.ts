@@ -666,7 +666,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.#connected = message;
     this.#setState({ clientId: message.client || null, user: message.user || this.#info.user });
     this.#armWatchdog();
-    this.#scheduleRefresh(message.expires_at);
+    if (message.expires_at) this.#scheduleRefresh(message.expires_at);
   }
 
   #onEvent(event: EventEnvelope): void {

@@ -23,7 +23,7 @@ import type { RequestId, ServerMessage, StreamPosition, SubscribedMessage } from
 import type { ClientMessage, PresenceStatus } from '../protocol.js';
 import { authHeaders, postRequest, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
 import type { Transport, TransportContext } from './types.js';
-import { tokenSubject } from '../jwt.js';
+import { tokenExpiry, tokenSubject } from '../jwt.js';
 
 /** Splits an SSE byte stream into messages (WHATWG event-stream rules). */
 export class SseParser {
@@ -423,14 +423,19 @@ export function sseTransport(context: TransportContext): Transport {
   // ---- no stream: probe ----------------------------------------------------
 
   /** `connected` without a stream: no client id; the user is the token's. */
-  const idleConnected = (): ServerMessage => ({
-    type: 'connected',
-    client: '',
-    user: tokenSubject(token) ?? '',
-    heartbeat: 25_000,
-    node: '',
-    version: '1',
-  });
+  const idleConnected = (): ServerMessage => {
+    const expiry = tokenExpiry(token);
+    return {
+      type: 'connected',
+      client: '',
+      user: tokenSubject(token) ?? '',
+      heartbeat: 25_000,
+      // So the connection refreshes the token before it expires.
+      ...(expiry !== undefined ? { expires_at: new Date(expiry).toISOString() } : {}),
+      node: '',
+      version: '1',
+    };
+  };
 
   /**
    * With no channel to open a stream on: `GET /sse` without a channel answers
