@@ -126,7 +126,7 @@ export function sseTransport(context: TransportContext): Transport {
   let connected = false;
   let reopenQueued = false;
   /** Status to (re)apply on every stream; `online` is every stream's default. */
-  let status: PresenceStatus = 'online';
+  let presenceStatus: PresenceStatus = 'online';
   /** `status`/`refresh` waiting for the stream being opened. */
   let deferred: ControlMessage[] = [];
 
@@ -277,12 +277,14 @@ export function sseTransport(context: TransportContext): Transport {
         return;
       case 'event': {
         const state = channels.get(message.channel);
-        if (state?.epoch !== undefined) {
-          const position = { offset: message.offset, epoch: state.epoch };
-          resume.positions.set(message.channel, position);
-          state.position = position;
-        }
-        return emit(message);
+        if (state?.epoch === undefined) return;
+        const position = { offset: message.offset, epoch: state.epoch };
+        resume.positions.set(message.channel, position);
+        state.position = position;
+        // Only channels whose `subscribed` was handed on; a channel dropped or
+        // asked for again waits for the next stream.
+        if (state.active) emit(message);
+        return;
       }
       case 'error':
         if (message.channel !== undefined) own.seen.add(message.channel);
@@ -320,8 +322,9 @@ export function sseTransport(context: TransportContext): Transport {
     }
     const waiting = deferred;
     deferred = [];
-    if (status !== 'online' && !waiting.some((m) => m.type === 'status')) {
-      void postRequest(context, token, { type: 'status', status }, { message: () => {}, fail: () => {} }, message.client);
+    if (presenceStatus !== 'online' && !waiting.some((m) => m.type === 'status')) {
+      const again: ControlMessage = { type: 'status', status: presenceStatus };
+      void postRequest(context, token, again, { message: () => {}, fail: () => {} }, message.client);
     }
     for (const request of waiting) control(request);
   };
@@ -485,14 +488,14 @@ export function sseTransport(context: TransportContext): Transport {
     if (stream && stream.clientId) {
       const client = stream.clientId;
       void postRequest(context, token, message, sink, client).then((answer) => {
-        if (answer?.type === 'status') status = answer.status;
+        if (answer?.type === 'status') presenceStatus = answer.status;
         if (answer?.type === 'refreshed' && message.type === 'refresh') token = message.token;
       });
       return;
     }
     // No stream: nothing on the server to change now.
     if (message.type === 'status') {
-      status = message.status;
+      presenceStatus = message.status;
       reply({ type: 'status', ...withId(id), status: message.status });
       return;
     }
