@@ -60,6 +60,10 @@ impl ChannelState {
                 break;
             }
         }
+        if self.history.is_empty() && self.history.capacity() > 0 {
+            // VecDeque keeps its buffer on pop; a quiet channel should not.
+            self.history = VecDeque::new();
+        }
         self.idempotency.retain(|_, (expires, _)| *expires > now);
     }
 

@@ -127,7 +127,10 @@ impl Publication {
                 meta: self.event.meta.as_ref().filter(|m| !m.is_empty()),
             };
             // The envelope holds only strings, numbers and already-valid JSON.
-            let json = serde_json::to_string(&envelope).unwrap_or_default();
+            let mut json = serde_json::to_string(&envelope).unwrap_or_default();
+            // serde_json's buffer growth leaves up to twice the length allocated,
+            // and the bytes live as long as the event stays in history.
+            json.shrink_to_fit();
             Utf8Bytes::from(json)
         })
     }
