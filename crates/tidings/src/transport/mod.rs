@@ -20,7 +20,32 @@ use crate::config::ConnectionSettings;
 use tokio::time::Instant;
 
 use crate::engine::{ChannelPosition, Publication};
+use crate::hub::{Connection, ConnectionQueue, QueueLimits, RegisterError};
 use crate::protocol::{ChannelName, RequestId};
+use crate::server::ServerState;
+
+/// Creates a client connection (WebSocket or SSE) for `identity` with the
+/// configured send-queue bounds and registers it with the hub, within the
+/// per-user and per-node connection limits.
+pub(crate) fn open_client_connection(
+    state: &ServerState,
+    client_id: Arc<str>,
+    identity: &Identity,
+) -> Result<(Arc<Connection>, ConnectionQueue), RegisterError> {
+    let settings = &state.config.connection;
+    let (connection, queue) = Connection::new(
+        state.hub.next_key(),
+        client_id,
+        identity.user.clone(),
+        identity.roles.clone(),
+        QueueLimits {
+            messages: settings.send_queue_messages,
+            bytes: settings.send_queue_bytes,
+        },
+    );
+    state.hub.register(&connection)?;
+    Ok((connection, queue))
+}
 
 /// The `history` reply: `{type, id?, channel, epoch, offset, complete?, events:[…]}`,
 /// with each event's pre-encoded envelope spliced in rather than re-serialized.
@@ -31,8 +56,7 @@ pub(crate) fn history_json(
     events: &[&Arc<Publication>],
     complete: Option<bool>,
 ) -> String {
-    let mut out =
-        String::with_capacity(128 + events.iter().map(|p| p.encoded().len() + 1).sum::<usize>());
+    let mut out = String::with_capacity(reply_capacity(events));
     out.push_str(r#"{"type":"history""#);
     if let Some(id) = id {
         out.push_str(r#","id":"#);
@@ -51,6 +75,18 @@ pub(crate) fn history_json(
             r#","complete":false"#
         });
     }
+    push_events(&mut out, events);
+    out
+}
+
+/// Room for a reply carrying `events`: their envelopes plus the fields around them.
+pub(crate) fn reply_capacity(events: &[&Arc<Publication>]) -> usize {
+    128 + events.iter().map(|p| p.encoded().len() + 1).sum::<usize>()
+}
+
+/// Closes a reply object with `,"events":[…]}`, splicing in each event's
+/// pre-encoded envelope rather than re-serializing it.
+pub(crate) fn push_events(out: &mut String, events: &[&Arc<Publication>]) {
     out.push_str(r#","events":["#);
     for (i, publication) in events.iter().enumerate() {
         if i > 0 {
@@ -59,7 +95,6 @@ pub(crate) fn history_json(
         out.push_str(publication.encoded().as_str());
     }
     out.push_str("]}");
-    out
 }
 
 /// When a token with `exp` (unix seconds) stops being valid, on the monotonic clock.

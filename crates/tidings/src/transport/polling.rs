@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tidings_auth::Identity;
 
-use super::duration_ms;
 use super::http::{authenticate_client, ApiError};
 use super::subscriptions::{parse_channel, recovery};
+use super::{duration_ms, push_events, reply_capacity};
 use crate::access::Action;
 use crate::engine::{HistoryPage, HistoryQuery, Publication};
 use crate::hub::{Connection, QueueLimits};
@@ -276,12 +276,7 @@ impl Poll<'_> {
             .iter()
             .filter(|p| p.admits("", &identity.user, &identity.roles))
             .collect();
-        let mut out = String::with_capacity(
-            128 + admitted
-                .iter()
-                .map(|p| p.encoded().len() + 1)
-                .sum::<usize>(),
-        );
+        let mut out = String::with_capacity(reply_capacity(&admitted));
         out.push_str(r#"{"channel":"#);
         out.push_str(&serde_json::to_string(self.channel.as_str()).unwrap_or_default());
         out.push_str(r#","epoch":"#);
@@ -300,14 +295,7 @@ impl Poll<'_> {
         } else {
             r#","more":false"#
         });
-        out.push_str(r#","events":["#);
-        for (i, publication) in admitted.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(publication.encoded().as_str());
-        }
-        out.push_str("]}");
+        push_events(&mut out, &admitted);
         out
     }
 }

@@ -21,12 +21,10 @@ use tokio::time::Instant;
 
 use super::http::{authenticate_client, ApiError, CLIENT_HEADER};
 use super::subscriptions::{parse_channel, Subscriptions};
-use super::{duration_ms, expiry_instant};
+use super::{duration_ms, expiry_instant, open_client_connection};
 use crate::engine::{push_sse_data, Publication};
 use crate::hub::connection::ServerUnsubscribe;
-use crate::hub::{
-    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, QueueLimits, RegisterError,
-};
+use crate::hub::{CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
     ChannelName, CloseCode, ErrorCode, PresenceStatus, ServerMessage, StreamPosition,
@@ -189,25 +187,15 @@ pub async fn stream(
     };
     let settings = &state.config.connection;
     let client_id: Arc<str> = Arc::from(new_client_id().as_str());
-    let (connection, queue) = Connection::new(
-        state.hub.next_key(),
-        client_id.clone(),
-        identity.user.clone(),
-        identity.roles.clone(),
-        QueueLimits {
-            messages: settings.send_queue_messages,
-            bytes: settings.send_queue_bytes,
-        },
-    );
-    if let Err(err) = state.hub.register(&connection) {
-        let message = match err {
-            RegisterError::PerUserLimit => "too many connections for this user",
-            RegisterError::NodeLimit => "connection limit reached",
-        };
-        let mut response = ApiError::new(ErrorCode::LimitExceeded, message).into_response();
-        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        return response;
-    }
+    let (connection, queue) = match open_client_connection(&state, client_id.clone(), &identity) {
+        Ok(opened) => opened,
+        Err(err) => {
+            let mut response =
+                ApiError::new(ErrorCode::LimitExceeded, err.to_string()).into_response();
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            return response;
+        }
+    };
     state.metrics.sse_stream_opened();
     tracing::debug!(client = %client_id, user = %identity.user, "sse stream opened");
     let session = SseSession {

@@ -21,12 +21,10 @@ use tracing::Instrument;
 use super::http::{bearer_token, check_origin, ApiError};
 use super::requests::{self, Reader};
 use super::subscriptions::{parse_channel, Refusal, Subscriptions};
-use super::{duration_ms, expiry_instant, request_quota};
+use super::{duration_ms, expiry_instant, open_client_connection, request_quota};
 use crate::config::ConnectionSettings;
 use crate::hub::connection::ServerUnsubscribe;
-use crate::hub::{
-    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, QueueLimits, RegisterError,
-};
+use crate::hub::{CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
     parse_request, CloseCode, ErrorCode, PresenceStatus, Request, RequestId, ServerMessage,
@@ -101,30 +99,21 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
     let span = tracing::info_span!("conn", client = %client_id, user = %identity.user);
     async move {
         let settings = &state.config.connection;
-        let (connection, queue) = Connection::new(
-            state.hub.next_key(),
-            client_id.clone(),
-            identity.user.clone(),
-            identity.roles.clone(),
-            QueueLimits {
-                messages: settings.send_queue_messages,
-                bytes: settings.send_queue_bytes,
-            },
-        );
-        if let Err(err) = state.hub.register(&connection) {
-            let reason = match err {
-                RegisterError::PerUserLimit => "too many connections for this user",
-                RegisterError::NodeLimit => "connection limit reached",
-            };
-            tracing::info!(reason, "connection refused");
-            Box::pin(close_socket(
-                &mut socket,
-                CloseCode::ConnectionLimit,
-                reason,
-            ))
-            .await;
-            return;
-        }
+        let (connection, queue) = match open_client_connection(&state, client_id.clone(), &identity)
+        {
+            Ok(opened) => opened,
+            Err(err) => {
+                let reason = err.to_string();
+                tracing::info!(reason, "connection refused");
+                Box::pin(close_socket(
+                    &mut socket,
+                    CloseCode::ConnectionLimit,
+                    &reason,
+                ))
+                .await;
+                return;
+            }
+        };
         tracing::debug!("connected");
         let mut session = Session {
             socket,
