@@ -392,35 +392,26 @@ async fn touch(
     range: std::ops::Range<usize>,
     data: &str,
 ) -> Result<f64> {
-    let start = Instant::now();
     let batch = opts.broadcast_batch.max(1);
     // A generous bound: even 20k channels/s finishes far inside it.
-    let deadline = start + Duration::from_secs_f64(60.0 + range.len() as f64 / 20_000.0);
+    let limit = Duration::from_secs_f64(60.0 + range.len() as f64 / 20_000.0);
     let next = Cell::new(range.start);
-    let failure: RefCell<Option<String>> = RefCell::new(None);
-    let worker = || async {
-        let mut conn = match HttpConn::connect(addr).await {
-            Ok(c) => c,
-            Err(e) => {
-                failure.borrow_mut().get_or_insert(format!("{e:#}"));
-                return;
-            }
-        };
-        let mut body = String::new();
-        loop {
+    let requests = ApiRequests {
+        addr,
+        api_key,
+        path: "/api/broadcast",
+        concurrency: opts.concurrency,
+        limit,
+        what: "touching channels",
+    };
+    requests
+        .run(|body| {
             let from = next.get();
-            if from >= range.end || failure.borrow().is_some() {
-                return;
-            }
-            if Instant::now() > deadline {
-                failure
-                    .borrow_mut()
-                    .get_or_insert("touching channels hit its time limit".into());
-                return;
+            if from >= range.end {
+                return NextBody::Done;
             }
             let to = (from + batch).min(range.end);
             next.set(to);
-            body.clear();
             body.push_str(r#"{"channels":["#);
             for i in from..to {
                 if i > from {
@@ -434,32 +425,84 @@ async fn touch(
             body.push_str(r#"],"event":"touch","data":"#);
             body.push_str(data);
             body.push('}');
-            match conn
-                .request("POST", "/api/broadcast", Some(api_key), body.as_bytes())
-                .await
-            {
-                Ok((200, _)) => {}
-                Ok((status, text)) => {
-                    failure.borrow_mut().get_or_insert(format!(
-                        "POST /api/broadcast: HTTP {status}: {}",
-                        String::from_utf8_lossy(&text)
-                    ));
+            NextBody::Send
+        })
+        .await
+}
+
+/// Which body a worker of [`ApiRequests::run`] sends next.
+enum NextBody {
+    /// The body was written: send it.
+    Send,
+    /// Nothing to send yet: ask again in a millisecond.
+    Wait,
+    /// Everything was sent.
+    Done,
+}
+
+/// POSTs generated bodies to one server API path from `concurrency` keep-alive
+/// connections, within a time limit; any answer but 200 ends the run.
+struct ApiRequests<'a> {
+    addr: SocketAddr,
+    api_key: &'a str,
+    path: &'a str,
+    concurrency: usize,
+    limit: Duration,
+    /// Names the run in the time-limit error.
+    what: &'a str,
+}
+
+impl ApiRequests<'_> {
+    /// Runs until `next_body` says [`NextBody::Done`]; returns the seconds it took.
+    async fn run(&self, next_body: impl Fn(&mut String) -> NextBody) -> Result<f64> {
+        let start = Instant::now();
+        let deadline = start + self.limit;
+        let failure: RefCell<Option<String>> = RefCell::new(None);
+        let fail = |message: String| {
+            failure.borrow_mut().get_or_insert(message);
+        };
+        let worker = || async {
+            let mut conn = match HttpConn::connect(self.addr).await {
+                Ok(c) => c,
+                Err(e) => return fail(format!("{e:#}")),
+            };
+            let mut body = String::new();
+            loop {
+                if failure.borrow().is_some() {
                     return;
                 }
-                Err(e) => {
-                    failure
-                        .borrow_mut()
-                        .get_or_insert(format!("POST /api/broadcast: {e:#}"));
-                    return;
+                if Instant::now() > deadline {
+                    return fail(format!("{} hit its time limit", self.what));
+                }
+                body.clear();
+                match next_body(&mut body) {
+                    NextBody::Done => return,
+                    NextBody::Wait => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    NextBody::Send => {}
+                }
+                let path = self.path;
+                match conn
+                    .request("POST", path, Some(self.api_key), body.as_bytes())
+                    .await
+                {
+                    Ok((200, _)) => {}
+                    Ok((status, text)) => {
+                        let text = String::from_utf8_lossy(&text);
+                        return fail(format!("POST {path}: HTTP {status}: {text}"));
+                    }
+                    Err(e) => return fail(format!("POST {path}: {e:#}")),
                 }
             }
+        };
+        futures_util::future::join_all((0..self.concurrency.max(1)).map(|_| worker())).await;
+        if let Some(err) = failure.into_inner() {
+            bail!("{err}");
         }
-    };
-    futures_util::future::join_all((0..opts.concurrency.max(1)).map(|_| worker())).await;
-    if let Some(err) = failure.into_inner() {
-        bail!("{err}");
+        Ok(start.elapsed().as_secs_f64())
     }
-    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Touches `prefix{0..n}` in the steps of `--channel-steps`, reading RSS and the
@@ -706,69 +749,38 @@ async fn publish_events(
     size: usize,
     subscriber: Option<&Rc<RefCell<Stats>>>,
 ) -> Result<f64> {
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(60.0 + (seqs.end - seqs.start) as f64 / 2_000.0);
+    let limit = Duration::from_secs_f64(60.0 + (seqs.end - seqs.start) as f64 / 2_000.0);
     let next = Cell::new(seqs.start);
-    let sent = Cell::new(0u64);
     let received0 = subscriber.map_or(0, |s| s.borrow().received);
-    let failure: RefCell<Option<String>> = RefCell::new(None);
-    let worker = || async {
-        let mut conn = match HttpConn::connect(addr).await {
-            Ok(c) => c,
-            Err(e) => {
-                failure.borrow_mut().get_or_insert(format!("{e:#}"));
-                return;
-            }
-        };
-        loop {
+    let requests = ApiRequests {
+        addr,
+        api_key,
+        path: "/api/publish",
+        concurrency: opts.concurrency,
+        limit,
+        what: "publishing events",
+    };
+    requests
+        .run(|body| {
             let seq = next.get();
-            if seq >= seqs.end || failure.borrow().is_some() {
-                return;
-            }
-            if Instant::now() > deadline {
-                failure
-                    .borrow_mut()
-                    .get_or_insert("publishing events hit its time limit".into());
-                return;
+            if seq >= seqs.end {
+                return NextBody::Done;
             }
             if let Some(stats) = subscriber {
-                let received = stats.borrow().received - received0;
-                if sent.get() > received + MAX_SUBSCRIBER_LAG {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
+                // Counted when handed to a worker: a request in flight counts as sent.
+                let sent = seq - seqs.start;
+                if sent > stats.borrow().received - received0 + MAX_SUBSCRIBER_LAG {
+                    return NextBody::Wait;
                 }
             }
             next.set(seq + 1);
-            let body = format!(
+            body.push_str(&format!(
                 r#"{{"channel":"{channel}","event":"tick","data":{}}}"#,
                 event_data(size, seq)
-            );
-            match conn
-                .request("POST", "/api/publish", Some(api_key), body.as_bytes())
-                .await
-            {
-                Ok((200, _)) => sent.set(sent.get() + 1),
-                Ok((status, text)) => {
-                    failure.borrow_mut().get_or_insert(format!(
-                        "POST /api/publish: HTTP {status}: {}",
-                        String::from_utf8_lossy(&text)
-                    ));
-                    return;
-                }
-                Err(e) => {
-                    failure
-                        .borrow_mut()
-                        .get_or_insert(format!("POST /api/publish: {e:#}"));
-                    return;
-                }
-            }
-        }
-    };
-    futures_util::future::join_all((0..opts.concurrency.max(1)).map(|_| worker())).await;
-    if let Some(err) = failure.into_inner() {
-        bail!("{err}");
-    }
-    Ok(start.elapsed().as_secs_f64())
+            ));
+            NextBody::Send
+        })
+        .await
 }
 
 /// Waits (bounded) until the subscriber has received `want` events.
