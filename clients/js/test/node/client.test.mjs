@@ -3,25 +3,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { TidingsClient } from '../../packages/client/dist/index.js';
+import { makeClient } from '../helpers/client.mjs';
 import { sleep, startServer, waitFor } from '../helpers/server.mjs';
-
-/** A client for `server` with fast reconnects; records states and token requests. */
-function makeClient(server, { claims = {}, ...options } = {}) {
-  const tokenRequests = [];
-  const states = [];
-  const client = new TidingsClient({
-    url: server.url,
-    WebSocket,
-    getToken: async (request) => {
-      tokenRequests.push(request.reason);
-      return server.token(claims);
-    },
-    reconnect: { minDelay: 50, maxDelay: 200, maxAttempts: 20 },
-    ...options,
-  });
-  client.on('state', (info) => states.push(info));
-  return { client, tokenRequests, states };
-}
 
 function collect(client, channel, options) {
   const events = [];

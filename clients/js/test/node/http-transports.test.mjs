@@ -4,29 +4,11 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { TidingsClient } from '../../packages/client/dist/index.js';
+import { makeClient } from '../helpers/client.mjs';
 import { sleep, startServer, waitFor } from '../helpers/server.mjs';
 
 const NO_WEBSOCKET = { TIDINGS_TRANSPORTS__WEBSOCKET: 'false' };
 const POLLING_ONLY = { TIDINGS_TRANSPORTS__WEBSOCKET: 'false', TIDINGS_TRANSPORTS__SSE: 'false' };
-
-/** A client for `server` (default transports, `ws` for WebSocket) with fast reconnects. */
-function makeClient(server, { claims = {}, ...options } = {}) {
-  const states = [];
-  const tokenRequests = [];
-  const client = new TidingsClient({
-    url: server.url,
-    WebSocket,
-    getToken: async (request) => {
-      tokenRequests.push(request.reason);
-      return server.token(claims);
-    },
-    reconnect: { minDelay: 50, maxDelay: 200, maxAttempts: 20 },
-    watchNetwork: false,
-    ...options,
-  });
-  client.on('state', (info) => states.push(info));
-  return { client, states, tokenRequests };
-}
 
 function collect(client, channel, options) {
   const events = [];
