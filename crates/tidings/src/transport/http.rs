@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use dashmap::DashMap;
 use serde_json::json;
 use tidings_auth::Identity;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -152,10 +153,16 @@ pub fn client_cors(allowed: &[String]) -> CorsLayer {
 const RETAIN_EVERY: u64 = 1024;
 
 /// Per-user request budgets for the HTTP client transports (`POST /request`,
-/// `GET /events`), as a WebSocket connection has its own.
+/// `GET /events`), as a WebSocket connection has its own, and the number of
+/// long polls a user may hold open at once.
 pub struct UserRequestLimits {
     limiter: Option<governor::DefaultKeyedRateLimiter<Arc<str>>>,
     seen: AtomicU64,
+    /// Long polls waiting, per user with at least one.
+    waiting: DashMap<Arc<str>, usize>,
+    /// Each waiting poll holds a hub subscription, so it counts like a
+    /// connection: at most `max_connections_per_user` per user.
+    max_waiting: usize,
 }
 
 impl std::fmt::Debug for UserRequestLimits {
@@ -170,7 +177,28 @@ impl UserRequestLimits {
         Self {
             limiter: request_quota(settings).map(governor::RateLimiter::keyed),
             seen: AtomicU64::new(0),
+            waiting: DashMap::new(),
+            max_waiting: settings.max_connections_per_user,
         }
+    }
+
+    /// Takes one of `user`'s long-poll slots; `false` when all are in use.
+    /// Give it back with [`Self::end_wait`].
+    pub fn begin_wait(&self, user: &Arc<str>) -> bool {
+        let mut waiting = self.waiting.entry(user.clone()).or_insert(0);
+        if *waiting >= self.max_waiting {
+            return false;
+        }
+        *waiting += 1;
+        true
+    }
+
+    /// Gives back a slot taken by [`Self::begin_wait`].
+    pub fn end_wait(&self, user: &Arc<str>) {
+        if let Some(mut waiting) = self.waiting.get_mut(user) {
+            *waiting = waiting.saturating_sub(1);
+        }
+        self.waiting.remove_if(user, |_, waiting| *waiting == 0);
     }
 
     /// Whether `user` may make one more request now.

@@ -198,6 +198,18 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
+/// Gives a long-poll slot back to the user's budget when the wait ends.
+struct WaitSlot<'a> {
+    state: &'a ServerState,
+    user: &'a Arc<str>,
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.state.user_request_limits.end_wait(self.user);
+    }
+}
+
 impl Poll<'_> {
     /// Reads up to `limit` + 1 events after `after` (one more tells whether
     /// there are more).
@@ -226,6 +238,14 @@ impl Poll<'_> {
         wait: Duration,
     ) -> Result<HistoryPage, ApiError> {
         let state = self.state;
+        let user = &self.identity.user;
+        if !state.user_request_limits.begin_wait(user) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many long polls waiting for this user (max_connections_per_user)",
+            ));
+        }
+        let _slot = WaitSlot { state, user };
         let (connection, mut queue) = Connection::new(
             state.hub.next_key(),
             Arc::from(""),

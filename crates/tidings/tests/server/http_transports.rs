@@ -437,6 +437,53 @@ async fn sse_data_with_line_breaks_arrives_intact() {
 }
 
 #[tokio::test]
+async fn a_user_holds_at_most_max_connections_per_user_long_polls() {
+    let mut config = base_config();
+    config.connection.max_connections_per_user = 2;
+    let server = TestServer::with_config(config).await;
+    let poll = |user: &str, wait: f64| {
+        let request = server
+            .http
+            .get(server.url(&format!("/events?channel=workspace:acme&wait={wait}")))
+            .bearer_auth(token(user, &["acme"], &[]));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let held = async { tokio::join!(poll("u1", 10.0), poll("u1", 10.0)) };
+    let probe = async {
+        // Both of u1's slots are taken once two polls wait.
+        let deadline = Instant::now() + WAIT;
+        while server.metric("tidings_polls_waiting").await < 2.0 {
+            assert!(Instant::now() < deadline, "the two polls never waited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        let (status, refused) = poll("u1", 10.0).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused at once"
+        );
+        assert_eq!(status, 429);
+        assert_eq!(refused["error"]["code"], "rate_limited");
+        // Another user is not affected.
+        let (status, other) = poll("u2", 0.2).await;
+        assert_eq!((status, other["events"].clone()), (200, json!([])));
+        server.publish("workspace:acme", "tick", json!(1)).await;
+    };
+    let (((a, first), (b, second)), ()) = tokio::join!(held, probe);
+    assert_eq!((a, b), (200, 200));
+    assert_eq!(offsets(first["events"].as_array().unwrap()), [1]);
+    assert_eq!(offsets(second["events"].as_array().unwrap()), [1]);
+    // The slots are given back when the polls end.
+    let (status, _) = poll("u1", 0.1).await;
+    assert_eq!(status, 200);
+    assert_eq!(server.metric("tidings_polls_waiting").await, 0.0);
+}
+
+#[tokio::test]
 async fn long_poll_answers_when_an_event_arrives_or_when_wait_ends() {
     let server = TestServer::start().await;
     let token = token("u1", &["acme"], &[]);
