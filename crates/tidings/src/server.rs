@@ -170,6 +170,29 @@ impl Tidings {
         }
     }
 
+    /// Sets the options [`Tidings::serve`] gives every accepted socket; call it
+    /// from your own accept loop when you serve [`Tidings::router`] yourself.
+    ///
+    /// - `TCP_NODELAY`: events are small writes that must not wait for Nagle.
+    /// - `TCP_USER_TIMEOUT` of `heartbeat + pong_timeout` (Linux): data the peer
+    ///   leaves unacknowledged that long ends the connection. This is what finds
+    ///   an SSE reader that stopped reading or vanished (SSE has no pong), and a
+    ///   dead WebSocket peer whose close handshake would otherwise wait on the
+    ///   kernel's retransmissions for about 15 minutes.
+    pub fn tune_socket(&self, tcp: &tokio::net::TcpStream) {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let settings = &self.state.config.connection;
+            let timeout = settings.heartbeat + settings.pong_timeout;
+            if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
+                tracing::debug!(error = %err, "could not set TCP_USER_TIMEOUT");
+            }
+        }
+    }
+
     /// Serves on `listener` until `signal` resolves, then stops accepting, sends
     /// every client 1012 and drains for `connection.shutdown_drain`.
     pub async fn serve(
@@ -180,12 +203,8 @@ impl Tidings {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = self.router();
         let mut server_stop = stop_rx.clone();
-        // Events are small writes that must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "could not set TCP_NODELAY");
-            }
-        });
+        let tuning = self.clone();
+        let listener = listener.tap_io(move |tcp| tuning.tune_socket(tcp));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

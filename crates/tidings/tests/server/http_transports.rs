@@ -990,3 +990,62 @@ async fn sse_reconnecting_under_a_continuous_publisher_sees_every_offset_once() 
     let expected: Vec<u64> = (1..=EVENTS).collect();
     assert_eq!(seen, expected, "every offset exactly once, in order");
 }
+
+/// A peer that stops reading (a frozen tab, a dead network behind a proxy that
+/// keeps the TCP session) must not hold its stream, its presence and its
+/// connection slot forever: unacknowledged data ends the connection after
+/// `heartbeat + pong_timeout` (TCP_USER_TIMEOUT), as a missing pong does over
+/// WebSocket.
+#[tokio::test]
+async fn an_sse_reader_that_stops_reading_is_dropped_after_heartbeat_and_pong_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = base_config();
+    config.connection.heartbeat = Duration::from_secs(1);
+    config.connection.pong_timeout = Duration::from_secs(1);
+    config.connection.send_queue_bytes = 256 * 1024;
+    let server = TestServer::with_config(config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /sse?channel=workspace:acme HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("u1", &["acme"], &[])
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 2048];
+    let mut read = 0;
+    while !String::from_utf8_lossy(&head[..read]).contains("event: subscribed") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut head[read..]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream ended before subscribed");
+        read += n;
+    }
+    assert_eq!(server.metric("tidings_sse_streams").await, 1.0);
+
+    // From here on the peer reads nothing. Fill its window, the server's socket
+    // buffer and the send queue.
+    let padding = "x".repeat(32 * 1024);
+    for i in 0..400 {
+        server
+            .publish("workspace:acme", "big", json!({"i": i, "pad": padding}))
+            .await;
+    }
+    let started = Instant::now();
+    while server.metric("tidings_sse_streams").await > 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stalled stream is still open after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "stalled stream dropped {:?} after the last publish",
+        started.elapsed()
+    );
+    assert_eq!(server.metric("tidings_connections").await, 0.0);
+    drop(stream);
+}

@@ -49,9 +49,10 @@ impl TestServer {
         let tidings = Tidings::new(config).expect("valid test config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = tidings.router();
+        // Served the way the binary serves (socket options included).
+        let serving = tidings.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = serving.serve(listener, std::future::pending()).await;
         });
         Self {
             addr,
