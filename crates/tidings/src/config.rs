@@ -188,6 +188,28 @@ impl Default for TransportSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSettings {
+    /// `memory` (one node) or `redis` (several nodes sharing one Redis).
+    #[serde(rename = "type")]
+    pub kind: EngineKind,
+    /// The Redis to use with `type = "redis"`: `redis://[:password@]host:port/db`
+    /// or `rediss://` for TLS. With `redis_cluster`, a comma-separated list of
+    /// the cluster's nodes to start from.
+    pub redis_url: String,
+    /// The Redis password, when it is not in `redis_url`.
+    pub redis_password: Option<String>,
+    /// `redis_url` names a Redis Cluster (sharded pub/sub, hash-tagged keys).
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key and pub/sub channel, so several Tidings
+    /// clusters can share one Redis.
+    pub redis_prefix: String,
+    /// How long one Redis command may take before the engine counts Redis as
+    /// unavailable.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// How long a node that stopped without cleaning up (killed, cut off) stays
+    /// listed, with its presence entries, after its last heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
     /// How long a channel remembers its epoch and last offset after its last
     /// event or its last subscriber left, once its history has expired. A client
     /// that comes back within it to a channel where nothing happened recovers
@@ -203,8 +225,36 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
+            kind: EngineKind::Memory,
+            redis_url: "redis://127.0.0.1:6379/0".to_owned(),
+            redis_password: None,
+            redis_cluster: false,
+            redis_prefix: "tidings".to_owned(),
+            redis_timeout: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(15),
             position_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Which engine a server runs on.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In-memory: one node.
+    #[default]
+    Memory,
+    /// Redis: several nodes share offsets, history, presence and delivery.
+    Redis,
+}
+
+impl EngineKind {
+    /// The name used in configuration and `/api/info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
         }
     }
 }

@@ -182,7 +182,7 @@ impl PublishError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::UnknownChannel(_) => ErrorCode::UnknownChannel,
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
-            Self::Engine(_) => ErrorCode::Internal,
+            Self::Engine(_) => ErrorCode::EngineUnavailable,
         }
     }
 }

@@ -46,6 +46,38 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// Per-user budgets of `POST /request` and `GET /events`.
     pub user_request_limits: UserRequestLimits,
+    /// When this node started.
+    pub started_at: std::time::Instant,
+}
+
+/// One live node, as `GET /api/info` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    /// The node's id (`node` in `connected`).
+    pub name: String,
+    /// Client connections it holds.
+    pub connections: usize,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Its Tidings version.
+    pub version: String,
+}
+
+impl ServerState {
+    /// This node as the node list shows it.
+    pub fn local_node(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.node.clone(),
+            connections: self.hub.connection_count(),
+            uptime_seconds: self.started_at.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Every live node of the cluster (just this one on the memory engine).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::engine::EngineError> {
+        Ok(vec![self.local_node()])
+    }
 }
 
 /// A Tidings server: mount [`Tidings::router`] in an axum app (or call
@@ -110,6 +142,7 @@ impl Tidings {
             presence,
             publisher,
             metrics,
+            started_at: std::time::Instant::now(),
         });
         Ok(Self { state })
     }

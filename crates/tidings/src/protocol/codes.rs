@@ -28,6 +28,9 @@ pub enum ErrorCode {
     NotAvailable,
     /// The server failed; the request may be retried.
     Internal,
+    /// The engine (Redis) is unreachable; nothing was done. Retry, with the same
+    /// `idempotency_key` for a publish.
+    EngineUnavailable,
 }
 
 impl ErrorCode {
@@ -45,6 +48,7 @@ impl ErrorCode {
             Self::TokenExpired => "token_expired",
             Self::NotAvailable => "not_available",
             Self::Internal => "internal",
+            Self::EngineUnavailable => "engine_unavailable",
         }
     }
 }

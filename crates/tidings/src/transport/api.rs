@@ -31,6 +31,7 @@ pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
         .route("/api/unsubscribe", post(unsubscribe))
         .route("/api/presence", get(presence))
         .route("/api/history", get(history))
+        .route("/api/info", get(info))
         .route_layer(middleware::from_fn_with_state(state, require_api_key))
 }
 
@@ -196,7 +197,7 @@ async fn presence(
         .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
     let members = state.presence.members(&channel).await.map_err(|e| {
         tracing::error!(error = %e, "presence read failed");
-        ApiError::new(ErrorCode::Internal, "presence read failed")
+        ApiError::new(ErrorCode::EngineUnavailable, "presence read failed; retry")
     })?;
     Ok(Json(json!({ "channel": channel, "members": members })).into_response())
 }
@@ -242,7 +243,7 @@ async fn history(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "history read failed");
-            ApiError::new(ErrorCode::Internal, "history read failed")
+            ApiError::new(ErrorCode::EngineUnavailable, "history read failed; retry")
         })?;
     let same_epoch = params
         .epoch
@@ -257,4 +258,19 @@ async fn history(
         Some(page.complete && same_epoch),
     );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /api/info`: this node and every live node of the cluster.
+async fn info(State(state): State<Arc<ServerState>>) -> Result<Response, ApiError> {
+    let nodes = state.nodes().await.map_err(|e| {
+        tracing::error!(error = %e, "node list read failed");
+        ApiError::new(ErrorCode::EngineUnavailable, "node list read failed; retry")
+    })?;
+    Ok(Json(json!({
+        "node": state.node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "engine": state.config.engine.kind.as_str(),
+        "nodes": nodes,
+    }))
+    .into_response())
 }

@@ -51,6 +51,7 @@ impl ApiError {
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::NotAvailable => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::EngineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -226,7 +226,10 @@ impl Poll<'_> {
             .await
             .map_err(|err| {
                 tracing::warn!(channel = %self.channel, error = %err, "poll failed in the engine");
-                ApiError::new(ErrorCode::Internal, "the engine failed; retry")
+                ApiError::new(
+                    ErrorCode::EngineUnavailable,
+                    "the engine is unavailable; retry",
+                )
             })
     }
 
@@ -260,7 +263,12 @@ impl Poll<'_> {
             .hub
             .add_subscription(self.channel, &connection, false)
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "the engine failed; retry"))?;
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::EngineUnavailable,
+                    "the engine is unavailable; retry",
+                )
+            })?;
         state.metrics.poll_waiting(true);
         let _guard = WaitGuard {
             state,

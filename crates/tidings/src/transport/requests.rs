@@ -80,7 +80,7 @@ pub(crate) async fn history(
         .broker()
         .history(&channel, &query)
         .await
-        .map_err(|_| Refusal::internal())?;
+        .map_err(|_| Refusal::engine_unavailable())?;
     // Offsets of another epoch say nothing about this one.
     let same_epoch = since
         .as_ref()
@@ -114,7 +114,7 @@ pub(crate) async fn presence(
         .presence
         .members(&channel)
         .await
-        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        .map_err(|_| Refusal::engine_unavailable())?;
     Ok(ServerMessage::PresenceList {
         id,
         channel: channel.to_string(),

@@ -33,8 +33,12 @@ impl Refusal {
         }
     }
 
-    pub fn internal() -> Self {
-        Self::new(ErrorCode::Internal, "the engine failed; retry")
+    /// The engine could not be reached: a temporary failure the client retries.
+    pub fn engine_unavailable() -> Self {
+        Self::new(
+            ErrorCode::EngineUnavailable,
+            "the engine is unavailable; retry",
+        )
     }
 }
 
@@ -153,7 +157,7 @@ impl Subscriptions {
             .await
         {
             tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
-            return Err(Refusal::internal());
+            return Err(Refusal::engine_unavailable());
         }
         let query = HistoryQuery {
             after: since.map(|s| s.offset),
@@ -164,7 +168,7 @@ impl Subscriptions {
             Err(err) => {
                 hub.remove_subscription(&channel, connection).await;
                 tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
-                return Err(Refusal::internal());
+                return Err(Refusal::engine_unavailable());
             }
         };
         let recovery = since.map(|since| recovery(since, &page));
