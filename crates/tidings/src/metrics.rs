@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::engine::cluster::EngineStatus;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Level, Metadata, Recorder, SharedString, Unit,
 };
@@ -32,6 +33,11 @@ pub struct Metrics {
     polls: Counter,
     polls_waiting: Gauge,
     http_requests: Counter,
+    engine_available: Gauge,
+    engine_outages: Counter,
+    engine_gaps_filled: Counter,
+    engine_resubscribes: Counter,
+    nodes: Gauge,
     _recorder: PrometheusRecorder,
 }
 
@@ -138,6 +144,23 @@ impl Metrics {
             "tidings_http_requests_total",
             "Client requests received over POST /request.",
         );
+        let engine_available = gauge(
+            "tidings_engine_available",
+            "1 while the engine (Redis) answers, 0 during an outage.",
+        );
+        let engine_outages = counter(
+            "tidings_engine_outages_total",
+            "Times the engine (Redis) became unreachable.",
+        );
+        let engine_gaps_filled = counter(
+            "tidings_engine_gaps_filled_total",
+            "Times events lost between nodes were filled from history, in order.",
+        );
+        let engine_resubscribes = counter(
+            "tidings_engine_resubscribes_total",
+            "Times a channel's local subscribers were told to resubscribe (continuity lost).",
+        );
+        let nodes = gauge("tidings_nodes", "Live nodes of the cluster.");
         let (key, unit, help) = describe(
             "tidings_publish_to_write_seconds",
             Some(Unit::Seconds),
@@ -165,14 +188,34 @@ impl Metrics {
             polls,
             polls_waiting,
             http_requests,
+            engine_available,
+            engine_outages,
+            engine_gaps_filled,
+            engine_resubscribes,
+            nodes,
             _recorder: recorder,
         }
     }
 
-    /// Renders the Prometheus text exposition, with the channel gauges as given.
-    pub fn render(&self, hub_channels: usize, engine_channels: usize) -> String {
+    /// Renders the Prometheus text exposition, with the channel gauges and the
+    /// engine's state as given (`nodes` when the node list could be read).
+    pub fn render(
+        &self,
+        hub_channels: usize,
+        engine_channels: usize,
+        engine: &EngineStatus,
+        nodes: Option<usize>,
+    ) -> String {
         self.hub_channels.set(hub_channels as f64);
         self.engine_channels.set(engine_channels as f64);
+        self.engine_available
+            .set(if engine.available { 1.0 } else { 0.0 });
+        self.engine_outages.absolute(engine.outages);
+        self.engine_gaps_filled.absolute(engine.gaps_filled);
+        self.engine_resubscribes.absolute(engine.resubscribes);
+        if let Some(nodes) = nodes {
+            self.nodes.set(nodes as f64);
+        }
         self.handle.render()
     }
 

@@ -13,10 +13,11 @@ use tidings_auth::{ApiKey, TokenVerifier};
 use tokio::net::TcpListener;
 
 use crate::access::AccessPolicy;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, EngineKind};
+use crate::engine::cluster::{Cluster, NodeInfo};
 use crate::engine::presence::PresenceStore;
-use crate::engine::Engine;
-use crate::hub::{ConnectionLimits, Hub};
+use crate::engine::{Engine, EngineError};
+use crate::hub::{ConnectionLimits, Hub, HubControl};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::publisher::{PublishError, PublishRequest, Published, Publisher};
@@ -46,37 +47,14 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// Per-user budgets of `POST /request` and `GET /events`.
     pub user_request_limits: UserRequestLimits,
-    /// When this node started.
-    pub started_at: std::time::Instant,
-}
-
-/// One live node, as `GET /api/info` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NodeInfo {
-    /// The node's id (`node` in `connected`).
-    pub name: String,
-    /// Client connections it holds.
-    pub connections: usize,
-    /// Seconds since it started.
-    pub uptime_seconds: u64,
-    /// Its Tidings version.
-    pub version: String,
+    /// Which nodes are alive, and API actions that reach every node.
+    pub cluster: Arc<dyn Cluster>,
 }
 
 impl ServerState {
-    /// This node as the node list shows it.
-    pub fn local_node(&self) -> NodeInfo {
-        NodeInfo {
-            name: self.node.clone(),
-            connections: self.hub.connection_count(),
-            uptime_seconds: self.started_at.elapsed().as_secs(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        }
-    }
-
-    /// Every live node of the cluster (just this one on the memory engine).
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::engine::EngineError> {
-        Ok(vec![self.local_node()])
+    /// Every live node of the cluster, this one first.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        self.cluster.nodes().await
     }
 }
 
@@ -96,16 +74,30 @@ impl std::fmt::Debug for Tidings {
 }
 
 impl Tidings {
-    /// A server on the in-memory engine. Must be called within a Tokio runtime
-    /// (it starts the history sweep and metrics upkeep).
-    pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let engine = Engine::memory(&config.engine);
+    /// A server on the engine `config.engine.type` names (in memory, or Redis).
+    /// Must be called within a Tokio runtime (it starts the engine's tasks and
+    /// metrics upkeep). The Redis engine connects lazily: a Redis that is down
+    /// at start makes the node degraded, not absent.
+    pub fn new(mut config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let node = config
+            .node
+            .get_or_insert_with(|| format!("n_{}", &ulid::Ulid::generate().to_string()[16..]))
+            .clone();
+        let engine = match config.engine.kind {
+            EngineKind::Memory => Engine::memory(&config.engine, &node),
+            EngineKind::Redis => Engine::redis(&config.engine, &node)?,
+        };
         Self::with_engine(config, engine)
     }
 
     /// A server on the given engine.
     pub fn with_engine(config: Config, engine: Engine) -> Result<Self, ConfigError> {
-        let Engine { broker, presence } = engine;
+        let Engine {
+            broker,
+            presence,
+            cluster,
+        } = engine;
         config.validate()?;
         let verifier = TokenVerifier::new(&config.jwt)?;
         let metrics = Arc::new(Metrics::new());
@@ -128,6 +120,7 @@ impl Tidings {
             .node
             .clone()
             .unwrap_or_else(|| format!("n_{}", &ulid::Ulid::generate().to_string()[16..]));
+        cluster.attach(Arc::new(HubControl(Arc::downgrade(&hub))));
         let api_key = config.api_key.clone().map(ApiKey::new);
         spawn_metrics_upkeep(&metrics);
         let user_request_limits = UserRequestLimits::new(&config.connection);
@@ -142,7 +135,7 @@ impl Tidings {
             presence,
             publisher,
             metrics,
-            started_at: std::time::Instant::now(),
+            cluster,
         });
         Ok(Self { state })
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 
 use super::{
@@ -201,7 +202,6 @@ impl Broker for MemoryBroker {
             st.top += 1;
             st.last_active = now;
             st.claimed = true;
-            let id = event.id.clone();
             let publication = Arc::new(Publication::new(
                 channel.clone(),
                 st.top,
@@ -217,7 +217,7 @@ impl Broker for MemoryBroker {
             let outcome = PublishOutcome {
                 offset: st.top,
                 epoch: st.epoch.clone(),
-                id,
+                id: publication.id.to_string(),
                 duplicate: false,
             };
             if let Some(key) = &options.idempotency_key {
@@ -233,6 +233,17 @@ impl Broker for MemoryBroker {
             outcome
         });
         Ok(outcome)
+    }
+
+    async fn publish_presence(
+        &self,
+        channel: &ChannelName,
+        text: Utf8Bytes,
+    ) -> Result<(), EngineError> {
+        if let Some(sink) = self.sink.get() {
+            sink.deliver_presence(channel, &text);
+        }
+        Ok(())
     }
 
     async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {

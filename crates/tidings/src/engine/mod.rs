@@ -2,8 +2,10 @@
 //! reach every node. [`Broker`] is the seam: [`memory::MemoryBroker`] serves one
 //! node; a Redis broker serves several without the hub or transports changing.
 
+pub mod cluster;
 pub mod memory;
 pub mod presence;
+pub mod redis;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,8 +16,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::EngineSettings;
-use crate::protocol::messages::EventEnvelope;
 use crate::protocol::{ChannelName, EventMeta};
+use cluster::{Cluster, LocalCluster};
 use presence::{MemoryPresence, PresenceStore};
 
 /// The engine a server runs on: where events are placed and carried, and where
@@ -26,23 +28,26 @@ pub struct Engine {
     pub broker: Arc<dyn Broker>,
     /// Who is on which channel.
     pub presence: Arc<dyn PresenceStore>,
+    /// Which nodes are alive, and actions that reach every node.
+    pub cluster: Arc<dyn Cluster>,
 }
 
 impl Engine {
-    /// The single-node engine, with its sweep running as `settings` say.
-    /// Must be called within a Tokio runtime.
-    pub fn memory(settings: &EngineSettings) -> Self {
+    /// The single-node engine of node `node`, with its sweep running as
+    /// `settings` say. Must be called within a Tokio runtime.
+    pub fn memory(settings: &EngineSettings, node: &str) -> Self {
         let broker = Arc::new(memory::MemoryBroker::new(settings.position_ttl));
         broker.start_sweeper(settings.sweep_interval);
         Self {
             broker,
             presence: Arc::new(MemoryPresence::new()),
+            cluster: Arc::new(LocalCluster::new(node.to_owned())),
         }
     }
 }
 
 /// Who may receive an event, on top of channel permissions (§6 `audience`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audience {
     /// Users (`sub`) allowed to receive it.
@@ -79,10 +84,90 @@ pub struct NewEvent {
     pub exclude_client: Option<String>,
 }
 
+/// Who may receive an event beyond the channel's subscribers: its `audience`
+/// and `exclude_client`. Boxed in [`Publication`]: most events have neither.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
+pub struct DeliveryFilter {
+    /// Restricts who receives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Audience>,
+    /// A connection id that must not receive it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_client: Option<String>,
+}
+
+impl DeliveryFilter {
+    /// The filter of `event`, or `None` when it admits every subscriber.
+    pub fn of(event: &NewEvent) -> Option<Box<Self>> {
+        (event.audience.is_some() || event.exclude_client.is_some()).then(|| {
+            Box::new(Self {
+                audience: event.audience.clone(),
+                exclude_client: event.exclude_client.clone(),
+            })
+        })
+    }
+}
+
+/// An event's envelope without its offset: `prefix` + offset + `suffix` is the
+/// `event` push. An engine that assigns offsets elsewhere (a Redis script)
+/// splices the offset in without re-encoding anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeParts {
+    /// `{"type":"event","channel":"…","offset":`
+    pub prefix: String,
+    /// `,"id":"…","event":"…","ts":"…","data":…[,"meta":…]}`
+    pub suffix: String,
+}
+
+impl EnvelopeParts {
+    /// Encodes `event` for `channel`, once.
+    pub fn encode(channel: &ChannelName, event: &NewEvent) -> Self {
+        let mut prefix = String::with_capacity(channel.as_str().len() + 40);
+        prefix.push_str(r#"{"type":"event","channel":"#);
+        // Channel names are plain ASCII without quotes or escapes.
+        prefix.push_str(&serde_json::to_string(channel.as_str()).unwrap_or_default());
+        prefix.push_str(r#","offset":"#);
+        let tail = EnvelopeTail {
+            id: &event.id,
+            event: &event.event,
+            ts: &event.ts,
+            data: &event.data,
+            meta: event.meta.as_ref().filter(|m| !m.is_empty()),
+        };
+        // The tail holds only strings and already-valid JSON.
+        let tail = serde_json::to_string(&tail).unwrap_or_else(|_| "{}".to_owned());
+        let mut suffix = String::with_capacity(tail.len());
+        suffix.push(',');
+        suffix.push_str(tail.strip_prefix('{').unwrap_or(&tail));
+        Self { prefix, suffix }
+    }
+
+    /// The whole envelope at `offset`.
+    pub fn at(&self, offset: u64) -> Utf8Bytes {
+        let offset = offset.to_string();
+        let mut json = String::with_capacity(self.prefix.len() + offset.len() + self.suffix.len());
+        json.push_str(&self.prefix);
+        json.push_str(&offset);
+        json.push_str(&self.suffix);
+        Utf8Bytes::from(json)
+    }
+}
+
+/// The envelope's fields after `offset`, in wire order.
+#[derive(serde::Serialize)]
+struct EnvelopeTail<'a> {
+    id: &'a str,
+    event: &'a str,
+    ts: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a EventMeta>,
+}
+
 /// An event placed in a channel: what history keeps and fan-out delivers.
 ///
-/// The wire envelope is encoded once, on first use, and shared by every recipient
-/// and every replay.
+/// The wire envelope is encoded once, when the event is placed (or arrives
+/// encoded from another node), and shared by every recipient and every replay.
 #[derive(Debug)]
 pub struct Publication {
     /// The channel.
@@ -91,58 +176,70 @@ pub struct Publication {
     pub offset: u64,
     /// The history epoch the offset belongs to.
     pub epoch: Arc<str>,
-    /// The event as published.
-    pub event: NewEvent,
+    /// Event id (`e_…`).
+    pub id: Box<str>,
+    /// Event name.
+    pub name: Box<str>,
+    /// Audience and exclusion, when the publisher set either.
+    pub filter: Option<Box<DeliveryFilter>>,
     /// When this node received it, for publish-to-write latency.
     pub received_at: Instant,
-    encoded: OnceLock<Utf8Bytes>,
+    encoded: Utf8Bytes,
     sse_frame: OnceLock<bytes::Bytes>,
 }
 
 impl Publication {
-    /// Wraps an event placed at `offset` of `channel`.
+    /// Places `event` at `offset` of `channel`, encoding its envelope.
     pub fn new(channel: ChannelName, offset: u64, epoch: Arc<str>, event: NewEvent) -> Self {
+        let encoded = EnvelopeParts::encode(&channel, &event).at(offset);
+        let filter = DeliveryFilter::of(&event);
+        Self::from_encoded(
+            channel,
+            offset,
+            epoch,
+            event.id.into(),
+            event.event.into(),
+            filter,
+            encoded,
+        )
+    }
+
+    /// An event whose envelope is already encoded (it came from another node).
+    pub fn from_encoded(
+        channel: ChannelName,
+        offset: u64,
+        epoch: Arc<str>,
+        id: Box<str>,
+        name: Box<str>,
+        filter: Option<Box<DeliveryFilter>>,
+        encoded: Utf8Bytes,
+    ) -> Self {
         Self {
             channel,
             offset,
             epoch,
-            event,
+            id,
+            name,
+            filter,
             received_at: Instant::now(),
-            encoded: OnceLock::new(),
+            encoded,
             sse_frame: OnceLock::new(),
         }
     }
 
-    /// The `event` push as JSON text, encoded once.
+    /// The `event` push as JSON text.
     pub fn encoded(&self) -> &Utf8Bytes {
-        self.encoded.get_or_init(|| {
-            let envelope = EventEnvelope {
-                kind: "event",
-                channel: self.channel.as_str(),
-                offset: self.offset,
-                id: &self.event.id,
-                event: &self.event.event,
-                ts: &self.event.ts,
-                data: &self.event.data,
-                meta: self.event.meta.as_ref().filter(|m| !m.is_empty()),
-            };
-            // The envelope holds only strings, numbers and already-valid JSON.
-            let mut json = serde_json::to_string(&envelope).unwrap_or_default();
-            // serde_json's buffer growth leaves up to twice the length allocated,
-            // and the bytes live as long as the event stays in history.
-            json.shrink_to_fit();
-            Utf8Bytes::from(json)
-        })
+        &self.encoded
     }
 
     /// The event as an SSE message without its `id:` line (`event: <name>` and
     /// the envelope as `data:` lines), formatted once and shared by every stream.
     pub fn sse_frame(&self) -> &bytes::Bytes {
         self.sse_frame.get_or_init(|| {
-            let envelope = self.encoded().as_str();
-            let mut frame = String::with_capacity(envelope.len() + self.event.event.len() + 16);
+            let envelope = self.encoded.as_str();
+            let mut frame = String::with_capacity(envelope.len() + self.name.len() + 16);
             frame.push_str("event: ");
-            frame.push_str(&self.event.event);
+            frame.push_str(&self.name);
             frame.push('\n');
             push_sse_data(&mut frame, envelope);
             frame.push('\n');
@@ -152,10 +249,13 @@ impl Publication {
 
     /// Whether a connection may receive this event given the audience and exclusion.
     pub fn admits(&self, client: &str, user: &str, roles: &[String]) -> bool {
-        if self.event.exclude_client.as_deref() == Some(client) {
+        let Some(filter) = &self.filter else {
+            return true;
+        };
+        if filter.exclude_client.as_deref() == Some(client) {
             return false;
         }
-        match &self.event.audience {
+        match &filter.audience {
             Some(audience) => audience.admits(user, roles),
             None => true,
         }
@@ -256,6 +356,12 @@ pub trait EventSink: Send + Sync + 'static {
     fn deliver(&self, publication: &Arc<Publication>);
     /// Whether this node has subscribers on `channel` (keeps its history alive).
     fn has_subscribers(&self, channel: &ChannelName) -> bool;
+    /// Hands over a presence push (already encoded) for `channel`'s subscribers.
+    fn deliver_presence(&self, channel: &ChannelName, text: &Utf8Bytes);
+    /// The engine lost `channel`'s continuity (its state was reset, or events
+    /// went missing that history cannot fill): this node's subscribers must
+    /// subscribe again with `since`, and recover or be told to reload.
+    fn resubscribe(&self, channel: &ChannelName);
 }
 
 /// Places events in channels, keeps history, and carries events to every node.
@@ -271,6 +377,12 @@ pub trait Broker: Send + Sync + 'static {
         event: NewEvent,
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError>;
+    /// Sends a presence push to `channel`'s subscribers on every node.
+    async fn publish_presence(
+        &self,
+        channel: &ChannelName,
+        text: Utf8Bytes,
+    ) -> Result<(), EngineError>;
     /// This node now has subscribers on `channel`.
     async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError>;
     /// This node no longer has subscribers on `channel`.

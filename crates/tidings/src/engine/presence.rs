@@ -79,10 +79,10 @@ fn rank(status: PresenceStatus) -> u8 {
 
 /// One user's connections on a channel. A `Vec`, not a map: almost every user
 /// has one or two, and a map per user would cost every connection ~1 KiB.
-type UserClients = Vec<ClientPresence>;
+pub(crate) type UserClients = Vec<ClientPresence>;
 
 /// The member view of one user's connections, if it has any.
-fn member_of(user: &str, clients: &UserClients) -> Option<PresenceMember> {
+pub(crate) fn member_of(user: &str, clients: &UserClients) -> Option<PresenceMember> {
     let status = clients.iter().map(|c| c.status).min_by_key(|s| rank(*s))?;
     let mut ids: Vec<String> = clients.iter().map(|c| c.client.to_string()).collect();
     ids.sort();

@@ -17,12 +17,17 @@ pub use connection::{
     CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, PushOutcome, QueueLimits,
 };
 
+use crate::engine::cluster::ControlHandler;
 use crate::engine::{Broker, EngineError, EventSink, Publication};
 use crate::metrics::Metrics;
-use crate::protocol::{ChannelName, CloseCode, ServerMessage};
+use crate::protocol::{ChannelName, CloseCode};
 use axum::extract::ws::Utf8Bytes;
 
 const INTEREST_LOCK_SHARDS: usize = 64;
+
+/// The `reason` of the `unsubscribed` push that asks a client to subscribe
+/// again with `since` (the engine lost the channel's continuity).
+pub const RESUBSCRIBE_REASON: &str = "resubscribe";
 
 /// Why a connection could not be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +84,41 @@ impl EventSink for HubSink {
         self.0
             .upgrade()
             .is_some_and(|hub| hub.subscribers.contains_key(channel))
+    }
+
+    fn deliver_presence(&self, channel: &ChannelName, text: &Utf8Bytes) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.push_presence(channel, text);
+        }
+    }
+
+    fn resubscribe(&self, channel: &ChannelName) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.resubscribe_channel(channel);
+        }
+    }
+}
+
+/// The hub as the cluster's control handler: API actions arriving from any node.
+pub struct HubControl(pub Weak<Hub>);
+
+#[async_trait::async_trait]
+impl ControlHandler for HubControl {
+    fn disconnect_user(&self, user: &str, code: CloseCode, reason: Option<String>) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |hub| hub.disconnect_user(user, code, reason))
+    }
+
+    async fn unsubscribe_user(&self, user: &str, channel: &ChannelName, reason: &str) -> usize {
+        match self.0.upgrade() {
+            Some(hub) => hub.unsubscribe_user(user, channel, reason).await,
+            None => 0,
+        }
+    }
+
+    fn connection_count(&self) -> usize {
+        self.0.upgrade().map_or(0, |hub| hub.connection_count())
     }
 }
 
@@ -216,16 +256,43 @@ impl Hub {
 
     /// Sends a presence push, encoded once, to the channel's local subscribers
     /// that may see presence.
-    pub fn push_presence(&self, channel: &ChannelName, message: &ServerMessage) {
+    pub fn push_presence(&self, channel: &ChannelName, text: &Utf8Bytes) {
         let Some(subs) = self.subscribers.get(channel) else {
             return;
         };
-        let text = Utf8Bytes::from(message.to_json());
         for subscriber in subs.values().filter(|s| s.sees_presence) {
             subscriber
                 .connection
                 .push_presence(channel.clone(), text.clone());
         }
+    }
+
+    /// Ends every local subscription of `channel` with an `unsubscribed` push
+    /// whose reason is `resubscribe`: the engine lost the channel's continuity,
+    /// and each client recovers (or learns it must reload) by subscribing again.
+    pub fn resubscribe_channel(self: &Arc<Self>, channel: &ChannelName) {
+        let Some((_, subs)) = self.subscribers.remove(channel) else {
+            return;
+        };
+        for subscriber in subs.into_values() {
+            self.metrics.subscription_removed();
+            subscriber
+                .connection
+                .push_unsubscribed(channel.clone(), RESUBSCRIBE_REASON.to_owned());
+        }
+        // The broker still follows the channel; let it go unless a client is
+        // already back (the interest lock orders this against new subscribes).
+        let hub = Arc::downgrade(self);
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let Some(hub) = hub.upgrade() else { return };
+            let _guard = hub.interest_lock(&channel).lock().await;
+            if !hub.subscribers.contains_key(&channel) {
+                if let Err(err) = hub.broker.unsubscribe_node(&channel).await {
+                    tracing::warn!(%channel, error = %err, "broker unsubscribe failed");
+                }
+            }
+        });
     }
 
     /// The live connection `client_id` of `user`, if there is one.

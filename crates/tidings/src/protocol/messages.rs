@@ -1,7 +1,6 @@
 //! Client requests (§3) and server messages (§3, §4) as typed values.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::codes::ErrorCode;
@@ -205,29 +204,6 @@ pub struct EntityRef {
     /// Entity version, when the backend versions entities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
-}
-
-/// The `event` push (§4), borrowed for serialization.
-#[derive(Serialize)]
-pub struct EventEnvelope<'a> {
-    /// Always `"event"`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Channel name.
-    pub channel: &'a str,
-    /// Per-channel offset.
-    pub offset: u64,
-    /// Event id.
-    pub id: &'a str,
-    /// Event name.
-    pub event: &'a str,
-    /// Publish timestamp.
-    pub ts: &'a str,
-    /// Payload, verbatim.
-    pub data: &'a RawValue,
-    /// Publisher metadata.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub meta: Option<&'a EventMeta>,
 }
 
 /// A presence member (§3).

@@ -147,8 +147,10 @@ async fn disconnect(
             })?,
     };
     let count = state
-        .hub
-        .disconnect_user(&request.user, code, request.reason);
+        .cluster
+        .disconnect_user(&request.user, code, request.reason)
+        .await
+        .map_err(engine_unavailable)?;
     Ok(Json(json!({ "disconnected": count })).into_response())
 }
 
@@ -173,9 +175,10 @@ async fn unsubscribe(
         .as_deref()
         .unwrap_or("unsubscribed by the server");
     let count = state
-        .hub
+        .cluster
         .unsubscribe_user(&request.user, &channel, reason)
-        .await;
+        .await
+        .map_err(engine_unavailable)?;
     Ok(Json(json!({ "unsubscribed": count })).into_response())
 }
 
@@ -262,10 +265,7 @@ async fn history(
 
 /// `GET /api/info`: this node and every live node of the cluster.
 async fn info(State(state): State<Arc<ServerState>>) -> Result<Response, ApiError> {
-    let nodes = state.nodes().await.map_err(|e| {
-        tracing::error!(error = %e, "node list read failed");
-        ApiError::new(ErrorCode::EngineUnavailable, "node list read failed; retry")
-    })?;
+    let nodes = state.nodes().await.map_err(engine_unavailable)?;
     Ok(Json(json!({
         "node": state.node,
         "version": env!("CARGO_PKG_VERSION"),
@@ -273,4 +273,13 @@ async fn info(State(state): State<Arc<ServerState>>) -> Result<Response, ApiErro
         "nodes": nodes,
     }))
     .into_response())
+}
+
+/// The answer to an action the engine could not carry out.
+fn engine_unavailable(err: crate::engine::EngineError) -> ApiError {
+    tracing::debug!(error = %err, "engine unavailable");
+    ApiError::new(
+        ErrorCode::EngineUnavailable,
+        "the engine is unavailable; retry",
+    )
 }

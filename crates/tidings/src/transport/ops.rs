@@ -25,19 +25,30 @@ pub fn routes(console: bool) -> Router<Arc<ServerState>> {
     }
 }
 
+/// Always 200 while the process serves: during a Redis outage the node keeps
+/// its connections and says `degraded` (a load balancer that drained every
+/// node would cut clients off for nothing).
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
+    let engine = state.cluster.status();
     Json(json!({
-        "status": "ok",
+        "status": if engine.available { "ok" } else { "degraded" },
         "node": state.node,
         "connections": state.hub.connection_count(),
+        "engine": {
+            "type": state.config.engine.kind.as_str(),
+            "available": engine.available,
+        },
     }))
     .into_response()
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    let nodes = state.nodes().await.ok().map(|n| n.len());
     let text = state.metrics.render(
         state.hub.channel_count(),
         state.hub.broker().channel_count(),
+        &state.cluster.status(),
+        nodes,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

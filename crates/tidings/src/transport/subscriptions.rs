@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use tidings_auth::Identity;
 
 use crate::access::{AccessError, Action};
@@ -199,7 +200,7 @@ impl Subscriptions {
                 info: identity.info.clone(),
             };
             match state.presence.join(&channel, me).await {
-                Ok(Some(change)) => announce(state, &channel, change),
+                Ok(Some(change)) => announce(state, &channel, change).await,
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
             }
@@ -283,7 +284,7 @@ impl Subscriptions {
                 .set_status(channel, &connection.user, &connection.client_id, status)
                 .await
             {
-                Ok(Some(change)) => announce(state, channel, change),
+                Ok(Some(change)) => announce(state, channel, change).await,
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
             }
@@ -311,14 +312,14 @@ async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: 
         .leave(channel, &connection.user, &connection.client_id)
         .await
     {
-        Ok(Some(change)) => announce(state, channel, change),
+        Ok(Some(change)) => announce(state, channel, change).await,
         Ok(None) => {}
         Err(err) => tracing::warn!(%channel, error = %err, "presence leave failed"),
     }
 }
 
 /// Pushes a presence change to the channel's subscribers that may see presence.
-fn announce(state: &ServerState, channel: &ChannelName, change: PresenceChange) {
+async fn announce(state: &ServerState, channel: &ChannelName, change: PresenceChange) {
     let (action, member) = match change {
         PresenceChange::Join(m) => ("join", m),
         PresenceChange::Leave(m) => ("leave", m),
@@ -329,5 +330,8 @@ fn announce(state: &ServerState, channel: &ChannelName, change: PresenceChange) 
         action,
         member,
     };
-    state.hub.push_presence(channel, &push);
+    let text = Utf8Bytes::from(push.to_json());
+    if let Err(err) = state.hub.broker().publish_presence(channel, text).await {
+        tracing::warn!(%channel, error = %err, "presence push failed");
+    }
 }

@@ -32,12 +32,117 @@ impl Drop for TestServer {
     }
 }
 
+/// The base configuration of every test server. With `TEST_REDIS_URL` set,
+/// servers run on the Redis engine (each under a key prefix of its own), so
+/// the same suites check both engines.
 pub fn base_config() -> Config {
     let mut config = Config::default();
     config.jwt.secret = Some(SECRET.into());
     config.api_key = Some(API_KEY.into());
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    if let Ok(url) = std::env::var("TEST_REDIS_URL") {
+        config.engine.kind = tidings::config::EngineKind::Redis;
+        config.engine.redis_url = url;
+        config.engine.redis_prefix = unique_prefix();
+    }
     config
+}
+
+/// Whether the suites run on the Redis engine (`TEST_REDIS_URL`).
+pub fn on_redis() -> bool {
+    std::env::var_os("TEST_REDIS_URL").is_some()
+}
+
+/// A Redis key prefix no other test server uses.
+pub fn unique_prefix() -> String {
+    format!("t{}", ulid::Ulid::generate().to_string().to_lowercase())
+}
+
+/// A `redis-server` of the test's own, on a free port in a temporary
+/// directory; stopped (by its process id) on drop.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    persistent: bool,
+}
+
+impl RedisServer {
+    /// Starts a Redis without persistence.
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Starts a Redis; `persistent` turns on the append-only file (fsync always).
+    pub async fn start_with(persistent: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("tidings-redis-{}", unique_prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+            persistent,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the process (as a crash would), keeping its directory.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl TestServer {

@@ -1,0 +1,314 @@
+//! [`RedisCluster`]: which nodes are alive, API actions that reach every node,
+//! and cleaning up after a node that died.
+//!
+//! Every node writes a heartbeat (its entry and Redis's time) every third of
+//! `engine.node_ttl`. A node whose heartbeat is older than `node_ttl` is dead:
+//! its presence entries are left out of listings at once, and one survivor
+//! (the one that takes the reaper lock) removes them, telling the channels'
+//! subscribers that those users left.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use redis::Value;
+use serde::{Deserialize, Serialize};
+
+use super::presence::Entry;
+use super::receiver::Incoming;
+use super::{millis, number, text, Shared};
+use crate::engine::cluster::{local_node, Cluster, ControlHandler, EngineStatus, NodeInfo};
+use crate::engine::EngineError;
+use crate::protocol::{ChannelName, CloseCode, ServerMessage};
+
+/// Node membership and control actions through Redis.
+pub struct RedisCluster {
+    shared: Arc<Shared>,
+}
+
+impl RedisCluster {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn broadcast(&self, action: &ControlAction) -> Result<(), EngineError> {
+        let link = &self.shared.link;
+        let message = serde_json::to_string(&ControlMessage {
+            from: link.node.clone(),
+            action: action.clone(),
+        })
+        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        link.query::<()>(redis::cmd("PUBLISH").arg(link.keys.control()).arg(message))
+            .await
+    }
+
+    fn local(&self) -> NodeInfo {
+        let connections = self
+            .shared
+            .control
+            .get()
+            .map_or(0, |h| h.connection_count());
+        local_node(&self.shared.link.node, self.shared.started, connections)
+    }
+}
+
+/// An API action carried to every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum ControlAction {
+    Disconnect {
+        user: String,
+        code: u16,
+        reason: Option<String>,
+    },
+    Unsubscribe {
+        user: String,
+        channel: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ControlMessage {
+    from: String,
+    #[serde(flatten)]
+    action: ControlAction,
+}
+
+/// Acts on a control message from another node.
+pub(crate) async fn on_control(shared: &Shared, payload: &[u8]) {
+    let Ok(message) = serde_json::from_slice::<ControlMessage>(payload) else {
+        tracing::warn!("unreadable control message");
+        return;
+    };
+    if message.from == shared.link.node {
+        return;
+    }
+    let Some(handler) = shared.control.get() else {
+        return;
+    };
+    match message.action {
+        ControlAction::Disconnect { user, code, reason } => {
+            if let Some(code) = CloseCode::from_code(code) {
+                handler.disconnect_user(&user, code, reason);
+            }
+        }
+        ControlAction::Unsubscribe {
+            user,
+            channel,
+            reason,
+        } => {
+            if let Ok(channel) = ChannelName::parse(&channel) {
+                handler.unsubscribe_user(&user, &channel, &reason).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Cluster for RedisCluster {
+    fn attach(&self, handler: Arc<dyn ControlHandler>) {
+        let _ = self.shared.control.set(handler);
+    }
+
+    async fn disconnect_user(
+        &self,
+        user: &str,
+        code: CloseCode,
+        reason: Option<String>,
+    ) -> Result<usize, EngineError> {
+        self.broadcast(&ControlAction::Disconnect {
+            user: user.to_owned(),
+            code: code.code(),
+            reason: reason.clone(),
+        })
+        .await?;
+        Ok(self
+            .shared
+            .control
+            .get()
+            .map_or(0, |h| h.disconnect_user(user, code, reason)))
+    }
+
+    async fn unsubscribe_user(
+        &self,
+        user: &str,
+        channel: &ChannelName,
+        reason: &str,
+    ) -> Result<usize, EngineError> {
+        self.broadcast(&ControlAction::Unsubscribe {
+            user: user.to_owned(),
+            channel: channel.to_string(),
+            reason: reason.to_owned(),
+        })
+        .await?;
+        match self.shared.control.get() {
+            Some(h) => Ok(h.unsubscribe_user(user, channel, reason).await),
+            None => Ok(0),
+        }
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        let me = self.local();
+        let ttl = millis(self.shared.link.settings.node_ttl);
+        let mut nodes = vec![me.clone()];
+        for (name, age, entry) in beat(&self.shared, None).await? {
+            if name == me.name || age > ttl {
+                continue;
+            }
+            if let Ok(info) = serde_json::from_str::<NodeInfo>(&entry) {
+                nodes.push(info);
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn status(&self) -> EngineStatus {
+        let shared = &self.shared;
+        EngineStatus {
+            available: shared.link.availability.is_up(),
+            outages: shared.link.availability.outages(),
+            gaps_filled: shared.gaps_filled.load(Ordering::Relaxed),
+            resubscribes: shared.resubscribes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Writes this node's heartbeat (when `me` is given) and returns every node's
+/// name, milliseconds since its last heartbeat, and entry.
+async fn beat(
+    shared: &Shared,
+    me: Option<&NodeInfo>,
+) -> Result<Vec<(String, u64, String)>, EngineError> {
+    let keys = &shared.link.keys;
+    let (name, entry) = match me {
+        Some(me) => (
+            me.name.clone(),
+            serde_json::to_string(me).map_err(|e| EngineError::Unavailable(e.to_string()))?,
+        ),
+        None => (String::new(), String::new()),
+    };
+    let reply: Vec<Value> = shared
+        .link
+        .call(
+            "heartbeat",
+            &[&keys.nodes(), &keys.node_heartbeats()],
+            &[name.as_bytes(), entry.as_bytes()],
+        )
+        .await?;
+    Ok(reply
+        .into_iter()
+        .filter_map(|row| match row {
+            Value::Array(fields) if fields.len() == 3 => Some((
+                text(&fields[0])?,
+                number(&fields[1]).unwrap_or(0),
+                text(&fields[2]).unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The node's heartbeat loop: writes its entry, keeps the list of live nodes,
+/// reaps dead nodes, keeps followed positions alive, and subscribes to the
+/// control channel. Runs until the engine is dropped.
+pub(crate) async fn heartbeat(shared: Weak<Shared>) {
+    let Some(settings) = shared.upgrade().map(|s| s.link.settings.clone()) else {
+        return;
+    };
+    let interval = (settings.node_ttl / 3).max(Duration::from_millis(100));
+    let touch_every = (settings.position_ttl / 4).max(interval);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut control_subscribed = false;
+    let mut last_touch = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if !control_subscribed {
+            control_subscribed = shared.link.subscribe_control().await.is_ok();
+        }
+        let connections = shared.control.get().map_or(0, |h| h.connection_count());
+        let me = local_node(&shared.link.node, shared.started, connections);
+        let Ok(nodes) = beat(&shared, Some(&me)).await else {
+            // Also reconnects the pub/sub connection once Redis is back.
+            let _ = shared.link.ping_subscriber().await;
+            continue;
+        };
+        let ttl = millis(settings.node_ttl);
+        let dead: Vec<String> = nodes
+            .iter()
+            .filter(|(_, age, _)| *age > ttl)
+            .map(|(name, _, _)| name.clone())
+            .collect();
+        if let Ok(mut cached) = shared.dead_nodes.write() {
+            cached.clone_from(&dead);
+        }
+        for dead in &dead {
+            if let Err(err) = reap(&shared, dead).await {
+                tracing::warn!(node = %dead, error = %err, "could not clean up after a dead node");
+            }
+        }
+        if last_touch.elapsed() >= touch_every {
+            last_touch = tokio::time::Instant::now();
+            shared.tell(Incoming::Touch);
+        }
+    }
+}
+
+/// Removes a dead node's presence entries (if this node wins the reaper lock),
+/// telling each channel's subscribers who left.
+async fn reap(shared: &Shared, dead: &str) -> Result<(), EngineError> {
+    let link = &shared.link;
+    let keys = &link.keys;
+    let won: Option<String> = link
+        .query(
+            redis::cmd("SET")
+                .arg(keys.reaper(dead))
+                .arg(&link.node)
+                .arg("NX")
+                .arg("PX")
+                .arg(60_000),
+        )
+        .await?;
+    if won.is_none() {
+        return Ok(());
+    }
+    let channels: Vec<String> = link
+        .query(redis::cmd("SMEMBERS").arg(keys.node_presence(dead)))
+        .await?;
+    for channel in channels.iter().filter_map(|c| ChannelName::parse(c).ok()) {
+        let gone: Vec<String> = link
+            .call(
+                "presence_reap",
+                &[&keys.presence(&channel), &keys.presence_users(&channel)],
+                &[dead.as_bytes()],
+            )
+            .await?;
+        for entry in gone {
+            let Ok(entry) = serde_json::from_str::<Entry>(&entry) else {
+                continue;
+            };
+            let push = ServerMessage::PresenceChanged {
+                channel: channel.to_string(),
+                action: "leave",
+                member: entry.gone_member(),
+            };
+            shared
+                .publish_presence(&channel, Utf8Bytes::from(push.to_json()))
+                .await?;
+        }
+    }
+    link.query::<()>(redis::cmd("DEL").arg(keys.node_presence(dead)))
+        .await?;
+    link.query::<()>(redis::cmd("HDEL").arg(keys.nodes()).arg(dead))
+        .await?;
+    link.query::<()>(redis::cmd("HDEL").arg(keys.node_heartbeats()).arg(dead))
+        .await?;
+    tracing::info!(node = %dead, channels = channels.len(), "cleaned up after a dead node");
+    Ok(())
+}

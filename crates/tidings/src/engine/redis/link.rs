@@ -1,0 +1,430 @@
+//! One node's connections to Redis: commands, pub/sub, the function library,
+//! key names, and whether Redis is reachable right now.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, RedisFuture, Value};
+use tokio::sync::OnceCell;
+
+use crate::config::{ConfigError, EngineSettings};
+use crate::engine::EngineError;
+use crate::protocol::ChannelName;
+
+/// The function library, loaded into Redis by every node.
+const LIBRARY: &str = include_str!("tidings.lua");
+/// Its version: function names carry it (`tidings_v1_publish`).
+const LIBRARY_PREFIX: &str = "tidings_v1_";
+
+/// Names of the keys and pub/sub channels, under the configured prefix.
+///
+/// Every key of one channel carries the channel as a hash tag (`{…}`), so in a
+/// Redis Cluster its offset counter, history and messages live on one shard.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn tagged(&self, channel: &ChannelName, suffix: &str) -> String {
+        // Channel names cannot contain braces, so the tag is exactly the name.
+        format!("{}:{{{}}}:{suffix}", self.prefix, channel.as_str())
+    }
+
+    /// Offset counter, epoch and history TTL (a hash).
+    pub fn meta(&self, channel: &ChannelName) -> String {
+        self.tagged(channel, "m")
+    }
+    /// History (a stream whose entry ids are `<offset>-0`).
+    pub fn stream(&self, channel: &ChannelName) -> String {
+        self.tagged(channel, "h")
+    }
+    /// One idempotency key's first result.
+    pub fn idempotency(&self, channel: &ChannelName, key: &str) -> String {
+        self.tagged(channel, &format!("i:{key}"))
+    }
+    /// Presence entries, by connection id.
+    pub fn presence(&self, channel: &ChannelName) -> String {
+        self.tagged(channel, "p")
+    }
+    /// Presence connection counts, by user.
+    pub fn presence_users(&self, channel: &ChannelName) -> String {
+        self.tagged(channel, "u")
+    }
+    /// The pub/sub channel carrying the channel's events and presence pushes.
+    pub fn pubsub(&self, channel: &ChannelName) -> String {
+        self.tagged(channel, "c")
+    }
+    /// The channel a pub/sub channel name belongs to.
+    pub fn channel_of_pubsub(&self, name: &str) -> Option<ChannelName> {
+        let rest = name.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
+        let channel = rest.strip_suffix("}:c")?;
+        ChannelName::parse(channel).ok()
+    }
+    /// Node entries (one hash tag, so both node hashes share a shard).
+    pub fn nodes(&self) -> String {
+        format!("{}:{{nodes}}:info", self.prefix)
+    }
+    /// Last heartbeat of each node, in Redis time.
+    pub fn node_heartbeats(&self) -> String {
+        format!("{}:{{nodes}}:seen", self.prefix)
+    }
+    /// The channels where `node` has presence entries.
+    pub fn node_presence(&self, node: &str) -> String {
+        format!("{}:node:{node}:presence", self.prefix)
+    }
+    /// Who is cleaning up after a dead `node`.
+    pub fn reaper(&self, node: &str) -> String {
+        format!("{}:node:{node}:reaper", self.prefix)
+    }
+    /// Control messages between nodes (API actions).
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+}
+
+/// The command connection: one multiplexed connection to a single Redis, or a
+/// cluster connection that routes each command to its shard.
+#[derive(Clone)]
+pub(crate) enum Commands {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single {
+        commands: ConnectionManager,
+        client: redis::Client,
+    },
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// What the pub/sub connection hands the engine: messages and disconnections.
+pub(crate) type PushSink = Arc<dyn Fn(PushInfo) + Send + Sync>;
+
+/// Whether Redis answers, with one log line per change (not per request).
+#[derive(Debug)]
+pub(crate) struct Availability {
+    up: AtomicBool,
+    outages: AtomicU64,
+}
+
+impl Availability {
+    fn new() -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            outages: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    fn succeeded(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("Redis is reachable again");
+        }
+    }
+
+    fn failed(&self, err: &redis::RedisError) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "Redis is unreachable: publishes answer 503 until it is back");
+        }
+    }
+}
+
+/// A node's link to Redis.
+pub(crate) struct RedisLink {
+    pub keys: Keys,
+    pub settings: EngineSettings,
+    pub node: String,
+    target: Target,
+    /// Cluster mode: the connection, made on first use. Single: pub/sub.
+    lazy: OnceCell<Commands>,
+    push: PushSink,
+    pub availability: Availability,
+}
+
+fn config_error(problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: "engine.redis_url".to_owned(),
+        problem: problem.into(),
+    }
+}
+
+impl RedisLink {
+    /// Parses the settings and prepares (but does not open) the connections.
+    /// `push` receives the pub/sub connection's messages and disconnections.
+    pub fn new(settings: &EngineSettings, node: &str, push: PushSink) -> Result<Self, ConfigError> {
+        let timeout = settings.redis_timeout;
+        let urls: Vec<&str> = settings
+            .redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(config_error("no Redis address given"));
+        }
+        let mut infos = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let info = url
+                .into_connection_info()
+                .map_err(|e| config_error(format!("not a Redis URL ({e})")))?;
+            let tcp = info.tcp_settings().clone().set_nodelay(true);
+            let mut redis_settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            if let Some(password) = &settings.redis_password {
+                redis_settings = redis_settings.set_password(password);
+            }
+            infos.push(
+                info.set_tcp_settings(tcp)
+                    .set_redis_settings(redis_settings),
+            );
+        }
+        let target = if settings.redis_cluster {
+            let sender = push.clone();
+            let client = ClusterClientBuilder::new(infos)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .push_sender(move |info: PushInfo| -> Result<(), ()> {
+                    sender(info);
+                    Ok(())
+                })
+                .build()
+                .map_err(|e| config_error(format!("bad cluster settings ({e})")))?;
+            Target::Cluster(client)
+        } else {
+            if infos.len() > 1 {
+                return Err(config_error(
+                    "several addresses need engine.redis_cluster = true",
+                ));
+            }
+            let info = infos.remove(0);
+            let client =
+                redis::Client::open(info).map_err(|e| config_error(format!("not usable ({e})")))?;
+            let commands =
+                ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))
+                    .map_err(|e| config_error(format!("not usable ({e})")))?;
+            Target::Single { commands, client }
+        };
+        Ok(Self {
+            keys: Keys {
+                prefix: settings.redis_prefix.clone(),
+            },
+            settings: settings.clone(),
+            node: node.to_owned(),
+            target,
+            lazy: OnceCell::new(),
+            push,
+            availability: Availability::new(),
+        })
+    }
+
+    /// The connection for commands.
+    pub async fn commands(&self) -> Result<Commands, EngineError> {
+        match &self.target {
+            Target::Single { commands, .. } => Ok(Commands::Single(commands.clone())),
+            Target::Cluster(client) => self
+                .lazy
+                .get_or_try_init(|| async {
+                    client
+                        .get_async_connection()
+                        .await
+                        .map(Commands::Cluster)
+                        .map_err(|e| self.unavailable(&e))
+                })
+                .await
+                .cloned(),
+        }
+    }
+
+    /// The connection that holds this node's subscriptions.
+    pub async fn subscriber(&self) -> Result<Commands, EngineError> {
+        match &self.target {
+            Target::Cluster(_) => self.commands().await,
+            Target::Single { client, .. } => self
+                .lazy
+                .get_or_try_init(|| async {
+                    let sender = self.push.clone();
+                    let config = manager_config(self.settings.redis_timeout)
+                        .set_push_sender(move |info: PushInfo| -> Result<(), ()> {
+                            sender(info);
+                            Ok(())
+                        })
+                        .set_automatic_resubscription();
+                    ConnectionManager::new_lazy_with_config(client.clone(), config)
+                        .map(Commands::Single)
+                        .map_err(|e| self.unavailable(&e))
+                })
+                .await
+                .cloned(),
+        }
+    }
+
+    /// Whether channels use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+    pub fn sharded(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// Subscribes this node to `channel`'s pub/sub channel.
+    pub async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let name = self.keys.pubsub(channel);
+        let result = match self.subscriber().await? {
+            Commands::Single(mut c) => c.subscribe(&name).await,
+            Commands::Cluster(mut c) => c.ssubscribe(&name).await,
+        };
+        self.observe(result)
+    }
+
+    /// Unsubscribes this node from `channel`'s pub/sub channel.
+    pub async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let name = self.keys.pubsub(channel);
+        let result = match self.subscriber().await? {
+            Commands::Single(mut c) => c.unsubscribe(&name).await,
+            Commands::Cluster(mut c) => c.sunsubscribe(&name).await,
+        };
+        self.observe(result)
+    }
+
+    /// Subscribes to the control channel (classic pub/sub: every node hears it).
+    pub async fn subscribe_control(&self) -> Result<(), EngineError> {
+        let name = self.keys.control();
+        let result = match self.subscriber().await? {
+            Commands::Single(mut c) => c.subscribe(&name).await,
+            Commands::Cluster(mut c) => c.subscribe(&name).await,
+        };
+        self.observe(result)
+    }
+
+    /// Checks that the pub/sub connection answers (and reconnects it if not).
+    pub async fn ping_subscriber(&self) -> Result<(), EngineError> {
+        let mut conn = self.subscriber().await?;
+        let result: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut conn).await;
+        self.observe(result)
+    }
+
+    /// Calls library function `name` (without its version prefix), loading the
+    /// library first when this Redis does not have it (a new or flushed Redis).
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        name: &str,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, EngineError> {
+        let mut conn = self.commands().await?;
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(format!("{LIBRARY_PREFIX}{name}")).arg(keys.len());
+        for key in keys {
+            cmd.arg(*key);
+        }
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        match cmd.query_async::<T>(&mut conn).await {
+            Err(err) if is_missing_function(&err) => {
+                let load: redis::RedisResult<String> = redis::cmd("FUNCTION")
+                    .arg("LOAD")
+                    .arg("REPLACE")
+                    .arg(LIBRARY)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(err) = load {
+                    tracing::error!(error = %err, "could not load the Tidings functions into Redis");
+                    return Err(self.unavailable(&err));
+                }
+                self.observe(cmd.query_async(&mut conn).await)
+            }
+            result => self.observe(result),
+        }
+    }
+
+    /// Runs a plain command.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, EngineError> {
+        let mut conn = self.commands().await?;
+        self.observe(cmd.query_async(&mut conn).await)
+    }
+
+    /// Records the outcome of a Redis call and maps its error.
+    pub fn observe<T>(&self, result: redis::RedisResult<T>) -> Result<T, EngineError> {
+        match result {
+            Ok(value) => {
+                self.availability.succeeded();
+                Ok(value)
+            }
+            Err(err) => Err(self.unavailable(&err)),
+        }
+    }
+
+    fn unavailable(&self, err: &redis::RedisError) -> EngineError {
+        // Errors Redis itself answered (a script error) are not outages.
+        if err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_unrecoverable_error()
+        {
+            self.availability.failed(err);
+        } else {
+            tracing::error!(error = %err, "Redis refused a command");
+        }
+        EngineError::Unavailable(err.to_string())
+    }
+}
+
+fn is_missing_function(err: &redis::RedisError) -> bool {
+    err.to_string().contains("Function not found")
+}
+
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    // Fail fast while Redis is away (publishes answer 503 and are retried by
+    // the publisher); the next command tries to reconnect.
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
+}

@@ -1,0 +1,334 @@
+//! The delivery task: turns this node's pub/sub messages into the hub's events,
+//! each channel's in offset order, with no gap left silent.
+//!
+//! One task owns every followed channel's position, so ordering needs no lock:
+//! a message at the next offset is delivered; one at or below the position is
+//! a duplicate and dropped; one further ahead means messages were lost (Redis
+//! dropped them, or the pub/sub connection was down) and the missing events are
+//! read from the channel's history first. When history cannot fill the gap, or
+//! the channel's epoch changed (Redis lost its state), the channel's local
+//! subscribers are told to resubscribe, which recovers them or tells them to
+//! reload. After the pub/sub connection drops, every followed channel is
+//! checked the same way once Redis answers again.
+//!
+//! Stopped by dropping the engine: the task holds it weakly and ends when every
+//! sender of its queue is gone.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{ChannelRead, Shared};
+use crate::engine::Publication;
+use crate::protocol::ChannelName;
+
+/// What the delivery task is told, in one queue so that "follow this channel"
+/// is always seen before the channel's first message.
+pub(crate) enum Incoming {
+    /// A message or event of the pub/sub connection.
+    Push(PushInfo),
+    /// Start following `channel`: buffer its messages until its baseline.
+    Follow(ChannelName),
+    /// The channel's position right after this node subscribed.
+    Baseline {
+        channel: ChannelName,
+        epoch: Arc<str>,
+        top: u64,
+    },
+    /// Stop following `channel`.
+    Unfollow(ChannelName),
+    /// Extend the remembered position of every followed channel.
+    Touch,
+}
+
+/// One message of a channel's pub/sub channel.
+enum ChannelMessage {
+    Event(Arc<Publication>),
+    Presence(Utf8Bytes),
+}
+
+struct Followed {
+    /// `None` until the baseline arrives.
+    position: Option<(Arc<str>, u64)>,
+    waiting: Vec<Arc<Publication>>,
+}
+
+/// How long to wait before checking the channels again while Redis is away.
+const RESYNC_RETRY: Duration = Duration::from_millis(250);
+
+/// Runs the delivery task until the engine is dropped.
+pub(crate) async fn run(shared: Weak<Shared>, mut queue: UnboundedReceiver<Incoming>) {
+    let mut followed: HashMap<ChannelName, Followed> = HashMap::new();
+    let mut resync_pending = false;
+    loop {
+        let next = if resync_pending {
+            match tokio::time::timeout(RESYNC_RETRY, queue.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    resync_pending = !resync(&shared, &mut followed).await;
+                    continue;
+                }
+            }
+        } else {
+            queue.recv().await
+        };
+        let Some(incoming) = next else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match incoming {
+            Incoming::Follow(channel) => {
+                followed.insert(
+                    channel,
+                    Followed {
+                        position: None,
+                        waiting: Vec::new(),
+                    },
+                );
+            }
+            Incoming::Baseline {
+                channel,
+                epoch,
+                top,
+            } => {
+                let Some(state) = followed.get_mut(&channel) else {
+                    continue;
+                };
+                state.position = Some((epoch, top));
+                for publication in std::mem::take(&mut state.waiting) {
+                    on_event(&shared, &mut followed, publication).await;
+                }
+            }
+            Incoming::Unfollow(channel) => {
+                followed.remove(&channel);
+            }
+            Incoming::Touch => touch(&shared, &followed).await,
+            Incoming::Push(push) => match push.kind {
+                PushKind::Message | PushKind::SMessage => {
+                    on_message(&shared, &mut followed, push.data).await;
+                }
+                PushKind::Disconnection => {
+                    // Messages published while the connection was down are lost;
+                    // check every channel once Redis answers again.
+                    resync_pending = true;
+                }
+                _ => {}
+            },
+        }
+        shared
+            .followed_channels
+            .store(followed.len(), Ordering::Relaxed);
+        if resync_pending && queue.is_empty() {
+            resync_pending = !resync(&shared, &mut followed).await;
+        }
+    }
+}
+
+async fn on_message(
+    shared: &Shared,
+    followed: &mut HashMap<ChannelName, Followed>,
+    data: Vec<Value>,
+) {
+    let mut parts = data.into_iter();
+    let (Some(name), Some(payload)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let (Some(name), Some(payload)) = (bulk(name), bulk(payload)) else {
+        return;
+    };
+    let Ok(name) = std::str::from_utf8(&name) else {
+        return;
+    };
+    if name == shared.link.keys.control() {
+        super::cluster::on_control(shared, &payload).await;
+        return;
+    }
+    let Some(channel) = shared.link.keys.channel_of_pubsub(name) else {
+        return;
+    };
+    match parse_message(channel, payload) {
+        Some(ChannelMessage::Event(publication)) => {
+            if followed.contains_key(&publication.channel) {
+                on_event(shared, followed, publication).await;
+            }
+        }
+        Some(ChannelMessage::Presence(text)) => {
+            if let Some((channel, sink)) = shared
+                .link
+                .keys
+                .channel_of_pubsub(name)
+                .zip(shared.sink.get())
+            {
+                sink.deliver_presence(&channel, &text);
+            }
+        }
+        None => tracing::warn!(
+            channel = name,
+            "unreadable message on a channel's pub/sub channel"
+        ),
+    }
+}
+
+/// Places one event after the channel's position: delivered, dropped as a
+/// duplicate, preceded by the events it skipped, or ending the subscriptions.
+async fn on_event(
+    shared: &Shared,
+    followed: &mut HashMap<ChannelName, Followed>,
+    publication: Arc<Publication>,
+) {
+    let Some(state) = followed.get_mut(&publication.channel) else {
+        return;
+    };
+    let Some((epoch, last)) = state.position.clone() else {
+        state.waiting.push(publication);
+        return;
+    };
+    if epoch != publication.epoch {
+        tracing::info!(channel = %publication.channel, "channel epoch changed in Redis: subscribers resubscribe");
+        state.position = Some((publication.epoch.clone(), publication.offset));
+        shared.lost_continuity(&publication.channel);
+        return;
+    }
+    if publication.offset <= last {
+        return;
+    }
+    if publication.offset > last + 1 {
+        let missing = publication.offset - 1 - last;
+        let read = shared
+            .read(&publication.channel, last, missing as usize, 0)
+            .await;
+        match read {
+            Ok(read) if fills(&read, &epoch, last, publication.offset - 1) => {
+                shared.gaps_filled.fetch_add(1, Ordering::Relaxed);
+                for missed in &read.events {
+                    shared.deliver(missed);
+                }
+            }
+            _ => {
+                tracing::info!(channel = %publication.channel, missing, "events lost in transit and not in history: subscribers resubscribe");
+                state.position = Some((epoch, publication.offset));
+                shared.lost_continuity(&publication.channel);
+                return;
+            }
+        }
+    }
+    state.position = Some((epoch, publication.offset));
+    shared.deliver(&publication);
+}
+
+/// Whether `read` holds exactly the events `after+1..=through` of `epoch`.
+fn fills(read: &ChannelRead, epoch: &Arc<str>, after: u64, through: u64) -> bool {
+    read.epoch == *epoch
+        && read.complete
+        && read.events.len() as u64 == through - after
+        && read
+            .events
+            .iter()
+            .zip(after + 1..)
+            .all(|(p, offset)| p.offset == offset)
+}
+
+/// Brings every followed channel up to date after pub/sub messages may have
+/// been lost; returns false when Redis is still away.
+async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) -> bool {
+    if shared.link.ping_subscriber().await.is_err() {
+        return false;
+    }
+    let channels: Vec<ChannelName> = followed.keys().cloned().collect();
+    for channel in channels {
+        let Some(state) = followed.get_mut(&channel) else {
+            continue;
+        };
+        let Some((epoch, last)) = state.position.clone() else {
+            continue;
+        };
+        let read = match shared.read(&channel, last, 0, 0).await {
+            Ok(read) => read,
+            Err(_) => return false,
+        };
+        if read.epoch != epoch {
+            tracing::info!(%channel, "channel state lost in Redis: subscribers resubscribe");
+            state.position = Some((read.epoch.clone(), read.top));
+            shared.lost_continuity(&channel);
+        } else if read.top > last {
+            if fills(&read, &epoch, last, read.top) {
+                shared.gaps_filled.fetch_add(1, Ordering::Relaxed);
+                for missed in &read.events {
+                    shared.deliver(missed);
+                }
+            } else {
+                state.position = Some((epoch.clone(), read.top));
+                shared.lost_continuity(&channel);
+                continue;
+            }
+            state.position = Some((epoch, read.top));
+        }
+    }
+    tracing::info!(
+        channels = followed.len(),
+        "channels checked after the Redis connection came back"
+    );
+    true
+}
+
+/// Keeps the position of every followed channel remembered in Redis.
+async fn touch(shared: &Shared, followed: &HashMap<ChannelName, Followed>) {
+    let ttl = shared.link.settings.position_ttl.as_millis().max(1) as u64;
+    for chunk in followed.keys().collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for channel in chunk {
+            pipe.cmd("PEXPIRE")
+                .arg(shared.link.keys.meta(channel))
+                .arg(ttl)
+                .arg("GT")
+                .ignore();
+        }
+        let Ok(mut conn) = shared.link.commands().await else {
+            return;
+        };
+        let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        if shared.link.observe(result).is_err() {
+            return;
+        }
+    }
+}
+
+fn bulk(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+/// Parses `E<epoch>\n<offset>\n<header>\n<envelope>` or `P<presence push>`.
+fn parse_message(channel: ChannelName, payload: Vec<u8>) -> Option<ChannelMessage> {
+    let text = String::from_utf8(payload).ok()?;
+    if let Some(presence) = text.strip_prefix('P') {
+        return Some(ChannelMessage::Presence(Utf8Bytes::from(
+            presence.to_owned(),
+        )));
+    }
+    let rest = text.strip_prefix('E')?;
+    let mut fields = rest.splitn(4, '\n');
+    let epoch = fields.next()?;
+    let offset = fields.next()?.parse().ok()?;
+    let header = fields.next()?;
+    let envelope = fields.next()?;
+    super::publication(
+        channel,
+        offset,
+        Arc::from(epoch),
+        header,
+        envelope.to_owned(),
+    )
+    .map(|p| ChannelMessage::Event(Arc::new(p)))
+}

@@ -1,0 +1,191 @@
+#!lua name=tidings_v1
+-- The Redis engine's functions. Each call is one atomic step on one channel's
+-- keys (all hash-tagged with the channel, so in a Redis Cluster they live on
+-- one shard). Loaded with FUNCTION LOAD REPLACE by every node; the name carries
+-- a version so nodes of different releases can share one Redis.
+
+-- This Redis process's run id, read once per process: library locals live as
+-- long as the loaded library, which a restart (even one that restores the data
+-- from RDB or AOF) reloads.
+local boot = nil
+local function boot_id()
+  if not boot then
+    local info = redis.call('INFO', 'server')
+    boot = string.match(info, 'run_id:(%w+)') or 'unknown'
+  end
+  return boot
+end
+
+-- The channel's epoch. A channel with no state, or whose state was written
+-- before this Redis process started (restored from a snapshot that may miss its
+-- last events), starts a new epoch at offset 0: offsets are never reused within
+-- an epoch, and a subscriber holding the old epoch is told to reload.
+local function channel_epoch(meta, stream, new_epoch)
+  local state = redis.call('HMGET', meta, 'epoch', 'run')
+  local run = boot_id()
+  if state[1] and state[2] == run then
+    return state[1], false
+  end
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', new_epoch, 'top', 0, 'run', run)
+  return new_epoch, true
+end
+
+-- Keeps the position for at least `ttl` ms from now (never shortens it).
+local function keep(key, ttl)
+  if ttl > 0 and redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+
+-- KEYS: meta, stream, idempotency key.
+-- ARGV: new epoch, history size, history ttl ms, position ttl ms, idempotency
+--       window ms (0 = no key), now ms, pub/sub channel, header, envelope prefix,
+--       envelope suffix, '1' for SPUBLISH, event id.
+-- Returns {'ok', offset, epoch} or {'dup', offset, epoch, id}.
+redis.register_function('tidings_v1_publish', function(keys, args)
+  local meta, stream, idem = keys[1], keys[2], keys[3]
+  local size, ttl, position_ttl = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  local window = tonumber(args[5])
+  if window > 0 then
+    local seen = redis.call('HMGET', idem, 'offset', 'epoch', 'id')
+    if seen[1] then
+      return {'dup', seen[1], seen[2], seen[3]}
+    end
+  end
+  local epoch = channel_epoch(meta, stream, args[1])
+  local offset = redis.call('HINCRBY', meta, 'top', 1)
+  local envelope = args[9] .. offset .. args[10]
+  if size > 0 and ttl > 0 then
+    redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 'h', args[8], 'e', envelope, 't', args[6])
+    redis.call('PEXPIRE', stream, ttl)
+    redis.call('HSET', meta, 'ttl', ttl)
+  end
+  keep(meta, math.max(position_ttl, ttl))
+  if window > 0 then
+    redis.call('HSET', idem, 'offset', offset, 'epoch', epoch, 'id', args[12])
+    redis.call('PEXPIRE', idem, window)
+  end
+  local message = 'E' .. epoch .. '\n' .. offset .. '\n' .. args[8] .. '\n' .. envelope
+  if args[11] == '1' then
+    redis.call('SPUBLISH', args[7], message)
+  else
+    redis.call('PUBLISH', args[7], message)
+  end
+  return {'ok', offset, epoch}
+end)
+
+-- The channel's position, and the events after `after` (oldest first, or
+-- newest first), at most `limit` (0 = all).
+-- KEYS: meta, stream. ARGV: new epoch, keep ms (position kept at least this
+-- long from now; 0 = leave as is), ttl ms for a channel this call creates,
+-- after, limit, '1' for newest first, now ms.
+-- Returns {epoch, top, complete (0/1), entries, history ttl ms}; each entry
+-- {id, {field, value…}}.
+redis.register_function('tidings_v1_read', function(keys, args)
+  local meta, stream = keys[1], keys[2]
+  local epoch, created = channel_epoch(meta, stream, args[1])
+  if created then
+    redis.call('PEXPIRE', meta, tonumber(args[3]))
+  end
+  keep(meta, tonumber(args[2]))
+  local top = tonumber(redis.call('HGET', meta, 'top'))
+  local after = tonumber(args[4])
+  local limit = tonumber(args[5])
+  local ttl = tonumber(redis.call('HGET', meta, 'ttl') or '0')
+  if after >= top then
+    return {epoch, top, 1, {}, ttl}
+  end
+  -- Complete when the first event after `after` is still there and unexpired
+  -- (events expire oldest first, so the rest are too).
+  local complete = 0
+  local first = redis.call('XRANGE', stream, (after + 1) .. '-0', '+', 'COUNT', 1)
+  if first[1] and first[1][1] == (after + 1) .. '-0' then
+    local fields = first[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' and tonumber(fields[i + 1]) + ttl > tonumber(args[7]) then
+        complete = 1
+      end
+    end
+  end
+  local entries
+  if args[6] == '1' then
+    if limit > 0 then
+      entries = redis.call('XREVRANGE', stream, '+', (after + 1) .. '-0', 'COUNT', limit)
+    else
+      entries = redis.call('XREVRANGE', stream, '+', (after + 1) .. '-0')
+    end
+  elseif limit > 0 then
+    entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+', 'COUNT', limit)
+  else
+    entries = redis.call('XRANGE', stream, (after + 1) .. '-0', '+')
+  end
+  return {epoch, top, complete, entries, ttl}
+end)
+
+-- Presence. KEYS: the channel's connections hash (client -> entry JSON) and
+-- users hash (user -> connection count).
+
+-- ARGV: client, user, entry. Returns the user's connection count after the
+-- join (1 = the user joined), or 0 when the client was already there.
+redis.register_function('tidings_v1_presence_join', function(keys, args)
+  local existed = redis.call('HEXISTS', keys[1], args[1])
+  redis.call('HSET', keys[1], args[1], args[3])
+  if existed == 1 then
+    return 0
+  end
+  return redis.call('HINCRBY', keys[2], args[2], 1)
+end)
+
+-- ARGV: client, user. Returns {connections left for the user (-1 = the client
+-- was not there), the removed entry}.
+redis.register_function('tidings_v1_presence_leave', function(keys, args)
+  local entry = redis.call('HGET', keys[1], args[1])
+  if not entry then
+    return {-1, ''}
+  end
+  redis.call('HDEL', keys[1], args[1])
+  local left = redis.call('HINCRBY', keys[2], args[2], -1)
+  if left <= 0 then
+    redis.call('HDEL', keys[2], args[2])
+  end
+  return {left, entry}
+end)
+
+-- Removes every entry of a node that died. ARGV: node id.
+-- Returns the entries of users who have no connection left.
+redis.register_function('tidings_v1_presence_reap', function(keys, args)
+  local all = redis.call('HGETALL', keys[1])
+  local gone = {}
+  for i = 1, #all, 2 do
+    local entry = cjson.decode(all[i + 1])
+    if entry['n'] == args[1] then
+      redis.call('HDEL', keys[1], all[i])
+      local left = redis.call('HINCRBY', keys[2], entry['u'], -1)
+      if left <= 0 then
+        redis.call('HDEL', keys[2], entry['u'])
+        table.insert(gone, all[i + 1])
+      end
+    end
+  end
+  return gone
+end)
+
+-- A node's heartbeat: records its entry and returns every node's entry with
+-- the milliseconds since its last heartbeat, on Redis's clock.
+-- KEYS: nodes hash, heartbeat times hash. ARGV: node, entry JSON.
+redis.register_function('tidings_v1_heartbeat', function(keys, args)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if args[1] ~= '' then
+    redis.call('HSET', keys[1], args[1], args[2])
+    redis.call('HSET', keys[2], args[1], now)
+  end
+  local seen = redis.call('HGETALL', keys[2])
+  local out = {}
+  for i = 1, #seen, 2 do
+    local entry = redis.call('HGET', keys[1], seen[i])
+    table.insert(out, {seen[i], now - tonumber(seen[i + 1]), entry or ''})
+  end
+  return out
+end)

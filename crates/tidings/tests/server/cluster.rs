@@ -1,0 +1,319 @@
+//! Several nodes on one real Redis (the Redis engine): delivery across nodes,
+//! recovery on another node, idempotency, presence, API actions and Redis
+//! outages. Each test starts its own `redis-server` on a free port.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// `n` in-process nodes sharing `redis` under one key prefix.
+async fn nodes(
+    redis: &RedisServer,
+    n: usize,
+    change: impl Fn(&mut tidings::config::Config),
+) -> Vec<TestServer> {
+    let prefix = unique_prefix();
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let mut config = base_config();
+        config.engine.kind = tidings::config::EngineKind::Redis;
+        config.engine.redis_url = redis.url();
+        config.engine.redis_prefix = prefix.clone();
+        config.engine.node_ttl = Duration::from_secs(2);
+        config.node = Some(format!("node-{i}"));
+        change(&mut config);
+        servers.push(TestServer::with_config(config).await);
+    }
+    servers
+}
+
+#[tokio::test]
+async fn an_event_published_on_one_node_reaches_every_node_once_with_one_offset() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 3, |_| {}).await;
+    let mut on_a = n[0].connect_user("u1", &["acme"]).await;
+    let mut on_c = n[2].connect_user("u2", &["acme"]).await;
+    on_a.subscribe("workspace:acme").await;
+    on_c.subscribe("workspace:acme").await;
+    for i in 0..20 {
+        n[1].publish("workspace:acme", "x.updated", json!({ "i": i }))
+            .await;
+    }
+    for client in [&mut on_a, &mut on_c] {
+        let events = client.events_through(20, Duration::from_millis(300)).await;
+        assert_eq!(offsets(&events), (1..=20).collect::<Vec<u64>>());
+        assert_eq!(events[7]["data"]["i"], 7);
+    }
+}
+
+#[tokio::test]
+async fn audience_exclusion_and_idempotency_hold_across_nodes() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 3, |_| {}).await;
+    let mut alice = n[0].connect_user("alice", &["acme"]).await;
+    let mut bob = n[2].connect_user("bob", &["acme"]).await;
+    alice.subscribe("workspace:acme").await;
+    bob.subscribe("workspace:acme").await;
+    n[1].publish_to_users("workspace:acme", "secret", json!({}), &["bob"])
+        .await;
+    let (status, body) = n[1]
+        .api(
+            "/api/publish",
+            json!({"channel": "workspace:acme", "event": "mine", "data": {},
+                   "exclude_client": bob.client_id()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let keyed = json!({"channel": "workspace:acme", "event": "once", "data": {},
+                       "idempotency_key": "k-1"});
+    let (_, first) = n[0].api("/api/publish", keyed.clone()).await;
+    let (_, again) = n[1].api("/api/publish", keyed).await;
+    assert_eq!(first, again, "the same key through two nodes is one event");
+
+    let names = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let seen_by_bob = bob.drain_events(Duration::from_millis(500)).await;
+    let seen_by_alice = alice.drain_events(Duration::from_millis(200)).await;
+    assert_eq!(names(&seen_by_bob), ["secret", "once"]);
+    assert_eq!(names(&seen_by_alice), ["mine", "once"]);
+    assert_eq!(offsets(&seen_by_alice), [2, 3]);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_one_node_recovers_on_another() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 3, |_| {}).await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    let subscribed = client.subscribe("workspace:acme").await;
+    n[1].publish("workspace:acme", "before", json!({})).await;
+    let seen = client.events_through(1, Duration::from_millis(100)).await;
+    assert_eq!(offsets(&seen), [1]);
+    drop(client);
+    for i in 0..7 {
+        n[1].publish("workspace:acme", "missed", json!({ "i": i }))
+            .await;
+    }
+    let mut back = n[2].connect_user("u1", &["acme"]).await;
+    let epoch = &subscribed["epoch"];
+    let reply = back.subscribe_since("workspace:acme", 1, epoch, 77).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    n[0].publish("workspace:acme", "live", json!({})).await;
+    let events = back.events_through(9, Duration::from_millis(300)).await;
+    assert_eq!(offsets(&events), (2..=9).collect::<Vec<u64>>());
+    assert_eq!(events.last().unwrap()["event"], "live");
+}
+
+#[tokio::test]
+async fn presence_and_api_actions_reach_every_node() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 2, |config| {
+        let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+            .remove("workspace")
+            .unwrap();
+        workspace.presence_events = true;
+        config.namespaces.insert("workspace".into(), workspace);
+    })
+    .await;
+    let mut watcher = n[0].connect_user("watcher", &["acme"]).await;
+    watcher.subscribe("workspace:acme").await;
+    let mut other = n[1].connect_user("other", &["acme"]).await;
+    other.subscribe("workspace:acme").await;
+    let join = watcher
+        .wait_for("other's join", |v| {
+            v["type"] == "presence" && v["member"]["user"] == "other"
+        })
+        .await;
+    assert_eq!(join["action"], "join");
+
+    let listed: Value = n[0]
+        .http
+        .get(n[0].url("/api/presence?channel=workspace:acme"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: Vec<&str> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["other", "watcher"]);
+
+    let (status, _) = n[0].api("/api/disconnect", json!({"user": "other"})).await;
+    assert_eq!(status, 200);
+    let closed = other.closed(WAIT).await;
+    assert_eq!(closed.code, 4502, "{closed:?}");
+    let leave = watcher
+        .wait_for("other's leave", |v| {
+            v["type"] == "presence" && v["action"] == "leave"
+        })
+        .await;
+    assert_eq!(leave["member"]["user"], "other");
+
+    let info: Value = n[1]
+        .http
+        .get(n[1].url("/api/info"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["engine"], "redis");
+    let names: Vec<&str> = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{info}");
+    assert_eq!(names[0], "node-1", "this node first");
+}
+
+#[tokio::test]
+async fn publishing_while_redis_is_down_answers_503_and_clients_learn_what_they_missed() {
+    let mut redis = RedisServer::start().await;
+    let n = nodes(&redis, 2, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    let subscribed = client.subscribe("workspace:acme").await;
+    n[1].publish("workspace:acme", "before", json!({})).await;
+    assert_eq!(
+        offsets(&client.events_through(1, Duration::from_millis(100)).await),
+        [1]
+    );
+
+    redis.kill();
+    let (status, body) = n[1]
+        .api(
+            "/api/publish",
+            json!({"channel": "workspace:acme", "event": "x", "data": {}}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("engine_unavailable")),
+        "{body}"
+    );
+    let health: Value = n[1]
+        .http
+        .get(n[1].url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(n[1].metric("tidings_engine_available").await, 0.0);
+
+    // Back without its data: the channel's history is gone, so the client is
+    // told to resubscribe and learns it must reload (never a silent gap).
+    redis.restart().await;
+    let notice = client.expect("unsubscribed").await;
+    assert_eq!(notice["reason"], "resubscribe", "{notice}");
+    let epoch = &subscribed["epoch"];
+    let reply = client.subscribe_since("workspace:acme", 1, epoch, 77).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    n[1].publish("workspace:acme", "after", json!({})).await;
+    let events = client.drain_events(Duration::from_millis(500)).await;
+    assert_eq!(
+        offsets(&events),
+        [1],
+        "offsets start again in the new epoch"
+    );
+    let health: Value = n[1]
+        .http
+        .get(n[1].url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+}
+
+#[tokio::test]
+async fn a_restart_with_persistence_still_never_reuses_offsets_in_an_epoch() {
+    let mut redis = RedisServer::start_with(true).await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    let subscribed = client.subscribe("workspace:acme").await;
+    for _ in 0..3 {
+        n[0].publish("workspace:acme", "before", json!({})).await;
+    }
+    assert_eq!(
+        client
+            .events_through(3, Duration::from_millis(100))
+            .await
+            .len(),
+        3
+    );
+    redis.restart().await;
+    let notice = client.expect("unsubscribed").await;
+    assert_eq!(notice["reason"], "resubscribe");
+    let epoch = &subscribed["epoch"];
+    let reply = client.subscribe_since("workspace:acme", 3, epoch, 77).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], subscribed["epoch"]);
+}
+
+#[tokio::test]
+async fn messages_lost_between_nodes_are_filled_from_history_in_order() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 2, |_| {}).await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    client.subscribe("workspace:acme").await;
+    n[1].publish("workspace:acme", "x", json!({})).await;
+    assert_eq!(
+        offsets(&client.events_through(1, Duration::from_millis(100)).await),
+        [1]
+    );
+    // Make Redis drop every pub/sub message (a subscriber whose output buffer
+    // passes 64 bytes beyond its fixed 16 KiB is disconnected, so each 20 KiB
+    // event cuts it): what is published meanwhile never reaches node 0 over
+    // pub/sub.
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let limit = |value: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("client-output-buffer-limit")
+            .arg(format!("pubsub {value}"))
+            .to_owned()
+    };
+    let _: () = limit("64 64 0").query_async(&mut conn).await.unwrap();
+    let pad = "x".repeat(20_000);
+    for _ in 0..29 {
+        n[1].publish("workspace:acme", "x", json!({ "pad": pad }))
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _: () = limit("32mb 8mb 60").query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    n[1].publish("workspace:acme", "x", json!({})).await;
+    let events = client.events_through(31, Duration::from_millis(500)).await;
+    assert_eq!(offsets(&events), (2..=31).collect::<Vec<u64>>());
+    assert!(
+        n[0].metric("tidings_engine_gaps_filled_total").await >= 1.0,
+        "the gap was filled from history"
+    );
+    assert_eq!(n[0].metric("tidings_engine_resubscribes_total").await, 0.0);
+}
