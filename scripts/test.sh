@@ -18,15 +18,29 @@ cargo build --locked -p tidings-server
 step "Socket.IO peer for the benchmark smoke test"
 npm ci --prefix bench/peers/socketio --no-audit --no-fund
 
+step "System packages for the Redis engine tests (Debian's redis-server)"
+install_packages() {
+  if [ "$(id -u)" -eq 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  "${apt_get[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq "$@" >/dev/null
+}
+command -v redis-server >/dev/null 2>&1 || install_packages redis-server
+
 step "Rust tests (unit, integration over real sockets, property, binary, bench smoke)"
 cargo test --workspace --locked
 
+step "The engine-independent server suites again, on the Redis engine"
+redis_dir=$(mktemp -d)
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$redis_dir" >/dev/null 2>&1 &
+redis_pid=$!
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+trap 'kill "$redis_pid" 2>/dev/null; rm -rf "$redis_dir"' EXIT
+TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0" cargo test --locked -p tidings --test server -- --skip cluster::
+kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+
 step "System packages for the browser tests (Debian's chromium)"
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
-  "${apt_get[@]}" update -qq
-  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq chromium >/dev/null
-fi
+command -v chromium >/dev/null 2>&1 || install_packages chromium
 
 step "TypeScript SDK and React bindings (Node, React, and Chromium tests against the real server)"
 (cd clients/js && npm ci --no-audit --no-fund && npm test)

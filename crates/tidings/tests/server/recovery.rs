@@ -294,7 +294,10 @@ async fn since_at_the_top_recovers_after_history_expired_within_position_ttl() {
     assert_eq!(history["events"], json!([]), "history expired: {history}");
     assert_eq!(history["offset"], 3, "the position is remembered");
     assert_eq!(history["epoch"], *epoch);
-    assert_eq!(server.metric("tidings_engine_channels").await, 1.0);
+    if !on_redis() {
+        // The Redis engine keeps positions in Redis, not per node.
+        assert_eq!(server.metric("tidings_engine_channels").await, 1.0);
+    }
 
     let reply = back.subscribe_since(CH, 3, epoch, 1).await;
     assert_eq!(reply["recovered"], true, "nothing was missed: {reply}");

@@ -121,7 +121,13 @@ interface ChannelEntry {
   everSubscribed: boolean;
   /** Epoch of the current server subscription. */
   epoch?: string;
+  /** Subscribes refused with `engine_unavailable` in a row (for the retry delay). */
+  engineRetries?: number;
 }
+
+/** First and largest pause before subscribing again after `engine_unavailable`. */
+const ENGINE_RETRY_MIN = 500;
+const ENGINE_RETRY_MAX = 10_000;
 
 interface PendingRequest {
   message: ClientMessage & { id?: RequestId };
@@ -593,6 +599,17 @@ export class Connection extends Emitter<ConnectionEvents> {
         if (this.#onSubscribed(message)) return;
         break;
       case 'unsubscribed':
+        if (message.id === undefined && message.reason === 'resubscribe') {
+          // The server lost this channel's continuity (its Redis restarted or
+          // dropped messages): subscribe again from the last event seen, which
+          // recovers the missed events or reports recovered: false.
+          const entry = this.#channels.get(message.channel);
+          if (entry) {
+            entry.status = 'pending';
+            this.#sendSubscribe(message.channel, entry);
+          }
+          return;
+        }
         if (message.id === undefined) {
           if (this.#channels.delete(message.channel)) {
             this.emit('serverUnsubscribed', { channel: message.channel, reason: message.reason ?? 'removed by the server' });
@@ -688,6 +705,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     if (entry.requestId !== message.id) return false;
     entry.status = 'subscribed';
     entry.requestId = undefined;
+    entry.engineRetries = undefined;
     entry.epoch = message.epoch;
     if (message.recovered !== true) {
       // Fresh or not recoverable: continue from here.
@@ -738,6 +756,21 @@ export class Connection extends Emitter<ConnectionEvents> {
 
   #onSubscribeError(id: RequestId, code: TidingsError['code'], text: string): boolean {
     for (const [channel, entry] of this.#channels) {
+      if (entry.requestId === id && code === 'engine_unavailable') {
+        // Temporary: the server's Redis is away. Try again with a growing,
+        // jittered pause, as long as the channel is still wanted.
+        entry.status = 'pending';
+        entry.requestId = undefined;
+        const retries = (entry.engineRetries ?? 0) + 1;
+        entry.engineRetries = retries;
+        const cap = Math.min(ENGINE_RETRY_MAX, ENGINE_RETRY_MIN * 2 ** (retries - 1));
+        setTimeout(() => {
+          if (this.#channels.get(channel) === entry && entry.status === 'pending') {
+            this.#sendSubscribe(channel, entry);
+          }
+        }, cap / 2 + Math.random() * (cap / 2));
+        return true;
+      }
       if (entry.requestId === id) {
         entry.status = 'error';
         entry.requestId = undefined;

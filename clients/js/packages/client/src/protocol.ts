@@ -155,7 +155,8 @@ export type ErrorCode =
   | 'rate_limited'
   | 'token_expired'
   | 'not_available'
-  | 'internal';
+  | 'internal'
+  | 'engine_unavailable';
 
 export interface ErrorMessage {
   type: 'error';

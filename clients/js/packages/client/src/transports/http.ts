@@ -25,6 +25,7 @@ const ERROR_CODES: readonly ErrorCode[] = [
   'token_expired',
   'not_available',
   'internal',
+  'engine_unavailable',
 ];
 
 function errorCode(value: unknown, fallback: ErrorCode): ErrorCode {
