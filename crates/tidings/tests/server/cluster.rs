@@ -219,6 +219,27 @@ async fn publishing_while_redis_is_down_answers_503_and_clients_learn_what_they_
         .unwrap();
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(n[1].metric("tidings_engine_available").await, 0.0);
+    // Five seconds away, with a publisher retrying all along: the client stays
+    // connected and nothing reaches it half-published.
+    let outage = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut refused = 0;
+    while tokio::time::Instant::now() < outage {
+        let (status, _) = n[1]
+            .api(
+                "/api/publish",
+                json!({"channel": "workspace:acme", "event": "x", "data": {},
+                       "idempotency_key": "during-outage"}),
+            )
+            .await;
+        assert_eq!(status, 503);
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused >= 5);
+    assert!(client
+        .drain_events(Duration::from_millis(10))
+        .await
+        .is_empty());
 
     // Back without its data: the channel's history is gone, so the client is
     // told to resubscribe and learns it must reload (never a silent gap).

@@ -1,0 +1,482 @@
+//! Several `tidings` processes on one real `redis-server`, killed with
+//! SIGKILL while events keep coming: every client sees every offset exactly
+//! once and in order (or an explicit `recovered: false`, which must not happen
+//! while history holds everything), and a killed node's presence disappears
+//! within `engine.node_ttl`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidings");
+const SECRET: &str = "cluster-test-secret-0123456789abcdef-xyz";
+const API_KEY: &str = "cluster-test-api-key-0123";
+const CHANNEL: &str = "workspace:acme";
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A process stopped (SIGKILL) on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Redis {
+    _process: Process,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_redis() -> Redis {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tidings-cluster-test-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
+    let redis = Redis {
+        _process: Process(child),
+        port,
+        dir,
+    };
+    wait_listening(port).await;
+    redis
+}
+
+/// One `tidings` node on the Redis engine.
+struct Node {
+    process: Process,
+    port: u16,
+}
+
+async fn start_node(redis: &Redis, name: &str, config: &std::path::Path) -> Node {
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TIDINGS_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    let child = cmd
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("TIDINGS_JWT_SECRET", SECRET)
+        .env("TIDINGS_API_KEY", API_KEY)
+        .env("TIDINGS_NODE", name)
+        .env("TIDINGS_ENGINE_TYPE", "redis")
+        .env(
+            "TIDINGS_ENGINE_REDIS_URL",
+            format!("redis://127.0.0.1:{}/0", redis.port),
+        )
+        .env("TIDINGS_ENGINE_NODE_TTL", "2s")
+        .env("TIDINGS_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tidings");
+    let node = Node {
+        process: Process(child),
+        port,
+    };
+    wait_listening(port).await;
+    node
+}
+
+fn write_config(history_size: usize, presence_events: bool) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidings-cluster-config-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tidings.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[namespaces.workspace]
+min_segments = 2
+max_segments = 4
+subscribe = [{{ segment = 1, claim = "workspaces" }}]
+presence = [{{ segment = 1, claim = "workspaces" }}]
+history = [{{ segment = 1, claim = "workspaces" }}]
+presence_events = {presence_events}
+history_size = {history_size}
+history_ttl = "10m"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn token(sub: &str) -> String {
+    tidings_auth::mint_hs256(
+        SECRET,
+        &tidings_auth::MintClaims {
+            sub: sub.into(),
+            workspaces: vec!["acme".into()],
+            ttl: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(port: u16, user: &str) -> Option<Ws> {
+    let url = format!("ws://127.0.0.1:{port}/ws?token={}", token(user));
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let connected = next_json(&mut ws, Duration::from_secs(2)).await?;
+    (connected["type"] == "connected").then_some(ws)
+}
+
+/// The next JSON message, answering pings; None on close, error or timeout.
+async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        match frame {
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(text.as_str()).ok()?;
+                if value["type"] == "ping" {
+                    ws.send(Message::Text(r#"{"type":"pong"}"#.into()))
+                        .await
+                        .ok()?;
+                    continue;
+                }
+                return Some(value);
+            }
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// What one client saw: offsets in arrival order, and each subscribe's reply.
+#[derive(Default)]
+struct Seen {
+    offsets: Vec<u64>,
+    replies: Vec<Value>,
+    reconnects: u32,
+}
+
+/// A client that stays subscribed to `CHANNEL` through node deaths: when its
+/// node goes away it connects to another live node and resubscribes with the
+/// last offset it saw.
+async fn follow(
+    user: String,
+    ports: Arc<Mutex<Vec<u16>>>,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    start: usize,
+) {
+    let mut epoch: Option<Value> = None;
+    let mut attempt = start;
+    while !stop.load(Ordering::Relaxed) {
+        let port = {
+            let ports = ports.lock().unwrap();
+            ports[attempt % ports.len()]
+        };
+        attempt += 1;
+        let Some(mut ws) = connect(port, &user).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let last = seen.lock().unwrap().offsets.last().copied();
+        let mut subscribe = json!({"type": "subscribe", "id": 1, "channel": CHANNEL});
+        if let (Some(offset), Some(epoch)) = (last, &epoch) {
+            subscribe["since"] = json!({"offset": offset, "epoch": epoch});
+        }
+        if ws
+            .send(Message::Text(subscribe.to_string().into()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        loop {
+            let Some(message) = next_json(&mut ws, Duration::from_millis(500)).await else {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                // Silence is normal between bursts; a dead socket is not.
+                if ws
+                    .send(Message::Text(r#"{"type":"ping"}"#.into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                match next_json(&mut ws, Duration::from_secs(1)).await {
+                    Some(message) => {
+                        record(&seen, &mut epoch, message);
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            record(&seen, &mut epoch, message);
+        }
+        seen.lock().unwrap().reconnects += 1;
+    }
+}
+
+fn record(seen: &Mutex<Seen>, epoch: &mut Option<Value>, message: Value) {
+    let mut seen = seen.lock().unwrap();
+    match message["type"].as_str() {
+        Some("subscribed") => {
+            *epoch = Some(message["epoch"].clone());
+            seen.replies.push(message);
+        }
+        Some("event") => seen.offsets.push(message["offset"].as_u64().unwrap_or(0)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_killed_one_after_another_lose_and_double_nothing() {
+    const KILLS: usize = 10;
+    let redis = start_redis().await;
+    let config = write_config(50_000, false);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(Some(start_node(&redis, &format!("n{i}"), &config).await));
+    }
+    let ports = Arc::new(Mutex::new(
+        nodes.iter().flatten().map(|n| n.port).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<Arc<Mutex<Seen>>> = (0..4).map(|_| Arc::default()).collect();
+    let followers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, seen)| {
+            tokio::spawn(follow(
+                format!("u{i}"),
+                ports.clone(),
+                seen.clone(),
+                stop.clone(),
+                i,
+            ))
+        })
+        .collect();
+    // Give every client time to subscribe before the first event.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A publisher at a few hundred events/s through any live node, retrying a
+    // failed publish with the same idempotency key on another node.
+    let published = Arc::new(AtomicU64::new(0));
+    let publishing = tokio::spawn({
+        let ports = ports.clone();
+        let stop = stop.clone();
+        let published = published.clone();
+        async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let mut seq = 0u64;
+            let mut attempt = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let body = json!({"channel": CHANNEL, "event": "tick", "data": {"seq": seq},
+                                  "idempotency_key": format!("seq-{seq}")});
+                loop {
+                    let port = {
+                        let ports = ports.lock().unwrap();
+                        ports[attempt % ports.len()]
+                    };
+                    attempt += 1;
+                    let sent = http
+                        .post(format!("http://127.0.0.1:{port}/api/publish"))
+                        .bearer_auth(API_KEY)
+                        .json(&body)
+                        .send()
+                        .await;
+                    if let Ok(response) = sent {
+                        if response.status().is_success() {
+                            let reply: Value = response.json().await.unwrap_or_default();
+                            assert_eq!(reply["offset"], seq, "one offset per logical publish");
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                published.store(seq, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+
+    // Kill a node with SIGKILL, start a fresh one, ten times over.
+    for kill in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let victim = kill % nodes.len();
+        if let Some(node) = nodes[victim].take() {
+            ports.lock().unwrap().retain(|p| *p != node.port);
+            drop(node.process);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let node = start_node(&redis, &format!("n{victim}-{kill}"), &config).await;
+        ports.lock().unwrap().push(node.port);
+        nodes[victim] = Some(node);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    publishing.await.unwrap();
+    let total = published.load(Ordering::Relaxed);
+    // Let every client catch up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while clients
+        .iter()
+        .any(|c| c.lock().unwrap().offsets.last().copied().unwrap_or(0) < total)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for follower in followers {
+        follower.abort();
+    }
+    assert!(total > 1000, "published only {total} events");
+    for (i, client) in clients.iter().enumerate() {
+        let seen = client.lock().unwrap();
+        assert!(
+            seen.reconnects >= 3,
+            "client {i} moved only {} times",
+            seen.reconnects
+        );
+        for reply in &seen.replies[1..] {
+            assert_eq!(
+                reply["recovered"], true,
+                "client {i}: history held everything: {reply}"
+            );
+        }
+        let expected: Vec<u64> = (1..=total).collect();
+        if seen.offsets != expected {
+            let at = seen
+                .offsets
+                .iter()
+                .zip(1..)
+                .position(|(s, n)| *s != n)
+                .unwrap_or(seen.offsets.len());
+            panic!(
+                "client {i}: {} events for {total} published; first difference at index {at}: {:?}",
+                seen.offsets.len(),
+                &seen.offsets[at.saturating_sub(3)..(at + 3).min(seen.offsets.len())]
+            );
+        }
+        eprintln!(
+            "client {i}: {total} events once and in order across {} reconnects",
+            seen.reconnects
+        );
+    }
+}
+
+/// Waits for a presence push about `doomed` with `action`.
+async fn wait_presence(ws: &mut Ws, action: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = next_json(ws, left).await.expect("a presence push");
+        if message["type"] == "presence"
+            && message["action"] == action
+            && message["member"]["user"] == "doomed"
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
+    let redis = start_redis().await;
+    let config = write_config(100, true);
+    let a = start_node(&redis, "a", &config).await;
+    let b = start_node(&redis, "b", &config).await;
+    let mut watcher = connect(a.port, "watcher").await.unwrap();
+    let mut doomed = connect(b.port, "doomed").await.unwrap();
+    for ws in [&mut watcher, &mut doomed] {
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "id": 1, "channel": CHANNEL})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    }
+    wait_presence(&mut watcher, "join").await;
+    let killed = Instant::now();
+    drop(b.process);
+    wait_presence(&mut watcher, "leave").await;
+    let took = killed.elapsed();
+    // node_ttl is 2 s; heartbeats every third of it, so the bound is ~2.7 s.
+    assert!(took < Duration::from_secs(4), "leave after {took:?}");
+    let listed: Value = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/api/presence?channel={CHANNEL}",
+            a.port
+        ))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: Vec<&str> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["watcher"]);
+    drop(doomed);
+}
