@@ -338,3 +338,99 @@ async fn messages_lost_between_nodes_are_filled_from_history_in_order() {
     );
     assert_eq!(n[0].metric("tidings_engine_resubscribes_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_redis_cluster_shards_channels_and_delivers_across_nodes() {
+    let cluster = RedisCluster::start().await;
+    let prefix = unique_prefix();
+    let mut n = Vec::new();
+    for i in 0..2 {
+        let mut config = base_config();
+        config.engine.kind = tidings::config::EngineKind::Redis;
+        config.engine.redis_cluster = true;
+        config.engine.redis_url = cluster.urls();
+        config.engine.redis_prefix = prefix.clone();
+        config.node = Some(format!("node-{i}"));
+        n.push(TestServer::with_config(config).await);
+    }
+    // Channels whose hash tags land on different shards.
+    let channels: Vec<String> = (0..12).map(|i| format!("workspace:acme:t{i}")).collect();
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    for channel in &channels {
+        client.subscribe(channel).await;
+    }
+    for round in 0..3 {
+        for channel in &channels {
+            n[1].publish(channel, "x", json!({ "round": round })).await;
+        }
+    }
+    let events = client.drain_events(Duration::from_millis(700)).await;
+    assert_eq!(events.len(), 36, "{events:?}");
+    for channel in &channels {
+        let offsets: Vec<u64> = events
+            .iter()
+            .filter(|e| e["channel"] == channel.as_str())
+            .map(|e| e["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, [1, 2, 3], "{channel}");
+    }
+    // Recovery on the other node reads the right shard's history.
+    let first = &channels[5];
+    drop(client);
+    n[1].publish(first, "missed", json!({})).await;
+    let mut back = n[1].connect_user("u1", &["acme"]).await;
+    let epoch = back.subscribe(first).await["epoch"].clone();
+    back.request(json!({"type": "unsubscribe", "channel": first}), 5)
+        .await;
+    let reply = back.subscribe_since(first, 3, &epoch, 6).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let replayed = back.events_through(4, Duration::from_millis(200)).await;
+    assert_eq!(offsets(&replayed), [4]);
+    // Keys of one channel share a shard: every master holds some channels.
+    let mut per_master = Vec::new();
+    for master in &cluster.masters {
+        let keys = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &master.port.to_string(),
+                "--scan",
+                "--pattern",
+                &format!("{prefix}:*:m"),
+            ])
+            .output()
+            .unwrap();
+        per_master.push(String::from_utf8_lossy(&keys.stdout).lines().count());
+    }
+    assert_eq!(per_master.iter().sum::<usize>(), 12, "{per_master:?}");
+    assert!(per_master.iter().all(|&k| k > 0), "{per_master:?}");
+}
+
+#[tokio::test]
+async fn a_followed_channel_keeps_its_position_past_position_ttl() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.position_ttl = Duration::from_millis(1000);
+        let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+            .remove("workspace")
+            .unwrap();
+        workspace.history_ttl = Duration::from_millis(100);
+        config.namespaces.insert("workspace".into(), workspace);
+    })
+    .await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    let epoch = client.subscribe("workspace:acme").await["epoch"].clone();
+    n[0].publish("workspace:acme", "x", json!({})).await;
+    assert_eq!(
+        offsets(&client.events_through(1, Duration::from_millis(100)).await),
+        [1]
+    );
+    // Quiet for well past position_ttl, but a subscriber stays: the node keeps
+    // the position alive, so nobody is told to reload.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    n[0].publish("workspace:acme", "x", json!({})).await;
+    let events = client.drain_events(Duration::from_millis(300)).await;
+    assert_eq!(offsets(&events), [2], "{events:?}");
+    let mut other = n[0].connect_user("u2", &["acme"]).await;
+    let reply = other.subscribe_since("workspace:acme", 2, &epoch, 3).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+}

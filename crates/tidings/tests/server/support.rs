@@ -138,6 +138,96 @@ impl RedisServer {
     }
 }
 
+/// A 3-master Redis Cluster (`redis-server --cluster-enabled yes` and
+/// `redis-cli --cluster create`), each master on a free port in a temporary
+/// directory; stopped on drop.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = std::env::temp_dir().join(format!("tidings-redis-{}", unique_prefix()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--cluster-config-file")
+                .arg(dir.join("nodes.conf"))
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            masters.push(RedisServer {
+                child: Some(child),
+                port,
+                dir,
+                persistent: false,
+            });
+        }
+        let addresses: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(created.status.success(), "cluster create: {created:?}");
+        // Wait until every master agrees the cluster is up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        for master in &masters {
+            loop {
+                let info = std::process::Command::new("redis-cli")
+                    .args(["-p", &master.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "cluster not ok");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Self { masters }
+    }
+
+    /// The seed list for `engine.redis_url` with `redis_cluster = true`.
+    pub fn urls(&self) -> String {
+        self.masters
+            .iter()
+            .map(|m| format!("redis://127.0.0.1:{}", m.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();

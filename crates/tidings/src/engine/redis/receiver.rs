@@ -282,20 +282,34 @@ async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) 
 /// Keeps the position of every followed channel remembered in Redis.
 async fn touch(shared: &Shared, followed: &HashMap<ChannelName, Followed>) {
     let ttl = shared.link.settings.position_ttl.as_millis().max(1) as u64;
+    let expire = |channel: &ChannelName| {
+        redis::cmd("PEXPIRE")
+            .arg(shared.link.keys.meta(channel))
+            .arg(ttl)
+            .arg("GT")
+            .to_owned()
+    };
     for chunk in followed.keys().collect::<Vec<_>>().chunks(500) {
-        let mut pipe = redis::pipe();
-        for channel in chunk {
-            pipe.cmd("PEXPIRE")
-                .arg(shared.link.keys.meta(channel))
-                .arg(ttl)
-                .arg("GT")
-                .ignore();
-        }
-        let Ok(mut conn) = shared.link.commands().await else {
-            return;
+        let done = if shared.link.sharded() {
+            // A cluster routes each key to its shard, one command at a time.
+            let commands: Vec<redis::Cmd> = chunk.iter().map(|c| expire(c)).collect();
+            let results = futures_util::future::join_all(
+                commands.iter().map(|cmd| shared.link.query::<()>(cmd)),
+            )
+            .await;
+            results.iter().all(Result::is_ok)
+        } else {
+            let mut pipe = redis::pipe();
+            for channel in chunk {
+                pipe.add_command(expire(channel)).ignore();
+            }
+            let Ok(mut conn) = shared.link.commands().await else {
+                return;
+            };
+            let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            shared.link.observe(result).is_ok()
         };
-        let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-        if shared.link.observe(result).is_err() {
+        if !done {
             return;
         }
     }
