@@ -24,7 +24,9 @@ use super::subscriptions::{parse_channel, Subscriptions};
 use super::{duration_ms, expiry_instant, open_client_connection};
 use crate::engine::{push_sse_data, Publication};
 use crate::hub::connection::ServerUnsubscribe;
-use crate::hub::{CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound};
+use crate::hub::{
+    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, RESUBSCRIBE_REASON,
+};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
     ChannelName, CloseCode, ErrorCode, PresenceStatus, ServerMessage, StreamPosition,
@@ -479,6 +481,12 @@ impl SseSession {
                     if self.subscriptions().contains(&push.channel) {
                         push_message(&mut out, None, "presence", &push.text);
                     }
+                }
+                Outbound::Unsubscribed(notice) if notice.reason == RESUBSCRIBE_REASON => {
+                    // A stream cannot subscribe again on its own: end it, and
+                    // the client reopens it with its resume token, which
+                    // recovers the channel or reports it `unrecoverable`.
+                    connection.request_close(CloseCode::Reconnect, Some(notice.reason));
                 }
                 Outbound::Unsubscribed(notice) => {
                     let ServerUnsubscribe { channel, reason } = *notice;

@@ -1049,3 +1049,44 @@ async fn an_sse_reader_that_stops_reading_is_dropped_after_heartbeat_and_pong_ti
     assert_eq!(server.metric("tidings_connections").await, 0.0);
     drop(stream);
 }
+
+#[tokio::test]
+async fn an_sse_stream_whose_redis_lost_its_state_ends_and_resumes_as_unrecoverable() {
+    let mut redis = RedisServer::start().await;
+    let mut config = base_config();
+    config.engine.kind = tidings::config::EngineKind::Redis;
+    config.engine.redis_url = redis.url();
+    config.engine.redis_prefix = unique_prefix();
+    config.engine.redis_timeout = Duration::from_millis(500);
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &["acme"], &[]);
+    let mut stream = SseStream::open(&server, "channel=workspace:acme", &token).await;
+    stream.expect("connected").await;
+    stream.expect("subscribed").await;
+    server.publish("workspace:acme", "seen", json!(1)).await;
+    stream.expect("seen").await;
+    let last_id = stream.last_id.clone().unwrap();
+
+    redis.restart().await;
+    // The stream cannot resubscribe by itself: it ends, asking for a reconnect.
+    let disconnect = stream.expect("disconnect").await.json();
+    assert_eq!(
+        (
+            disconnect["code"].as_u64(),
+            disconnect["reconnect"].as_bool()
+        ),
+        (Some(4000), Some(true)),
+        "{disconnect}"
+    );
+    assert!(
+        stream.next(Duration::from_secs(2)).await.is_none(),
+        "the body ends"
+    );
+    let mut again = SseStream::open_with(&server, "channel=workspace:acme", |r| {
+        r.bearer_auth(&token).header("Last-Event-ID", &last_id)
+    })
+    .await;
+    again.expect("connected").await;
+    let lost = again.expect("unrecoverable").await.json();
+    assert_eq!(lost["reason"], "epoch_changed", "{lost}");
+}
