@@ -93,29 +93,6 @@ pub struct BroadcastRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// What happened to an entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntityAction {
-    /// Created.
-    Created,
-    /// Updated.
-    Updated,
-    /// Deleted.
-    Deleted,
-}
-
-impl EntityAction {
-    /// The lowercase name used in event names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Updated => "updated",
-            Self::Deleted => "deleted",
-        }
-    }
-}
-
 /// The body of `POST /api/events`: an entity change, fanned to the workspace, the
 /// entity type and the entity channel.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,8 +102,9 @@ pub struct EntityChange {
     pub workspace: String,
     /// The entity.
     pub entity: EntityRef,
-    /// What happened.
-    pub action: EntityAction,
+    /// What happened: any event-name segment (`created`, `approved`,
+    /// `status_changed`); the event is named `{entity.type}.{action}`.
+    pub action: String,
     /// Payload (defaults to `null`).
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
@@ -145,6 +123,13 @@ pub struct EntityChange {
     /// Deduplication key (per channel).
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+impl EntityChange {
+    /// The event name it is published as: `{entity.type}.{action}`.
+    pub fn event_name(&self) -> String {
+        format!("{}.{}", self.entity.entity_type, self.action)
+    }
 }
 
 /// Where one event landed.
@@ -306,7 +291,8 @@ impl Publisher {
         let base = format!("workspace:{}", change.workspace);
         let typed = format!("{base}:{}", change.entity.entity_type);
         let single = format!("{typed}:{}", change.entity.id);
-        let event = format!("{}.{}", change.entity.entity_type, change.action.as_str());
+        check_name("action", &change.action)?;
+        let event = change.event_name();
         let data = match change.data {
             Some(data) => data,
             None => RawValue::from_string("null".to_owned())

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod http_transports;
 mod liveness;
+mod openapi;
 mod permissions;
 mod presence;
 mod properties;

@@ -111,13 +111,27 @@ async fn entity_events_reach_all_three_scopes() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = server
+    // Any event-name segment is an action; an empty one or one with a control
+    // character is not.
+    let (status, body) = server
         .api(
             "/api/events",
-            json!({"workspace": "acme", "entity": {"type": "t", "id": "1"}, "action": "exploded"}),
+            json!({"workspace": "acme", "entity": {"type": "applications", "id": "app123"}, "action": "status_changed"}),
         )
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["event"], "applications.status_changed");
+    let event = detail.expect("event").await;
+    assert_eq!(event["event"], "applications.status_changed");
+    for action in ["", "a\u{1}b"] {
+        let (status, _) = server
+            .api(
+                "/api/events",
+                json!({"workspace": "acme", "entity": {"type": "t", "id": "1"}, "action": action}),
+            )
+            .await;
+        assert_eq!(status, 400, "action {action:?}");
+    }
 }
 
 #[tokio::test]
