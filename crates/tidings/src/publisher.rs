@@ -11,7 +11,7 @@ use crate::access::{AccessError, AccessPolicy};
 use crate::engine::{Audience, Broker, EngineError, HistoryPolicy, NewEvent, PublishOptions};
 use crate::metrics::Metrics;
 use crate::protocol::time::{new_event_id, now_timestamp};
-use crate::protocol::{ChannelName, EntityRef, ErrorCode, EventMeta};
+use crate::protocol::{json_object, ChannelName, EntityRef, ErrorCode, EventMeta};
 
 /// Longest event name or idempotency key, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -27,10 +27,10 @@ pub struct PublishRequest {
     /// Payload: any JSON.
     pub data: Box<RawValue>,
     /// Publisher metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub meta: Option<EventMeta>,
     /// Restricts who receives it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub audience: Option<Audience>,
     /// A connection id that must not receive it.
     #[serde(default)]
@@ -80,10 +80,10 @@ pub struct BroadcastRequest {
     /// Payload.
     pub data: Box<RawValue>,
     /// Publisher metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub meta: Option<EventMeta>,
     /// Restricts who receives it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub audience: Option<Audience>,
     /// A connection id that must not receive it.
     #[serde(default)]
@@ -101,6 +101,7 @@ pub struct EntityChange {
     /// Workspace (tenant) id.
     pub workspace: String,
     /// The entity.
+    #[serde(deserialize_with = "json_object::object")]
     pub entity: EntityRef,
     /// What happened: any event-name segment (`created`, `approved`,
     /// `status_changed`); the event is named `{entity.type}.{action}`.
@@ -115,7 +116,7 @@ pub struct EntityChange {
     #[serde(default)]
     pub correlation_id: Option<String>,
     /// Restricts who receives it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub audience: Option<Audience>,
     /// A connection id that must not receive it.
     #[serde(default)]

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::http::{bearer_token, ApiError};
 use crate::engine::{HistoryQuery, Publication};
-use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
+use crate::protocol::{json_object, ChannelName, CloseCode, ErrorCode, HistoryOrder};
 use crate::publisher::{BroadcastRequest, EntityChange, PublishError, PublishRequest};
 use crate::server::ServerState;
 
@@ -109,15 +109,9 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             ApiError::new(ErrorCode::BadRequest, e.body_text())
         }
     })?;
-    // serde's derived structs also accept a JSON array of the fields in order;
-    // the contract's bodies are objects only.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "invalid body: expected a JSON object",
-        ));
-    }
-    serde_json::from_slice(&body)
+    let mut json = serde_json::Deserializer::from_slice(&body);
+    json_object::object(&mut json)
+        .and_then(|parsed| json.end().map(|()| parsed))
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
 }
 

@@ -309,7 +309,12 @@ async fn every_operation_and_status_matches_the_document() {
         json!({"channel": "workspace:acme", "event": "x", "data": 1, "extra": true}),
         json!({"channel": "workspace:acme", "event": "x", "data": 1, "meta": {"who": "u1"}}),
         json!({"channel": "workspace:acme", "event": "x", "data": 1, "idempotency_key": ""}),
+        // serde's structs also take arrays; the contract's objects are objects.
         json!(["not", "an", "object"]),
+        json!({"channel": "workspace:acme", "event": "x", "data": 1, "meta": [null, null]}),
+        json!({"channel": "workspace:acme", "event": "x", "data": 1, "audience": [["u1"]]}),
+        json!({"channel": "workspace:acme", "event": "x", "data": 1,
+               "meta": {"entity": ["t", "1"]}}),
     ] {
         let body = contract
             .post_expect(&server, "/api/publish", bad, 400)
@@ -413,6 +418,7 @@ async fn every_operation_and_status_matches_the_document() {
         json!({"workspace": "acme", "entity": {"type": "t", "id": "1"}, "action": "x".repeat(254)}),
         json!({"workspace": "a:b", "entity": {"type": "t", "id": "1"}, "action": "created"}),
         json!({"workspace": "acme", "entity": {"type": "t"}, "action": "created"}),
+        json!({"workspace": "acme", "entity": ["t", "1"], "action": "created"}),
     ] {
         contract.post_expect(&server, "/api/events", bad, 400).await;
     }
