@@ -423,4 +423,19 @@ async fn api_disconnect_and_unsubscribe_by_user() {
         .api("/api/disconnect", json!({"user": "bob", "code": 1234}))
         .await;
     assert_eq!(status, 400);
+
+    // A reason longer than a close frame holds (123 bytes) still closes with
+    // the code; the `disconnect` message carries the whole reason.
+    let mut carol = server.connect_user("carol", &["acme"]).await;
+    let reason = "é".repeat(100);
+    let (status, _) = server
+        .api(
+            "/api/disconnect",
+            json!({"user": "carol", "code": 4000, "reason": reason}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let closed = carol.closed(WAIT).await;
+    assert_eq!(closed.code, 4000);
+    assert_eq!(closed.disconnect.unwrap()["reason"], reason.as_str());
 }
