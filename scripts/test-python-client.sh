@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=$(bash scripts/python-test-venv.sh)
 (cd clients/python && "$python" -m mypy src examples/fastapi_app.py)
-(cd clients/python && "$python" -m pytest -q -p no:cacheprovider)
+(cd clients/python && "$python" -m pytest -q -p no:cacheprovider -p no:hypothesispytest)
