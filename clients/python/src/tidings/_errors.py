@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 ApiErrorCode = Literal[
     "bad_request",
@@ -15,18 +15,7 @@ ApiErrorCode = Literal[
     "engine_unavailable",
 ]
 
-API_ERROR_CODES = frozenset(
-    [
-        "bad_request",
-        "unauthorized",
-        "permission_denied",
-        "unknown_channel",
-        "limit_exceeded",
-        "not_available",
-        "internal",
-        "engine_unavailable",
-    ]
-)
+API_ERROR_CODES = frozenset(get_args(ApiErrorCode))
 
 
 class TidingsError(Exception):
