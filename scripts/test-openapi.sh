@@ -41,7 +41,7 @@ set +e
 (cd "$work" && "$python" -m schemathesis.cli run "$OLDPWD/docs/openapi.json" --url "$base" \
   -H "Authorization: Bearer $api_key" \
   --checks all --exclude-checks positive_data_acceptance \
-  --mode all --max-examples 400 \
+  --mode all --max-examples 300 \
   --report junit --report-junit-path "$work/junit.xml" \
   --no-color 2>&1) | tee "$work/schemathesis.log"
 status=${PIPESTATUS[0]}
