@@ -44,3 +44,10 @@ command -v chromium >/dev/null 2>&1 || install_packages chromium
 
 step "TypeScript SDK and React bindings (Node, React, and Chromium tests against the real server)"
 (cd clients/js && npm ci --no-audit --no-fund && npm test)
+
+step "Publisher packages against the real server: @tidings/server (Node), tidings (Python: venv in target/test-venv, pip)"
+bash scripts/test-node-server.sh
+bash scripts/test-python-client.sh
+
+step "Schemathesis: the OpenAPI document against a live server (at least 1,000 generated cases)"
+bash scripts/test-openapi.sh

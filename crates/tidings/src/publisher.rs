@@ -11,7 +11,7 @@ use crate::access::{AccessError, AccessPolicy};
 use crate::engine::{Audience, Broker, EngineError, HistoryPolicy, NewEvent, PublishOptions};
 use crate::metrics::Metrics;
 use crate::protocol::time::{new_event_id, now_timestamp};
-use crate::protocol::{ChannelName, EntityRef, ErrorCode, EventMeta};
+use crate::protocol::{json_object, ChannelName, EntityRef, ErrorCode, EventMeta};
 
 /// Longest event name or idempotency key, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -27,10 +27,10 @@ pub struct PublishRequest {
     /// Payload: any JSON.
     pub data: Box<RawValue>,
     /// Publisher metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub meta: Option<EventMeta>,
     /// Restricts who receives it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub audience: Option<Audience>,
     /// A connection id that must not receive it.
     #[serde(default)]
@@ -80,10 +80,10 @@ pub struct BroadcastRequest {
     /// Payload.
     pub data: Box<RawValue>,
     /// Publisher metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub meta: Option<EventMeta>,
     /// Restricts who receives it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub audience: Option<Audience>,
     /// A connection id that must not receive it.
     #[serde(default)]
@@ -91,29 +91,6 @@ pub struct BroadcastRequest {
     /// Deduplication key (per channel).
     #[serde(default)]
     pub idempotency_key: Option<String>,
-}
-
-/// What happened to an entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntityAction {
-    /// Created.
-    Created,
-    /// Updated.
-    Updated,
-    /// Deleted.
-    Deleted,
-}
-
-impl EntityAction {
-    /// The lowercase name used in event names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Updated => "updated",
-            Self::Deleted => "deleted",
-        }
-    }
 }
 
 /// The body of `POST /api/events`: an entity change, fanned to the workspace, the
@@ -124,9 +101,11 @@ pub struct EntityChange {
     /// Workspace (tenant) id.
     pub workspace: String,
     /// The entity.
+    #[serde(deserialize_with = "json_object::object")]
     pub entity: EntityRef,
-    /// What happened.
-    pub action: EntityAction,
+    /// What happened: any event-name segment (`created`, `approved`,
+    /// `status_changed`); the event is named `{entity.type}.{action}`.
+    pub action: String,
     /// Payload (defaults to `null`).
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
@@ -137,7 +116,7 @@ pub struct EntityChange {
     #[serde(default)]
     pub correlation_id: Option<String>,
     /// Restricts who receives it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_object::optional_object")]
     pub audience: Option<Audience>,
     /// A connection id that must not receive it.
     #[serde(default)]
@@ -145,6 +124,13 @@ pub struct EntityChange {
     /// Deduplication key (per channel).
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+impl EntityChange {
+    /// The event name it is published as: `{entity.type}.{action}`.
+    pub fn event_name(&self) -> String {
+        format!("{}.{}", self.entity.entity_type, self.action)
+    }
 }
 
 /// Where one event landed.
@@ -306,7 +292,8 @@ impl Publisher {
         let base = format!("workspace:{}", change.workspace);
         let typed = format!("{base}:{}", change.entity.entity_type);
         let single = format!("{typed}:{}", change.entity.id);
-        let event = format!("{}.{}", change.entity.entity_type, change.action.as_str());
+        check_name("action", &change.action)?;
+        let event = change.event_name();
         let data = match change.data {
             Some(data) => data,
             None => RawValue::from_string("null".to_owned())

@@ -181,7 +181,11 @@ pub struct EventMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     /// The entity it concerns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_object::optional_object"
+    )]
     pub entity: Option<EntityRef>,
 }
 

@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod codes;
+pub mod json_object;
 pub mod messages;
 pub mod time;
 

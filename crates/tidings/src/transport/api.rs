@@ -1,5 +1,6 @@
 //! The server API (§6): how backends publish and manage connections.
-//! Every route needs the API key (`Authorization: Bearer` or `X-API-Key`).
+//! Every route but the OpenAPI document needs the API key
+//! (`Authorization: Bearer` or `X-API-Key`).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -17,22 +18,58 @@ use serde_json::json;
 
 use super::http::{bearer_token, ApiError};
 use crate::engine::{HistoryQuery, Publication};
-use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
+use crate::protocol::{json_object, ChannelName, CloseCode, ErrorCode, HistoryOrder};
 use crate::publisher::{BroadcastRequest, EntityChange, PublishError, PublishRequest};
 use crate::server::ServerState;
 
+/// The OpenAPI 3.1 document of the server API, served at `GET /api/openapi.json`.
+/// Kept by hand in `docs/openapi.json`; `tests/server/openapi.rs` fails when a
+/// route, field or status drifts from it.
+pub const OPENAPI_DOCUMENT: &str = include_str!("../../../../docs/openapi.json");
+
+/// Where the OpenAPI document is served. Public: the schema is no secret, and
+/// code generators and fuzzers can fetch it without the key.
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
+
+/// The routes that need the API key, with their handlers.
+fn keyed_operations() -> [(&'static str, MethodRouter<Arc<ServerState>>); 8] {
+    [
+        ("/api/publish", post(publish)),
+        ("/api/broadcast", post(broadcast)),
+        ("/api/events", post(entity_event)),
+        ("/api/disconnect", post(disconnect)),
+        ("/api/unsubscribe", post(unsubscribe)),
+        ("/api/presence", get(presence)),
+        ("/api/history", get(history)),
+        ("/api/info", get(info)),
+    ]
+}
+
+/// Every path [`routes`] serves, so a test can hold them equal to the paths of
+/// the OpenAPI document.
+pub fn paths() -> Vec<&'static str> {
+    let mut paths: Vec<&'static str> = keyed_operations().map(|(path, _)| path).into();
+    paths.push(OPENAPI_PATH);
+    paths
+}
+
 /// The `/api/*` routes (without `/api/ws`, which the WebSocket transport serves).
 pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
-    Router::new()
-        .route("/api/publish", post(publish))
-        .route("/api/broadcast", post(broadcast))
-        .route("/api/events", post(entity_event))
-        .route("/api/disconnect", post(disconnect))
-        .route("/api/unsubscribe", post(unsubscribe))
-        .route("/api/presence", get(presence))
-        .route("/api/history", get(history))
-        .route("/api/info", get(info))
-        .route_layer(middleware::from_fn_with_state(state, require_api_key))
+    let keyed = keyed_operations()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
+        .route_layer(middleware::from_fn_with_state(state, require_api_key));
+    keyed.route(OPENAPI_PATH, get(openapi_document))
+}
+
+async fn openapi_document() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI_DOCUMENT,
+    )
+        .into_response()
 }
 
 async fn require_api_key(
@@ -72,7 +109,9 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             ApiError::new(ErrorCode::BadRequest, e.body_text())
         }
     })?;
-    serde_json::from_slice(&body)
+    let mut json = serde_json::Deserializer::from_slice(&body);
+    json_object::object(&mut json)
+        .and_then(|parsed| json.end().map(|()| parsed))
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
 }
 
@@ -115,7 +154,7 @@ async fn entity_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let change: EntityChange = parse_body(body)?;
-    let event = format!("{}.{}", change.entity.entity_type, change.action.as_str());
+    let event = change.event_name();
     let results = state.publisher.publish_entity_change(change).await?;
     Ok(Json(json!({ "event": event, "results": results })).into_response())
 }

@@ -213,6 +213,24 @@ async fn send_error(socket: &mut WebSocket, id: Option<RequestId>, code: ErrorCo
         tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Text(text.into()))).await;
 }
 
+/// The longest close-frame reason, in bytes: a control frame carries at most
+/// 125 bytes, two of them the code (RFC 6455 §5.5).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to fit a close frame, at a character boundary. A longer one
+/// (`POST /api/disconnect` takes any) would fail to send and lose the close
+/// code; the `disconnect` message still carries it whole.
+fn close_frame_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// Sends `disconnect` then a close frame with the same code, and waits for the
 /// client's close frame, all bounded in time.
 ///
@@ -227,7 +245,7 @@ async fn close_socket(socket: &mut WebSocket, code: CloseCode, reason: &str) {
     };
     let frame = CloseFrame {
         code: code.code(),
-        reason: Utf8Bytes::from(reason),
+        reason: Utf8Bytes::from(close_frame_reason(reason)),
     };
     let sent = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
         socket.feed(Message::Text(notice.to_json().into())).await?;

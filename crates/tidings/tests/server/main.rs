@@ -7,6 +7,7 @@ mod bad_input;
 mod cluster;
 mod http_transports;
 mod liveness;
+mod openapi;
 mod permissions;
 mod presence;
 mod properties;

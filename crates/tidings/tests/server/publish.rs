@@ -111,13 +111,27 @@ async fn entity_events_reach_all_three_scopes() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = server
+    // Any event-name segment is an action; an empty one or one with a control
+    // character is not.
+    let (status, body) = server
         .api(
             "/api/events",
-            json!({"workspace": "acme", "entity": {"type": "t", "id": "1"}, "action": "exploded"}),
+            json!({"workspace": "acme", "entity": {"type": "applications", "id": "app123"}, "action": "status_changed"}),
         )
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["event"], "applications.status_changed");
+    let event = detail.expect("event").await;
+    assert_eq!(event["event"], "applications.status_changed");
+    for action in ["", "a\u{1}b"] {
+        let (status, _) = server
+            .api(
+                "/api/events",
+                json!({"workspace": "acme", "entity": {"type": "t", "id": "1"}, "action": action}),
+            )
+            .await;
+        assert_eq!(status, 400, "action {action:?}");
+    }
 }
 
 #[tokio::test]
@@ -409,4 +423,19 @@ async fn api_disconnect_and_unsubscribe_by_user() {
         .api("/api/disconnect", json!({"user": "bob", "code": 1234}))
         .await;
     assert_eq!(status, 400);
+
+    // A reason longer than a close frame holds (123 bytes) still closes with
+    // the code; the `disconnect` message carries the whole reason.
+    let mut carol = server.connect_user("carol", &["acme"]).await;
+    let reason = "é".repeat(100);
+    let (status, _) = server
+        .api(
+            "/api/disconnect",
+            json!({"user": "carol", "code": 4000, "reason": reason}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let closed = carol.closed(WAIT).await;
+    assert_eq!(closed.code, 4000);
+    assert_eq!(closed.disconnect.unwrap()["reason"], reason.as_str());
 }

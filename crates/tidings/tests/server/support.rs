@@ -241,20 +241,7 @@ impl TestServer {
     }
 
     pub async fn with_config(config: Config) -> Self {
-        let tidings = Tidings::new(config).expect("valid test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Served the way the binary serves (socket options included).
-        let serving = tidings.clone();
-        let task = tokio::spawn(async move {
-            let _ = serving.serve(listener, std::future::pending()).await;
-        });
-        Self {
-            addr,
-            tidings,
-            http: reqwest::Client::new(),
-            task,
-        }
+        Self::with_tidings(Tidings::new(config).expect("valid test config")).await
     }
 
     pub fn ws_url(&self) -> String {
@@ -629,5 +616,24 @@ impl Client {
         }
         events.extend(self.drain_events(quiet).await);
         events
+    }
+}
+
+impl TestServer {
+    /// Serves an already built `tidings` (e.g. on an engine of the test's own),
+    /// the way the binary serves (socket options included).
+    pub async fn with_tidings(tidings: Tidings) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tidings.clone();
+        let task = tokio::spawn(async move {
+            let _ = serving.serve(listener, std::future::pending()).await;
+        });
+        Self {
+            addr,
+            tidings,
+            http: reqwest::Client::new(),
+            task,
+        }
     }
 }
