@@ -21,6 +21,9 @@ npm ci --prefix bench/peers/socketio --no-audit --no-fund
 step "Rust tests (unit, integration over real sockets, property, binary, bench smoke)"
 cargo test --workspace --locked
 
+step "Autobahn|Testsuite: RFC 6455 conformance of the WebSocket code (cases 1-7, 10)"
+bash scripts/autobahn.sh
+
 step "System packages for the browser tests (Debian's chromium)"
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
