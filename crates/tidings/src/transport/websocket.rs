@@ -223,6 +223,9 @@ async fn authenticate_first_message(
 ) -> Option<Identity> {
     let settings = &state.config.connection;
     let deadline = Instant::now() + settings.auth_timeout;
+    // Nothing is queued for an unauthenticated socket, so its close needs no
+    // more time than it was given to authenticate.
+    let close_timeout = settings.close_timeout.min(settings.auth_timeout);
     let text = loop {
         let close = match tokio::time::timeout_at(deadline, socket.recv()).await {
             Err(_) => ServerClose::notified(
@@ -237,7 +240,7 @@ async fn authenticate_first_message(
                 "binary frames are not supported",
             ),
             Ok(Some(Ok(Message::Close(_)))) => {
-                answer_client_close(socket, settings.close_timeout).await;
+                answer_client_close(socket, close_timeout).await;
                 return None;
             }
             Ok(Some(Err(err))) => match ServerClose::for_read_error(err, true) {
@@ -246,7 +249,7 @@ async fn authenticate_first_message(
             },
             Ok(None) => return None,
         };
-        close_socket(socket, close, settings.close_timeout).await;
+        close_socket(socket, close, close_timeout).await;
         return None;
     };
     let refused = |code| ServerClose::notified(code, "not authenticated");
@@ -258,15 +261,15 @@ async fn authenticate_first_message(
                 id,
                 ErrorCode::Unauthorized,
                 "the first message must be auth",
-                settings.close_timeout,
+                close_timeout,
             )
             .await;
             let close = refused(CloseCode::Unauthorized);
-            close_socket(socket, close, settings.close_timeout).await;
+            close_socket(socket, close, close_timeout).await;
             return None;
         }
         Err(bad) => {
-            let timeout = settings.close_timeout;
+            let timeout = close_timeout;
             send_error(socket, bad.id, ErrorCode::BadRequest, &bad.message, timeout).await;
             close_socket(socket, refused(CloseCode::Unauthorized), timeout).await;
             return None;
@@ -282,7 +285,7 @@ async fn authenticate_first_message(
             } else {
                 ErrorCode::Unauthorized
             };
-            let timeout = settings.close_timeout;
+            let timeout = close_timeout;
             send_error(socket, id, code, &err.to_string(), timeout).await;
             let close = ServerClose::notified(CloseCode::Unauthorized, "unauthorized");
             close_socket(socket, close, timeout).await;
