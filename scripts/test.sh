@@ -38,6 +38,8 @@ for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
 trap 'kill "$redis_pid" 2>/dev/null; rm -rf "$redis_dir"' EXIT
 TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0" cargo test --locked -p tidings --test server -- --skip cluster::
 kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+step "Autobahn|Testsuite: RFC 6455 conformance of the WebSocket code (cases 1-7, 10)"
+bash scripts/autobahn.sh
 
 step "System packages for the browser tests (Debian's chromium)"
 command -v chromium >/dev/null 2>&1 || install_packages chromium

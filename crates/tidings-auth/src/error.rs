@@ -77,8 +77,20 @@ pub enum ConfigError {
     #[error("no JWT key configured: set jwt.secret, jwt.public_key_file or jwt.jwks_file")]
     NoKey,
     /// `jwt.secret` is set but empty.
-    #[error("jwt.secret is empty")]
+    #[error(
+        "jwt.secret is empty; it must be at least 32 bytes (RFC 7518 §3.2): {}",
+        crate::secret::SECRET_HINT
+    )]
     EmptySecret,
+    /// `jwt.secret` is shorter than [`crate::MIN_SECRET_LEN`] bytes.
+    #[error(
+        "jwt.secret is {len} bytes; an HMAC secret must be at least 32 bytes (RFC 7518 §3.2): {}",
+        crate::secret::SECRET_HINT
+    )]
+    ShortSecret {
+        /// The secret's length in bytes (never the secret).
+        len: usize,
+    },
     /// A key file could not be read.
     #[error("cannot read {setting} {}: {source}", path.display())]
     ReadFile {
@@ -153,8 +165,20 @@ fn kid_suffix(kid: &Option<String>) -> String {
 #[non_exhaustive]
 pub enum MintError {
     /// The secret is empty.
-    #[error("the signing secret is empty")]
+    #[error(
+        "the signing secret is empty; it must be at least 32 bytes (RFC 7518 §3.2): {}",
+        crate::secret::SECRET_HINT
+    )]
     EmptySecret,
+    /// The secret is shorter than [`crate::MIN_SECRET_LEN`] bytes.
+    #[error(
+        "the signing secret is {len} bytes; an HMAC secret must be at least 32 bytes (RFC 7518 §3.2): {}",
+        crate::secret::SECRET_HINT
+    )]
+    ShortSecret {
+        /// The secret's length in bytes (never the secret).
+        len: usize,
+    },
     /// `sub` is empty (or `extra` replaced it with something that is not a
     /// non-empty string); such a token would be refused.
     #[error("the token subject is empty")]

@@ -10,6 +10,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
+use crate::secret::MIN_SECRET_LEN;
 use crate::ConfigError;
 
 /// Smallest accepted RSA modulus, in bits.
@@ -45,6 +46,9 @@ enum JwkProblem {
 pub(crate) fn secret_key(secret: &str) -> Result<LoadedKey, ConfigError> {
     if secret.is_empty() {
         return Err(ConfigError::EmptySecret);
+    }
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(ConfigError::ShortSecret { len: secret.len() });
     }
     Ok(LoadedKey {
         kid: None,

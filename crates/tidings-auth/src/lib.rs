@@ -14,10 +14,12 @@
 //! use std::time::Duration;
 //! use tidings_auth::{mint_hs256, JwtSettings, MintClaims, TokenVerifier};
 //!
-//! let settings = JwtSettings { secret: Some("dev-secret".into()), ..JwtSettings::default() };
+//! // At least 32 bytes (RFC 7518 §3.2), e.g. from `openssl rand -base64 32`.
+//! let secret = "a-long-random-secret-of-32-bytes!";
+//! let settings = JwtSettings { secret: Some(secret.into()), ..JwtSettings::default() };
 //! let verifier = TokenVerifier::new(&settings)?;
 //!
-//! let token = mint_hs256("dev-secret", &MintClaims {
+//! let token = mint_hs256(secret, &MintClaims {
 //!     sub: "alice".into(),
 //!     workspaces: vec!["acme".into()],
 //!     ttl: Some(Duration::from_secs(3600)),
@@ -45,6 +47,6 @@ pub use api_key::ApiKey;
 pub use error::{ConfigError, MintError, TokenError};
 pub use identity::Identity;
 pub use mint::{mint_hs256, MintClaims};
-pub use secret::generate_secret;
+pub use secret::{generate_secret, MIN_SECRET_LEN};
 pub use settings::{JwtSettings, MAX_LEEWAY};
 pub use verifier::{TokenVerifier, MAX_TOKEN_LEN};

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
+use crate::secret::MIN_SECRET_LEN;
 use crate::MintError;
 
 /// The claims of a token made by [`mint_hs256`].
@@ -30,6 +31,9 @@ pub struct MintClaims {
 pub fn mint_hs256(secret: &str, claims: &MintClaims) -> Result<String, MintError> {
     if secret.is_empty() {
         return Err(MintError::EmptySecret);
+    }
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(MintError::ShortSecret { len: secret.len() });
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

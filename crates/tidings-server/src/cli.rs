@@ -1,5 +1,6 @@
 //! Subcommands: `serve` (the default), `gentoken`, `checkconfig`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -99,7 +100,9 @@ fn init_logging(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -113,8 +116,7 @@ fn init_logging(format: LogFormat, level: &str) {
 /// Runs the server until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, &args.log_level);
-    let mut config =
-        config_loader::load(args.config.as_deref()).context("loading configuration")?;
+    let mut config = config_loader::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -136,11 +138,23 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", config.listen))?;
         let address = listener.local_addr().context("reading the bound address")?;
         let tidings = Tidings::new(config.clone()).context("invalid configuration")?;
-        if let Some(dev) = &dev {
-            dev_mode::print_banner(&config, dev, &address.to_string());
+        match (&dev, args.log_format) {
+            (Some(dev), LogFormat::Text) => {
+                dev_mode::print_banner(&config, dev, &address.to_string())
+            }
+            // The banner carries the secret, the API key and a token, which
+            // must not reach a log; JSON output is for log collectors.
+            (Some(_), LogFormat::Json) => tracing::warn!(
+                "dev mode: no JWT key configured, so a secret and an API key were generated \
+                 for this run; they are shown only with --log-format text"
+            ),
+            (None, _) => {}
         }
-        // A fixed line that scripts and tests can wait for.
-        println!("listening on {address}");
+        // A fixed line that scripts and tests can wait for; with JSON logs,
+        // stdout stays empty and the `tidings listening` entry carries the address.
+        if let LogFormat::Text = args.log_format {
+            println!("listening on {address}");
+        }
         tracing::info!(%address, node = %tidings.state().node, "tidings listening");
         tidings
             .serve(listener, shutdown_signal())
@@ -175,7 +189,7 @@ async fn shutdown_signal() {
 
 /// Prints a token for `args`.
 pub fn gentoken(args: GentokenArgs) -> anyhow::Result<()> {
-    let config = config_loader::load(args.config.as_deref()).context("loading configuration")?;
+    let config = config_loader::load(args.config.as_deref())?;
     let secret = config.jwt.secret.as_deref().context(
         "gentoken signs with an HMAC secret: set jwt.secret in the config file or TIDINGS_JWT_SECRET",
     )?;
@@ -192,8 +206,8 @@ pub fn gentoken(args: GentokenArgs) -> anyhow::Result<()> {
 
 /// Validates a configuration file, including its key files.
 pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
-    let config = config_loader::load(Some(&args.file))
-        .with_context(|| format!("{} is not a valid configuration", args.file.display()))?;
+    // The loader's errors name the file or the environment variable at fault.
+    let config = config_loader::load(Some(&args.file))?;
     config.validate()?;
     if dev_mode::needed(&config) {
         println!("note: no jwt key configured; `serve` would run in dev mode");

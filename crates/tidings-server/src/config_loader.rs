@@ -1,7 +1,7 @@
 //! Layered configuration: defaults, then a TOML file, then `TIDINGS_*`
 //! environment variables, then command-line flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -49,8 +49,131 @@ pub fn figment(file: Option<&Path>) -> Figment {
 }
 
 /// Loads the configuration from `file` (if any) and the environment.
-pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
-    figment(file).extract().map_err(Box::new)
+///
+/// Each error names where the bad value came from: the file (by its absolute
+/// path) and the key, or the environment variable, with the expected format.
+pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    if let Some(file) = file {
+        // Checked here so that a missing file is one plain line, not figment's.
+        std::fs::metadata(file).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot read the configuration file {}: {err}",
+                absolute(file).display()
+            )
+        })?;
+    }
+    figment(file).extract().map_err(|err| {
+        let messages: Vec<String> = err.into_iter().map(|e| describe(&e)).collect();
+        anyhow::anyhow!(messages.join("\n"))
+    })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// One figment error as a sentence that names its source.
+fn describe(err: &figment::Error) -> String {
+    let mut path = err.path.as_slice();
+    if path.first().is_some_and(|p| p == "default") {
+        path = &path[1..];
+    }
+    let key = path.join(".");
+    let problem = problem(&err.kind, &key);
+    let file = err
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .and_then(|s| s.file_path());
+    if let Some(file) = file {
+        let file = absolute(file);
+        return if key.is_empty() {
+            format!("{}: {problem}", file.display())
+        } else {
+            format!("{}: {key}: {problem}", file.display())
+        };
+    }
+    let from_env = err
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    if from_env {
+        if let Some(variable) = env_variable_for(&key) {
+            return format!("environment variable {variable}: {problem}");
+        }
+    }
+    if key.is_empty() {
+        format!("configuration: {problem}")
+    } else {
+        format!("configuration key {key}: {problem}")
+    }
+}
+
+/// The `TIDINGS_*` variable that sets `key`, if one is set.
+fn env_variable_for(key: &str) -> Option<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .find(|name| {
+            name.strip_prefix("TIDINGS_")
+                .is_some_and(|rest| env_key_to_path(rest) == key)
+        })
+}
+
+/// What is wrong, in words: the value found (hidden for secrets) and the
+/// format expected, with examples where the type name alone says little.
+fn problem(kind: &figment::error::Kind, key: &str) -> String {
+    use figment::error::Kind;
+    let hidden = key.contains("secret") || key == "api_key";
+    let found = |actual: &figment::error::Actual| {
+        if hidden {
+            "a value".to_owned()
+        } else {
+            actual.to_string()
+        }
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!(
+                "found {}, expected {}",
+                found(actual),
+                expected_format(expected)
+            )
+        }
+        Kind::UnknownField(found, expected) => {
+            let section = key
+                .rsplit_once('.')
+                .map_or("at the top level".to_owned(), |(s, _)| format!("in [{s}]"));
+            format!(
+                "unknown key `{found}` {section}; the keys there are: {}",
+                expected.join(", ")
+            )
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "unknown value `{found}`; expected one of: {}",
+                expected.join(", ")
+            )
+        }
+        // `listen` fails in the address parser, whose message names no format.
+        other if key == "listen" => format!(
+            "{}, expected an address such as `127.0.0.1:8000`",
+            other.to_string().trim_end()
+        ),
+        other => other.to_string().trim_end().to_owned(),
+    }
+}
+
+/// serde's name for an expected type, with the format spelled out.
+fn expected_format(expected: &str) -> String {
+    if expected.contains("duration") {
+        return format!("{expected} such as `30s`, `500ms` or `1m 30s`");
+    }
+    match expected {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number such as `1024`".to_owned(),
+        "a boolean" | "bool" => "`true` or `false`".to_owned(),
+        "socket address" | "a socket address" => "an address such as `127.0.0.1:8000`".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Dev mode: with no JWT key configured, generate a secret and an API key for
 //! this run and print everything needed to try Tidings in five minutes.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tidings::auth::{generate_secret, mint_hs256, MintClaims};
@@ -57,6 +58,58 @@ pub fn print_banner(config: &Config, credentials: &DevCredentials, address: &str
          \n  Connect with any WebSocket client:  ws://{address}/ws?token={token}\
          \n  then send:  {{\"type\":\"subscribe\",\"channel\":\"workspace:demo\"}}\
          \n\
-         \n  More tokens:  TIDINGS_JWT_SECRET={secret} tidings gentoken --sub u1 --workspaces demo\n"
+         \n  More tokens:  TIDINGS_JWT_SECRET={secret} {command} gentoken --sub u1 --workspaces demo\n",
+        command = own_command(),
     );
+}
+
+/// How to run this binary again from the user's shell: `tidings` when that
+/// name on the PATH is this binary, the `cargo run` line when cargo started it
+/// (after `cargo run` there is no `tidings` on the PATH), else its own path.
+fn own_command() -> String {
+    let exe = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("tidings"))
+            .find(|candidate| candidate.is_file())
+    });
+    if let (Some(exe), Some(on_path)) = (&exe, on_path) {
+        if same_file(exe, &on_path) {
+            return "tidings".to_owned();
+        }
+    }
+    let run_by_cargo = std::env::var_os("CARGO").is_some()
+        && std::env::var("CARGO_PKG_NAME").as_deref() == Ok("tidings-server");
+    if run_by_cargo {
+        let release = exe
+            .as_ref()
+            .and_then(|exe| exe.parent())
+            .and_then(|dir| dir.file_name())
+            .is_some_and(|name| name == "release");
+        let profile = if release { " --release" } else { "" };
+        return format!("cargo run{profile} -p tidings-server --");
+    }
+    match exe {
+        Some(exe) => shell_quoted(&exe.to_string_lossy()),
+        None => "tidings".to_owned(),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `text` as one shell word.
+fn shell_quoted(text: &str) -> String {
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%=,".contains(&b));
+    if plain && !text.is_empty() {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }

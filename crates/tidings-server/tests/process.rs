@@ -1,7 +1,7 @@
 //! Tests of the `tidings` binary as a user runs it: dev mode, signals, logs,
 //! and the `gentoken` / `checkconfig` commands.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ struct Server {
     addr: String,
     /// Everything printed to stdout up to and including `listening on`.
     banner: String,
+    stdout: Option<std::thread::JoinHandle<String>>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -32,15 +33,18 @@ impl Drop for Server {
 
 fn command() -> Command {
     let mut cmd = Command::new(BIN);
-    // The test's own environment must not configure the server.
+    // The test's own environment must not configure the server, nor make it
+    // look started by `cargo run` (cargo test sets CARGO and CARGO_PKG_*).
     for (key, _) in std::env::vars() {
-        if key.starts_with("TIDINGS_") || key == "RUST_LOG" {
+        if key.starts_with("TIDINGS_") || key == "RUST_LOG" || key.starts_with("CARGO") {
             cmd.env_remove(key);
         }
     }
     cmd
 }
 
+/// Starts the server and waits until it is listening: the `listening on` line
+/// on stdout, or with JSON logs the `tidings listening` entry on stderr.
 fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut cmd = command();
     cmd.args(args)
@@ -53,29 +57,41 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = cmd.spawn().expect("spawn tidings");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut banner = String::new();
+    let stdout_ready = tx.clone();
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            banner.push_str(&line);
-            banner.push('\n');
+            text.push_str(&line);
+            text.push('\n');
             if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send((addr.to_owned(), banner.clone()));
+                let _ = stdout_ready.send((addr.to_owned(), text.clone()));
             }
         }
+        text
     });
-    let mut stderr = child.stderr.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if entry["message"] == "tidings listening" {
+                if let Some(addr) = entry["address"].as_str() {
+                    let _ = tx.send((addr.to_owned(), String::new()));
+                }
+            }
+        }
         text
     });
     let (addr, banner) = rx
         .recv_timeout(Duration::from_secs(20))
-        .expect("server printed `listening on`");
+        .expect("server said it is listening");
     Server {
         child,
         addr,
         banner,
+        stdout: Some(stdout),
         stderr: Some(stderr),
     }
 }
@@ -103,6 +119,11 @@ impl Server {
 
     fn stderr(&mut self) -> String {
         self.stderr.take().unwrap().join().unwrap()
+    }
+
+    /// All of stdout; call after the process ended.
+    fn stdout(&mut self) -> String {
+        self.stdout.take().unwrap().join().unwrap()
     }
 }
 
@@ -276,6 +297,8 @@ async fn json_logs_carry_ids_and_never_tokens_or_keys() {
         server.terminate();
         let logs = server.stderr();
         assert!(!logs.trim().is_empty());
+        let stdout = server.stdout();
+        assert!(stdout.is_empty(), "JSON logs, yet stdout has: {stdout}");
         for line in logs.lines() {
             let entry: Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -365,9 +388,9 @@ fn checkconfig_accepts_the_example_and_names_mistakes() {
     std::fs::create_dir_all(&dir).unwrap();
     for (name, body, expected) in [
         ("typo.toml", "listen = \"127.0.0.1:1\"\nheartbeat = \"1s\"\n", "heartbeat"),
-        ("rule.toml", "[jwt]\nsecret = \"s3cr3t-s3cr3t-s3cr3t-s3cr3t\"\n[namespaces.orders]\nsubscribe = [{ segment = 1 }]\n", "namespaces.orders.subscribe[0]"),
+        ("rule.toml", "[jwt]\nsecret = \"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t\"\n[namespaces.orders]\nsubscribe = [{ segment = 1 }]\n", "namespaces.orders.subscribe[0]"),
         ("key.toml", "[jwt]\npublic_key_file = \"/nonexistent/key.pem\"\n", "/nonexistent/key.pem"),
-        ("zero.toml", "[jwt]\nsecret = \"s3cr3t-s3cr3t-s3cr3t-s3cr3t\"\n[connection]\nheartbeat = \"0s\"\n", "connection.heartbeat"),
+        ("zero.toml", "[jwt]\nsecret = \"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t\"\n[connection]\nheartbeat = \"0s\"\n", "connection.heartbeat"),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, body).unwrap();
@@ -418,4 +441,163 @@ async fn connect_raw(addr: &str, token: &str) -> Ws {
         .await
         .unwrap()
         .0
+}
+
+/// The `More tokens:` command of the dev-mode banner.
+fn banner_gentoken_command(banner: &str) -> String {
+    banner_value(banner, "More tokens").to_owned()
+}
+
+#[test]
+fn dev_mode_banner_gentoken_command_works_as_printed_and_logs_have_no_colour() {
+    let mut server = start(&[], &[]);
+    let command_line = banner_gentoken_command(&server.banner);
+    assert!(
+        !command_line.contains(" tidings gentoken"),
+        "`tidings` is not on the PATH: {command_line}"
+    );
+    let secret = banner_value(&server.banner, "JWT secret").to_owned();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(&command_line)
+        .env_remove("TIDINGS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{command_line}: {output:?}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    let verifier = tidings_auth::TokenVerifier::new(&tidings_auth::JwtSettings {
+        secret: Some(secret),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(&*verifier.verify(token.trim()).unwrap().user, "u1");
+
+    server.terminate();
+    let logs = server.stderr();
+    assert!(logs.contains("tidings listening"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in logs that go to a pipe: {logs:?}"
+    );
+}
+
+#[test]
+fn dev_mode_banner_under_cargo_run_prints_the_cargo_command() {
+    let server = start(
+        &[],
+        &[("CARGO", "cargo"), ("CARGO_PKG_NAME", "tidings-server")],
+    );
+    let command_line = banner_gentoken_command(&server.banner);
+    // The test binary is a debug build.
+    assert!(
+        command_line.contains(" cargo run -p tidings-server -- gentoken --sub u1"),
+        "{command_line}"
+    );
+}
+
+#[test]
+fn short_jwt_secret_is_refused_with_how_to_make_one() {
+    let check = |output: std::process::Output, what: &str| {
+        assert!(!output.status.success(), "{what} accepted a 1-byte secret");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            err.contains("at least 32 bytes") && err.contains("openssl rand -base64 32"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("=x"), "{what}: {err}");
+    };
+    let mut serve = command()
+        .args(["--listen", "127.0.0.1:0"])
+        .env("TIDINGS_JWT_SECRET", "x")
+        .env("TIDINGS_API_KEY", API_KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a server that accepts the secret would run until killed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while serve.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            let _ = serve.wait();
+            panic!("serve started with a 1-byte secret");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check(serve.wait_with_output().unwrap(), "serve");
+    let gentoken = command()
+        .args(["gentoken", "--sub", "u1"])
+        .env("TIDINGS_JWT_SECRET", "x")
+        .output()
+        .unwrap();
+    check(gentoken, "gentoken");
+}
+
+#[test]
+fn config_errors_name_the_variable_or_the_file_and_the_format() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tidings.example.toml");
+    let run = |args: &[&str], env: &[(&str, &str)], dir: &std::path::Path| {
+        let mut cmd = command();
+        cmd.args(args).current_dir(dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let output = cmd.output().unwrap();
+        assert!(!output.status.success(), "{args:?} {env:?} passed");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("tidings-config-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // A bad environment value: the variable and the format, and not the file.
+    let err = run(
+        &["checkconfig", example],
+        &[("TIDINGS_CONNECTION_HEARTBEAT", "banana")],
+        &dir,
+    );
+    assert!(err.contains("TIDINGS_CONNECTION_HEARTBEAT"), "{err}");
+    assert!(err.contains("such as `30s`"), "{err}");
+    assert!(!err.contains("tidings.example.toml"), "{err}");
+    let err = run(
+        &["--listen", "127.0.0.1:0"],
+        &[("TIDINGS_CONNECTION_MAX_CHANNELS", "lots")],
+        &dir,
+    );
+    assert!(
+        err.contains("TIDINGS_CONNECTION_MAX_CHANNELS") && err.contains("a whole number"),
+        "{err}"
+    );
+
+    // A bad file value: the absolute path and the key as written in the file.
+    std::fs::write(
+        dir.join("bad.toml"),
+        "[connection]\nheartbeat = \"banana\"\n",
+    )
+    .unwrap();
+    let err = run(&["checkconfig", "bad.toml"], &[], &dir);
+    let absolute = dir.join("bad.toml");
+    assert!(
+        err.contains(&format!("{}: connection.heartbeat:", absolute.display())),
+        "{err}"
+    );
+    assert!(!err.contains("default."), "{err}");
+
+    // An unknown key: named once, the known keys listed without nested backticks.
+    std::fs::write(dir.join("typo.toml"), "[connection]\nheartbeet = \"1s\"\n").unwrap();
+    let err = run(&["checkconfig", "typo.toml"], &[], &dir);
+    assert!(
+        err.contains("unknown key `heartbeet` in [connection]"),
+        "{err}"
+    );
+    assert!(err.contains("heartbeat, pong_timeout"), "{err}");
+    assert!(!err.contains("``") && !err.contains("`one of"), "{err}");
+
+    // A missing file: one line.
+    let err = run(&["checkconfig", "missing.toml"], &[], &dir);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&dir.join("missing.toml").display().to_string()),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -100,6 +100,12 @@ pub struct ConnectionSettings {
     /// How long shutdown waits for clients to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_drain: Duration,
+    /// How long a WebSocket close handshake may take: writing what the client
+    /// has not read yet and the Close frame, then waiting for the client's
+    /// Close. Longer than `heartbeat`, so that a slow consumer that resumes
+    /// reading within a heartbeat still reads its 4002.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
 }
 
 impl Default for ConnectionSettings {
@@ -120,6 +126,7 @@ impl Default for ConnectionSettings {
             read_buffer_size: 1024,
             write_buffer_size: 4 * 1024,
             shutdown_drain: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -372,8 +379,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
-    /// The JWT settings do not give a usable key.
-    #[error("jwt: {0}")]
+    /// The JWT settings do not give a usable key (the message names the
+    /// `jwt.*` setting).
+    #[error(transparent)]
     Jwt(#[from] tidings_auth::ConfigError),
 }
 
@@ -404,6 +412,7 @@ impl Config {
             ("connection.heartbeat", c.heartbeat),
             ("connection.pong_timeout", c.pong_timeout),
             ("connection.auth_timeout", c.auth_timeout),
+            ("connection.close_timeout", c.close_timeout),
             ("engine.sweep_interval", self.engine.sweep_interval),
         ] {
             if value.is_zero() {

@@ -8,14 +8,14 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = resolve(here, '../../../..');
-export const SERVER_BIN = process.env.TIDINGS_BIN ?? join(REPO_ROOT, 'target/debug/tidings');
+export const SERVER_BIN = process.env.TEST_TIDINGS_BIN ?? join(REPO_ROOT, 'target/debug/tidings');
 
 export function requireServerBinary() {
   if (!existsSync(SERVER_BIN)) {
     throw new Error(
       `Tidings server binary not found at ${SERVER_BIN}.\n` +
         `Build it first: (cd ${REPO_ROOT} && cargo build -p tidings-server)\n` +
-        `or point TIDINGS_BIN at a built binary.`,
+        `or point TEST_TIDINGS_BIN at a built binary.`,
     );
   }
 }
@@ -68,7 +68,7 @@ export async function startServer({ env = {}, port = 0, secret, apiKey } = {}) {
       TIDINGS_JWT_SECRET: secret,
       TIDINGS_API_KEY: apiKey,
       TIDINGS_CONSOLE: 'false',
-      TIDINGS_LOG_LEVEL: process.env.TIDINGS_TEST_LOG ?? 'warn',
+      TIDINGS_LOG_LEVEL: process.env.TEST_TIDINGS_LOG ?? 'warn',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -76,7 +76,7 @@ export async function startServer({ env = {}, port = 0, secret, apiKey } = {}) {
   let stderr = '';
   child.stderr.on('data', (d) => {
     stderr += d;
-    if (process.env.TIDINGS_TEST_LOG) process.stderr.write(d);
+    if (process.env.TEST_TIDINGS_LOG) process.stderr.write(d);
   });
   const address = await new Promise((resolveAddr, reject) => {
     let out = '';

@@ -54,16 +54,22 @@ fn unknown_fields_are_refused() {
 #[test]
 fn debug_redacts_the_secret() {
     let s = JwtSettings {
-        secret: Some("super-secret-value".into()),
+        secret: Some("super-secret-value-0123456789abcdef".into()),
         ..JwtSettings::default()
     };
     let text = format!("{s:?}");
-    assert!(!text.contains("super-secret-value"), "{text}");
+    assert!(
+        !text.contains("super-secret-value-0123456789abcdef"),
+        "{text}"
+    );
     assert!(text.contains("***"));
     assert!(text.contains("roles_claim"));
     let v = TokenVerifier::new(&s).unwrap();
     let text = format!("{v:?}");
-    assert!(!text.contains("super-secret-value"), "{text}");
+    assert!(
+        !text.contains("super-secret-value-0123456789abcdef"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -339,7 +345,7 @@ fn empty_claim_names() {
 
 #[test]
 fn config_errors_never_contain_the_secret() {
-    let secret = "do-not-print-me-0123456789";
+    let secret = "do-not-print-me-0123456789-abcdefgh";
     let settings = JwtSettings {
         secret: Some(secret.into()),
         algorithms: vec!["RS256".into()],
@@ -347,4 +353,27 @@ fn config_errors_never_contain_the_secret() {
     };
     let e = config_error(&settings);
     assert!(!format!("{e} {e:?}").contains(secret));
+}
+
+#[test]
+fn short_secret_is_refused_with_how_to_make_one() {
+    for secret in ["x", "0123456789abcdef0123456789abcde"] {
+        let e = config_error(&JwtSettings {
+            secret: Some(secret.into()),
+            ..JwtSettings::default()
+        });
+        assert!(
+            matches!(e, ConfigError::ShortSecret { len } if len == secret.len()),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("at least 32 bytes"), "{text}");
+        assert!(text.contains("openssl rand -base64 32"), "{text}");
+    }
+    // 32 bytes is enough.
+    TokenVerifier::new(&JwtSettings {
+        secret: Some("0123456789abcdef0123456789abcdef".into()),
+        ..JwtSettings::default()
+    })
+    .unwrap();
 }

@@ -159,3 +159,10 @@ fn generated_keys() {
     });
     assert!(v.verify(&token).is_ok());
 }
+
+#[test]
+fn minting_with_a_short_secret_is_refused() {
+    let e = mint_hs256("x", &sample()).unwrap_err();
+    assert!(matches!(e, MintError::ShortSecret { len: 1 }), "{e:?}");
+    assert!(e.to_string().contains("openssl rand -base64 32"), "{e}");
+}

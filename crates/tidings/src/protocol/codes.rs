@@ -61,6 +61,10 @@ pub enum CloseCode {
     Normal = 1000,
     /// The server is going away.
     GoingAway = 1001,
+    /// A frame broke RFC 6455 (the WebSocket library refused it).
+    ProtocolError = 1002,
+    /// A text message or close reason was not valid UTF-8.
+    InvalidPayload = 1007,
     /// The server is restarting: reconnect.
     Restarting = 1012,
     /// The server asks for a reconnect.
@@ -101,6 +105,8 @@ impl CloseCode {
         match self {
             Self::Normal => "closed",
             Self::GoingAway => "server going away",
+            Self::ProtocolError => "protocol error",
+            Self::InvalidPayload => "invalid UTF-8",
             Self::Restarting => "server restarting",
             Self::Reconnect => "reconnect requested",
             Self::NoPong => "no pong within pong_timeout",

@@ -12,6 +12,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use tidings_auth::Identity;
@@ -22,7 +24,7 @@ use super::http::{bearer_token, check_origin, ApiError};
 use super::requests::{self, Reader};
 use super::subscriptions::{parse_channel, Refusal, Subscriptions};
 use super::{duration_ms, expiry_instant, open_client_connection, request_quota};
-use crate::config::ConnectionSettings;
+use crate::config::{Config, ConnectionSettings};
 use crate::hub::connection::ServerUnsubscribe;
 use crate::hub::{CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
@@ -34,10 +36,10 @@ use crate::server::ServerState;
 
 /// Most queued events written before one flush.
 const WRITE_BATCH: usize = 64;
-/// How long a closing connection waits to get its close frame out.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long it then waits for the client's close frame.
-const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the server waits for the client's Close once its own Close frame
+/// is out (in the kernel's send buffer), within `connection.close_timeout`.
+/// The kernel delivers what it holds even after the socket is dropped.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Query parameters of the upgrade request.
 #[derive(Debug, Default, Deserialize)]
@@ -68,21 +70,27 @@ pub async fn upgrade(
         },
         None => None,
     };
-    let settings = &state.config.connection;
+    with_limits(upgrade.protocols([SUBPROTOCOL]), &state.config)
+        .on_upgrade(move |socket| run(socket, state, identity))
+}
+
+/// The buffer sizes and message limits of `config` applied to an upgrade: the
+/// one place both `/ws` and the conformance echo endpoint ([`echo_router`]) get
+/// them from.
+fn with_limits(upgrade: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
+    let settings = &config.connection;
     upgrade
-        .protocols([SUBPROTOCOL])
         .read_buffer_size(settings.read_buffer_size)
         .write_buffer_size(settings.write_buffer_size)
         // Large enough for the largest event the API accepts, whatever the queue bound.
         .max_write_buffer_size(
             settings
                 .send_queue_bytes
-                .max(state.config.api.max_body_size + 64 * 1024)
+                .max(config.api.max_body_size + 64 * 1024)
                 .max(settings.write_buffer_size * 2),
         )
         .max_message_size(settings.max_message_size)
         .max_frame_size(settings.max_message_size)
-        .on_upgrade(move |socket| run(socket, state, identity))
 }
 
 async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identity>) {
@@ -107,8 +115,8 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
                 tracing::info!(reason, "connection refused");
                 Box::pin(close_socket(
                     &mut socket,
-                    CloseCode::ConnectionLimit,
-                    &reason,
+                    ServerClose::notified(CloseCode::ConnectionLimit, &reason),
+                    settings.close_timeout,
                 ))
                 .await;
                 return;
@@ -129,17 +137,83 @@ async fn run(socket: WebSocket, state: Arc<ServerState>, identity: Option<Identi
             status: PresenceStatus::Online,
             rate: RequestRate::new(settings),
         };
-        let end = session.serve().await;
-        let subscriptions = std::mem::take(&mut session.subscriptions);
-        drop(session);
+        let stop = session.serve().await;
+        // The queue goes now (a slow consumer's backlog is the memory to free);
+        // the socket stays for the close handshake, and the connection stays
+        // registered until it ends, so a shutdown drain waits for its Close.
+        let Session {
+            mut socket,
+            subscriptions,
+            ..
+        } = session;
+        // How the session ended, for the log: who closed, with which code.
+        let end = match stop {
+            Stop::Gone => "connection lost".to_owned(),
+            Stop::ClientClosed => {
+                Box::pin(answer_client_close(&mut socket, settings.close_timeout)).await;
+                "closed by the client".to_owned()
+            }
+            Stop::Close(code, reason) => {
+                if code == CloseCode::SlowConsumer {
+                    state.metrics.slow_consumer_closed();
+                }
+                Box::pin(close_socket(
+                    &mut socket,
+                    ServerClose::notified(code, &reason),
+                    settings.close_timeout,
+                ))
+                .await;
+                format!("closed by the server with {}", code.code())
+            }
+        };
+        drop(socket);
         Box::pin(subscriptions.close(&state, &connection)).await;
-        if let SessionEnd::Closed(CloseCode::SlowConsumer) = end {
-            state.metrics.slow_consumer_closed();
-        }
-        tracing::debug!(?end, "disconnected");
+        tracing::debug!(%end, "disconnected");
     }
     .instrument(span)
     .await;
+}
+
+/// A bare WebSocket echo endpoint at `/`, for protocol conformance runs (the
+/// Autobahn|Testsuite through `examples/ws-echo.rs`); the server never routes
+/// it. It upgrades with the limits of `config` and reads, answers and closes
+/// through the same functions as `/ws` (`with_limits`, `close_socket`,
+/// `answer_client_close`, `ServerClose::for_read_error`); it only echoes text
+/// and binary messages instead of speaking the Tidings protocol, and sends no
+/// `disconnect` message before its Close frames.
+pub fn echo_router(config: Config) -> Router {
+    Router::new()
+        .route("/", get(echo_upgrade))
+        .with_state(Arc::new(config))
+}
+
+async fn echo_upgrade(State(config): State<Arc<Config>>, upgrade: WebSocketUpgrade) -> Response {
+    let close_timeout = config.connection.close_timeout;
+    with_limits(upgrade, &config).on_upgrade(move |socket| echo(socket, close_timeout))
+}
+
+async fn echo(mut socket: WebSocket, close_timeout: Duration) {
+    loop {
+        let message = match socket.recv().await {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
+            // The library answers pings itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) => {
+                answer_client_close(&mut socket, close_timeout).await;
+                return;
+            }
+            Some(Err(err)) => {
+                if let Some(close) = ServerClose::for_read_error(err, false) {
+                    close_socket(&mut socket, close, close_timeout).await;
+                }
+                return;
+            }
+            None => return,
+        };
+        if socket.send(message).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Waits for `{"type":"auth"}` within `auth_timeout`.
@@ -147,30 +221,38 @@ async fn authenticate_first_message(
     socket: &mut WebSocket,
     state: &ServerState,
 ) -> Option<Identity> {
-    let timeout = state.config.connection.auth_timeout;
-    let first = tokio::time::timeout(timeout, socket.recv()).await;
-    let text = match first {
-        Err(_) => {
-            close_socket(
-                socket,
+    let settings = &state.config.connection;
+    let deadline = Instant::now() + settings.auth_timeout;
+    // Nothing is queued for an unauthenticated socket, so its close needs no
+    // more time than it was given to authenticate.
+    let close_timeout = settings.close_timeout.min(settings.auth_timeout);
+    let text = loop {
+        let close = match tokio::time::timeout_at(deadline, socket.recv()).await {
+            Err(_) => ServerClose::notified(
                 CloseCode::Unauthorized,
                 "no auth message within auth_timeout",
-            )
-            .await;
-            return None;
-        }
-        Ok(Some(Ok(Message::Text(text)))) => text,
-        Ok(Some(Ok(Message::Binary(_)))) => {
-            close_socket(
-                socket,
+            ),
+            Ok(Some(Ok(Message::Text(text)))) => break text,
+            // The library answers pings; they do not stand in for `auth`.
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Binary(_)))) => ServerClose::notified(
                 CloseCode::ProtocolViolation,
                 "binary frames are not supported",
-            )
-            .await;
-            return None;
-        }
-        Ok(_) => return None,
+            ),
+            Ok(Some(Ok(Message::Close(_)))) => {
+                answer_client_close(socket, close_timeout).await;
+                return None;
+            }
+            Ok(Some(Err(err))) => match ServerClose::for_read_error(err, true) {
+                Some(close) => close,
+                None => return None,
+            },
+            Ok(None) => return None,
+        };
+        close_socket(socket, close, close_timeout).await;
+        return None;
     };
+    let refused = |code| ServerClose::notified(code, "not authenticated");
     let (id, token) = match parse_request(text.as_str()) {
         Ok((id, Request::Auth { token })) => (id, token),
         Ok((id, _)) => {
@@ -179,14 +261,17 @@ async fn authenticate_first_message(
                 id,
                 ErrorCode::Unauthorized,
                 "the first message must be auth",
+                close_timeout,
             )
             .await;
-            close_socket(socket, CloseCode::Unauthorized, "not authenticated").await;
+            let close = refused(CloseCode::Unauthorized);
+            close_socket(socket, close, close_timeout).await;
             return None;
         }
         Err(bad) => {
-            send_error(socket, bad.id, ErrorCode::BadRequest, &bad.message).await;
-            close_socket(socket, CloseCode::Unauthorized, "not authenticated").await;
+            let timeout = close_timeout;
+            send_error(socket, bad.id, ErrorCode::BadRequest, &bad.message, timeout).await;
+            close_socket(socket, refused(CloseCode::Unauthorized), timeout).await;
             return None;
         }
     };
@@ -200,77 +285,132 @@ async fn authenticate_first_message(
             } else {
                 ErrorCode::Unauthorized
             };
-            send_error(socket, id, code, &err.to_string()).await;
-            close_socket(socket, CloseCode::Unauthorized, "unauthorized").await;
+            let timeout = close_timeout;
+            send_error(socket, id, code, &err.to_string(), timeout).await;
+            let close = ServerClose::notified(CloseCode::Unauthorized, "unauthorized");
+            close_socket(socket, close, timeout).await;
             None
         }
     }
 }
 
-async fn send_error(socket: &mut WebSocket, id: Option<RequestId>, code: ErrorCode, message: &str) {
+async fn send_error(
+    socket: &mut WebSocket,
+    id: Option<RequestId>,
+    code: ErrorCode,
+    message: &str,
+    timeout: Duration,
+) {
     let text = ServerMessage::error(id, code, message).to_json();
-    let _ =
-        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(Message::Text(text.into()))).await;
+    let _ = tokio::time::timeout(timeout, socket.send(Message::Text(text.into()))).await;
 }
 
-/// The longest close-frame reason, in bytes: a control frame carries at most
-/// 125 bytes, two of them the code (RFC 6455 §5.5).
-const MAX_CLOSE_REASON: usize = 123;
+/// A close the server starts: its code and reason, and whether a `disconnect`
+/// message announces it (Tidings clients) or not (the bare echo endpoint).
+struct ServerClose<'a> {
+    code: CloseCode,
+    reason: &'a str,
+    notice: bool,
+}
 
-/// `reason` cut to fit a close frame, at a character boundary. A longer one
-/// (`POST /api/disconnect` takes any) would fail to send and lose the close
-/// code; the `disconnect` message still carries it whole.
-fn close_frame_reason(reason: &str) -> &str {
-    if reason.len() <= MAX_CLOSE_REASON {
-        return reason;
+impl<'a> ServerClose<'a> {
+    /// A close announced by a `disconnect` message with the same code.
+    fn notified(code: CloseCode, reason: &'a str) -> Self {
+        Self {
+            code,
+            reason,
+            notice: true,
+        }
     }
-    let mut end = MAX_CLOSE_REASON;
+
+    /// The close a failed read calls for, or `None` when the peer is gone (the
+    /// TCP connection ended or broke: there is no one to send a Close to).
+    ///
+    /// An oversized message is tungstenite's capacity error (4501); a frame
+    /// that breaks RFC 6455 fails the connection with 1002, invalid UTF-8 in a
+    /// text message or close reason with 1007. The error type must be the
+    /// tungstenite axum uses: the `oversized_message_closes_with_4501` tests
+    /// fail if a version skew breaks the downcast.
+    fn for_read_error(err: axum::Error, notice: bool) -> Option<Self> {
+        let (code, reason) = match err.into_inner().downcast_ref::<tungstenite::Error>()? {
+            tungstenite::Error::Capacity(_) => (
+                CloseCode::ProtocolViolation,
+                "message exceeds max_message_size",
+            ),
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ) => return None,
+            tungstenite::Error::Protocol(_) => (CloseCode::ProtocolError, "protocol error"),
+            tungstenite::Error::Utf8(_) => (CloseCode::InvalidPayload, "invalid UTF-8"),
+            _ => return None,
+        };
+        Some(Self {
+            code,
+            reason,
+            notice,
+        })
+    }
+}
+
+/// The server-initiated close handshake (RFC 6455 §5.5.1, §7.1.1), all within
+/// `timeout` (`connection.close_timeout`): write what the client has not read
+/// yet, then `disconnect` (if announced) and a Close frame, then read until the
+/// client's Close for at most [`CLOSE_REPLY_TIMEOUT`]; dropping the socket
+/// afterwards closes TCP from the server side, as §7.1.1 asks.
+///
+/// The bound is long because of slow consumers: a client that stopped reading
+/// has a full socket, and the Close frame leaves only once it reads again. The
+/// socket is kept that long, not the queue (the caller dropped it). Reading
+/// until the client's Close also matters: closing TCP with unread input makes
+/// the kernel send a reset, and the client may then lose the frame and its code.
+async fn close_socket(socket: &mut WebSocket, close: ServerClose<'_>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let notice = close.notice.then(|| ServerMessage::Disconnect {
+        code: close.code.code(),
+        reason: close.reason.to_owned(),
+        reconnect: close.code.reconnect(),
+    });
+    let frame = CloseFrame {
+        code: close.code.code(),
+        reason: Utf8Bytes::from(close_reason(close.reason)),
+    };
+    let sent = tokio::time::timeout_at(deadline, async {
+        // Empties the write buffer first, so the frames below always fit in it.
+        socket.flush().await?;
+        if let Some(notice) = notice {
+            socket.feed(Message::Text(notice.to_json().into())).await?;
+        }
+        socket.send(Message::Close(Some(frame))).await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        let reply_deadline = deadline.min(Instant::now() + CLOSE_REPLY_TIMEOUT);
+        let _ = tokio::time::timeout_at(reply_deadline, read_until_closed(socket)).await;
+    }
+}
+
+/// `reason` cut to the 123 bytes a Close frame has room for (control frames
+/// carry at most 125 bytes, two of them the code), on a character boundary;
+/// the `disconnect` message carries it whole.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     &reason[..end]
 }
 
-/// Sends `disconnect` then a close frame with the same code, and waits for the
-/// client's close frame, all bounded in time.
-///
-/// Waiting for the client's close (reading and dropping whatever it still sends)
-/// matters: closing TCP with unread input makes the kernel send a reset, and the
-/// client may then lose the close frame and its code.
-async fn close_socket(socket: &mut WebSocket, code: CloseCode, reason: &str) {
-    let notice = ServerMessage::Disconnect {
-        code: code.code(),
-        reason: reason.to_owned(),
-        reconnect: code.reconnect(),
-    };
-    let frame = CloseFrame {
-        code: code.code(),
-        reason: Utf8Bytes::from(close_frame_reason(reason)),
-    };
-    let sent = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-        socket.feed(Message::Text(notice.to_json().into())).await?;
-        socket.send(Message::Close(Some(frame))).await
-    })
-    .await;
-    if matches!(sent, Ok(Ok(()))) {
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-            while let Some(Ok(message)) = socket.recv().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
+/// Completes a close the client started (RFC 6455 §5.5.1): the library has
+/// queued the Close reply (echoing the client's code); reading on writes it,
+/// and then reports the connection closed, within `timeout`.
+async fn answer_client_close(socket: &mut WebSocket, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, read_until_closed(socket)).await;
 }
 
-/// How a session ended.
-#[derive(Debug)]
-enum SessionEnd {
-    /// The client closed or the socket failed.
-    ClientGone,
-    /// The server closed with this code.
-    Closed(CloseCode),
+/// Reads and drops frames until the close handshake is over (the library ends
+/// the stream once both Close frames have passed) or the connection fails.
+async fn read_until_closed(socket: &mut WebSocket) {
+    while let Some(Ok(_)) = socket.recv().await {}
 }
 
 struct Session {
@@ -308,7 +448,11 @@ impl RequestRate {
 
 /// Why the request loop must stop.
 enum Stop {
+    /// The server closes with this code.
     Close(CloseCode, String),
+    /// The client sent a Close: answer it.
+    ClientClosed,
+    /// Nothing left to close.
     Gone,
 }
 
@@ -331,9 +475,10 @@ impl Session {
         deadline
     }
 
-    async fn serve(&mut self) -> SessionEnd {
+    /// Runs the session until it must stop; the caller closes the socket.
+    async fn serve(&mut self) -> Stop {
         if let Err(stop) = self.send_connected().await {
-            return self.finish(stop).await;
+            return stop;
         }
         let connection = self.connection.clone();
         // One timer and one close watch for the whole session: re-creating them on
@@ -360,17 +505,7 @@ impl Session {
                 break stop;
             }
         };
-        Box::pin(self.finish(stop)).await
-    }
-
-    async fn finish(&mut self, stop: Stop) -> SessionEnd {
-        match stop {
-            Stop::Gone => SessionEnd::ClientGone,
-            Stop::Close(code, reason) => {
-                close_socket(&mut self.socket, code, &reason).await;
-                SessionEnd::Closed(code)
-            }
-        }
+        stop
     }
 
     async fn send_connected(&mut self) -> Result<(), Stop> {
@@ -437,20 +572,10 @@ impl Session {
         let message = match frame {
             None => return Err(Stop::Gone),
             Some(Err(err)) => {
-                // An oversized message is tungstenite's capacity error; the
-                // version must be axum's (the `oversized_message_closes_with_4501`
-                // test fails if a version skew breaks the downcast).
-                let oversized = err
-                    .into_inner()
-                    .downcast_ref::<tungstenite::Error>()
-                    .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-                if oversized {
-                    return Err(Stop::Close(
-                        CloseCode::ProtocolViolation,
-                        "message exceeds max_message_size".into(),
-                    ));
-                }
-                return Err(Stop::Gone);
+                return Err(match ServerClose::for_read_error(err, true) {
+                    Some(close) => Stop::Close(close.code, close.reason.into()),
+                    None => Stop::Gone,
+                })
             }
             Some(Ok(message)) => message,
         };
@@ -460,7 +585,7 @@ impl Session {
                 CloseCode::ProtocolViolation,
                 "binary frames are not supported".into(),
             )),
-            Message::Close(_) => Err(Stop::Gone),
+            Message::Close(_) => Err(Stop::ClientClosed),
             // The library answers pings itself; either frame proves liveness.
             Message::Ping(_) | Message::Pong(_) => {
                 self.pong_deadline = None;

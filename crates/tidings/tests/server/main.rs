@@ -4,6 +4,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod closing;
 mod cluster;
 mod http_transports;
 mod liveness;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# RFC 6455 conformance: runs the Autobahn|Testsuite fuzzing client (cases 1-7
+# and 10) against the ws-echo example, which serves WebSocket through the same
+# code as the server's /ws (limits, close handling), and fails unless every
+# case is OK, NON-STRICT or INFORMATIONAL. Called by scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The suite is Python 2.7 only; pyenv's 2.7.18 unless AUTOBAHN_PYTHON says otherwise.
+python2="${AUTOBAHN_PYTHON:-$HOME/.pyenv/versions/2.7.18/bin/python2.7}"
+site_dir=target/autobahn/site
+reports=reports/servers
+
+if [ ! -f "$site_dir/autobahntestsuite/__init__.py" ]; then
+  echo "installing autobahntestsuite 25.10.1 into $site_dir"
+  "$python2" -m pip install --quiet --disable-pip-version-check \
+    --target "$site_dir" autobahntestsuite==25.10.1
+fi
+
+cargo build --locked -p tidings --example ws-echo
+port=$("$python2" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log=target/autobahn/ws-echo.log
+target/debug/examples/ws-echo --listen "127.0.0.1:$port" >"$log" 2>&1 &
+echo_pid=$!
+trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  grep -q "listening" "$log" && break
+  sleep 0.1
+done
+grep -q "listening" "$log" || { cat "$log"; echo "ws-echo did not start"; exit 1; }
+
+rm -rf "$reports"
+spec=target/autobahn/fuzzingclient.json
+cat >"$spec" <<JSON
+{
+  "outdir": "$reports",
+  "servers": [{"agent": "tidings-ws-echo", "url": "ws://127.0.0.1:$port"}],
+  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"],
+  "exclude-cases": [],
+  "exclude-agent-cases": {}
+}
+JSON
+"$python2" scripts/autobahn-wstest.py "$site_dir" --mode fuzzingclient --spec "$spec" \
+  >target/autobahn/wstest.log 2>&1 || { tail -n 30 target/autobahn/wstest.log; exit 1; }
+python3 scripts/autobahn-results.py "$reports"
