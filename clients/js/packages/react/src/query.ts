@@ -176,7 +176,10 @@ export function useLiveList<T extends LiveListItem>(options: LiveListOptions<T>)
       if (version !== undefined && seen !== undefined && version <= seen) return; // older or duplicate
       const own = client.isOwnChange(event, o.ownBy ?? 'actor', o.currentUser);
       let applied = false;
-      queryClient.setQueryData<T[]>(o.queryKey, (old) => {
+      // Invalidated (e.g. after a failed recovery while no component showed the
+      // list): leave it to the refetch; a patch would clear the invalidation.
+      const invalidated = queryClient.getQueryState(o.queryKey)?.isInvalidated === true;
+      if (!invalidated) queryClient.setQueryData<T[]>(o.queryKey, (old) => {
         if (!old) return old; // not loaded yet: the fetch brings it
         const index = old.findIndex((item) => item.id === id);
         const current = index >= 0 ? old[index] : undefined;
