@@ -30,3 +30,6 @@ fi
 
 step "TypeScript SDK and React bindings (Node, React, and Chromium tests against the real server)"
 (cd clients/js && npm ci --no-audit --no-fund && npm test)
+
+step "Demo app examples/live-board (Chromium end to end against the real server, over WebSocket and SSE)"
+(cd examples/live-board && npm ci --no-audit --no-fund && npm test)
