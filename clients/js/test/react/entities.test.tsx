@@ -226,6 +226,22 @@ describe('notice, conflicts, unread count, status', () => {
     expect(stale.textContent).toContain('version 5');
   });
 
+  test('useConcurrentEdit raises a change that happened while disconnected, replayed by recovery', async () => {
+    const client = makeClient('alice');
+    const queryClient = newQueryClient();
+    function Form() {
+      const edit = useConcurrentEdit({ workspace: 'acme', type: 'forms', id: 'f2' }, { baseVersion: 4 });
+      return <EditConflictBanner change={edit.changedByOther ? edit.lastChange : null} onRefresh={() => {}} onContinue={edit.reset} />;
+    }
+    wrap(client, queryClient, <Form />);
+    await waitFor(() => client.channelState('workspace:acme:forms:f2').state === 'subscribed');
+    act(() => client.disconnect());
+    await change('f2', 'updated', 5, 'bob', {}, 'forms');
+    act(() => client.connect());
+    const alert = await screen.findByRole('alert');
+    expect(alert.textContent).toContain('Updated by bob (version 5)');
+  });
+
   test('useUnreadCount counts notification.new on the user channel, reset clears it', async () => {
     const client = makeClient('alice');
     const queryClient = newQueryClient();
