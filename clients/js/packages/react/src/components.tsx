@@ -1,4 +1,4 @@
-import { useEffect, useState, type ReactNode } from 'react';
+import { useEffect, useRef, useState, type ReactNode } from 'react';
 import type { EntityChange } from './hooks.js';
 import type { RemoteChangeNotice as Notice } from './entity.js';
 
@@ -95,18 +95,16 @@ export interface DataUpdatedHintProps {
 /** A subtle "Data updated" hint shown for a few seconds after each live update (polite live region). */
 export function DataUpdatedHint(props: DataUpdatedHintProps): ReactNode {
   const [visible, setVisible] = useState(false);
-  const [first, setFirst] = useState(true);
+  const previous = useRef(props.signal);
   const duration = props.durationMs ?? 3000;
   useEffect(() => {
-    if (first) {
-      setFirst(false);
-      return undefined;
-    }
+    // Not on mount (the first data is not an update), only when the signal changes.
+    if (Object.is(previous.current, props.signal)) return undefined;
+    previous.current = props.signal;
     setVisible(true);
     const timer = setTimeout(() => setVisible(false), duration);
     return () => clearTimeout(timer);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [props.signal]);
+  }, [props.signal, duration]);
   return (
     <span className={classes('tidings-updated', visible && 'tidings-updated--visible', props.className)} role="status" aria-live="polite">
       {visible ? (props.label ?? 'Data updated') : null}

@@ -110,8 +110,9 @@ export function useRemoteChangeNotice<D>(
   const [hidden, setHidden] = useState<EntityChange<D> | null>(null);
   const pending = change && change !== hidden ? change : null;
   const timeout = options.autoDismissMs ?? 10_000;
+  // When the shown change goes by itself; tied to that change so a new one starts afresh.
+  const [deadline, setDeadline] = useState<{ change: EntityChange<D>; at: number } | null>(null);
   const [now, setNow] = useState(() => Date.now());
-  const [shownAt, setShownAt] = useState(0);
   const dismiss = useCallback(() => {
     setHidden(change);
     optionsRef.current.onDismiss?.();
@@ -123,7 +124,7 @@ export function useRemoteChangeNotice<D>(
   useEffect(() => {
     if (!pending || timeout <= 0) return undefined;
     const start = Date.now();
-    setShownAt(start);
+    setDeadline({ change: pending, at: start + timeout });
     setNow(start);
     const tick = setInterval(() => setNow(Date.now()), 1000);
     const timer = setTimeout(() => {
@@ -135,8 +136,12 @@ export function useRemoteChangeNotice<D>(
       clearTimeout(timer);
     };
   }, [pending, timeout]);
-  const secondsLeft = pending && timeout > 0 ? Math.max(0, Math.ceil((shownAt + timeout - now) / 1000)) : null;
-  return { pending, refresh, dismiss, secondsLeft: secondsLeft !== null && shownAt === 0 ? Math.ceil(timeout / 1000) : secondsLeft };
+  let secondsLeft: number | null = null;
+  if (pending && timeout > 0) {
+    secondsLeft =
+      deadline && deadline.change === pending ? Math.max(0, Math.ceil((deadline.at - now) / 1000)) : Math.ceil(timeout / 1000);
+  }
+  return { pending, refresh, dismiss, secondsLeft };
 }
 
 export interface UnreadCountOptions {

@@ -210,12 +210,13 @@ export function useConcurrentEdit<D = unknown>(
     currentVersion > floor &&
     !(currentActor !== undefined && currentActor === me) &&
     !(changes.last?.version !== undefined && changes.last.version >= currentVersion);
+  const lastVersionRef = useRef<number | undefined>(undefined);
+  lastVersionRef.current = changes.last?.version;
+  // Acknowledges everything known so far: the latest live change and the fetched version.
   const reset = useCallback(() => {
     setChanges({ changed: false, deleted: false });
     setKnownVersion((v) => Math.max(v, optionsRef.current.currentVersion ?? -Infinity, lastVersionRef.current ?? -Infinity));
   }, []);
-  const lastVersionRef = useRef<number | undefined>(undefined);
-  lastVersionRef.current = changes.last?.version;
   const result: ConcurrentEdit<D> = { changedByOther: changes.changed || stale, deleted: changes.deleted, reset };
   if (changes.changed && changes.last) {
     result.lastChange = changes.last;
