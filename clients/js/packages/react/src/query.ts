@@ -60,6 +60,8 @@ export function applyRule<M extends object>(queryClient: QueryClient, rule: Quer
   const loose = rule as QueryBridgeRuleBase<EventEnvelope>;
   for (const update of loose.update ?? []) {
     const key = typeof update.queryKey === 'function' ? update.queryKey(event) : update.queryKey;
+    // An invalidated query waits for its refetch: a patch would clear the invalidation.
+    if (queryClient.getQueryState(key)?.isInvalidated === true) continue;
     queryClient.setQueryData(key, (old: unknown) => update.updater(old, event));
   }
   const keys = typeof loose.invalidate === 'function' ? loose.invalidate(event) : loose.invalidate;
