@@ -18,19 +18,7 @@ import {
   useUnreadCount,
 } from '@tidings/react';
 import { useLiveList, useTidingsQueryBridge } from '@tidings/react/query';
-// @ts-expect-error plain JS helper
-import { startServer, waitFor } from '../helpers/server.mjs';
-
-interface Server {
-  url: string;
-  port: number;
-  secret: string;
-  apiKey: string;
-  token(claims?: object): string;
-  publish(channel: string, event: string, data: unknown, extra?: object): Promise<{ offset: number }>;
-  entityEvent(body: object): Promise<unknown>;
-  stop(): Promise<void>;
-}
+import { startServer, waitFor, type Server } from './server';
 
 interface Item {
   id: string;
