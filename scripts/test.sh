@@ -53,3 +53,5 @@ bash scripts/test-python-client.sh
 
 step "Schemathesis: the OpenAPI document against a live server (at least 1,000 generated cases)"
 bash scripts/test-openapi.sh
+step "Demo app examples/live-board (Chromium end to end against the real server, over WebSocket and SSE)"
+(cd examples/live-board && npm ci --no-audit --no-fund && npm test)

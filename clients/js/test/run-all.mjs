@@ -16,9 +16,9 @@ try {
 }
 
 const suites = [
-  ['node (client over WebSocket/SSE/polling, EventSource, against the real server)', ['node', '--test', '--test-concurrency=1', '--test-timeout=60000', 'test/node/']],
+  ['node (client over WebSocket/SSE/polling, EventSource, against the real server; packaging)', ['node', '--test', '--test-concurrency=1', '--test-timeout=60000', 'test/node/']],
   ['react (hooks, RTL + jsdom, React 19 and 18, real server)', ['node', 'node_modules/vitest/vitest.mjs', 'run', '--config', 'test/react/vitest.config.mjs']],
-  ['browser (Chromium: shareAcrossTabs, SSE fallback)', ['node', '--test', '--test-concurrency=1', '--test-timeout=60000', 'test/browser/']],
+  ['browser (Chromium: shareAcrossTabs, SSE fallback, offline and console noise)', ['node', '--test', '--test-concurrency=1', '--test-timeout=60000', 'test/browser/']],
 ];
 const failed = [];
 for (const [name, [cmd, ...args]] of suites) {

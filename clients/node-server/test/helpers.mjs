@@ -13,7 +13,7 @@ import { mintToken } from '../dist/index.js';
 const here = dirname(fileURLToPath(import.meta.url));
 export const PACKAGE_ROOT = resolve(here, '..');
 export const REPO_ROOT = resolve(here, '../../..');
-export const SERVER_BIN = process.env.TIDINGS_BIN ?? join(REPO_ROOT, 'target/debug/tidings');
+export const SERVER_BIN = process.env.TEST_TIDINGS_BIN ?? join(REPO_ROOT, 'target/debug/tidings');
 
 /** A port nobody listens on right now. */
 export async function freePort() {

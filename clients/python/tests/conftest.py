@@ -25,7 +25,7 @@ from tidings import AsyncTidings, Tidings, mint_token
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 REPO_ROOT = PACKAGE_ROOT.parent.parent
-SERVER_BIN = Path(os.environ.get("TIDINGS_BIN", REPO_ROOT / "target/debug/tidings"))
+SERVER_BIN = Path(os.environ.get("TEST_TIDINGS_BIN", REPO_ROOT / "target/debug/tidings"))
 
 
 def free_port() -> int:

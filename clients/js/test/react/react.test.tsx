@@ -14,19 +14,7 @@ import {
   useSubscription,
 } from '@tidings/react';
 import { useTidingsQueryBridge } from '@tidings/react/query';
-// @ts-expect-error plain JS helper
-import { startServer, waitFor } from '../helpers/server.mjs';
-
-interface Server {
-  url: string;
-  port: number;
-  secret: string;
-  apiKey: string;
-  token(claims?: object): string;
-  publish(channel: string, event: string, data: unknown, extra?: object): Promise<{ offset: number }>;
-  entityEvent(body: object): Promise<unknown>;
-  stop(): Promise<void>;
-}
+import { startServer, waitFor, type Server } from './server';
 
 let server: Server;
 const clients: TidingsClient[] = [];

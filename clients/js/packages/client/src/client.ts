@@ -26,6 +26,7 @@ import type {
   StreamPosition,
   TypedEvent,
 } from './protocol.js';
+import { correlationPrefix, isOwnChange, type OwnChangeRule } from './own.js';
 import { TabCoordinator } from './tabs.js';
 import { pollingTransport } from './transports/polling.js';
 import { sseTransport } from './transports/sse.js';
@@ -210,7 +211,33 @@ export class TidingsClient extends Emitter<ClientEvents> {
     return this.#info;
   }
 
-  /** The server's id of the connection; send it with REST mutations as `exclude_client`. */
+  /**
+   * A new id for one change this client makes: send it with the REST mutation
+   * (e.g. header `X-Tidings-Correlation`) and have the backend pass it as
+   * `correlation_id`; `isOwnChange(event, 'client')` then recognises the event.
+   */
+  correlationId(): string {
+    this.#correlationCounter += 1;
+    return `${correlationPrefix(this.consumerId)}${this.#correlationCounter.toString(36)}`;
+  }
+  #correlationCounter = 0;
+
+  /**
+   * Whether `event` is the current user's own change: by `meta.actor` equal to
+   * the token's `sub` (`'actor'`, default: every tab of the user), by a
+   * `correlation_id` from this client's `correlationId()` (`'client'`: only this
+   * tab), or `'both'`. `user` overrides the token's `sub`.
+   */
+  isOwnChange(event: Pick<EventEnvelope, 'meta'>, by: OwnChangeRule = 'actor', user?: string | null): boolean {
+    return isOwnChange(event, { user: user ?? this.#info.user, consumerId: this.consumerId }, by);
+  }
+
+  /**
+   * The server's id of the current connection (`null` when polling). It names
+   * one connection: with `shareAcrossTabs` it is the leader's, shared by every
+   * tab, so `exclude_client` would hide a change from all of them. To tell
+   * your own changes, prefer `isOwnChange()`.
+   */
   get clientId(): string | null {
     return this.#info.clientId;
   }

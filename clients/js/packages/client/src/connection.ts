@@ -166,6 +166,10 @@ export class Connection extends Emitter<ConnectionEvents> {
   #info: StateInfo;
   #transport: Transport | null = null;
   #transportIndex = 0;
+  /** Index of the last transport this attempt may try. */
+  #lastTransportIndex = 0;
+  /** Index of the transport of the last session that reached `connected`. */
+  #workingTransportIndex: number | null = null;
   /** Bumped whenever the current attempt/session is abandoned. */
   #generation = 0;
   #token: string | null = null;
@@ -414,7 +418,14 @@ export class Connection extends Emitter<ConnectionEvents> {
         return;
       }
     }
-    this.#transportIndex = 0;
+    // After a lost session, try only the transport that worked, so that an
+    // unreachable server costs one failed request per attempt instead of one per
+    // transport (each logs an error in the browser console). Every fourth attempt
+    // tries the whole chain again, in case that transport got blocked since.
+    const working = this.#workingTransportIndex;
+    const sticky = this.#everConnected && working !== null && this.#info.attempt % 4 !== 3;
+    this.#transportIndex = sticky ? working : 0;
+    this.#lastTransportIndex = sticky ? working : this.options.transports.length - 1;
     this.#openTransport(generation);
   }
 
@@ -431,7 +442,9 @@ export class Connection extends Emitter<ConnectionEvents> {
       this.#attemptFailed({ error: 'transport_failed', message: 'no transport could connect' });
       return;
     }
-    this.#setState({ transport: name });
+    // Reported only when it changes (a fallback): an attempt with the same
+    // transport as before yields one `state` event, its outcome.
+    this.#setState({ transport: name }, name !== this.#info.transport);
     const token = this.#token ?? '';
     const channels = new Map<string, StreamPosition | undefined>();
     for (const [channel, entry] of this.#channels) {
@@ -466,7 +479,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     const wasConnected = this.#connected !== null;
     this.#transport = null;
     this.#endSession();
-    if (!wasConnected && !info.reachable && this.#transportIndex + 1 < this.options.transports.length) {
+    if (!wasConnected && !info.reachable && this.#transportIndex < this.#lastTransportIndex) {
       // This transport cannot get through (blocked, proxy): try the next one now.
       this.#transportIndex += 1;
       this.#openTransport(generation);
@@ -499,8 +512,7 @@ export class Connection extends Emitter<ConnectionEvents> {
   #attemptOrSchedule(wasConnected: boolean, reason: StateReason): void {
     if (wasConnected) {
       // A working session ended: start a new round of attempts.
-      this.#setState({ state: 'reconnecting', attempt: 0, reason });
-      this.#scheduleAttempt(reason);
+      this.#scheduleAttempt(reason, { state: 'reconnecting', attempt: 0 });
     } else {
       this.#attemptFailed(reason);
     }
@@ -521,19 +533,19 @@ export class Connection extends Emitter<ConnectionEvents> {
       this.#rejectQueue('disconnected', 'the connection failed');
       return;
     }
-    this.#setState({ state: this.#everConnected ? 'reconnecting' : 'connecting', attempt, reason });
-    this.#scheduleAttempt(reason);
+    this.#scheduleAttempt(reason, { state: this.#everConnected ? 'reconnecting' : 'connecting', attempt });
   }
 
-  #scheduleAttempt(reason: StateReason): void {
+  /** Waits for the next attempt; `patch` goes into the same (single) `state` event. */
+  #scheduleAttempt(reason: StateReason, patch: Partial<StateInfo> = {}): void {
     this.#clearRetry();
     if (!this.#info.online) {
       this.#waitingForNetwork = true;
-      this.#setState({ reason: { ...reason, error: 'offline', message: 'waiting for the network' }, nextAttemptAt: undefined });
+      this.#setState({ ...patch, reason: { ...reason, error: 'offline', message: 'waiting for the network' }, nextAttemptAt: undefined });
       return;
     }
-    const delay = backoffDelay(this.#info.attempt, this.options, this.options.random);
-    this.#setState({ reason, nextAttemptAt: Date.now() + delay });
+    const delay = backoffDelay(patch.attempt ?? this.#info.attempt, this.options, this.options.random);
+    this.#setState({ ...patch, reason, nextAttemptAt: Date.now() + delay });
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = null;
       void this.#attempt();
@@ -652,6 +664,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     // Resume state of another transport is stale once this one carried events.
     if (this.#resume && this.#resume.transport !== this.#info.transport) this.#resume = null;
     this.#everConnected = true;
+    this.#workingTransportIndex = this.#transportIndex;
     this.#setState({
       state: 'connected',
       attempt: 0,
@@ -874,8 +887,23 @@ export class Connection extends Emitter<ConnectionEvents> {
   /** The browser's network status changed (`online`/`offline` events). */
   setOnline(online: boolean): void {
     if (this.#info.online === online) return;
-    this.#setState({ online });
     if (!online) {
+      const state = this.#info.state;
+      if (state === 'connected' || ((state === 'connecting' || state === 'reconnecting') && this.#transport)) {
+        // The page has no network: the socket is dead even if it has not noticed
+        // yet (it would take the heartbeat watchdog ~30 s). Drop it and wait.
+        this.#abandon(1000, 'offline');
+        this.#waitingForNetwork = true;
+        this.#setState({
+          online,
+          state: state === 'connected' ? 'reconnecting' : state,
+          attempt: state === 'connected' ? 0 : this.#info.attempt,
+          reason: { error: 'offline', message: 'waiting for the network' },
+          nextAttemptAt: undefined,
+        });
+        return;
+      }
+      this.#setState({ online });
       if (this.#retryTimer) {
         // Pause attempts until the network is back.
         this.#clearRetry();
@@ -884,6 +912,7 @@ export class Connection extends Emitter<ConnectionEvents> {
       }
       return;
     }
+    this.#setState({ online });
     const state = this.#info.state;
     if ((state === 'reconnecting' || state === 'connecting') && (this.#retryTimer || this.#waitingForNetwork)) {
       this.#clearRetry();
@@ -893,7 +922,8 @@ export class Connection extends Emitter<ConnectionEvents> {
     }
   }
 
-  #setState(patch: Partial<StateInfo>): void {
+  /** Applies `patch`; `emit: false` updates the snapshot without a `state` event. */
+  #setState(patch: Partial<StateInfo>, emit = true): void {
     const previous = this.#info;
     const next: StateInfo = { ...previous, ...patch };
     if (patch.state && patch.state !== previous.state) next.previous = previous.state;
@@ -906,6 +936,6 @@ export class Connection extends Emitter<ConnectionEvents> {
       if (next[key] === undefined) delete next[key];
     }
     this.#info = next;
-    this.emit('state', next);
+    if (emit) this.emit('state', next);
   }
 }

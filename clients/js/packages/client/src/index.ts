@@ -17,6 +17,8 @@ export type {
   RequestOptions,
 } from './connection.js';
 export { tokenExpiry } from './connection.js';
+export { isOwnChange, correlationPrefix } from './own.js';
+export type { OwnChangeRule, OwnChangeContext } from './own.js';
 export { TidingsError } from './errors.js';
 export type { ClientErrorCode } from './errors.js';
 export { backoffDelay, backoffUpperBound } from './backoff.js';

@@ -12,6 +12,8 @@ export interface ConnectionStatusProps {
   retryLabel?: string;
   /** Render nothing while connected. */
   hideWhenConnected?: boolean;
+  /** Append the attempt number while reconnecting: "Reconnecting… (attempt 2)", counted from 1. */
+  showAttempt?: boolean;
 }
 
 const LABELS: Record<ConnectionStatusKind, string> = {
@@ -31,15 +33,19 @@ export function ConnectionStatus(props: ConnectionStatusProps): ReactNode {
   const client = useTidings();
   const info = useConnectionState();
   let kind: ConnectionStatusKind;
-  if (info.state === 'connected') kind = 'connected';
+  // Offline first: the browser knows before the socket does.
+  if (!info.online && info.state !== 'disconnected') kind = 'offline';
+  else if (info.state === 'connected') kind = 'connected';
   else if (info.state === 'failed' || info.state === 'disconnected') kind = 'failed';
-  else if (!info.online) kind = 'offline';
   else kind = info.state;
   if (kind === 'connected' && props.hideWhenConnected) return null;
-  const label = props.labels?.[kind] ?? LABELS[kind];
+  // `attempt` counts the attempts made; the one under way (or next) is attempt + 1.
+  const label =
+    (props.labels?.[kind] ?? LABELS[kind]) +
+    (props.showAttempt && kind === 'reconnecting' ? ` (attempt ${info.attempt + 1})` : '');
   const className = ['tidings-status', `tidings-status--${kind}`, props.className].filter(Boolean).join(' ');
   return (
-    <div className={className} data-status={kind} role="status" aria-live="polite">
+    <div className={className} data-status={kind} data-attempt={info.attempt + 1} role="status" aria-live="polite">
       <span className="tidings-status__label">{label}</span>
       {kind === 'failed' || kind === 'offline' ? (
         <button type="button" className="tidings-status__retry" onClick={() => client.retry()}>

@@ -1,0 +1,104 @@
+// The demo's backend: items in memory, a login that mints Tidings tokens, and
+// every change published to Tidings (POST /api/events, with the actor).
+import { createHmac, randomUUID } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { extname, join, normalize } from 'node:path';
+
+/** Demo users and the workspace each belongs to. */
+export const USERS = { alice: 'acme', bob: 'acme', carol: 'globex' };
+
+const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+function mintToken(secret, user) {
+  const now = Math.floor(Date.now() / 1000);
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: user, exp: now + 3600, iat: now, workspaces: [USERS[user]] })}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
+/** Starts the backend; `tidings` = {url (for the browser), apiUrl, apiKey, secret}. */
+export async function startBackend({ port = 0, tidings, staticDir }) {
+  const items = new Map(); // id → {id, workspace, title, version, updatedBy}
+  async function tidingsApi(path, body) {
+    try {
+      const res = await fetch(`${tidings.apiUrl}${path}`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${tidings.apiKey}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      if (!res.ok) console.warn(`tidings ${path}: HTTP ${res.status}`);
+    } catch (err) {
+      // Tidings down: the change is saved; clients refetch after their failed recovery.
+      console.warn(`tidings ${path}: ${err.message}`);
+    }
+  }
+  async function publish(user, action, item) {
+    const { workspace, ...data } = item;
+    await tidingsApi('/api/events', {
+      workspace,
+      entity: { type: 'items', id: item.id, version: item.version },
+      action,
+      data,
+      actor: user,
+    });
+    if (action !== 'created') return;
+    for (const [other, ws] of Object.entries(USERS)) {
+      if (ws === workspace && other !== user) {
+        await tidingsApi('/api/publish', { channel: `user:${other}`, event: 'notification.new', data: { text: `${user} created “${item.title}”` } });
+      }
+    }
+  }
+  const server = createServer(async (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const send = (status, body) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    if (!url.pathname.startsWith('/api/')) return serveStatic(staticDir, url.pathname, res);
+    const user = req.headers['x-user'];
+    const workspace = USERS[user];
+    if (!workspace) return send(401, { error: 'unknown user' });
+    let body = {};
+    if (req.method === 'POST' || req.method === 'PUT') {
+      let text = '';
+      for await (const chunk of req) text += chunk;
+      body = text ? JSON.parse(text) : {};
+    }
+    const [, , route, id] = url.pathname.split('/'); // /api/{route}/{id}
+    if (route === 'session') return send(200, { user, workspace, token: mintToken(tidings.secret, user), tidingsUrl: tidings.url });
+    if (route !== 'items') return send(404, { error: 'not found' });
+    const item = id ? items.get(id) : undefined;
+    if (id && (!item || item.workspace !== workspace)) return send(404, { error: 'no such item' });
+    if (req.method === 'GET' && !id) return send(200, [...items.values()].filter((i) => i.workspace === workspace).reverse());
+    if (req.method === 'GET') return send(200, item);
+    if (req.method === 'POST' && !id) {
+      const created = { id: randomUUID().slice(0, 8), workspace, title: String(body.title ?? ''), version: 1, updatedBy: user };
+      items.set(created.id, created);
+      await publish(user, 'created', created);
+      return send(201, created);
+    }
+    if (req.method === 'PUT' && item) {
+      Object.assign(item, { title: String(body.title ?? item.title), version: item.version + 1, updatedBy: user });
+      await publish(user, 'updated', item);
+      return send(200, item);
+    }
+    if (req.method === 'DELETE' && item) {
+      items.delete(id);
+      await publish(user, 'deleted', { ...item, version: item.version + 1, updatedBy: user });
+      return send(200, { id });
+    }
+    send(405, { error: 'method not allowed' });
+  });
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
+}
+
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.svg': 'image/svg+xml' };
+function serveStatic(dir, path, res) {
+  const file = normalize(join(dir, path === '/' ? 'index.html' : path));
+  if (!file.startsWith(dir) || !existsSync(file)) {
+    res.writeHead(404);
+    return res.end();
+  }
+  res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
+  res.end(readFileSync(file));
+}
