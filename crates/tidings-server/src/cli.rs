@@ -217,6 +217,16 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
     let namespaces = config.effective_namespaces();
     println!("{}: ok", args.file.display());
     println!("  listen     {}", config.listen);
+    let engine = &config.engine;
+    match engine.kind {
+        tidings::config::EngineKind::Memory => println!("  engine     memory (one node)"),
+        tidings::config::EngineKind::Redis => println!(
+            "  engine     redis{} at {} (key prefix {})",
+            if engine.redis_cluster { " cluster" } else { "" },
+            without_password(&engine.redis_url),
+            engine.redis_prefix
+        ),
+    }
     println!(
         "  server API {}",
         if config.api_key.is_some() {
@@ -235,4 +245,36 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `url` (or a comma-separated list of URLs) with any password replaced by `***`.
+fn without_password(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            match (one.find("://"), one.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let credentials = &one[scheme + 3..at];
+                    let user = credentials.split(':').next().unwrap_or("");
+                    format!("{}{user}:***{}", &one[..scheme + 3], &one[at..])
+                }
+                _ => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod engine_display_tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            without_password("redis://:s3cret@h:6379/0,rediss://u:p@h2"),
+            "redis://:***@h:6379/0,rediss://u:***@h2"
+        );
+        assert_eq!(without_password("redis://h:6379/0"), "redis://h:6379/0");
+    }
 }
