@@ -287,6 +287,9 @@ async fn a_restart_with_persistence_still_never_reuses_offsets_in_an_epoch() {
             .len(),
         3
     );
+    // Stopped for five seconds mid-stream, then back from its append-only file.
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
     redis.restart().await;
     let notice = client.expect("unsubscribed").await;
     assert_eq!(notice["reason"], "resubscribe");

@@ -512,7 +512,7 @@ async fn every_operation_and_status_matches_the_document() {
 
     // Info.
     let info = contract.get_expect(&server, "/api/info", &[], 200).await;
-    assert_eq!(info["engine"], "memory");
+    assert_eq!(info["engine"], if on_redis() { "redis" } else { "memory" });
     assert_eq!(info["version"], "0.1.0");
     for path in ["/api/presence", "/api/history", "/api/info"] {
         let (status, _) = contract

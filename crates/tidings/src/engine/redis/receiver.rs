@@ -154,26 +154,18 @@ async fn on_message(
     let Some(channel) = shared.link.keys.channel_of_pubsub(name) else {
         return;
     };
-    match parse_message(channel, payload) {
+    match parse_message(channel.clone(), payload) {
         Some(ChannelMessage::Event(publication)) => {
-            if followed.contains_key(&publication.channel) {
+            if followed.contains_key(&channel) {
                 on_event(shared, followed, publication).await;
             }
         }
         Some(ChannelMessage::Presence(text)) => {
-            if let Some((channel, sink)) = shared
-                .link
-                .keys
-                .channel_of_pubsub(name)
-                .zip(shared.sink.get())
-            {
+            if let Some(sink) = shared.sink.get() {
                 sink.deliver_presence(&channel, &text);
             }
         }
-        None => tracing::warn!(
-            channel = name,
-            "unreadable message on a channel's pub/sub channel"
-        ),
+        None => tracing::warn!(%channel, "unreadable message on the channel's pub/sub channel"),
     }
 }
 
