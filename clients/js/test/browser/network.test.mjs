@@ -2,8 +2,8 @@
 // heartbeat watchdog), and an unreachable server costs few console errors and
 // one `state` event per reconnect attempt.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { launchChromium, servePages } from '../helpers/chromium.mjs';
+import { describe, test } from 'node:test';
+import { chromiumSuite } from '../helpers/chromium.mjs';
 import { sleep, startServer } from '../helpers/server.mjs';
 
 const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>network</title></head><body>
@@ -23,27 +23,13 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>network</t
 </script></body></html>`;
 
 describe('network conditions in Chromium', () => {
-  let server;
-  let pages;
-  let browser;
-  before(async () => {
-    server = await startServer();
-    pages = await servePages(PAGE);
-    browser = await launchChromium();
-  });
-  after(async () => {
-    await browser?.close();
-    await pages?.close();
-    await server?.stop();
-  });
+  const suite = chromiumSuite(PAGE);
 
   test('browser offline → state reconnecting with online=false within 2 s; online → connected again', async () => {
-    const context = await browser.newContext();
+    const context = await suite.browser.newContext();
     try {
-      const page = await context.newPage();
-      await page.goto(pages.url);
-      await page.waitForFunction(() => window.ready === true);
-      await page.evaluate((args) => window.startClient(args), { url: server.url, token: server.token({ sub: 'u-net' }) });
+      const page = await suite.openPage(context);
+      await page.evaluate((args) => window.startClient(args), { url: suite.server.url, token: suite.server.token({ sub: 'u-net' }) });
       await page.waitForFunction(() => window.client.state === 'connected');
       const t0 = Date.now();
       await context.setOffline(true);
@@ -62,15 +48,14 @@ describe('network conditions in Chromium', () => {
 
   test('server down: about one console error and one state event per attempt', async () => {
     const own = await startServer();
-    const context = await browser.newContext();
+    const context = await suite.browser.newContext();
     try {
-      const page = await context.newPage();
       const errors = [];
-      page.on('console', (m) => {
-        if (m.type() === 'error') errors.push(m.text());
-      });
-      await page.goto(pages.url);
-      await page.waitForFunction(() => window.ready === true);
+      const page = await suite.openPage(context, (p) =>
+        p.on('console', (m) => {
+          if (m.type() === 'error') errors.push(m.text());
+        }),
+      );
       await page.evaluate((args) => window.startClient(args), { url: own.url, token: own.token({ sub: 'u-noise' }) });
       await page.waitForFunction(() => window.client.state === 'connected');
       const before = await page.evaluate(() => window.states.length);

@@ -1,9 +1,9 @@
 // The SDK's SSE fallback in real Chromium, cross-origin (the page and the
 // Tidings server are on different ports), against a server without WebSocket.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { launchChromium, servePages } from '../helpers/chromium.mjs';
-import { startServer, waitFor } from '../helpers/server.mjs';
+import { describe, test } from 'node:test';
+import { chromiumSuite } from '../helpers/chromium.mjs';
+import { waitFor } from '../helpers/server.mjs';
 
 const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>sse</title></head><body>
 <script type="module">
@@ -31,29 +31,14 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>sse</title
 </script></body></html>`;
 
 describe('SSE fallback in Chromium', () => {
-  let server;
-  let pages;
-  let browser;
-  before(async () => {
-    server = await startServer({ env: { TIDINGS_TRANSPORTS__WEBSOCKET: 'false' } });
-    pages = await servePages(PAGE);
-    browser = await launchChromium();
-  });
-  after(async () => {
-    await browser?.close();
-    await pages?.close();
-    await server?.stop();
-  });
+  const suite = chromiumSuite(PAGE, { env: { TIDINGS_TRANSPORTS__WEBSOCKET: 'false' } });
 
   test('cross-origin: falls back to SSE, receives, publishes and sets status over POST /request, recovers after 4000', async () => {
-    const context = await browser.newContext();
+    const context = await suite.browser.newContext();
     try {
-      const page = await context.newPage();
       const errors = [];
-      page.on('pageerror', (err) => errors.push(String(err)));
-      await page.goto(pages.url);
-      await page.waitForFunction(() => window.ready === true);
-      await page.evaluate((args) => window.startClient(args), { url: server.url, token: server.token({ sub: 'u-browser' }) });
+      const page = await suite.openPage(context, (p) => p.on('pageerror', (err) => errors.push(String(err))));
+      await page.evaluate((args) => window.startClient(args), { url: suite.server.url, token: suite.server.token({ sub: 'u-browser' }) });
       const a = 'workspace:acme:browser-a';
       const b = 'chat:browser';
       await page.evaluate((c) => window.subscribe(c), a);
@@ -62,12 +47,12 @@ describe('SSE fallback in Chromium', () => {
       const clientId = await page.evaluate(() => window.client.clientId);
       assert.match(clientId, /^c_/, 'X-Tidings-Client is readable cross-origin (connected carries it too)');
 
-      for (let i = 1; i <= 3; i++) await server.publish(a, 'tick', { i });
+      for (let i = 1; i <= 3; i++) await suite.server.publish(a, 'tick', { i });
       await page.waitForFunction((c) => window.log.events[c].length === 3, a);
 
       // A second channel reopens the stream; the first loses nothing.
       await page.evaluate((c) => window.subscribe(c), b);
-      await server.publish(a, 'tick', { i: 4 });
+      await suite.server.publish(a, 'tick', { i: 4 });
       await page.waitForFunction((c) => window.subs[c].state === 'subscribed', b);
       const reply = await page.evaluate((c) => window.client.publish(c, 'msg', { from: 'browser' }), b);
       assert.equal(reply.type, 'published');
@@ -80,8 +65,8 @@ describe('SSE fallback in Chromium', () => {
         [['u-browser', 'away']],
       );
 
-      await server.disconnectUser('u-browser', 4000);
-      for (let i = 5; i <= 8; i++) await server.publish(a, 'tick', { i });
+      await suite.server.disconnectUser('u-browser', 4000);
+      for (let i = 5; i <= 8; i++) await suite.server.publish(a, 'tick', { i });
       await page.waitForFunction((c) => window.log.events[c].length >= 8, a, { timeout: 10_000 });
       await waitFor(async () => (await page.evaluate((c) => window.log.subscribed[c].length, a)) === 2, {
         message: 'resubscribed',

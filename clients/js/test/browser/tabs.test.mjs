@@ -1,8 +1,8 @@
 // shareAcrossTabs in real Chromium against a real Tidings server.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { launchChromium, servePages } from '../helpers/chromium.mjs';
-import { sleep, startServer, waitFor } from '../helpers/server.mjs';
+import { describe, test } from 'node:test';
+import { chromiumSuite } from '../helpers/chromium.mjs';
+import { sleep, waitFor } from '../helpers/server.mjs';
 
 const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>tab</title></head><body>
 <script type="module">
@@ -26,31 +26,16 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>tab</title
 </script></body></html>`;
 
 describe('shareAcrossTabs in Chromium', () => {
-  let server;
-  let pages;
-  let browser;
-  before(async () => {
-    server = await startServer();
-    pages = await servePages(PAGE);
-    browser = await launchChromium();
-  });
-  after(async () => {
-    await browser?.close();
-    await pages?.close();
-    await server?.stop();
-  });
+  const suite = chromiumSuite(PAGE);
 
   test('three tabs share one connection; every tab gets every event; closing the leader loses nothing', async () => {
-    const context = await browser.newContext();
+    const context = await suite.browser.newContext();
     const channel = 'workspace:acme:shared';
-    const token = server.token({ sub: 'u-tabs' });
+    const token = suite.server.token({ sub: 'u-tabs' });
     const tabs = [];
     for (let i = 0; i < 3; i++) {
-      const page = await context.newPage();
-      page.on('pageerror', (err) => console.error(`tab ${i} error:`, err));
-      await page.goto(pages.url);
-      await page.waitForFunction(() => window.ready === true);
-      await page.evaluate((args) => window.startClient(args), { url: server.url, token, channel });
+      const page = await suite.openPage(context, (p) => p.on('pageerror', (err) => console.error(`tab ${i} error:`, err)));
+      await page.evaluate((args) => window.startClient(args), { url: suite.server.url, token, channel });
       tabs.push(page);
     }
     const leaders = async (list) => (await Promise.all(list.map((p) => p.evaluate(() => window.client.isLeader)))).filter(Boolean).length;
@@ -59,13 +44,13 @@ describe('shareAcrossTabs in Chromium', () => {
       async () => (await Promise.all(tabs.map((p) => p.evaluate(() => window.sub.state)))).every((s) => s === 'subscribed'),
       { message: 'all tabs subscribed' },
     );
-    assert.equal(await server.connections(), 1, '/metrics shows one connection for three tabs');
+    assert.equal(await suite.server.connections(), 1, '/metrics shows one connection for three tabs');
     const refCounts = await Promise.all(tabs.map((p) => p.evaluate((c) => window.client.hub?.refCount(c) ?? null, channel)));
     assert.deepEqual(refCounts.filter((n) => n !== null), [3], 'the leader counts three tabs on the channel');
     const states = await Promise.all(tabs.map((p) => p.evaluate(() => [window.client.state, window.client.clientId])));
     assert.ok(states.every(([s, id]) => s === 'connected' && id === states[0][1]), JSON.stringify(states));
 
-    for (let i = 1; i <= 5; i++) await server.publish(channel, 'tick', { i });
+    for (let i = 1; i <= 5; i++) await suite.server.publish(channel, 'tick', { i });
     for (const page of tabs) {
       await page.waitForFunction(() => window.log.events.length >= 5);
     }
@@ -81,11 +66,11 @@ describe('shareAcrossTabs in Chromium', () => {
     const [leader] = tabs.splice(leaderIndex, 1);
     await leader.close();
     for (let i = 6; i <= 15; i++) {
-      await server.publish(channel, 'tick', { i });
+      await suite.server.publish(channel, 'tick', { i });
       await sleep(20);
     }
     await waitFor(async () => (await leaders(tabs)) === 1, { message: 'a new leader' });
-    for (let i = 16; i <= 18; i++) await server.publish(channel, 'tick', { i });
+    for (let i = 16; i <= 18; i++) await suite.server.publish(channel, 'tick', { i });
     const expected = Array.from({ length: 18 }, (_, k) => k + 1);
     for (const page of tabs) {
       await page.waitForFunction((n) => window.log.events.length >= n, 18, { timeout: 15_000 });
@@ -98,8 +83,8 @@ describe('shareAcrossTabs in Chromium', () => {
     assert.deepEqual(counts.filter((n) => n !== null), [2], 'the new leader counts the two remaining tabs');
     const subscribed = await tabs[0].evaluate(() => window.log.subscribed);
     assert.ok(subscribed.some((s) => s.recovered === true), `recovered on the new leader: ${JSON.stringify(subscribed)}`);
-    await waitFor(async () => (await server.connections()) === 1, { message: 'one connection after the handover' });
+    await waitFor(async () => (await suite.server.connections()) === 1, { message: 'one connection after the handover' });
     await context.close();
-    await waitFor(async () => (await server.connections()) === 0, { message: 'no connection after all tabs closed' });
+    await waitFor(async () => (await suite.server.connections()) === 0, { message: 'no connection after all tabs closed' });
   });
 });

@@ -3,7 +3,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { dirname, extname, join, normalize, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
 
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const here = dirname(fileURLToPath(import.meta.url));
@@ -68,4 +70,37 @@ export async function servePages(html) {
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address();
   return { url: `http://127.0.0.1:${port}/`, close: () => new Promise((r) => server.close(r)) };
+}
+
+/**
+ * Registers the before/after hooks of a Chromium suite: a real Tidings server
+ * (started with `serverOptions`), `html` served with the built client, and
+ * Chromium. The returned object's `server`, `pages` and `browser` are set once
+ * the `before` hook has run.
+ */
+export function chromiumSuite(html, serverOptions) {
+  const suite = {
+    server: undefined,
+    pages: undefined,
+    browser: undefined,
+    /** A new page of `context` with `html` loaded; `prepare(page)` runs before it loads (listeners). */
+    async openPage(context, prepare) {
+      const page = await context.newPage();
+      prepare?.(page);
+      await page.goto(suite.pages.url);
+      await page.waitForFunction(() => window.ready === true);
+      return page;
+    },
+  };
+  before(async () => {
+    suite.server = await startServer(serverOptions);
+    suite.pages = await servePages(html);
+    suite.browser = await launchChromium();
+  });
+  after(async () => {
+    await suite.browser?.close();
+    await suite.pages?.close();
+    await suite.server?.stop();
+  });
+  return suite;
 }
