@@ -951,7 +951,7 @@ async fn stream_consumer_killed_mid_10000_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = follower.await;
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     eprintln!(
         "killed at {at_kill} events; {} reconnects; finished: {finished}",
         seen.reconnects
@@ -1037,7 +1037,6 @@ fn outbox_config(pg: &Postgres, extra: &str) -> String {
 name = "outbox"
 kind = "postgres_outbox"
 postgres_url = "{}"
-batch_size = 200
 {extra}
 "#,
         pg.url()
@@ -1157,6 +1156,22 @@ async fn outbox_poison_rows_are_dead_lettered_and_counted() {
         );
     }
     assert_eq!(seqs(&got), [1, 5]);
+    // The marks are committed after the batch's last row is placed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let unprocessed: i64 = client
+            .query_one(
+                "SELECT count(*) FROM tidings_outbox WHERE processed_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if unprocessed == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rows = client
         .query(
             "SELECT id, dead_letter_reason, processed_at IS NOT NULL FROM tidings_outbox ORDER BY id",
@@ -1201,7 +1216,8 @@ async fn outbox_shared_by_two_nodes_publishes_each_row_once_in_order_per_partiti
     const PER_PARTITION: u64 = 500;
     let pg = start_postgres().await;
     let redis = start_redis().await;
-    let config = write_config(&outbox_config(&pg, "batch_size = 50"));
+    // Two partitions per batch: each node holds some partitions at a time.
+    let config = write_config(&outbox_config(&pg, "batch_size = 2"));
     let a = start_node(&config, "a", Some(&redis)).await;
     let b = start_node(&config, "b", Some(&redis)).await;
     let channels: Vec<String> = (0..4).map(|p| format!("workspace:acme:p{p}")).collect();
@@ -1324,7 +1340,7 @@ async fn outbox_consumer_killed_mid_10000_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = follower.await;
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     eprintln!(
         "killed at {at_kill} events; {} reconnects; finished: {finished}",
         seen.reconnects
