@@ -186,14 +186,19 @@ impl Mapping {
         })
     }
 
-    fn apply(&self, message: &Value) -> Result<(String, BroadcastRequest), String> {
+    fn apply(&self, message: &Value) -> Result<BroadcastRequest, String> {
         let id = scalar(&self.id, message)?;
         let event = scalar(&self.event, message)?;
         let workspace = optional_scalar(self.workspace.as_ref(), message)?;
-        let entity = match (&self.entity_type, &self.entity_id) {
-            (Some(kind), Some(entity_id)) => Some(EntityRef {
-                entity_type: scalar(kind, message)?,
-                id: scalar(entity_id, message)?,
+        // Entity metadata is optional on an event that lacks it, unless the
+        // entity channels need it (below).
+        let entity = match (
+            optional_scalar(self.entity_type.as_ref(), message)?,
+            optional_scalar(self.entity_id.as_ref(), message)?,
+        ) {
+            (Some(entity_type), Some(id)) => Some(EntityRef {
+                entity_type,
+                id,
                 version: self.version(message)?,
             }),
             _ => None,
@@ -203,9 +208,15 @@ impl Mapping {
                 let path = self.workspace.as_ref().map(FieldPath::text);
                 format!("missing field `{}`", path.unwrap_or_default())
             })?;
-            let entity = entity
-                .as_ref()
-                .ok_or("the entity channels need entity_type and entity_id")?;
+            let entity = entity.as_ref().ok_or_else(|| {
+                let missing = [&self.entity_type, &self.entity_id]
+                    .into_iter()
+                    .flatten()
+                    .find(|path| path.find(message).is_none())
+                    .map(FieldPath::text)
+                    .unwrap_or_default();
+                format!("missing field `{missing}`")
+            })?;
             // Same checks as /api/events: each part is one channel segment.
             for (what, value) in [
                 ("workspace", &workspace),
@@ -250,18 +261,15 @@ impl Mapping {
                 entity,
             },
         );
-        Ok((
-            event.clone(),
-            BroadcastRequest {
-                channels,
-                event,
-                data,
-                meta,
-                audience,
-                exclude_client: None,
-                idempotency_key: Some(id),
-            },
-        ))
+        Ok(BroadcastRequest {
+            channels,
+            event,
+            data,
+            meta,
+            audience,
+            exclude_client: None,
+            idempotency_key: Some(id),
+        })
     }
 
     fn version(&self, message: &Value) -> Result<Option<i64>, String> {
@@ -345,10 +353,14 @@ impl MessageReader {
                 if !value.is_object() {
                     return Err("the message is not a JSON object".into());
                 }
-                let (event, request) = mapping.apply(&value)?;
-                if !self.wanted(&event) {
-                    return Ok(PublishAction::Skip);
+                // Filter first: an event this consumer does not publish is
+                // skipped even when it lacks the mapped fields.
+                if let Ok(event) = scalar(&mapping.event, &value) {
+                    if !self.wanted(&event) {
+                        return Ok(PublishAction::Skip);
+                    }
                 }
+                let request = mapping.apply(&value)?;
                 request
                     .check_channel_count(self.max_broadcast_channels)
                     .map_err(|e| e.to_string())?;
@@ -481,7 +493,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, "missing field `tenantId`");
         let skipped = reader
-            .read(br#"{"id":"e1","type":"invoice.paid","tenantId":"a"}"#, "x")
+            .read(br#"{"id":"e1","type":"invoice.paid"}"#, "x")
             .unwrap();
         assert!(matches!(skipped, PublishAction::Skip));
     }
