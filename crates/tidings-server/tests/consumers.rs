@@ -1360,3 +1360,225 @@ async fn outbox_consumer_killed_mid_10000_loses_and_doubles_nothing() {
         .get(0);
     assert_eq!(unprocessed, 0);
 }
+
+// ---------------------------------------------------------------- throughput (measuring, not a check)
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+fn timed_event(seq: u64) -> String {
+    json!({
+        "id": format!("t{seq}"), "type": "approval.granted", "source": "bench",
+        "tenantId": "acme", "userId": "u9", "correlationId": "c",
+        "data": {"entityType": "invoice", "id": "42", "seq": seq, "sent": micros_now()}
+    })
+    .to_string()
+}
+
+/// Where the measured events come from.
+enum Source {
+    Stream(redis::aio::MultiplexedConnection),
+    Outbox(tokio_postgres::Client),
+}
+
+impl Source {
+    async fn add(&mut self, seqs: std::ops::RangeInclusive<u64>) {
+        match self {
+            Self::Stream(conn) => {
+                let mut pipe = redis::pipe();
+                for seq in seqs {
+                    pipe.cmd("XADD")
+                        .arg("bench")
+                        .arg("*")
+                        .arg("message")
+                        .arg(timed_event(seq))
+                        .ignore();
+                }
+                let () = pipe.query_async(conn).await.unwrap();
+            }
+            Self::Outbox(client) => {
+                let values: Vec<String> = seqs
+                    .map(|seq| format!("('acme', '{}'::jsonb)", timed_event(seq)))
+                    .collect();
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO tidings_outbox (partition_key, message) VALUES {}",
+                        values.join(", ")
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Receives `count` events; returns each one's latency (receive − `data.sent`)
+/// and the time the last one arrived.
+async fn receive(ws: &mut Ws, count: u64) -> (Vec<u64>, Instant) {
+    let mut latencies = Vec::with_capacity(count as usize);
+    while (latencies.len() as u64) < count {
+        let Some(event) = next_json(ws, Duration::from_secs(20)).await else {
+            panic!("only {} of {count} events arrived", latencies.len());
+        };
+        let sent = event["data"]["sent"].as_u64().unwrap_or(0);
+        latencies.push(micros_now().saturating_sub(sent));
+    }
+    (latencies, Instant::now())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at] as f64 / 1000.0
+}
+
+async fn measure(name: &str, node: &Node, mut source: Source) {
+    const BURST: u64 = 20_000;
+    let channels = vec!["workspace:acme".to_owned()];
+    let mut ws = subscribe(node.port, &channels, &BTreeMap::new())
+        .await
+        .unwrap();
+    await_subscribed(&mut ws, 1).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // 1. A burst far faster than the consumer: its drain rate is the throughput.
+    let started = Instant::now();
+    let receiving = tokio::spawn(async move {
+        let result = receive(&mut ws, BURST).await;
+        (ws, result)
+    });
+    for first in (1..=BURST).step_by(500) {
+        source.add(first..=first + 499).await;
+    }
+    let (mut ws, (_, last)) = receiving.await.unwrap();
+    let throughput = BURST as f64 / (last - started).as_secs_f64();
+    // 2. A steady half of that rate for 5 s: the latency of each event.
+    let rate = (throughput / 2.0).max(100.0);
+    let per_tick = (rate / 100.0).ceil() as u64;
+    let ticks = 500u64;
+    let total = per_tick * ticks;
+    let receiving = tokio::spawn(async move { receive(&mut ws, total).await });
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut next = BURST + 1;
+    for _ in 0..ticks {
+        tick.tick().await;
+        source.add(next..=next + per_tick - 1).await;
+        next += per_tick;
+    }
+    let (mut latencies, _) = receiving.await.unwrap();
+    latencies.sort_unstable();
+    eprintln!(
+        "{name}: burst of {BURST}: {throughput:.0} events/s; steady {:.0} events/s for 5 s: \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        per_tick as f64 * 100.0,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+    );
+}
+
+/// `cargo test --release -p tidings-server --test consumers -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for docs/benchmarks.md; run it in release mode"]
+async fn throughput_of_one_node_from_a_stream_and_from_the_outbox() {
+    let mapping = format!(
+        "mode = \"mapping\"\n{}",
+        MAPPING.replace(", \"{source}:{tenantId}\"", "")
+    );
+    let redis = start_redis().await;
+    let config = write_config(&format!(
+        "{}\nredis_url = \"{}\"\n{mapping}",
+        stream_config("bench", ""),
+        redis.url()
+    ));
+    let node = start_node(&config, "n1", None).await;
+    measure(
+        "Redis Stream → memory engine → WebSocket",
+        &node,
+        Source::Stream(redis.conn().await),
+    )
+    .await;
+    drop(node);
+    let pg = start_postgres().await;
+    let config = write_config(&outbox_config(&pg, &mapping));
+    let node = start_node(&config, "n1", None).await;
+    measure(
+        "PostgreSQL outbox → memory engine → WebSocket",
+        &node,
+        Source::Outbox(pg.client().await),
+    )
+    .await;
+}
+
+/// The README's two examples, as written there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_work_as_written() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let section = &readme[readme.find("## Publishing from your event bus").unwrap()..];
+    let block = |lang: &str, nth: usize| -> String {
+        let fence = format!("```{lang}\n");
+        let start = section.match_indices(&fence).nth(nth).unwrap().0 + fence.len();
+        section[start..start + section[start..].find("```").unwrap()].to_owned()
+    };
+    let redis = start_redis().await;
+    let config = write_config(&block("toml", 0).replace("redis://127.0.0.1:6379/0", &redis.url()));
+    let node = start_node(&config, "n1", None).await;
+    let mut ws = subscribe(node.port, &["workspace:acme".to_owned()], &BTreeMap::new())
+        .await
+        .unwrap();
+    await_subscribed(&mut ws, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let command = block("sh", 0);
+    let message = command
+        .split("message '")
+        .nth(1)
+        .unwrap()
+        .trim_end()
+        .trim_end_matches('\'');
+    xadd(&mut redis.conn().await, "events", message).await;
+    let event = next_json(&mut ws, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(event["event"], "approval.granted");
+    assert_eq!(
+        event["data"],
+        json!({"entityType":"invoice","id":"42","status":"approved"})
+    );
+    assert_eq!(
+        event["meta"],
+        json!({"actor":"u7","correlation_id":"req-9","entity":{"type":"invoice","id":"42","version":3}})
+    );
+    drop(node);
+
+    let pg = start_postgres().await;
+    let config =
+        write_config(&block("toml", 1).replace("postgres://app@127.0.0.1:5432/app", &pg.url()));
+    let node = start_node(&config, "n1", None).await;
+    let channels: Vec<String> = [
+        "workspace:acme",
+        "workspace:acme:invoice",
+        "workspace:acme:invoice:42",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut ws = subscribe(node.port, &channels, &BTreeMap::new())
+        .await
+        .unwrap();
+    await_subscribed(&mut ws, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.client()
+        .await
+        .batch_execute(&block("sql", 0))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let event = next_json(&mut ws, Duration::from_secs(3)).await.unwrap();
+        assert_eq!(event["event"], "invoice.approved");
+        got.push(event["channel"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, channels);
+}
