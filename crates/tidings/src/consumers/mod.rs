@@ -198,7 +198,7 @@ impl Default for ConsumerConfig {
             mode: MessageMode::Command,
             mapping: None,
             events: Vec::new(),
-            idempotency_window: Duration::from_secs(24 * 3600),
+            idempotency_window: Duration::from_secs(3600),
             max_retry_backoff: Duration::from_secs(5),
             lag_warning: Duration::from_secs(30),
             batch_size: 100,
