@@ -88,7 +88,10 @@ impl Redis {
 }
 
 async fn start_redis() -> Redis {
-    let port = free_port();
+    start_redis_on(free_port()).await
+}
+
+async fn start_redis_on(port: u16) -> Redis {
     let dir = temp_dir("redis");
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -1026,6 +1029,73 @@ async fn two_nodes_in_one_group_publish_each_event_once() {
     );
     eprintln!("node a published {published_a}, node b {published_b}");
     assert_eq!(published_a + published_b, EVENTS as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_engine_is_retried_not_dead_lettered() {
+    let source = start_redis().await;
+    let engine = start_redis().await;
+    let engine_port = engine.port;
+    let config = write_config(&format!(
+        "{}\nredis_url = \"{}\"\nmax_retry_backoff = \"200ms\"\n",
+        stream_config("commands", ""),
+        source.url()
+    ));
+    let node = start_node(&config, "n1", Some(&engine)).await;
+    let mut conn = source.conn().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The engine's Redis goes away; a message arrives meanwhile.
+    drop(engine);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    xadd(
+        &mut conn,
+        "commands",
+        &json!({"method": "publish", "payload": {"channel": "workspace:acme", "event": "tick",
+                 "data": {"seq": 1}}})
+        .to_string(),
+    )
+    .await;
+    let retried = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let retries = metric(
+                &metrics(node.port).await,
+                "tidings_consumer_retries_total",
+                "bus",
+            );
+            if retries >= 2.0 || Instant::now() > deadline {
+                return retries;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(retried.await >= 2.0, "the publish is retried");
+    // The engine comes back on the same port: the event is published, once.
+    let _engine = start_redis_on(engine_port).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = metrics(node.port).await;
+        if metric(&text, "tidings_consumer_published_total", "bus") >= 1.0
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        metric(&text, "tidings_consumer_published_total", "bus"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "tidings_consumer_dead_lettered_total", "bus"),
+        0.0
+    );
+    let dead: u64 = redis::cmd("XLEN")
+        .arg("commands:dead-letter")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
 }
 
 // ---------------------------------------------------------------- outbox tests
