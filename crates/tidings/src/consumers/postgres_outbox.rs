@@ -128,9 +128,13 @@ async fn session(
     {
         return err.into();
     }
+    let statements = match Statements::prepare(&client, config).await {
+        Ok(statements) => statements,
+        Err(err) => return err.into(),
+    };
     tracing::info!(consumer = %config.name, table = %config.table, "consumer reading the outbox");
     loop {
-        match drain_once(context, &mut client, stop).await {
+        match drain_once(context, &mut client, &statements, stop).await {
             Ok(count) if count >= config.batch_size => continue,
             Ok(_) => {}
             Err(end) => return end,
@@ -144,25 +148,70 @@ async fn session(
     }
 }
 
+/// The statements of one batch, prepared once per connection (each saves a
+/// round trip per batch).
+struct Statements {
+    heads: tokio_postgres::Statement,
+    lock_heads: tokio_postgres::Statement,
+    rows: tokio_postgres::Statement,
+    mark: tokio_postgres::Statement,
+    dead_letter: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(
+        client: &tokio_postgres::Client,
+        config: &super::ConsumerConfig,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let table = &config.table;
+        // The oldest unprocessed row of each partition, oldest partitions first.
+        let heads = format!(
+            "SELECT min(id) FROM {table} WHERE processed_at IS NULL \
+             GROUP BY partition_key ORDER BY 1 LIMIT $1"
+        );
+        // Partitions whose head no other node holds. The recheck of
+        // `processed_at IS NULL` drops heads another node finished meanwhile.
+        let lock_heads = format!(
+            "SELECT partition_key FROM {table} WHERE id = ANY($1) AND processed_at IS NULL \
+             FOR UPDATE SKIP LOCKED"
+        );
+        // No other node locks rows of a partition whose head we hold.
+        let rows = format!(
+            "SELECT id, message::text FROM {table} \
+             WHERE processed_at IS NULL AND partition_key = ANY($1) \
+             ORDER BY id LIMIT $2 FOR UPDATE"
+        );
+        let mark = if config.delete_published {
+            format!("DELETE FROM {table} WHERE id = ANY($1)")
+        } else {
+            format!("UPDATE {table} SET processed_at = now() WHERE id = ANY($1)")
+        };
+        let dead_letter = format!(
+            "UPDATE {table} SET processed_at = now(), dead_letter_reason = $2 WHERE id = $1"
+        );
+        Ok(Self {
+            heads: client.prepare(&heads).await?,
+            lock_heads: client.prepare(&lock_heads).await?,
+            rows: client.prepare(&rows).await?,
+            mark: client.prepare(&mark).await?,
+            dead_letter: client.prepare(&dead_letter).await?,
+        })
+    }
+}
+
 /// Locks, places and marks one batch. Returns how many rows it held.
 async fn drain_once(
     context: &ConsumerContext,
     client: &mut tokio_postgres::Client,
+    statements: &Statements,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<usize, SessionEnd> {
     let config = &context.config;
     let table = &config.table;
     let limit = config.batch_size as i64;
     let tx = client.transaction().await?;
-    // The oldest unprocessed row of each partition, oldest partitions first.
     let heads: Vec<i64> = tx
-        .query(
-            &format!(
-                "SELECT min(id) FROM {table} WHERE processed_at IS NULL \
-                 GROUP BY partition_key ORDER BY 1 LIMIT $1"
-            ),
-            &[&limit],
-        )
+        .query(&statements.heads, &[&limit])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -171,16 +220,8 @@ async fn drain_once(
         tx.commit().await?;
         return Ok(0);
     }
-    // Partitions whose head no other node holds. The recheck of
-    // `processed_at IS NULL` drops heads another node finished meanwhile.
     let partitions: Vec<String> = tx
-        .query(
-            &format!(
-                "SELECT partition_key FROM {table} WHERE id = ANY($1) AND processed_at IS NULL \
-                 FOR UPDATE SKIP LOCKED"
-            ),
-            &[&heads],
-        )
+        .query(&statements.lock_heads, &[&heads])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -189,16 +230,7 @@ async fn drain_once(
         tx.commit().await?;
         return Ok(0);
     }
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT id, message::text FROM {table} \
-                 WHERE processed_at IS NULL AND partition_key = ANY($1) \
-                 ORDER BY id LIMIT $2 FOR UPDATE"
-            ),
-            &[&partitions, &limit],
-        )
-        .await?;
+    let rows = tx.query(&statements.rows, &[&partitions, &limit]).await?;
     let mut done: Vec<i64> = Vec::with_capacity(rows.len());
     let mut dead: Vec<(i64, String)> = Vec::new();
     let mut was_stopped = false;
@@ -220,21 +252,10 @@ async fn drain_once(
         }
     }
     if !done.is_empty() {
-        let statement = if config.delete_published {
-            format!("DELETE FROM {table} WHERE id = ANY($1)")
-        } else {
-            format!("UPDATE {table} SET processed_at = now() WHERE id = ANY($1)")
-        };
-        tx.execute(&statement, &[&done]).await?;
+        tx.execute(&statements.mark, &[&done]).await?;
     }
     for (id, reason) in &dead {
-        tx.execute(
-            &format!(
-                "UPDATE {table} SET processed_at = now(), dead_letter_reason = $2 WHERE id = $1"
-            ),
-            &[id, reason],
-        )
-        .await?;
+        tx.execute(&statements.dead_letter, &[id, reason]).await?;
     }
     tx.commit().await?;
     for (id, reason) in &dead {
