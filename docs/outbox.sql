@@ -15,6 +15,9 @@ CREATE TABLE IF NOT EXISTS tidings_outbox (
 CREATE INDEX IF NOT EXISTS tidings_outbox_unprocessed
     ON tidings_outbox (partition_key, id) WHERE processed_at IS NULL;
 
+CREATE INDEX IF NOT EXISTS tidings_outbox_unprocessed_order
+    ON tidings_outbox (id) WHERE processed_at IS NULL;
+
 CREATE INDEX IF NOT EXISTS tidings_outbox_dead_letters
     ON tidings_outbox (id) WHERE dead_letter_reason IS NOT NULL;
 

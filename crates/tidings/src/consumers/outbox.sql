@@ -15,6 +15,9 @@ CREATE TABLE IF NOT EXISTS {table} (
 CREATE INDEX IF NOT EXISTS {bare}_unprocessed
     ON {table} (partition_key, id) WHERE processed_at IS NULL;
 
+CREATE INDEX IF NOT EXISTS {bare}_unprocessed_order
+    ON {table} (id) WHERE processed_at IS NULL;
+
 CREATE INDEX IF NOT EXISTS {bare}_dead_letters
     ON {table} (id) WHERE dead_letter_reason IS NOT NULL;
 

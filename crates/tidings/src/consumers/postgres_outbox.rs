@@ -151,6 +151,7 @@ async fn session(
 /// The statements of one batch, prepared once per connection (each saves a
 /// round trip per batch).
 struct Statements {
+    oldest_heads: tokio_postgres::Statement,
     heads: tokio_postgres::Statement,
     lock_heads: tokio_postgres::Statement,
     rows: tokio_postgres::Statement,
@@ -164,7 +165,16 @@ impl Statements {
         config: &super::ConsumerConfig,
     ) -> Result<Self, tokio_postgres::Error> {
         let table = &config.table;
-        // The oldest unprocessed row of each partition, oldest partitions first.
+        // Among the oldest unprocessed rows, the first of each partition is
+        // that partition's oldest unprocessed row: found without reading the
+        // whole backlog.
+        let oldest_heads = format!(
+            "SELECT min(id) FROM (SELECT id, partition_key FROM {table} \
+             WHERE processed_at IS NULL ORDER BY id LIMIT $1) oldest \
+             GROUP BY partition_key"
+        );
+        // The oldest unprocessed row of every partition, oldest partitions
+        // first: when other nodes hold the partitions of the oldest rows.
         let heads = format!(
             "SELECT min(id) FROM {table} WHERE processed_at IS NULL \
              GROUP BY partition_key ORDER BY 1 LIMIT $1"
@@ -175,11 +185,16 @@ impl Statements {
             "SELECT partition_key FROM {table} WHERE id = ANY($1) AND processed_at IS NULL \
              FOR UPDATE SKIP LOCKED"
         );
-        // No other node locks rows of a partition whose head we hold.
+        // No other node locks rows of a partition whose head we hold. One
+        // index scan per partition, in `id` order: with `partition_key =
+        // ANY(...)` PostgreSQL read every unprocessed row of the partitions
+        // and sorted them, 40 ms a batch with a backlog of 20,000.
         let rows = format!(
-            "SELECT id, message::text FROM {table} \
-             WHERE processed_at IS NULL AND partition_key = ANY($1) \
-             ORDER BY id LIMIT $2 FOR UPDATE"
+            "SELECT batch.id, batch.message::text FROM unnest($1::text[]) AS p(key) \
+             CROSS JOIN LATERAL (SELECT id, message FROM {table} \
+                 WHERE processed_at IS NULL AND partition_key = p.key \
+                 ORDER BY id LIMIT $2 FOR UPDATE) AS batch \
+             ORDER BY batch.id LIMIT $2"
         );
         let mark = if config.delete_published {
             format!("DELETE FROM {table} WHERE id = ANY($1)")
@@ -190,6 +205,7 @@ impl Statements {
             "UPDATE {table} SET processed_at = now(), dead_letter_reason = $2 WHERE id = $1"
         );
         Ok(Self {
+            oldest_heads: client.prepare(&oldest_heads).await?,
             heads: client.prepare(&heads).await?,
             lock_heads: client.prepare(&lock_heads).await?,
             rows: client.prepare(&rows).await?,
@@ -210,22 +226,27 @@ async fn drain_once(
     let table = &config.table;
     let limit = config.batch_size as i64;
     let tx = client.transaction().await?;
-    let heads: Vec<i64> = tx
-        .query(&statements.heads, &[&limit])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    if heads.is_empty() {
-        tx.commit().await?;
-        return Ok(0);
+    let mut partitions = Vec::new();
+    for heads in [&statements.oldest_heads, &statements.heads] {
+        let heads: Vec<i64> = tx
+            .query(heads, &[&limit])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if heads.is_empty() {
+            break;
+        }
+        partitions = tx
+            .query(&statements.lock_heads, &[&heads])
+            .await?
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect();
+        if !partitions.is_empty() {
+            break;
+        }
     }
-    let partitions: Vec<String> = tx
-        .query(&statements.lock_heads, &[&heads])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
     if partitions.is_empty() {
         tx.commit().await?;
         return Ok(0);
