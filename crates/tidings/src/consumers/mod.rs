@@ -501,3 +501,84 @@ pub(crate) async fn pause_or_stop(stop: &mut watch::Receiver<bool>, pause: Durat
         () = tokio::time::sleep(pause) => *stop.borrow(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn with_consumer(consumer: ConsumerConfig) -> String {
+        let config = Config {
+            consumers: vec![consumer],
+            ..Config::default()
+        };
+        config
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn consumer_settings_are_checked_with_their_field() {
+        let stream = ConsumerConfig {
+            name: "bus".into(),
+            streams: vec!["events".into()],
+            ..ConsumerConfig::default()
+        };
+        assert_eq!(with_consumer(stream.clone()), "");
+        assert_eq!(
+            with_consumer(ConsumerConfig {
+                streams: Vec::new(),
+                ..stream.clone()
+            }),
+            "consumers[0].streams: list at least one stream key"
+        );
+        assert_eq!(
+            with_consumer(ConsumerConfig {
+                mode: MessageMode::Mapping,
+                ..stream.clone()
+            }),
+            "consumers[0].mapping: mode = \"mapping\" needs a [consumers.mapping] table"
+        );
+        assert_eq!(
+            with_consumer(ConsumerConfig {
+                mode: MessageMode::Mapping,
+                mapping: Some(MappingConfig {
+                    id: "id".into(),
+                    event: "type".into(),
+                    ..MappingConfig::default()
+                }),
+                ..stream.clone()
+            }),
+            "consumers[0].mapping.channels: list channel templates, or map workspace, \
+             entity_type and entity_id to publish to the entity channels"
+        );
+        let outbox = ConsumerConfig {
+            name: "outbox".into(),
+            kind: ConsumerKind::PostgresOutbox,
+            ..ConsumerConfig::default()
+        };
+        assert_eq!(
+            with_consumer(outbox.clone()),
+            "consumers[0].postgres_url: required for kind = \"postgres_outbox\""
+        );
+        assert_eq!(
+            with_consumer(ConsumerConfig {
+                postgres_url: Some("postgres://u@h/db".into()),
+                table: "outbox; DROP TABLE x".into(),
+                ..outbox
+            }),
+            "consumers[0].table: must be a table name of letters, digits and `_` \
+             (optionally `schema.table`)"
+        );
+        let twice = Config {
+            consumers: vec![stream.clone(), stream],
+            ..Config::default()
+        };
+        assert_eq!(
+            twice.validate().unwrap_err().to_string(),
+            "consumers: two consumers are named `bus`"
+        );
+    }
+}
