@@ -26,6 +26,9 @@ install_packages() {
 }
 command -v redis-server >/dev/null 2>&1 || install_packages redis-server
 
+step "System packages for the outbox consumer tests (Debian's postgresql; the tests run initdb/postgres themselves)"
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || install_packages postgresql
+
 step "Rust tests (unit, integration over real sockets, property, binary, bench smoke)"
 cargo test --workspace --locked
 

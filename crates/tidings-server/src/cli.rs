@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tidings::auth::{mint_hs256, MintClaims, TokenVerifier};
+use tidings::consumers::postgres_outbox::outbox_ddl;
+use tidings::consumers::{is_sql_name, ConsumerKind, ConsumerSet};
 use tidings::Tidings;
 
 use crate::{config_loader, dev_mode};
@@ -38,6 +40,19 @@ pub enum Command {
     Gentoken(GentokenArgs),
     /// Check a configuration file and print what it configures.
     Checkconfig(CheckconfigArgs),
+    /// Print the SQL that creates the PostgreSQL outbox table and its trigger.
+    OutboxDdl(OutboxDdlArgs),
+}
+
+/// `tidings outbox-ddl`.
+#[derive(Debug, Args)]
+pub struct OutboxDdlArgs {
+    /// The table name (`schema.table` allowed); the consumer's `table`.
+    #[arg(long, default_value = "tidings_outbox")]
+    pub table: String,
+    /// The channel the trigger notifies; the consumer's `notify_channel`.
+    #[arg(long, default_value = "tidings_outbox")]
+    pub notify_channel: String,
 }
 
 /// Log output format.
@@ -156,10 +171,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             println!("listening on {address}");
         }
         tracing::info!(%address, node = %tidings.state().node, "tidings listening");
+        let consumers = ConsumerSet::start(&tidings);
         tidings
             .serve(listener, shutdown_signal())
             .await
             .context("serving")?;
+        consumers.stop(Duration::from_secs(5)).await;
         tracing::info!("stopped");
         Ok(())
     })
@@ -244,6 +261,43 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
             humantime::format_duration(ns.history_ttl)
         );
     }
+    for consumer in &config.consumers {
+        let source = match consumer.kind {
+            ConsumerKind::RedisStream => format!(
+                "streams {} (group {}) at {}",
+                consumer.streams.join(", "),
+                consumer.group,
+                without_password(consumer.redis_url.as_deref().unwrap_or(&engine.redis_url))
+            ),
+            ConsumerKind::PostgresOutbox => format!(
+                "table {} at {}",
+                consumer.table,
+                without_password(consumer.postgres_url.as_deref().unwrap_or_default())
+            ),
+        };
+        println!(
+            "  consumer   {}: {} {source}, {:?} mode, idempotency window {}{}",
+            consumer.name,
+            consumer.kind.as_str(),
+            consumer.mode,
+            humantime::format_duration(consumer.idempotency_window),
+            if consumer.enabled { "" } else { " (disabled)" }
+        );
+    }
+    Ok(())
+}
+
+/// Prints the outbox DDL.
+pub fn print_outbox_ddl(args: OutboxDdlArgs) -> anyhow::Result<()> {
+    if !is_sql_name(&args.table) {
+        anyhow::bail!(
+            "--table: must be a table name of letters, digits and `_` (optionally `schema.table`)"
+        );
+    }
+    if !is_sql_name(&args.notify_channel) || args.notify_channel.contains('.') {
+        anyhow::bail!("--notify-channel: must be a name of letters, digits and `_`");
+    }
+    print!("{}", outbox_ddl(&args.table, &args.notify_channel));
     Ok(())
 }
 

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve(args),
         Command::Gentoken(args) => cli::gentoken(args),
         Command::Checkconfig(args) => cli::checkconfig(args),
+        Command::OutboxDdl(args) => cli::print_outbox_ddl(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

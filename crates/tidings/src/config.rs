@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 pub use tidings_auth::JwtSettings;
 
+pub use crate::consumers::{ConsumerConfig, ConsumerKind, MappingConfig, MessageMode, StreamStart};
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -39,6 +41,8 @@ pub struct Config {
     pub builtin_namespaces: bool,
     /// Namespaces by name (the part of a channel before the first `:`).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Consumers that publish what they read from an event bus (`[[consumers]]`).
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             engine: EngineSettings::default(),
             builtin_namespaces: true,
             namespaces: BTreeMap::new(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -479,6 +484,20 @@ impl Config {
                         .map_err(|p| invalid(format!("{prefix}.{action}[{i}]"), p))?;
                 }
             }
+        }
+        let namespaces = self.effective_namespaces();
+        for (i, consumer) in self.consumers.iter().enumerate() {
+            consumer
+                .validate(&namespaces)
+                .map_err(|(field, p)| invalid(format!("consumers[{i}].{field}"), p))?;
+        }
+        let mut names: Vec<&str> = self.consumers.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(invalid(
+                "consumers",
+                format!("two consumers are named `{}`", pair[0]),
+            ));
         }
         Ok(())
     }

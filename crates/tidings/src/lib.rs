@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod config;
+pub mod consumers;
 pub mod engine;
 pub mod hub;
 pub mod metrics;

@@ -38,7 +38,7 @@ pub struct Metrics {
     engine_gaps_filled: Counter,
     engine_resubscribes: Counter,
     nodes: Gauge,
-    _recorder: PrometheusRecorder,
+    recorder: PrometheusRecorder,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -161,6 +161,20 @@ impl Metrics {
             "Times a channel's local subscribers were told to resubscribe (continuity lost).",
         );
         let nodes = gauge("tidings_nodes", "Live nodes of the cluster.");
+        for (name, help) in CONSUMER_COUNTERS {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+        }
+        for (name, help) in CONSUMER_GAUGES {
+            recorder.describe_gauge(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+        }
         let (key, unit, help) = describe(
             "tidings_publish_to_write_seconds",
             Some(Unit::Seconds),
@@ -193,7 +207,7 @@ impl Metrics {
             engine_gaps_filled,
             engine_resubscribes,
             nodes,
-            _recorder: recorder,
+            recorder,
         }
     }
 
@@ -223,6 +237,31 @@ impl Metrics {
     /// pile up between scrapes.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+    }
+
+    /// The metrics of one consumer, labelled `consumer` and `kind`.
+    pub fn consumer(&self, name: &str, kind: &'static str) -> ConsumerMetrics {
+        let labels = vec![
+            metrics::Label::new("consumer", name.to_owned()),
+            metrics::Label::from_static_parts("kind", kind),
+        ];
+        let counter = |metric: &'static str| {
+            self.recorder
+                .register_counter(&Key::from_parts(metric, labels.clone()), &METADATA)
+        };
+        let gauge = |metric: &'static str| {
+            self.recorder
+                .register_gauge(&Key::from_parts(metric, labels.clone()), &METADATA)
+        };
+        ConsumerMetrics {
+            processed: counter(CONSUMER_COUNTERS[0].0),
+            published: counter(CONSUMER_COUNTERS[1].0),
+            duplicates: counter(CONSUMER_COUNTERS[2].0),
+            dead_lettered: counter(CONSUMER_COUNTERS[3].0),
+            retries: counter(CONSUMER_COUNTERS[4].0),
+            lag: gauge(CONSUMER_GAUGES[0].0),
+            oldest_age: gauge(CONSUMER_GAUGES[1].0),
+        }
     }
 
     pub(crate) fn connection_opened(&self) {
@@ -278,6 +317,74 @@ impl Metrics {
     }
     pub(crate) fn http_request(&self) {
         self.http_requests.increment(1);
+    }
+}
+
+const CONSUMER_COUNTERS: [(&str, &str); 5] = [
+    (
+        "tidings_consumer_processed_total",
+        "Messages a consumer finished (placed, skipped or dead-lettered).",
+    ),
+    (
+        "tidings_consumer_published_total",
+        "Events a consumer published (one per channel).",
+    ),
+    (
+        "tidings_consumer_duplicates_total",
+        "Publishes a consumer dropped because the event id was seen within its idempotency window.",
+    ),
+    (
+        "tidings_consumer_dead_lettered_total",
+        "Messages a consumer moved to its dead-letter.",
+    ),
+    (
+        "tidings_consumer_retries_total",
+        "Publish attempts a consumer retried after a transient failure (engine unavailable).",
+    ),
+];
+
+const CONSUMER_GAUGES: [(&str, &str); 2] = [
+    (
+        "tidings_consumer_lag",
+        "Messages waiting for a consumer: stream entries not yet delivered to the group or not acknowledged, unpublished outbox rows.",
+    ),
+    (
+        "tidings_consumer_oldest_age_seconds",
+        "Age of a consumer's oldest unprocessed message (0 when none).",
+    ),
+];
+
+/// One consumer's metrics (cheap to clone).
+#[derive(Clone)]
+pub struct ConsumerMetrics {
+    processed: Counter,
+    published: Counter,
+    duplicates: Counter,
+    dead_lettered: Counter,
+    retries: Counter,
+    lag: Gauge,
+    oldest_age: Gauge,
+}
+
+impl ConsumerMetrics {
+    pub(crate) fn processed(&self) {
+        self.processed.increment(1);
+    }
+    pub(crate) fn published(&self) {
+        self.published.increment(1);
+    }
+    pub(crate) fn duplicate(&self) {
+        self.duplicates.increment(1);
+    }
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.increment(1);
+    }
+    pub(crate) fn retry(&self) {
+        self.retries.increment(1);
+    }
+    pub(crate) fn backlog(&self, lag: u64, oldest_age: Duration) {
+        self.lag.set(lag as f64);
+        self.oldest_age.set(oldest_age.as_secs_f64());
     }
 }
 

@@ -142,6 +142,10 @@ pub struct Published {
     pub offset: u64,
     /// Event id.
     pub id: String,
+    /// True when the idempotency key had been seen within the window, so
+    /// nothing new was published (the fields above are the first publish's).
+    #[serde(skip)]
+    pub duplicate: bool,
 }
 
 /// Why a publish was refused.
@@ -156,6 +160,9 @@ pub enum PublishError {
     /// The publisher may not publish there.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The request is over a configured limit (size, channel count).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -168,8 +175,32 @@ impl PublishError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::UnknownChannel(_) => ErrorCode::UnknownChannel,
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::Engine(_) => ErrorCode::EngineUnavailable,
         }
+    }
+}
+
+/// Parses the JSON body of a publish request (one of the request types above)
+/// the way the server API does: a JSON object, unknown fields refused, nothing
+/// after it. Consumers parse their command-mode messages with it too, so a
+/// message is accepted exactly when the same HTTP request would be.
+pub fn parse_request<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PublishError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    json_object::object(&mut json)
+        .and_then(|parsed| json.end().map(|()| parsed))
+        .map_err(|e| PublishError::BadRequest(format!("invalid body: {e}")))
+}
+
+impl BroadcastRequest {
+    /// Refuses a broadcast to more than `max` channels (`api.max_broadcast_channels`).
+    pub fn check_channel_count(&self, max: usize) -> Result<(), PublishError> {
+        if self.channels.len() > max {
+            return Err(PublishError::LimitExceeded(format!(
+                "at most {max} channels per broadcast"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -223,6 +254,15 @@ impl Publisher {
             access,
             metrics,
             idempotency_window,
+        }
+    }
+
+    /// The same publisher remembering idempotency keys for `window` instead
+    /// (each consumer has its own window).
+    pub fn with_idempotency_window(&self, window: Duration) -> Self {
+        Self {
+            idempotency_window: window,
+            ..self.clone()
         }
     }
 
@@ -362,6 +402,7 @@ impl Publisher {
             channel: channel.to_string(),
             offset: outcome.offset,
             id: outcome.id,
+            duplicate: outcome.duplicate,
         })
     }
 }

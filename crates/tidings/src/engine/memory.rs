@@ -65,6 +65,12 @@ impl ChannelState {
             // VecDeque keeps its buffer on pop; a quiet channel should not.
             self.history = VecDeque::new();
         }
+    }
+
+    /// Drops expired idempotency keys: a pass over all of them, so only the
+    /// periodic sweep calls it (per publish it made publishing O(keys), and a
+    /// consumer's 24 h window keeps many). Lookups check the expiry themselves.
+    fn expire_idempotency(&mut self, now: Instant) {
         self.idempotency.retain(|_, (expires, _)| *expires > now);
     }
 
@@ -136,6 +142,7 @@ impl MemoryBroker {
         self.channels.retain(|channel, state| {
             let mut st = lock(state);
             st.expire(now);
+            st.expire_idempotency(now);
             let keep_for = if st.claimed {
                 self.position_ttl
             } else {
@@ -192,7 +199,11 @@ impl Broker for MemoryBroker {
             st.policy = options.history;
             st.expire(now);
             if let Some(key) = &options.idempotency_key {
-                if let Some((_, first)) = st.idempotency.get(key) {
+                if let Some((_, first)) = st
+                    .idempotency
+                    .get(key)
+                    .filter(|(expires, _)| *expires > now)
+                {
                     return PublishOutcome {
                         duplicate: true,
                         ..first.clone()

@@ -18,8 +18,10 @@ use serde_json::json;
 
 use super::http::{bearer_token, ApiError};
 use crate::engine::{HistoryQuery, Publication};
-use crate::protocol::{json_object, ChannelName, CloseCode, ErrorCode, HistoryOrder};
-use crate::publisher::{BroadcastRequest, EntityChange, PublishError, PublishRequest};
+use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
+use crate::publisher::{
+    parse_request, BroadcastRequest, EntityChange, PublishError, PublishRequest,
+};
 use crate::server::ServerState;
 
 /// The OpenAPI 3.1 document of the server API, served at `GET /api/openapi.json`.
@@ -109,10 +111,7 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             ApiError::new(ErrorCode::BadRequest, e.body_text())
         }
     })?;
-    let mut json = serde_json::Deserializer::from_slice(&body);
-    json_object::object(&mut json)
-        .and_then(|parsed| json.end().map(|()| parsed))
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
+    Ok(parse_request(&body)?)
 }
 
 impl From<PublishError> for ApiError {
@@ -138,13 +137,7 @@ async fn broadcast(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: BroadcastRequest = parse_body(body)?;
-    let max = state.config.api.max_broadcast_channels;
-    if request.channels.len() > max {
-        return Err(ApiError::new(
-            ErrorCode::LimitExceeded,
-            format!("at most {max} channels per broadcast"),
-        ));
-    }
+    request.check_channel_count(state.config.api.max_broadcast_channels)?;
     let results = state.publisher.broadcast(request).await?;
     Ok(Json(json!({ "results": results })).into_response())
 }
