@@ -1173,14 +1173,21 @@ async fn cost_mode(
     let idle = cost_json(&idle0, &idle1, events);
     let net = |k: &str| measured[k].as_f64().unwrap_or(0.0) - idle[k].as_f64().unwrap_or(0.0);
     let fcall = after.commands.get("fcall").map(|c| c.0).unwrap_or(0);
+    // The bench's own INFO and CONFIG RESETSTAT are not the engine's.
+    let engine_commands: u64 = after
+        .commands
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat"))
+        .map(|(_, (calls, _))| calls)
+        .sum();
     println!(
-        "[redis-cost] {} events ({} received): per event {:.0} µs Redis CPU, {:.0} B in, {:.0} B out (idle baseline subtracted); {} commands, FCALL {:.2}/event",
+        "[redis-cost] {} events ({} received): per event {:.0} µs Redis CPU, {:.0} B in, {:.0} B out (idle baseline subtracted); {} engine commands, FCALL {:.2}/event",
         stats.sent,
         received,
         net("cpu_us_per_unit"),
         net("net_in_bytes_per_unit"),
         net("net_out_bytes_per_unit"),
-        after.commands.values().map(|c| c.0).sum::<u64>(),
+        engine_commands,
         fcall as f64 / events.max(1.0)
     );
     Ok((
@@ -1194,6 +1201,7 @@ async fn cost_mode(
             "rate": cli.cost_rate,
             "per_event": measured,
             "idle_baseline_per_event": idle,
+            "engine_commands_per_event": engine_commands as f64 / events.max(1.0),
             "net_per_event": {
                 "cpu_us": net("cpu_us_per_unit"),
                 "net_in_bytes": net("net_in_bytes_per_unit"),
