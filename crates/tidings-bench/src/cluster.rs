@@ -696,12 +696,14 @@ async fn scale_on(
         now_ns(),
         crate::pad(cli)
     );
+    let cpu0 = PhaseCpu::read(redis, nodes);
     let phase = async {
         let (took, _) = api(cli, addrs[0], "/api/broadcast", &body).await?;
         let reports = workers.collect(1, wait).await?;
         Ok::<_, anyhow::Error>((took, reports))
     }
     .await;
+    let cpu = PhaseCpu::read(redis, nodes).since(&cpu0);
     let (took, reports) = match phase {
         Ok(done) => done,
         Err(err) => {
@@ -715,6 +717,7 @@ async fn scale_on(
         took,
         &reports,
         received_before,
+        cpu,
         &mut ok,
     ));
     received_before = WorkerReport::merge(&reports).0.received;
@@ -725,12 +728,14 @@ async fn scale_on(
         now_ns(),
         crate::pad(cli)
     );
+    let cpu0 = PhaseCpu::read(redis, nodes);
     let phase = async {
         let (took, _) = api(cli, addrs[1 % addrs.len()], "/api/publish", &body).await?;
         let reports = workers.collect(2, wait).await?;
         Ok::<_, anyhow::Error>((took, reports))
     }
     .await;
+    let cpu2 = PhaseCpu::read(redis, nodes).since(&cpu0);
     let generator_rss = match &phase {
         Ok((_, reports)) => WorkerReport::merge(reports).0.rss,
         Err(_) => None,
@@ -743,6 +748,7 @@ async fn scale_on(
         took,
         &reports,
         received_before,
+        cpu2,
         &mut ok,
     ));
     let results = serde_json::json!({
@@ -771,6 +777,29 @@ async fn scale_on(
     Ok((results, ok))
 }
 
+/// CPU seconds used by redis-server and by the nodes (together).
+#[derive(Debug, Clone, Copy, Default)]
+struct PhaseCpu {
+    redis_s: f64,
+    nodes_s: f64,
+}
+
+impl PhaseCpu {
+    fn read(redis: &RedisServer, nodes: &[Server]) -> Self {
+        Self {
+            redis_s: redis.pid().and_then(server::cpu_of).unwrap_or(0.0),
+            nodes_s: nodes.iter().filter_map(Server::cpu_seconds).sum(),
+        }
+    }
+
+    fn since(self, before: &Self) -> Self {
+        Self {
+            redis_s: self.redis_s - before.redis_s,
+            nodes_s: self.nodes_s - before.nodes_s,
+        }
+    }
+}
+
 async fn redis_used_memory(redis: &RedisServer) -> Option<u64> {
     redis
         .info("memory")
@@ -788,6 +817,7 @@ fn phase_json(
     api_time: Duration,
     reports: &[WorkerReport],
     received_before: u64,
+    cpu: PhaseCpu,
     ok: &mut bool,
 ) -> serde_json::Value {
     let (sum, hist) = WorkerReport::merge(reports);
@@ -796,6 +826,10 @@ fn phase_json(
     let lost = alive.saturating_sub(received);
     let p99_ms = (!hist.is_empty()).then(|| ms(hist.value_at_quantile(0.99)));
     *ok &= lost == 0 && sum.dups == 0 && sum.disconnects == 0 && sum.ready == requested as u64;
+    println!(
+        "[scale] {name}: CPU seconds: redis-server {:.2}, nodes {:.2}",
+        cpu.redis_s, cpu.nodes_s
+    );
     println!(
         "[scale] {name}: API answered in {:.0} ms; {received} of {alive} delivered, {lost} lost, {} dup; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         api_time.as_secs_f64() * 1000.0,
@@ -816,6 +850,8 @@ fn phase_json(
         "disconnects": sum.disconnects,
         "latency": latency_json(&hist),
         "p99_within_target": p99_ms.is_some_and(|p| p <= 1000.0),
+        "redis_cpu_s": cpu.redis_s,
+        "nodes_cpu_s": cpu.nodes_s,
         "errors": sum.errors,
     })
 }
