@@ -683,6 +683,13 @@ async fn scale_on(
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / up.ready.max(1) as f64),
         _ => None,
     };
+    // Other work on the shared machine skews the phases: wait for it to calm
+    // down (up to --quiet-wait seconds) and record what was left.
+    let other_cpu_pct = if cli.quiet_wait > 0.0 {
+        Some(server::wait_for_quiet(Duration::from_secs_f64(cli.quiet_wait), 25.0).await)
+    } else {
+        None
+    };
     let mut phases = Vec::new();
     let mut ok = up.connect_errors == 0;
     let mut received_before = up.received;
@@ -768,6 +775,7 @@ async fn scale_on(
         "generator_rss_bytes": generator_rss,
         "phases": phases,
         "target_p99_ms": 1000,
+        "other_cpu_pct_before_phases": other_cpu_pct,
     });
     println!(
         "[scale] server RSS per connection: {:.1} KiB over {} nodes",
