@@ -785,18 +785,24 @@ async fn scale_on(
     Ok((results, ok))
 }
 
-/// CPU seconds used by redis-server and by the nodes (together).
-#[derive(Debug, Clone, Copy, Default)]
+/// CPU seconds used by redis-server and by the nodes (together and each).
+#[derive(Debug, Clone, Default)]
 struct PhaseCpu {
     redis_s: f64,
     nodes_s: f64,
+    per_node_s: Vec<f64>,
 }
 
 impl PhaseCpu {
     fn read(redis: &RedisServer, nodes: &[Server]) -> Self {
+        let per_node_s: Vec<f64> = nodes
+            .iter()
+            .map(|n| n.cpu_seconds().unwrap_or(0.0))
+            .collect();
         Self {
             redis_s: redis.pid().and_then(server::cpu_of).unwrap_or(0.0),
-            nodes_s: nodes.iter().filter_map(Server::cpu_seconds).sum(),
+            nodes_s: per_node_s.iter().sum(),
+            per_node_s,
         }
     }
 
@@ -804,6 +810,12 @@ impl PhaseCpu {
         Self {
             redis_s: self.redis_s - before.redis_s,
             nodes_s: self.nodes_s - before.nodes_s,
+            per_node_s: self
+                .per_node_s
+                .iter()
+                .zip(&before.per_node_s)
+                .map(|(after, before)| after - before)
+                .collect(),
         }
     }
 }
@@ -835,8 +847,8 @@ fn phase_json(
     let p99_ms = (!hist.is_empty()).then(|| ms(hist.value_at_quantile(0.99)));
     *ok &= lost == 0 && sum.dups == 0 && sum.disconnects == 0 && sum.ready == requested as u64;
     println!(
-        "[scale] {name}: CPU seconds: redis-server {:.2}, nodes {:.2}",
-        cpu.redis_s, cpu.nodes_s
+        "[scale] {name}: CPU seconds: redis-server {:.2}, nodes {:.2} ({:.2?})",
+        cpu.redis_s, cpu.nodes_s, cpu.per_node_s
     );
     println!(
         "[scale] {name}: API answered in {:.0} ms; {received} of {alive} delivered, {lost} lost, {} dup; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
@@ -860,6 +872,7 @@ fn phase_json(
         "p99_within_target": p99_ms.is_some_and(|p| p <= 1000.0),
         "redis_cpu_s": cpu.redis_s,
         "nodes_cpu_s": cpu.nodes_s,
+        "per_node_cpu_s": cpu.per_node_s,
         "errors": sum.errors,
     })
 }
