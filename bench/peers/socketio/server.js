@@ -9,7 +9,9 @@
 // - `POST /publish` {channel, event, data} with `Authorization: Bearer <api key>`
 //   does `io.to(channel).emit(event, {channel, data})`.
 //
-// Environment: BENCH_JWT_SECRET, BENCH_API_KEY, HOST (127.0.0.1), PORT (0 = any).
+// Environment: BENCH_JWT_SECRET, BENCH_API_KEY, HOST (127.0.0.1), PORT (0 = any),
+// BENCH_REDIS_URL (optional: with it, rooms span every peer on that Redis through
+// @socket.io/redis-adapter, as Socket.IO users run several nodes).
 // Prints `listening on HOST:PORT` on stdout once ready.
 'use strict';
 
@@ -103,9 +105,29 @@ io.on('connection', (socket) => {
   });
 });
 
-httpServer.listen(port, host, () => {
-  const addr = httpServer.address();
-  console.log(`listening on ${addr.address}:${addr.port}`);
+async function useRedisAdapter(url) {
+  const { createClient } = require('redis');
+  const { createAdapter } = require('@socket.io/redis-adapter');
+  const pubClient = createClient({ url });
+  const subClient = pubClient.duplicate();
+  for (const client of [pubClient, subClient]) {
+    client.on('error', (err) => console.error('redis:', err.message));
+  }
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  io.adapter(createAdapter(pubClient, subClient));
+}
+
+(async () => {
+  if (process.env.BENCH_REDIS_URL) {
+    await useRedisAdapter(process.env.BENCH_REDIS_URL);
+  }
+  httpServer.listen(port, host, () => {
+    const addr = httpServer.address();
+    console.log(`listening on ${addr.address}:${addr.port}`);
+  });
+})().catch((err) => {
+  console.error(err);
+  process.exit(1);
 });
 
 for (const signal of ['SIGINT', 'SIGTERM']) {

@@ -8,6 +8,7 @@
 //! Results go to `<out>/results.json`, `<out>/results.md` and SVG charts.
 
 mod client;
+mod cluster;
 mod history;
 mod publish;
 mod report;
@@ -42,9 +43,31 @@ enum Scenario {
     History,
     /// Only regenerate results.md and the charts from results.json.
     Report,
+    /// Several Tidings nodes sharing one redis-server (started by the bench):
+    /// `--connections` across `--nodes` (default 6), each connection on its user
+    /// channel and `workspace:bench`; one broadcast to every user channel, then
+    /// one publish to the workspace channel.
+    Scale,
+    /// Fan-out through Redis: publishes into one node, subscribers on the other
+    /// nodes (3 in all), rising rates as in `max`; Socket.IO runs with
+    /// @socket.io/redis-adapter on its own redis-server.
+    CrossNode,
+    /// Redis commands, bytes and CPU per published event, without and with history.
+    RedisCost,
+    /// Internal: a process holding a share of a cluster scenario's connections.
+    #[value(hide = true)]
+    ClusterWorker,
 }
 
 impl Scenario {
+    /// Scenarios on several nodes and a redis-server (module `cluster`).
+    fn is_cluster(self) -> bool {
+        matches!(
+            self,
+            Scenario::Scale | Scenario::CrossNode | Scenario::RedisCost | Scenario::ClusterWorker
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Scenario::Idle => "idle",
@@ -55,6 +78,10 @@ impl Scenario {
             Scenario::All => "all",
             Scenario::History => "history",
             Scenario::Report => "report",
+            Scenario::Scale => "scale",
+            Scenario::CrossNode => "cross-node",
+            Scenario::RedisCost => "redis-cost",
+            Scenario::ClusterWorker => "cluster-worker",
         }
     }
 }
@@ -209,10 +236,55 @@ struct Cli {
     /// RSS again, to tell memory the allocator keeps free from memory in use.
     #[arg(long)]
     malloc_trim_probe: bool,
+    /// scale, cross-node: Tidings nodes (Socket.IO peers) sharing the redis-server.
+    /// [default: scale 6, cross-node 3, redis-cost 2]
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// scale, cross-node: most connections one generator process holds (the
+    /// open-files limit is per process).
+    #[arg(long, default_value_t = 16_000)]
+    worker_connections: usize,
+    /// scale, cross-node, redis-cost: runs of the scenario, one after another
+    /// (each a fresh redis-server and nodes); all are kept in cluster.json.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// cross-node: offered deliveries/s per step.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "5000,10000,20000,40000,60000,80000,100000,150000,200000,300000"
+    )]
+    cross_rates: Vec<f64>,
+    /// redis-cost: events published in each mode.
+    #[arg(long, default_value_t = 5000)]
+    cost_events: usize,
+    /// redis-cost: channels they are spread over (one subscriber each, on
+    /// another node than the publishing one).
+    #[arg(long, default_value_t = 100)]
+    cost_channels: usize,
+    /// redis-cost: publishes per second.
+    #[arg(long, default_value_t = 1000.0)]
+    cost_rate: f64,
+    /// redis-cost: `history_size` in the mode with history.
+    #[arg(long, default_value_t = 100)]
+    cost_history_size: usize,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    worker_servers: Vec<SocketAddr>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    worker_from: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    worker_to: usize,
+    /// Internal: the channels of worker connection i: `user-workspace`
+    /// (user:u{i} and workspace:bench) or `workspace`.
+    #[arg(long, hide = true, default_value = "user-workspace")]
+    worker_channels: String,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.scenario.is_cluster() {
+        return cluster::main(cli);
+    }
     let root = server::workspace_root();
     let out = cli
         .out
@@ -279,6 +351,7 @@ async fn async_main(
         jwt_secret: cli.jwt_secret.clone(),
         api_key: cli.api_key.clone(),
         tidings_env,
+        peer_env: Vec::new(),
     };
     let scenarios: Vec<Scenario> = match cli.scenario {
         Scenario::All => vec![
@@ -457,7 +530,10 @@ async fn start_server(cli: &Cli, launch: &Launch, proto: Proto) -> Result<Server
 /// The connections of one run, all sharing one set of counters.
 struct Fleet {
     proto: Proto,
-    server: SocketAddr,
+    /// Connection i goes to `servers[i % len]`.
+    servers: Vec<SocketAddr>,
+    /// Added to a connection's index for its user id (a worker's share).
+    first_user: usize,
     secret: String,
     stats: SharedStats,
     cmd: watch::Sender<Cmd>,
@@ -474,6 +550,18 @@ struct RampResult {
 
 impl Fleet {
     fn new(cli: &Cli, proto: Proto, server: SocketAddr, total: usize, label: &str) -> Self {
+        Self::spread(cli, proto, vec![server], 0, total, label)
+    }
+
+    /// Connections spread over `servers`, users numbered from `first_user`.
+    fn spread(
+        cli: &Cli,
+        proto: Proto,
+        servers: Vec<SocketAddr>,
+        first_user: usize,
+        total: usize,
+        label: &str,
+    ) -> Self {
         let count = if cli.sources > 0 {
             cli.sources
         } else {
@@ -485,7 +573,8 @@ impl Fleet {
         let (cmd, _) = watch::channel(Cmd::Idle);
         Self {
             proto,
-            server,
+            servers,
+            first_user,
             secret: cli.jwt_secret.clone(),
             stats: Rc::new(std::cell::RefCell::new(Stats::new(cli.late_ms))),
             cmd,
@@ -545,12 +634,13 @@ impl Fleet {
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            let user = self.first_user + i;
             let spec = ConnSpec {
                 proto: self.proto,
-                server: self.server,
+                server: self.servers[i % self.servers.len().max(1)],
                 source: self.sources[i % self.sources.len()],
-                token: self.token(i)?,
-                channels: channels(i),
+                token: self.token(user)?,
+                channels: channels(user),
                 first_seq: 0,
             };
             let stats = self.stats.clone();
@@ -666,7 +756,13 @@ async fn run_scenario(cli: &Cli, scenario: Scenario, server: &Server) -> Result<
             steady(cli, scenario, server, &mut run, rss0).await?
         }
         Scenario::Max => max(cli, server, &mut run, rss0).await?,
-        Scenario::All | Scenario::Report | Scenario::History => unreachable!(),
+        Scenario::All
+        | Scenario::Report
+        | Scenario::History
+        | Scenario::Scale
+        | Scenario::CrossNode
+        | Scenario::RedisCost
+        | Scenario::ClusterWorker => unreachable!(),
     }
     Ok(run)
 }

@@ -195,7 +195,7 @@ impl Run {
     }
 }
 
-fn now_utc() -> String {
+pub(crate) fn now_utc() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -268,7 +268,7 @@ pub fn load(out: &Path) -> Result<Vec<Run>> {
     serde_json::from_value(runs).context("reading runs from results.json")
 }
 
-fn machine() -> serde_json::Value {
+pub(crate) fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

@@ -32,6 +32,8 @@ pub struct Launch {
     pub api_key: String,
     /// Extra `TIDINGS_*` settings.
     pub tidings_env: Vec<(String, String)>,
+    /// Extra environment of the Socket.IO peer (e.g. `BENCH_REDIS_URL`).
+    pub peer_env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -78,17 +80,15 @@ impl Launch {
                         self.peer_dir.display()
                     );
                 }
-                (
-                    self.node.clone(),
-                    vec![script.display().to_string()],
-                    vec![
-                        ("BENCH_JWT_SECRET".to_owned(), self.jwt_secret.clone()),
-                        ("BENCH_API_KEY".to_owned(), self.api_key.clone()),
-                        ("HOST".to_owned(), "127.0.0.1".to_owned()),
-                        ("PORT".to_owned(), "0".to_owned()),
-                        ("NODE_ENV".to_owned(), "production".to_owned()),
-                    ],
-                )
+                let mut envs = vec![
+                    ("BENCH_JWT_SECRET".to_owned(), self.jwt_secret.clone()),
+                    ("BENCH_API_KEY".to_owned(), self.api_key.clone()),
+                    ("HOST".to_owned(), "127.0.0.1".to_owned()),
+                    ("PORT".to_owned(), "0".to_owned()),
+                    ("NODE_ENV".to_owned(), "production".to_owned()),
+                ];
+                envs.extend(self.peer_env.iter().cloned());
+                (self.node.clone(), vec![script.display().to_string()], envs)
             }
         };
         let mut command = match self.cpu {

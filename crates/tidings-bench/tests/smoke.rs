@@ -172,3 +172,67 @@ fn history_smoke_against_tidings() {
         "warm-up and measured events kept: {events}"
     );
 }
+
+fn redis_server_present() -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("redis-server").exists()))
+        .unwrap_or(false)
+}
+
+/// `scale` with tiny numbers: 3 Tidings nodes on a redis-server the bench
+/// starts itself, 300 connections in 2 generator processes, a broadcast to every
+/// user channel and a publish to the workspace channel, nothing lost.
+#[test]
+fn scale_smoke_on_redis() {
+    if !redis_server_present() {
+        eprintln!("SKIPPED scale_smoke_on_redis: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let bin = tidings_binary();
+    let out = std::env::temp_dir().join(format!("tidings-bench-scale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .args(["scale", "--nodes", "3", "--connections", "300"])
+        .args(["--worker-connections", "150", "--timeout", "60"])
+        .arg("--tidings-bin")
+        .arg(&bin)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("running tidings-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tidings-bench scale failed ({:?}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "scale took {:?}",
+        started.elapsed()
+    );
+    let text = std::fs::read_to_string(out.join("cluster.json")).expect("cluster.json");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+    let _ = std::fs::remove_dir_all(&out);
+    let results = &doc["runs"][0]["results"];
+    assert_eq!(results["nodes"], 3, "{results}");
+    assert_eq!(results["connections"], 300, "{results}");
+    assert_eq!(results["generator_processes"], 2, "{results}");
+    assert!(
+        results["server_rss_per_connection_bytes"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0),
+        "{results}"
+    );
+    let phases = results["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 2, "{results}");
+    for phase in phases {
+        assert_eq!(phase["expected"], 300, "{phase}");
+        assert_eq!(phase["received"], 300, "{phase}");
+        assert_eq!(phase["lost"], 0, "{phase}");
+        assert_eq!(phase["dups"], 0, "{phase}");
+        assert!(phase["latency"]["p99_ms"].as_f64().is_some(), "{phase}");
+    }
+}

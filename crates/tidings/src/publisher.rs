@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -12,6 +13,9 @@ use crate::engine::{Audience, Broker, EngineError, HistoryPolicy, NewEvent, Publ
 use crate::metrics::Metrics;
 use crate::protocol::time::{new_event_id, now_timestamp};
 use crate::protocol::{json_object, ChannelName, EntityRef, ErrorCode, EventMeta};
+
+/// How many channels of one broadcast are placed at once.
+pub const BROADCAST_CONCURRENCY: usize = 128;
 
 /// Longest event name or idempotency key, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -305,11 +309,23 @@ impl Publisher {
         };
         self.check_template(&template)?;
         let id = new_event_id();
-        let mut results = Vec::with_capacity(channels.len());
-        for channel in &channels {
-            results.push(self.place(channel, &template, id.clone()).await?);
-        }
-        Ok(results)
+        // Placed concurrently: on a networked engine each placement is a round
+        // trip, so one after another a broadcast to 100,000 channels takes
+        // seconds. `buffered` keeps the results in request order; the bound keeps
+        // one huge broadcast from flooding the engine's connection. On the first
+        // error the remaining placements are dropped, as before; a retry with
+        // the same idempotency key completes the rest without duplicates.
+        let template = &template;
+        stream::iter(channels)
+            .map(|channel| {
+                let id = id.clone();
+                // Owns its channel: a future borrowing the iterator's item does
+                // not satisfy the `Send` bound axum's handlers need.
+                async move { self.place(&channel, template, id).await }
+            })
+            .buffered(BROADCAST_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// Publishes an entity change as `{type}.{action}` to `workspace:{w}`,
@@ -404,5 +420,128 @@ impl Publisher {
             id: outcome.id,
             duplicate: outcome.duplicate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use axum::extract::ws::Utf8Bytes;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::memory::MemoryBroker;
+    use crate::engine::{ChannelPosition, EventSink, HistoryPage, HistoryQuery, PublishOutcome};
+
+    /// A memory engine whose publishes take a while, counting how many overlap.
+    struct SlowBroker {
+        inner: MemoryBroker,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Broker for SlowBroker {
+        fn attach(&self, sink: Arc<dyn EventSink>) {
+            self.inner.attach(sink);
+        }
+        async fn publish(
+            &self,
+            channel: &ChannelName,
+            event: NewEvent,
+            options: &PublishOptions,
+        ) -> Result<PublishOutcome, EngineError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let outcome = self.inner.publish(channel, event, options).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            outcome
+        }
+        async fn publish_presence(
+            &self,
+            channel: &ChannelName,
+            text: Utf8Bytes,
+        ) -> Result<(), EngineError> {
+            self.inner.publish_presence(channel, text).await
+        }
+        async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+            self.inner.subscribe_node(channel).await
+        }
+        async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+            self.inner.unsubscribe_node(channel).await
+        }
+        async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
+            self.inner.position(channel).await
+        }
+        async fn history(
+            &self,
+            channel: &ChannelName,
+            query: &HistoryQuery,
+        ) -> Result<HistoryPage, EngineError> {
+            self.inner.history(channel, query).await
+        }
+        fn channel_count(&self) -> usize {
+            self.inner.channel_count()
+        }
+    }
+
+    fn broadcast_to(channels: &[String], key: Option<&str>) -> BroadcastRequest {
+        BroadcastRequest {
+            channels: channels.to_vec(),
+            event: "notice.sent".into(),
+            data: RawValue::from_string("1".into()).unwrap(),
+            meta: None,
+            audience: None,
+            exclude_client: None,
+            idempotency_key: key.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn broadcast_places_channels_concurrently_in_request_order() {
+        let broker = Arc::new(SlowBroker {
+            inner: MemoryBroker::new(Duration::from_secs(60)),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+        });
+        let publisher = Publisher::new(
+            broker.clone(),
+            AccessPolicy::new(&Config::default()),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(60),
+        );
+        let channels: Vec<String> = (0..300).map(|n| format!("user:u{n}")).collect();
+        // One after another, 300 placements of 20 ms would take 6 s.
+        let started = std::time::Instant::now();
+        let placed = publisher
+            .broadcast(broadcast_to(&channels, Some("k1")))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let most = broker.most_in_flight.load(Ordering::SeqCst);
+        assert!(
+            most > 1 && most <= BROADCAST_CONCURRENCY,
+            "{most} in flight"
+        );
+        let order: Vec<&str> = placed.iter().map(|p| p.channel.as_str()).collect();
+        assert_eq!(
+            order,
+            channels.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert!(placed.iter().all(|p| p.offset == 1 && p.id == placed[0].id));
+
+        // The same key again: the same event everywhere, nothing new placed.
+        let again = publisher
+            .broadcast(broadcast_to(&channels, Some("k1")))
+            .await
+            .unwrap();
+        assert_eq!(again, placed);
     }
 }
