@@ -280,6 +280,15 @@ impl Subscriptions {
         }
     }
 
+    /// Sets `channel`'s delivered position back to `offset` (a recovered
+    /// subscription whose replay the caller then passes through
+    /// [`Subscriptions::accept`], so each replayed event advances it in turn).
+    pub fn rewind(&mut self, channel: &ChannelName, offset: u64) {
+        if let Some(sub) = self.channels.get_mut(channel) {
+            sub.offset = sub.offset.min(offset);
+        }
+    }
+
     /// The channels the connection is on.
     pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
         self.channels.keys()

@@ -169,7 +169,10 @@ impl Session {
     }
 
     /// Ends the session: nothing more is queued; what is queued still goes out.
-    fn close(&self, registry: &Sessions, close_packet: bool) {
+    /// A polling session with packets left stays known until a poll takes them
+    /// (or for one heartbeat period), so the client reads its last packets
+    /// (a `DISCONNECT`, the `close`) instead of an unknown-session error.
+    fn close(&self, registry: &Arc<Sessions>, close_packet: bool) {
         let mut state = lock(&self.state);
         if state.closed {
             return;
@@ -180,8 +183,18 @@ impl Session {
                 .push_back(Frame::Text(Utf8Bytes::from_static("1")));
         }
         state.closed = true;
+        let linger = state.transport == Transport::Polling && !state.outbox.is_empty();
         drop(state);
-        registry.remove(&self.sid);
+        if linger {
+            let registry = registry.clone();
+            let sid = self.sid.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(registry.linger).await;
+                registry.remove(&sid);
+            });
+        } else {
+            registry.remove(&self.sid);
+        }
         self.outbox_ready.notify_waiters();
         self.outbox_room.notify_waiters();
     }
@@ -191,9 +204,19 @@ impl Session {
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// How long a closed polling session waits for its last poll.
+    linger: Duration,
 }
 
 impl Sessions {
+    /// No sessions yet; a closed polling session lingers `linger` for its last poll.
+    pub fn new(linger: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::default(),
+            linger,
+        })
+    }
+
     fn get(&self, sid: &str) -> Option<Arc<Session>> {
         lock(&self.map).get(sid).cloned()
     }
@@ -238,7 +261,7 @@ pub struct Endpoint {
     /// Engine.IO settings.
     pub settings: EngineSettings,
     /// Open sessions.
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     /// Makes the Socket.IO side of a new session.
     pub new_app: Box<dyn Fn(&HeaderMap) -> App + Send + Sync>,
 }
@@ -389,7 +412,11 @@ async fn poll(endpoint: &Endpoint, session: &Arc<Session>) -> Response {
             let mut state = lock(&session.state);
             if !state.outbox.is_empty() {
                 let frames = Session::drain(&mut state);
+                let closed = state.closed;
                 drop(state);
+                if closed {
+                    endpoint.sessions.remove(&session.sid);
+                }
                 session.outbox_room.notify_waiters();
                 return payload(&frames);
             }

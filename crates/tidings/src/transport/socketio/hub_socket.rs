@@ -381,6 +381,7 @@ impl HubSocket {
                     .await
                 {
                     Ok(subscribed) if subscribed.recovery == Some(Ok(())) => {
+                        connected.subscriptions.rewind(channel, since.offset);
                         replay.extend(subscribed.replay);
                     }
                     _ => recovered = false,
@@ -660,6 +661,11 @@ async fn subscribe(
     });
     if let Some(recovery) = subscribed.recovery {
         answer["recovered"] = serde_json::Value::Bool(recovery.is_ok());
+    }
+    if let (Some(Ok(())), Some(since)) = (subscribed.recovery, &since) {
+        connected
+            .subscriptions
+            .rewind(&subscribed.channel, since.offset);
     }
     Ok((answer.to_string(), subscribed.replay))
 }

@@ -124,9 +124,10 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: Arc<ServerState>) -> Rout
     let path = state.config.transports.socketio_path.clone();
     let origins = state.config.allowed_origins.clone();
     let settings = engine_settings(&state);
+    let linger = settings.ping_interval + settings.ping_timeout;
     let endpoint = Arc::new(Endpoint {
         settings,
-        sessions: Sessions::default(),
+        sessions: Sessions::new(linger),
         new_app: Box::new(move |headers| {
             App::Hub(Box::new(hub_socket::HubSocket::new(state.clone(), headers)))
         }),
@@ -192,7 +193,7 @@ pub fn conformance_router() -> Router {
             read_buffer_size: 4096,
             write_buffer_size: 4096,
         },
-        sessions: Sessions::default(),
+        sessions: Sessions::new(Duration::from_millis(500)),
         new_app: Box::new(|_| App::Echo(echo::EchoSocket::default())),
     });
     routes("/socket.io/", endpoint, Vec::new())
