@@ -183,7 +183,8 @@ impl Session {
                 .push_back(Frame::Text(Utf8Bytes::from_static("1")));
         }
         state.closed = true;
-        let linger = state.transport == Transport::Polling && !state.outbox.is_empty();
+        let linger =
+            close_packet && state.transport == Transport::Polling && !state.outbox.is_empty();
         drop(state);
         if linger {
             let registry = registry.clone();
