@@ -50,6 +50,10 @@ command -v chromium >/dev/null 2>&1 || install_packages chromium
 step "TypeScript SDK and React bindings (Node, React, and Chromium tests against the real server)"
 (cd clients/js && npm ci --no-audit --no-fund && npm test)
 
+step "Socket.IO: socket.io-client 4.8 against the real server; Engine.IO and Socket.IO protocol cases against examples/socketio-conformance.rs"
+cargo build --locked -p tidings --example socketio-conformance
+(cd tests/socketio && npm ci --no-audit --no-fund && npm test && npm run test:protocol)
+
 step "Publisher packages against the real server: @tidings/server (Node), tidings (Python: venv in target/test-venv, pip)"
 bash scripts/test-node-server.sh
 bash scripts/test-python-client.sh

@@ -225,11 +225,6 @@ impl Sessions {
     fn remove(&self, sid: &str) {
         lock(&self.map).remove(sid);
     }
-
-    /// How many sessions are open.
-    pub fn len(&self) -> usize {
-        lock(&self.map).len()
-    }
 }
 
 /// The query of every Engine.IO request.
@@ -268,14 +263,15 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn validate(query: &EngineQuery) -> Result<Transport, Response> {
+    /// The transport asked for, or the error answer (boxed: a `Response` is large).
+    fn validate(query: &EngineQuery) -> Result<Transport, Box<Response>> {
         if query.eio.as_deref() != Some(PROTOCOL) {
-            return Err(engine_error(5, "Unsupported protocol version"));
+            return Err(Box::new(engine_error(5, "Unsupported protocol version")));
         }
         match query.transport.as_deref() {
             Some("polling") => Ok(Transport::Polling),
             Some("websocket") => Ok(Transport::WebSocket),
-            _ => Err(engine_error(0, "Transport unknown")),
+            _ => Err(Box::new(engine_error(0, "Transport unknown"))),
         }
     }
 
@@ -338,7 +334,7 @@ pub async fn get(
 ) -> Response {
     let transport = match Endpoint::validate(&query) {
         Ok(t) => t,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match (transport, query.sid) {
         (Transport::Polling, None) => {
@@ -479,7 +475,7 @@ fn parse_text(text: &str) -> Option<Inbound> {
 pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> Response {
     let transport = match Endpoint::validate(&query) {
         Ok(t) => t,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(sid) = query.sid.filter(|_| transport == Transport::Polling) else {
         return engine_error(2, "Bad handshake method");
