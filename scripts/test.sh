@@ -50,9 +50,9 @@ command -v chromium >/dev/null 2>&1 || install_packages chromium
 step "TypeScript SDK and React bindings (Node, React, and Chromium tests against the real server)"
 (cd clients/js && npm ci --no-audit --no-fund && npm test)
 
-step "Socket.IO: socket.io-client 4.8 against the real server; Engine.IO and Socket.IO protocol cases against examples/socketio-conformance.rs"
+step "Socket.IO: socket.io-client 4.8 (Node and Chromium) against the real server; Engine.IO and Socket.IO protocol cases against examples/socketio-conformance.rs; failover on Redis"
 cargo build --locked -p tidings --example socketio-conformance
-(cd tests/socketio && npm ci --no-audit --no-fund && npm test && npm run test:protocol)
+(cd tests/socketio && npm ci --no-audit --no-fund && npm test && npm run test:protocol && npm run test:chromium)
 # Two nodes on a real redis-server: the client's node is killed, it recovers on the other.
 sio_redis_dir=$(mktemp -d)
 sio_redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
