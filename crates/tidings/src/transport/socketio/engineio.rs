@@ -173,18 +173,24 @@ impl Session {
     /// (or for one heartbeat period), so the client reads its last packets
     /// (a `DISCONNECT`, the `close`) instead of an unknown-session error.
     fn close(&self, registry: &Arc<Sessions>, close_packet: bool) {
+        self.close_with(registry, close_packet.then_some("1"));
+    }
+
+    /// Ends the session; a polling client's next poll gets `last` (`1` when
+    /// the server closes, `6` when the client did).
+    fn close_with(&self, registry: &Arc<Sessions>, last: Option<&'static str>) {
         let mut state = lock(&self.state);
         if state.closed {
             return;
         }
-        if close_packet && state.transport == Transport::Polling {
+        let polling = state.transport == Transport::Polling;
+        if let (Some(last), true) = (last, polling) {
             state
                 .outbox
-                .push_back(Frame::Text(Utf8Bytes::from_static("1")));
+                .push_back(Frame::Text(Utf8Bytes::from_static(last)));
         }
         state.closed = true;
-        let linger =
-            close_packet && state.transport == Transport::Polling && !state.outbox.is_empty();
+        let linger = last.is_some() && polling && !state.outbox.is_empty();
         drop(state);
         if linger {
             let registry = registry.clone();
@@ -485,8 +491,14 @@ pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> R
     };
     {
         let state = lock(&session.state);
-        if state.closed || state.transport != Transport::Polling {
+        if state.transport != Transport::Polling {
             return engine_error(3, "Bad request");
+        }
+        if state.closed {
+            // A closed session waiting for its last poll: what the client sent
+            // meanwhile is moot, and an error here would reach the client as a
+            // transport error before it reads why the session ended.
+            return ok_response();
         }
     }
     if body.len() > endpoint.settings.max_payload {
@@ -505,10 +517,22 @@ pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> R
         }
     }
     for packet in packets {
+        if matches!(packet, Inbound::Close) {
+            // A poll on its way (or waiting) ends with `noop`, as the reference
+            // server's does; closed first, so the session task ending does not
+            // forget the session before that poll arrives.
+            session.close_with(&endpoint.sessions, Some("6"));
+            let _ = session.inbound.send(Inbound::Close).await;
+            break;
+        }
         if session.inbound.send(packet).await.is_err() {
             return engine_error(3, "Bad request");
         }
     }
+    ok_response()
+}
+
+fn ok_response() -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
