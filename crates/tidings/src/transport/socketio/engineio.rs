@@ -29,7 +29,7 @@ const PROTOCOL: &str = "4";
 /// Separator of packets in a long-polling payload.
 const RECORD_SEPARATOR: char = '\x1e';
 /// Packets from the client waiting for the session task.
-const INBOUND_CAPACITY: usize = 64;
+const INBOUND_CAPACITY: usize = 16;
 
 /// Engine.IO settings of one endpoint.
 #[derive(Debug, Clone)]
@@ -370,7 +370,9 @@ pub async fn get(
                 .max_frame_size(settings.max_payload)
                 .on_upgrade(move |socket| async move {
                     match existing {
-                        Some(session) => upgrade_session(&endpoint, session, socket).await,
+                        Some(session) => {
+                            Box::pin(upgrade_session(&endpoint, session, socket)).await
+                        }
                         None => {
                             let session = endpoint.open(&headers, Transport::WebSocket);
                             serve_websocket(&endpoint, &session, socket).await;
@@ -738,5 +740,7 @@ async fn drive(
         }
     };
     session.close(&endpoint.sessions, end == End::Close);
-    app.finish().await;
+    // Boxed: leaving the hub (presence, engine calls) is a large future that
+    // would otherwise sit in every session's task for its whole life.
+    Box::pin(app.finish()).await;
 }
