@@ -368,14 +368,20 @@ pub async fn get(
                 .write_buffer_size(settings.write_buffer_size)
                 .max_message_size(settings.max_payload)
                 .max_frame_size(settings.max_payload)
-                .on_upgrade(move |socket| async move {
-                    match existing {
-                        Some(session) => {
-                            Box::pin(upgrade_session(&endpoint, session, socket)).await
-                        }
-                        None => {
-                            let session = endpoint.open(&headers, Transport::WebSocket);
-                            serve_websocket(&endpoint, &session, socket).await;
+                .on_upgrade(move |socket| {
+                    // The session is made (and the headers dropped) before the
+                    // socket's task starts: it lives as long as the connection.
+                    let session = match existing {
+                        Some(session) => Err(session),
+                        None => Ok(endpoint.open(&headers, Transport::WebSocket)),
+                    };
+                    drop(headers);
+                    async move {
+                        match session {
+                            Err(session) => {
+                                Box::pin(upgrade_session(&endpoint, session, socket)).await
+                            }
+                            Ok(session) => serve_websocket(&endpoint, &session, socket).await,
                         }
                     }
                 })
