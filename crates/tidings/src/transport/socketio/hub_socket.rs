@@ -366,6 +366,9 @@ impl HubSocket {
         });
         let mut recovered = resume.is_some();
         let mut replay = Vec::new();
+        // Positions go back to what the client has only if everything
+        // recovers (then the replay moves them forward again, event by event).
+        let mut rewinds = Vec::new();
         if let Some(resume) = &resume {
             for (channel, since) in resume.positions() {
                 match connected
@@ -381,13 +384,17 @@ impl HubSocket {
                     .await
                 {
                     Ok(subscribed) if subscribed.recovery == Some(Ok(())) => {
-                        connected.subscriptions.rewind(channel, since.offset);
+                        rewinds.push((channel.clone(), since.offset));
                         replay.extend(subscribed.replay);
                     }
                     _ => recovered = false,
                 }
             }
-            if !recovered {
+            if recovered {
+                for (channel, offset) in &rewinds {
+                    connected.subscriptions.rewind(channel, *offset);
+                }
+            } else {
                 // Socket.IO's contract: a socket that is not recovered starts
                 // with its rooms on connect only, and the application joins
                 // the rest again.
