@@ -42,14 +42,6 @@ impl Proto {
         }
     }
 
-    /// The server this target runs against (Tidings' `/socket.io/` is Tidings).
-    pub fn server(self) -> Proto {
-        match self {
-            Proto::TidingsSocketio => Proto::Tidings,
-            p => p,
-        }
-    }
-
     /// The protocol the clients speak (Tidings' `/socket.io/` speaks Socket.IO).
     pub fn wire(self) -> Proto {
         match self {
