@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::App;
+use crate::metrics::Metrics;
 
 /// The Engine.IO protocol revision served.
 const PROTOCOL: &str = "4";
@@ -208,20 +209,39 @@ impl Session {
 }
 
 /// The sessions of one endpoint.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// How long a closed polling session waits for its last poll.
     linger: Duration,
+    /// Counts open sessions (`tidings_socketio_sessions`); none for the
+    /// conformance endpoint.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("linger", &self.linger)
+            .finish()
+    }
 }
 
 impl Sessions {
     /// No sessions yet; a closed polling session lingers `linger` for its last poll.
-    pub fn new(linger: Duration) -> Arc<Self> {
+    pub fn new(linger: Duration, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::default(),
             linger,
+            metrics,
         })
+    }
+
+    fn insert(&self, session: Arc<Session>) {
+        lock(&self.map).insert(session.sid.clone(), session);
+        if let Some(metrics) = &self.metrics {
+            metrics.socketio_session_opened();
+        }
     }
 
     fn get(&self, sid: &str) -> Option<Arc<Session>> {
@@ -229,7 +249,10 @@ impl Sessions {
     }
 
     fn remove(&self, sid: &str) {
-        lock(&self.map).remove(sid);
+        let removed = lock(&self.map).remove(sid).is_some();
+        if let (true, Some(metrics)) = (removed, &self.metrics) {
+            metrics.socketio_session_closed();
+        }
     }
 }
 
@@ -313,7 +336,7 @@ impl Endpoint {
             inbound: tx,
             outbox_limit: settings.outbox_bytes,
         });
-        lock(&self.sessions.map).insert(sid, session.clone());
+        self.sessions.insert(session.clone());
         let app = (self.new_app)(headers);
         tokio::spawn(drive(self.clone(), session.clone(), rx, app));
         session

@@ -127,7 +127,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: Arc<ServerState>) -> Rout
     let linger = settings.ping_interval + settings.ping_timeout;
     let endpoint = Arc::new(Endpoint {
         settings,
-        sessions: Sessions::new(linger),
+        sessions: Sessions::new(linger, Some(state.metrics.clone())),
         new_app: Box::new(move |headers| {
             App::Hub(Box::new(hub_socket::HubSocket::new(state.clone(), headers)))
         }),
@@ -193,7 +193,7 @@ pub fn conformance_router() -> Router {
             read_buffer_size: 4096,
             write_buffer_size: 4096,
         },
-        sessions: Sessions::new(Duration::from_millis(500)),
+        sessions: Sessions::new(Duration::from_millis(500), None),
         new_app: Box::new(|_| App::Echo(echo::EchoSocket::default())),
     });
     routes("/socket.io/", endpoint, Vec::new())
