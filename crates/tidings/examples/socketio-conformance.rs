@@ -6,7 +6,8 @@
 //! It serves `tidings::transport::socketio::conformance_router`: the same
 //! Engine.IO and packet code as the server's `/socket.io/`, with pingInterval
 //! 300 ms, pingTimeout 200 ms, maxPayload 1e6, namespaces `/` and `/custom`,
-//! `message` → `message-back`, `message-with-ack` acknowledged, `auth` echoed.
+//! `message` → `message-back`, `message-with-ack` acknowledged, `auth` echoed;
+//! and `/engine.io/` for the Engine.IO suite, where every message is echoed.
 //! It is an example, never part of the `tidings` binary.
 
 use std::net::SocketAddr;

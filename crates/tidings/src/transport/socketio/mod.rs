@@ -36,6 +36,9 @@ pub enum App {
     Hub(Box<hub_socket::HubSocket>),
     /// The conformance echo handlers.
     Echo(echo::EchoSocket),
+    /// Bare Engine.IO echo (the conformance endpoint's `/engine.io/`): every
+    /// message goes back as it came.
+    EngineEcho,
 }
 
 /// What woke a connected socket: its hub queue or a close request.
@@ -51,13 +54,14 @@ impl App {
         match self {
             Self::Hub(socket) => socket.is_connected(),
             Self::Echo(socket) => socket.is_connected(),
+            Self::EngineEcho => true,
         }
     }
 
     fn deadline(&self) -> Option<Instant> {
         match self {
             Self::Hub(socket) => socket.deadline(),
-            Self::Echo(_) => None,
+            Self::Echo(_) | Self::EngineEcho => None,
         }
     }
 
@@ -65,14 +69,14 @@ impl App {
     async fn wake(&mut self, room: bool) -> Wake {
         match self {
             Self::Hub(socket) => socket.wake(room).await,
-            Self::Echo(_) => std::future::pending().await,
+            Self::Echo(_) | Self::EngineEcho => std::future::pending().await,
         }
     }
 
     async fn on_wake(&mut self, session: &Session, wake: Wake) -> Result<(), End> {
         match self {
             Self::Hub(socket) => socket.on_wake(session, wake).await,
-            Self::Echo(_) => Ok(()),
+            Self::Echo(_) | Self::EngineEcho => Ok(()),
         }
     }
 
@@ -80,6 +84,10 @@ impl App {
         match self {
             Self::Hub(socket) => socket.on_message(session, text).await,
             Self::Echo(socket) => socket.on_message(session, text),
+            Self::EngineEcho => {
+                session.push_message(text);
+                Ok(())
+            }
         }
     }
 
@@ -87,13 +95,17 @@ impl App {
         match self {
             Self::Hub(socket) => socket.on_binary(bytes),
             Self::Echo(socket) => socket.on_binary(session, bytes),
+            Self::EngineEcho => {
+                session.push(engineio::Frame::Binary(bytes));
+                Ok(())
+            }
         }
     }
 
     async fn on_deadline(&mut self, session: &Session) -> Result<(), End> {
         match self {
             Self::Hub(socket) => socket.on_deadline(session),
-            Self::Echo(_) => Ok(()),
+            Self::Echo(_) | Self::EngineEcho => Ok(()),
         }
     }
 
@@ -178,23 +190,28 @@ async fn handle(
     }
 }
 
-/// The conformance endpoint at `/socket.io/`: the settings the upstream
-/// Engine.IO and Socket.IO test suites expect (ping every 300 ms, 200 ms to
-/// answer, `maxPayload` 1e6, 1 s to connect) and echo handlers on the
-/// namespaces `/` and `/custom`.
+/// The conformance endpoints: `/socket.io/` with the settings the upstream
+/// Socket.IO test suite expects (ping every 300 ms, 200 ms to answer,
+/// `maxPayload` 1e6, 1 s to connect) and echo handlers on the namespaces `/`
+/// and `/custom`; and `/engine.io/`, the same Engine.IO code with every
+/// message echoed, for the upstream Engine.IO test suite.
 pub fn conformance_router() -> Router {
-    let endpoint = Arc::new(Endpoint {
-        settings: EngineSettings {
-            ping_interval: Duration::from_millis(300),
-            ping_timeout: Duration::from_millis(200),
-            max_payload: 1_000_000,
-            connect_timeout: Duration::from_secs(1),
-            outbox_bytes: 1 << 20,
-            read_buffer_size: 4096,
-            write_buffer_size: 4096,
-        },
-        sessions: Sessions::new(Duration::from_millis(500), None),
-        new_app: Box::new(|_| App::Echo(echo::EchoSocket::default())),
-    });
-    routes("/socket.io/", endpoint, Vec::new())
+    let endpoint = |new_app: Box<dyn Fn(&HeaderMap) -> App + Send + Sync>| {
+        Arc::new(Endpoint {
+            settings: EngineSettings {
+                ping_interval: Duration::from_millis(300),
+                ping_timeout: Duration::from_millis(200),
+                max_payload: 1_000_000,
+                connect_timeout: Duration::from_secs(1),
+                outbox_bytes: 1 << 20,
+                read_buffer_size: 4096,
+                write_buffer_size: 4096,
+            },
+            sessions: Sessions::new(Duration::from_millis(500), None),
+            new_app,
+        })
+    };
+    let socketio = endpoint(Box::new(|_| App::Echo(echo::EchoSocket::default())));
+    let engineio = endpoint(Box::new(|_| App::EngineEcho));
+    routes("/socket.io/", socketio, Vec::new()).merge(routes("/engine.io/", engineio, Vec::new()))
 }
