@@ -35,7 +35,9 @@ redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$redis_dir" >/dev/null 2>&1 &
 redis_pid=$!
 for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-trap 'kill "$redis_pid" 2>/dev/null; rm -rf "$redis_dir"' EXIT
+# `|| true`: under `set -e` a failing command in the trap (the server was already
+# stopped) would turn a successful run's exit status into 1.
+trap 'kill "$redis_pid" 2>/dev/null || true; rm -rf "$redis_dir"' EXIT
 # The slow-consumer test measures the process's RSS, so it runs alone, after
 # the others (which share the process and, on Redis, buffer more in flight).
 TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0" cargo test --locked -p tidings --test server -- --skip cluster:: --skip liveness::slow_consumer
@@ -59,7 +61,7 @@ sio_redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.
 redis-server --port "$sio_redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$sio_redis_dir" >/dev/null 2>&1 &
 sio_redis_pid=$!
 for _ in $(seq 100); do redis-cli -p "$sio_redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-trap 'kill "$sio_redis_pid" 2>/dev/null; rm -rf "$redis_dir" "$sio_redis_dir"' EXIT
+trap 'kill "$sio_redis_pid" 2>/dev/null || true; rm -rf "$redis_dir" "$sio_redis_dir"' EXIT
 (cd tests/socketio && TEST_REDIS_URL="redis://127.0.0.1:$sio_redis_port/0" npm run test:failover)
 kill "$sio_redis_pid"; wait "$sio_redis_pid" 2>/dev/null || true
 
