@@ -164,6 +164,30 @@ describe('socket.io-client against /socket.io/', () => {
     assert.deepEqual(names, ['before:0', 'missed:1', 'missed:2', 'missed:3', 'after:4']);
   });
 
+  test('a token that expires while connected (4003): tidings:disconnect, then io server disconnect', async () => {
+    const socket = track(connect(server, { sub: 'u-expiring', ttl: 2 }));
+    const notices = [];
+    socket.on('tidings:disconnect', (notice) => notices.push(notice));
+    await connected(socket);
+    const reason = await new Promise((resolve) => socket.once('disconnect', resolve));
+    assert.equal(reason, 'io server disconnect');
+    assert.equal(notices[0]?.code, 4003, JSON.stringify(notices));
+  });
+
+  test('/api/unsubscribe removes the socket from a channel with tidings:unsubscribed', async () => {
+    const socket = track(connect(server, { sub: 'u-unsub', workspaces: ['acme'] }));
+    const events = record(socket);
+    await connected(socket);
+    await server.unsubscribeUser('u-unsub', 'workspace:acme');
+    await waitFor(() => events.some((e) => e.name === 'tidings:unsubscribed'));
+    const notice = events.find((e) => e.name === 'tidings:unsubscribed').args[0];
+    assert.equal(notice.channel, 'workspace:acme');
+    await server.publish('workspace:acme', 'after.unsubscribe', {});
+    await server.publish('user:u-unsub', 'still.here', {});
+    await waitFor(() => appEvents(events).some((e) => e.name === 'still.here'));
+    assert.ok(!events.some((e) => e.name === 'after.unsubscribe'));
+  });
+
   test('disconnected by the API (4502): io server disconnect, no reconnect', async () => {
     const socket = track(connect(server, { sub: 'u-kick' }));
     await connected(socket);
