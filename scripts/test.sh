@@ -55,6 +55,19 @@ command -v chromium >/dev/null 2>&1 || install_packages chromium
 step "TypeScript SDK and React bindings (Node, React, and Chromium tests against the real server)"
 (cd clients/js && npm ci --no-audit --no-fund && npm test)
 
+step "Socket.IO: socket.io-client 4.8 (Node and Chromium) against the real server; Engine.IO and Socket.IO protocol cases against examples/socketio-conformance.rs; failover on Redis"
+cargo build --locked -p tidings --example socketio-conformance
+(cd tests/socketio && npm ci --no-audit --no-fund && npm test && npm run test:protocol && npm run test:chromium)
+# Two nodes on a real redis-server: the client's node is killed, it recovers on the other.
+sio_redis_dir=$(mktemp -d)
+sio_redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port "$sio_redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$sio_redis_dir" >/dev/null 2>&1 &
+sio_redis_pid=$!
+for _ in $(seq 100); do redis-cli -p "$sio_redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+trap 'kill "$sio_redis_pid" 2>/dev/null || true; rm -rf "$redis_dir" "$sio_redis_dir"' EXIT
+(cd tests/socketio && TEST_REDIS_URL="redis://127.0.0.1:$sio_redis_port/0" npm run test:failover)
+kill "$sio_redis_pid"; wait "$sio_redis_pid" 2>/dev/null || true
+
 step "Publisher packages against the real server: @tidings/server (Node), tidings (Python: venv in target/test-venv, pip)"
 bash scripts/test-node-server.sh
 bash scripts/test-python-client.sh

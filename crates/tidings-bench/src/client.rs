@@ -27,6 +27,10 @@ pub enum Proto {
     Tidings,
     /// Socket.IO v4 on `/socket.io/?EIO=4&transport=websocket`.
     Socketio,
+    /// The same Socket.IO client against the Tidings server's own `/socket.io/`.
+    #[serde(rename = "tidings-socketio")]
+    #[value(name = "tidings-socketio")]
+    TidingsSocketio,
 }
 
 impl Proto {
@@ -34,6 +38,15 @@ impl Proto {
         match self {
             Proto::Tidings => "Tidings",
             Proto::Socketio => "Socket.IO",
+            Proto::TidingsSocketio => "Tidings /socket.io/",
+        }
+    }
+
+    /// The protocol the clients speak (Tidings' `/socket.io/` speaks Socket.IO).
+    pub fn wire(self) -> Proto {
+        match self {
+            Proto::TidingsSocketio => Proto::Socketio,
+            p => p,
         }
     }
 }
@@ -245,7 +258,9 @@ async fn setup_socketio(spec: &ConnSpec, ws: &mut Ws) -> Result<()> {
     while pending > 0 {
         let text = next_text(ws).await?;
         if text.starts_with("43") {
-            if !text.contains("true") {
+            // Tidings' /socket.io/ has already joined `user:` and `workspace:`
+            // rooms on connect from the token.
+            if !text.contains("true") && !text.contains("already_subscribed") {
                 bail!("subscribe refused: {text}");
             }
             pending -= 1;
@@ -267,8 +282,10 @@ fn number_after(text: &str, key: &str, from: usize) -> Option<u64> {
 }
 
 /// `(t, seq)` of an event's payload `{"t":…,"seq":…}`.
+/// Tidings' `/socket.io/` emits the data itself as the first argument (no
+/// `"data"` key), before the metadata, so the search starts at the beginning.
 fn payload_numbers(text: &str) -> Option<(u64, u64)> {
-    let data = text.find("\"data\"")?;
+    let data = text.find("\"data\"").unwrap_or(0);
     Some((
         number_after(text, "\"t\":", data)?,
         number_after(text, "\"seq\":", data)?,
@@ -279,17 +296,19 @@ fn payload_numbers(text: &str) -> Option<(u64, u64)> {
 pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::Receiver<Cmd>) {
     let setup = async {
         let stream = tcp_connect(spec.source, spec.server).await?;
-        let url = match spec.proto {
+        let url = match spec.proto.wire() {
             Proto::Tidings => format!("ws://{}/ws?token={}", spec.server, spec.token),
-            Proto::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.server),
+            Proto::Socketio | Proto::TidingsSocketio => {
+                format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.server)
+            }
         };
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
                 .await
                 .context("websocket handshake")?;
-        match spec.proto {
+        match spec.proto.wire() {
             Proto::Tidings => setup_tidings(&spec, &mut ws).await?,
-            Proto::Socketio => setup_socketio(&spec, &mut ws).await?,
+            Proto::Socketio | Proto::TidingsSocketio => setup_socketio(&spec, &mut ws).await?,
         }
         Ok::<_, anyhow::Error>(ws)
     };
@@ -328,7 +347,7 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
                         Cmd::Ping(round) => {
                             let msg = match spec.proto {
                                 Proto::Tidings => format!(r#"{{"type":"ping","id":{round}}}"#),
-                                Proto::Socketio => format!(r#"42{round}["echo"]"#),
+                                Proto::Socketio | Proto::TidingsSocketio => format!(r#"42{round}["echo"]"#),
                             };
                             ws.send(Message::text(msg)).await?;
                         }
@@ -357,7 +376,7 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
                                 return Err(anyhow!("server disconnect: {text}"));
                             }
                         }
-                        Proto::Socketio => {
+                        Proto::Socketio | Proto::TidingsSocketio => {
                             if text.starts_with("42") {
                                 if let Some((t, seq)) = payload_numbers(text) {
                                     stats.borrow_mut().on_event(t, seq, &mut next_seq);

@@ -465,6 +465,7 @@ impl Workers {
             let target = match proto {
                 Proto::Tidings => "tidings",
                 Proto::Socketio => "socketio",
+                Proto::TidingsSocketio => "tidings-socketio",
             };
             let mut child = Command::new(&exe)
                 .args(["cluster-worker", "--target", target, "--no-pin"])
@@ -894,7 +895,9 @@ async fn cross_node(cli: &Cli, launch: &Launch) -> Result<(serde_json::Value, bo
             redis.url()
         );
         let nodes = match proto {
-            Proto::Tidings => start_nodes(launch, &redis, count, &[]).await,
+            Proto::Tidings | Proto::TidingsSocketio => {
+                start_nodes(launch, &redis, count, &[]).await
+            }
             Proto::Socketio => start_peers(launch, &redis, count).await,
         };
         let nodes = match nodes {

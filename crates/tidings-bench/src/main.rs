@@ -511,7 +511,7 @@ async fn run_history(cli: &Cli, launch: &Launch, out: &std::path::Path) -> Resul
 
 async fn start_server(cli: &Cli, launch: &Launch, proto: Proto) -> Result<Server> {
     let external = match proto {
-        Proto::Tidings => cli.tidings_addr.map(|a| (a, cli.tidings_pid)),
+        Proto::Tidings | Proto::TidingsSocketio => cli.tidings_addr.map(|a| (a, cli.tidings_pid)),
         Proto::Socketio => cli.socketio_addr.map(|a| (a, cli.socketio_pid)),
     };
     let server = match external {

@@ -102,7 +102,7 @@ pub struct PublishTarget {
 impl PublishTarget {
     fn path(&self) -> &'static str {
         match self.proto {
-            Proto::Tidings => "/api/publish",
+            Proto::Tidings | Proto::TidingsSocketio => "/api/publish",
             Proto::Socketio => "/publish",
         }
     }

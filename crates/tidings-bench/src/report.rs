@@ -599,11 +599,13 @@ struct Series {
 
 const TIDINGS: &str = "#1f77b4";
 const SOCKETIO: &str = "#d62728";
+const TIDINGS_SOCKETIO: &str = "#2ca02c";
 
 fn color(p: Proto) -> &'static str {
     match p {
         Proto::Tidings => TIDINGS,
         Proto::Socketio => SOCKETIO,
+        Proto::TidingsSocketio => TIDINGS_SOCKETIO,
     }
 }
 

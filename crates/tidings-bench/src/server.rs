@@ -39,7 +39,7 @@ pub struct Launch {
 impl Launch {
     pub async fn start(&self, proto: Proto) -> Result<Server> {
         let (program, args, envs): (String, Vec<String>, Vec<(String, String)>) = match proto {
-            Proto::Tidings => {
+            Proto::Tidings | Proto::TidingsSocketio => {
                 if !self.tidings_bin.exists() {
                     bail!(
                         "Tidings server binary {} not found: run `cargo build --release -p tidings-server` (or pass --tidings-bin)",

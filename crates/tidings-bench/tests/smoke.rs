@@ -99,6 +99,13 @@ fn smoke_against_tidings() {
 }
 
 #[test]
+fn smoke_against_tidings_socketio_endpoint() {
+    let bin = tidings_binary();
+    let bin = bin.to_str().expect("utf-8 path");
+    run_smoke("tidings-socketio", &["--tidings-bin", bin]);
+}
+
+#[test]
 fn smoke_against_socketio_peer() {
     let peer = workspace_root().join("bench/peers/socketio");
     assert!(

@@ -180,6 +180,13 @@ pub struct TransportSettings {
     /// Longest long-poll `wait` accepted; longer waits are shortened to it.
     #[serde(with = "humantime_serde")]
     pub max_poll_wait: Duration,
+    /// Serve Socket.IO v4 clients (Engine.IO v4, Socket.IO v5) at `socketio_path`.
+    pub socketio: bool,
+    /// Where the Socket.IO endpoint is mounted (socket.io-client's `path`).
+    pub socketio_path: String,
+    /// Whether a Socket.IO connection joins the `workspace:{w}` channel of every
+    /// workspace in its token (it always joins `user:{sub}`).
+    pub socketio_join_workspaces: bool,
 }
 
 impl Default for TransportSettings {
@@ -192,6 +199,9 @@ impl Default for TransportSettings {
             token_cookie: "tidings_token".to_owned(),
             sse_retry: Duration::from_secs(2),
             max_poll_wait: Duration::from_secs(60),
+            socketio: true,
+            socketio_path: "/socket.io/".to_owned(),
+            socketio_join_workspaces: true,
         }
     }
 }
@@ -451,6 +461,18 @@ impl Config {
             return Err(invalid(
                 "transports.token_cookie",
                 "must be a non-empty cookie name of letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        let path = &self.transports.socketio_path;
+        if !path.starts_with('/')
+            || path.len() < 2
+            || !path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+        {
+            return Err(invalid(
+                "transports.socketio_path",
+                "must be a path like /socket.io/ (letters, digits, `/`, `-`, `_`, `.`)",
             ));
         }
         if let Some(key) = &self.api_key {

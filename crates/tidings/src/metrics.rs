@@ -30,6 +30,7 @@ pub struct Metrics {
     recovered: Counter,
     recovery_failed: [Counter; 3],
     sse_streams: Gauge,
+    socketio_sessions: Gauge,
     polls: Counter,
     polls_waiting: Gauge,
     http_requests: Counter,
@@ -132,6 +133,10 @@ impl Metrics {
         let recovered = recovery("recovered", None);
         let recovery_failed = RecoveryFailure::ALL.map(|r| recovery("failed", Some(r.as_str())));
         let sse_streams = gauge("tidings_sse_streams", "Open SSE streams on this node.");
+        let socketio_sessions = gauge(
+            "tidings_socketio_sessions",
+            "Open Engine.IO sessions at the Socket.IO endpoint on this node.",
+        );
         let polls = counter(
             "tidings_polls_total",
             "HTTP polling requests (GET /events) answered.",
@@ -199,6 +204,7 @@ impl Metrics {
             recovered,
             recovery_failed,
             sse_streams,
+            socketio_sessions,
             polls,
             polls_waiting,
             http_requests,
@@ -298,6 +304,12 @@ impl Metrics {
             Ok(()) => self.recovered.increment(1),
             Err(failure) => self.recovery_failed[failure as usize].increment(1),
         }
+    }
+    pub(crate) fn socketio_session_opened(&self) {
+        self.socketio_sessions.increment(1.0);
+    }
+    pub(crate) fn socketio_session_closed(&self) {
+        self.socketio_sessions.decrement(1.0);
     }
     pub(crate) fn sse_stream_opened(&self) {
         self.sse_streams.increment(1.0);

@@ -162,6 +162,9 @@ impl Tidings {
             http_clients =
                 http_clients.route("/request", post(transport::request_endpoint::handle));
         }
+        if transports.socketio {
+            router = router.merge(transport::socketio::router(state.clone()));
+        }
         router
             .merge(http_clients.layer(client_cors(&state.config.allowed_origins)))
             .merge(transport::api::routes(state.clone()))

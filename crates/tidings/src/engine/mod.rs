@@ -186,6 +186,7 @@ pub struct Publication {
     pub received_at: Instant,
     encoded: Utf8Bytes,
     sse_frame: OnceLock<bytes::Bytes>,
+    socketio_args: OnceLock<Utf8Bytes>,
 }
 
 impl Publication {
@@ -224,6 +225,7 @@ impl Publication {
             received_at: Instant::now(),
             encoded,
             sse_frame: OnceLock::new(),
+            socketio_args: OnceLock::new(),
         }
     }
 
@@ -244,6 +246,54 @@ impl Publication {
             push_sse_data(&mut frame, envelope);
             frame.push('\n');
             bytes::Bytes::from(frame)
+        })
+    }
+
+    /// The event's Socket.IO arguments without the brackets:
+    /// `"<name>",<data>,{"channel","offset","id","ts"[,"meta"]}`, formatted
+    /// once from the envelope and shared by every Socket.IO socket.
+    pub fn socketio_args(&self) -> &Utf8Bytes {
+        self.socketio_args.get_or_init(|| {
+            #[derive(serde::Deserialize)]
+            struct Envelope<'a> {
+                #[serde(borrow)]
+                channel: &'a RawValue,
+                offset: u64,
+                #[serde(borrow)]
+                id: &'a RawValue,
+                #[serde(borrow)]
+                event: &'a RawValue,
+                #[serde(borrow)]
+                ts: &'a RawValue,
+                #[serde(borrow)]
+                data: &'a RawValue,
+                #[serde(borrow, default)]
+                meta: Option<&'a RawValue>,
+            }
+            let envelope = self.encoded.as_str();
+            let Ok(e) = serde_json::from_str::<Envelope<'_>>(envelope) else {
+                // Every envelope is written by `EnvelopeParts`; this is unreachable
+                // short of a corrupted history entry, which then carries nothing.
+                return Utf8Bytes::from(format!("\"{}\",null,null", self.name));
+            };
+            let mut out = String::with_capacity(envelope.len() + 16);
+            out.push_str(e.event.get());
+            out.push(',');
+            out.push_str(e.data.get());
+            out.push_str(r#",{"channel":"#);
+            out.push_str(e.channel.get());
+            out.push_str(r#","offset":"#);
+            out.push_str(&e.offset.to_string());
+            out.push_str(r#","id":"#);
+            out.push_str(e.id.get());
+            out.push_str(r#","ts":"#);
+            out.push_str(e.ts.get());
+            if let Some(meta) = e.meta {
+                out.push_str(r#","meta":"#);
+                out.push_str(meta.get());
+            }
+            out.push('}');
+            Utf8Bytes::from(out)
         })
     }
 

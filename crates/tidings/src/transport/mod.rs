@@ -7,6 +7,7 @@ pub mod ops;
 pub mod polling;
 pub mod request_endpoint;
 mod requests;
+pub mod socketio;
 pub mod sse;
 mod subscriptions;
 pub mod websocket;
@@ -118,4 +119,41 @@ pub(crate) fn request_quota(settings: &ConnectionSettings) -> Option<governor::Q
     let burst = std::num::NonZeroU32::new(settings.request_burst.max(per_second.get()))
         .unwrap_or(per_second);
     Some(governor::Quota::per_second(per_second).allow_burst(burst))
+}
+
+/// A connection's request budget (GCRA) and how long it has been over it
+/// (WebSocket and Socket.IO connections alike).
+pub(crate) struct RequestRate {
+    pub limiter: governor::DefaultDirectRateLimiter,
+    pub limited_in_a_row: u32,
+    pub tolerance: u32,
+}
+
+impl RequestRate {
+    pub fn new(settings: &ConnectionSettings) -> Option<Self> {
+        let quota = request_quota(settings)?;
+        Some(Self {
+            limiter: governor::RateLimiter::direct(quota),
+            limited_in_a_row: 0,
+            tolerance: quota.burst_size().get(),
+        })
+    }
+}
+
+impl RequestRate {
+    /// Counts one request: `Ok(true)` when it is within budget, `Ok(false)` when
+    /// it must be refused, `Err(())` when the connection has been over budget for
+    /// longer than its burst and must close with 4004.
+    pub fn admit(&mut self) -> Result<bool, ()> {
+        if self.limiter.check().is_ok() {
+            self.limited_in_a_row = 0;
+            return Ok(true);
+        }
+        self.limited_in_a_row += 1;
+        if self.limited_in_a_row > self.tolerance {
+            Err(())
+        } else {
+            Ok(false)
+        }
+    }
 }

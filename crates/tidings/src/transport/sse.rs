@@ -84,6 +84,17 @@ impl ResumeToken {
             })
     }
 
+    /// Every channel of the token with its position.
+    pub fn positions(&self) -> impl Iterator<Item = (&ChannelName, StreamPosition)> {
+        self.positions.iter().map(|(channel, (epoch, offset))| {
+            let position = StreamPosition {
+                offset: *offset,
+                epoch: epoch.to_string(),
+            };
+            (channel, position)
+        })
+    }
+
     fn set(&mut self, channel: &ChannelName, epoch: &Arc<str>, offset: u64) {
         match self.positions.get_mut(channel) {
             Some(position) => *position = (epoch.clone(), offset),

@@ -266,6 +266,34 @@ impl Subscriptions {
         true
     }
 
+    /// Writes every channel's position as a resume token
+    /// (`1;channel,epoch,offset;…`, the format `sse::ResumeToken` reads).
+    pub fn write_positions(&self, out: &mut String) {
+        out.push('1');
+        for (channel, sub) in &self.channels {
+            out.push(';');
+            out.push_str(channel.as_str());
+            out.push(',');
+            out.push_str(&sub.epoch);
+            out.push(',');
+            out.push_str(&sub.offset.to_string());
+        }
+    }
+
+    /// Sets `channel`'s delivered position back to `offset` (a recovered
+    /// subscription whose replay the caller then passes through
+    /// [`Subscriptions::accept`], so each replayed event advances it in turn).
+    pub fn rewind(&mut self, channel: &ChannelName, offset: u64) {
+        if let Some(sub) = self.channels.get_mut(channel) {
+            sub.offset = sub.offset.min(offset);
+        }
+    }
+
+    /// The channels the connection is on.
+    pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
+        self.channels.keys()
+    }
+
     /// Whether the connection is on `channel`.
     pub fn contains(&self, channel: &ChannelName) -> bool {
         self.channels.contains_key(channel)

@@ -23,8 +23,8 @@ use tracing::Instrument;
 use super::http::{bearer_token, check_origin, ApiError};
 use super::requests::{self, Reader};
 use super::subscriptions::{parse_channel, Refusal, Subscriptions};
-use super::{duration_ms, expiry_instant, open_client_connection, request_quota};
-use crate::config::{Config, ConnectionSettings};
+use super::{duration_ms, expiry_instant, open_client_connection, RequestRate};
+use crate::config::Config;
 use crate::hub::connection::ServerUnsubscribe;
 use crate::hub::{CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
@@ -426,24 +426,6 @@ struct Session {
     token_expiry: Option<Instant>,
     status: PresenceStatus,
     rate: Option<RequestRate>,
-}
-
-/// A connection's request budget (GCRA) and how long it has been over it.
-struct RequestRate {
-    limiter: governor::DefaultDirectRateLimiter,
-    limited_in_a_row: u32,
-    tolerance: u32,
-}
-
-impl RequestRate {
-    fn new(settings: &ConnectionSettings) -> Option<Self> {
-        let quota = request_quota(settings)?;
-        Some(Self {
-            limiter: governor::RateLimiter::direct(quota),
-            limited_in_a_row: 0,
-            tolerance: quota.burst_size().get(),
-        })
-    }
 }
 
 /// Why the request loop must stop.

@@ -15,3 +15,4 @@ mod properties;
 mod publish;
 mod reclaim;
 mod recovery;
+mod socketio;

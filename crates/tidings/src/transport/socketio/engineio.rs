@@ -1,0 +1,775 @@
+//! Engine.IO v4: the session under a Socket.IO connection. HTTP long-polling
+//! (`GET` waits for packets, `POST` delivers them, `\x1e` between packets),
+//! WebSocket, the polling→WebSocket upgrade (`2probe`/`3probe`/`5`), ping/pong
+//! at the configured interval and `maxPayload`.
+//!
+//! One task per session ([`drive`]) owns the Socket.IO side ([`App`]) and the
+//! heartbeat; the transports only move packets. Packets for the client wait in
+//! the session's bounded outbox, which the current transport drains; while it
+//! is full the task stops taking events from the hub, so a client that stops
+//! reading overflows its hub queue and is closed (4002) instead of growing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::SinkExt;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::App;
+use crate::metrics::Metrics;
+
+/// The Engine.IO protocol revision served.
+const PROTOCOL: &str = "4";
+/// Separator of packets in a long-polling payload.
+const RECORD_SEPARATOR: char = '\x1e';
+/// Packets from the client waiting for the session task.
+const INBOUND_CAPACITY: usize = 16;
+
+/// Engine.IO settings of one endpoint.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// How long it waits for the pong.
+    pub ping_timeout: Duration,
+    /// Largest message (and polling body) accepted, in bytes.
+    pub max_payload: usize,
+    /// How long a session may stay without a Socket.IO connection.
+    pub connect_timeout: Duration,
+    /// Bytes of outgoing packets a session holds before it stops taking events.
+    pub outbox_bytes: usize,
+    /// WebSocket read buffer.
+    pub read_buffer_size: usize,
+    /// WebSocket write buffer.
+    pub write_buffer_size: usize,
+}
+
+/// A packet for the client.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A text packet, type digit included (`4…` for messages).
+    Text(Utf8Bytes),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Binary(b) => b.len(),
+        }
+    }
+}
+
+/// A packet from the client, for the session task.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A `message` packet's text (after the `4`).
+    Message(String),
+    /// A binary message.
+    Binary(Bytes),
+    /// `ping` (a v3-style client): answered with `pong`.
+    Ping,
+    /// `pong`.
+    Pong,
+    /// The client closed the session (`close` packet, or its WebSocket went away).
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Polling,
+    WebSocket,
+}
+
+#[derive(Debug)]
+struct SessionState {
+    outbox: VecDeque<Frame>,
+    outbox_bytes: usize,
+    transport: Transport,
+    /// A `GET` is waiting.
+    polling: bool,
+    /// The probe was answered; the pending `GET` ends with a `noop`.
+    upgrading: bool,
+    /// Whether that `noop` went out over polling.
+    noop_sent: bool,
+    /// A WebSocket holds (or is upgrading) the session.
+    websocket_attached: bool,
+    closed: bool,
+}
+
+/// One Engine.IO session.
+#[derive(Debug)]
+pub struct Session {
+    /// The session id.
+    pub sid: Arc<str>,
+    state: Mutex<SessionState>,
+    /// Wakes the transport reading the outbox (and everyone on close).
+    outbox_ready: Notify,
+    /// Wakes the session task when the outbox has room again.
+    outbox_room: Notify,
+    inbound: mpsc::Sender<Inbound>,
+    outbox_limit: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Session {
+    /// Queues a packet for the client.
+    pub fn push(&self, frame: Frame) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        state.outbox_bytes += frame.len();
+        state.outbox.push_back(frame);
+        drop(state);
+        self.outbox_ready.notify_waiters();
+    }
+
+    /// Queues a Socket.IO packet (an Engine.IO `message`).
+    pub fn push_message(&self, packet: &str) {
+        let mut text = String::with_capacity(packet.len() + 1);
+        text.push('4');
+        text.push_str(packet);
+        self.push(Frame::Text(Utf8Bytes::from(text)));
+    }
+
+    /// Whether the outbox can take more events.
+    pub fn has_room(&self) -> bool {
+        lock(&self.state).outbox_bytes < self.outbox_limit
+    }
+
+    async fn room(&self) {
+        loop {
+            let notified = self.outbox_room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() || lock(&self.state).closed {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn drain(state: &mut SessionState) -> Vec<Frame> {
+        state.outbox_bytes = 0;
+        std::mem::take(&mut state.outbox).into()
+    }
+
+    /// Ends the session: nothing more is queued; what is queued still goes out.
+    /// A polling session with packets left stays known until a poll takes them
+    /// (or for one heartbeat period), so the client reads its last packets
+    /// (a `DISCONNECT`, the `close`) instead of an unknown-session error.
+    fn close(&self, registry: &Arc<Sessions>, close_packet: bool) {
+        self.close_with(registry, close_packet.then_some("1"));
+    }
+
+    /// Ends the session; a polling client's next poll gets `last` (`1` when
+    /// the server closes, `6` when the client did).
+    fn close_with(&self, registry: &Arc<Sessions>, last: Option<&'static str>) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        let polling = state.transport == Transport::Polling;
+        if let (Some(last), true) = (last, polling) {
+            state
+                .outbox
+                .push_back(Frame::Text(Utf8Bytes::from_static(last)));
+        }
+        state.closed = true;
+        let linger = last.is_some() && polling && !state.outbox.is_empty();
+        drop(state);
+        if linger {
+            let registry = registry.clone();
+            let sid = self.sid.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(registry.linger).await;
+                registry.remove(&sid);
+            });
+        } else {
+            registry.remove(&self.sid);
+        }
+        self.outbox_ready.notify_waiters();
+        self.outbox_room.notify_waiters();
+    }
+}
+
+/// The sessions of one endpoint.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// How long a closed polling session waits for its last poll.
+    linger: Duration,
+    /// Counts open sessions (`tidings_socketio_sessions`); none for the
+    /// conformance endpoint.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("linger", &self.linger)
+            .finish()
+    }
+}
+
+impl Sessions {
+    /// No sessions yet; a closed polling session lingers `linger` for its last poll.
+    pub fn new(linger: Duration, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::default(),
+            linger,
+            metrics,
+        })
+    }
+
+    fn insert(&self, session: Arc<Session>) {
+        lock(&self.map).insert(session.sid.clone(), session);
+        if let Some(metrics) = &self.metrics {
+            metrics.socketio_session_opened();
+        }
+    }
+
+    fn get(&self, sid: &str) -> Option<Arc<Session>> {
+        lock(&self.map).get(sid).cloned()
+    }
+
+    fn remove(&self, sid: &str) {
+        let removed = lock(&self.map).remove(sid).is_some();
+        if let (true, Some(metrics)) = (removed, &self.metrics) {
+            metrics.socketio_session_closed();
+        }
+    }
+}
+
+/// The query of every Engine.IO request.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct EngineQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+/// An Engine.IO error answer: `400 {"code":n,"message":"…"}` as the reference
+/// server writes them.
+fn engine_error(code: u8, message: &str) -> Response {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+fn unknown_sid() -> Response {
+    engine_error(1, "Session ID unknown")
+}
+
+/// What the endpoint needs to open and serve sessions.
+pub struct Endpoint {
+    /// Engine.IO settings.
+    pub settings: EngineSettings,
+    /// Open sessions.
+    pub sessions: Arc<Sessions>,
+    /// Makes the Socket.IO side of a new session.
+    pub new_app: Box<dyn Fn(&HeaderMap) -> App + Send + Sync>,
+}
+
+impl Endpoint {
+    /// The transport asked for, or the error answer (boxed: a `Response` is large).
+    fn validate(query: &EngineQuery) -> Result<Transport, Box<Response>> {
+        if query.eio.as_deref() != Some(PROTOCOL) {
+            return Err(Box::new(engine_error(5, "Unsupported protocol version")));
+        }
+        match query.transport.as_deref() {
+            Some("polling") => Ok(Transport::Polling),
+            Some("websocket") => Ok(Transport::WebSocket),
+            _ => Err(Box::new(engine_error(0, "Transport unknown"))),
+        }
+    }
+
+    fn open(self: &Arc<Self>, headers: &HeaderMap, transport: Transport) -> Arc<Session> {
+        let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
+        let sid: Arc<str> = Arc::from(new_sid().as_str());
+        let upgrades = if transport == Transport::Polling {
+            r#"["websocket"]"#
+        } else {
+            "[]"
+        };
+        let settings = &self.settings;
+        let open = format!(
+            r#"0{{"sid":"{sid}","upgrades":{upgrades},"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
+            settings.ping_interval.as_millis(),
+            settings.ping_timeout.as_millis(),
+            settings.max_payload
+        );
+        let session = Arc::new(Session {
+            sid: sid.clone(),
+            state: Mutex::new(SessionState {
+                outbox: VecDeque::from([Frame::Text(Utf8Bytes::from(open))]),
+                outbox_bytes: 0,
+                transport,
+                polling: false,
+                upgrading: false,
+                noop_sent: false,
+                websocket_attached: transport == Transport::WebSocket,
+                closed: false,
+            }),
+            outbox_ready: Notify::new(),
+            outbox_room: Notify::new(),
+            inbound: tx,
+            outbox_limit: settings.outbox_bytes,
+        });
+        self.sessions.insert(session.clone());
+        let app = (self.new_app)(headers);
+        tokio::spawn(drive(self.clone(), session.clone(), rx, app));
+        session
+    }
+}
+
+fn new_sid() -> String {
+    let id = ulid::Ulid::generate().to_string();
+    format!("s{id}")
+}
+
+/// A Socket.IO socket id for the echo endpoint (the hub's sockets use their
+/// connection id).
+pub fn new_socket_id() -> String {
+    crate::protocol::time::new_client_id()
+}
+
+/// `GET`: a new polling session, a poll, or a WebSocket (new or upgrading).
+pub async fn get(
+    endpoint: Arc<Endpoint>,
+    query: EngineQuery,
+    headers: HeaderMap,
+    upgrade: Option<WebSocketUpgrade>,
+) -> Response {
+    let transport = match Endpoint::validate(&query) {
+        Ok(t) => t,
+        Err(response) => return *response,
+    };
+    match (transport, query.sid) {
+        (Transport::Polling, None) => {
+            let session = endpoint.open(&headers, Transport::Polling);
+            poll(&endpoint, &session).await
+        }
+        (Transport::Polling, Some(sid)) => match endpoint.sessions.get(&sid) {
+            Some(session) => poll(&endpoint, &session).await,
+            None => unknown_sid(),
+        },
+        (Transport::WebSocket, sid) => {
+            let Some(upgrade) = upgrade else {
+                return engine_error(3, "Bad request");
+            };
+            let existing = match sid {
+                Some(sid) => match endpoint.sessions.get(&sid) {
+                    Some(session) => Some(session),
+                    None => return unknown_sid(),
+                },
+                None => None,
+            };
+            let settings = &endpoint.settings;
+            upgrade
+                .read_buffer_size(settings.read_buffer_size)
+                .write_buffer_size(settings.write_buffer_size)
+                .max_message_size(settings.max_payload)
+                .max_frame_size(settings.max_payload)
+                .on_upgrade(move |socket| {
+                    // The session is made (and the headers dropped) before the
+                    // socket's task starts: it lives as long as the connection.
+                    let session = match existing {
+                        Some(session) => Err(session),
+                        None => Ok(endpoint.open(&headers, Transport::WebSocket)),
+                    };
+                    drop(headers);
+                    async move {
+                        match session {
+                            Err(session) => {
+                                Box::pin(upgrade_session(&endpoint, session, socket)).await
+                            }
+                            Ok(session) => serve_websocket(&endpoint, &session, socket).await,
+                        }
+                    }
+                })
+        }
+    }
+}
+
+/// Clears the session's `polling` flag however the `GET` ends (answered, or
+/// dropped because the client went away).
+struct PollGuard<'a>(&'a Session);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).polling = false;
+    }
+}
+
+async fn poll(endpoint: &Endpoint, session: &Arc<Session>) -> Response {
+    {
+        let mut state = lock(&session.state);
+        if state.transport != Transport::Polling || (state.closed && state.outbox.is_empty()) {
+            return engine_error(3, "Bad request");
+        }
+        if state.polling {
+            // Two polls at once: a broken client. The pending one gets `close`.
+            drop(state);
+            let _ = session.inbound.try_send(Inbound::Close);
+            session.close(&endpoint.sessions, true);
+            return engine_error(3, "Bad request");
+        }
+        state.polling = true;
+    }
+    let _guard = PollGuard(session);
+    loop {
+        let notified = session.outbox_ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut state = lock(&session.state);
+            if !state.outbox.is_empty() {
+                let frames = Session::drain(&mut state);
+                let closed = state.closed;
+                drop(state);
+                if closed {
+                    endpoint.sessions.remove(&session.sid);
+                }
+                session.outbox_room.notify_waiters();
+                return payload(&frames);
+            }
+            if state.upgrading && !state.noop_sent {
+                state.noop_sent = true;
+                return payload(&[Frame::Text(Utf8Bytes::from_static("6"))]);
+            }
+            if state.closed || state.transport != Transport::Polling {
+                return payload(&[Frame::Text(Utf8Bytes::from_static("6"))]);
+            }
+        }
+        notified.await;
+    }
+}
+
+/// A long-polling payload: packets separated by `\x1e`, binary ones as `b<base64>`.
+fn payload(frames: &[Frame]) -> Response {
+    let mut body = String::new();
+    for (i, frame) in frames.iter().enumerate() {
+        if i > 0 {
+            body.push(RECORD_SEPARATOR);
+        }
+        match frame {
+            Frame::Text(text) => body.push_str(text.as_str()),
+            Frame::Binary(bytes) => {
+                body.push('b');
+                base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut body);
+            }
+        }
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Reads one text packet from the client; `None` when it is not a valid one.
+fn parse_text(text: &str) -> Option<Inbound> {
+    let mut chars = text.chars();
+    let kind = chars.next()?;
+    let rest = chars.as_str();
+    Some(match kind {
+        '1' if rest.is_empty() => Inbound::Close,
+        '2' if rest.is_empty() => Inbound::Ping,
+        '3' if rest.is_empty() => Inbound::Pong,
+        '4' => Inbound::Message(rest.to_owned()),
+        'b' => Inbound::Binary(Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?,
+        )),
+        _ => return None,
+    })
+}
+
+/// `POST`: packets from a polling client.
+pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> Response {
+    let transport = match Endpoint::validate(&query) {
+        Ok(t) => t,
+        Err(response) => return *response,
+    };
+    let Some(sid) = query.sid.filter(|_| transport == Transport::Polling) else {
+        return engine_error(2, "Bad handshake method");
+    };
+    let Some(session) = endpoint.sessions.get(&sid) else {
+        return unknown_sid();
+    };
+    {
+        let state = lock(&session.state);
+        if state.transport != Transport::Polling {
+            return engine_error(3, "Bad request");
+        }
+        if state.closed {
+            // A closed session waiting for its last poll: what the client sent
+            // meanwhile is moot, and an error here would reach the client as a
+            // transport error before it reads why the session ended.
+            return ok_response();
+        }
+    }
+    if body.len() > endpoint.settings.max_payload {
+        session.close(&endpoint.sessions, true);
+        let _ = session.inbound.try_send(Inbound::Close);
+        return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return bad_packet(&endpoint, &session).await;
+    };
+    let mut packets = Vec::new();
+    for part in text.split(RECORD_SEPARATOR) {
+        match parse_text(part) {
+            Some(packet) => packets.push(packet),
+            None => return bad_packet(&endpoint, &session).await,
+        }
+    }
+    for packet in packets {
+        if matches!(packet, Inbound::Close) {
+            // A poll on its way (or waiting) ends with `noop`, as the reference
+            // server's does; closed first, so the session task ending does not
+            // forget the session before that poll arrives.
+            session.close_with(&endpoint.sessions, Some("6"));
+            let _ = session.inbound.send(Inbound::Close).await;
+            break;
+        }
+        if session.inbound.send(packet).await.is_err() {
+            return engine_error(3, "Bad request");
+        }
+    }
+    ok_response()
+}
+
+fn ok_response() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        "ok",
+    )
+        .into_response()
+}
+
+async fn bad_packet(endpoint: &Endpoint, session: &Session) -> Response {
+    let _ = session.inbound.send(Inbound::Close).await;
+    session.close(&endpoint.sessions, false);
+    engine_error(3, "Bad request")
+}
+
+/// A WebSocket for a polling session: the probe, then the switch.
+async fn upgrade_session(endpoint: &Arc<Endpoint>, session: Arc<Session>, mut socket: WebSocket) {
+    let refused = {
+        let mut state = lock(&session.state);
+        let refused =
+            state.closed || state.websocket_attached || state.transport != Transport::Polling;
+        state.websocket_attached = true;
+        refused
+    };
+    if refused {
+        let _ = socket.send(Message::Close(None)).await;
+        return;
+    }
+    let limit = endpoint.settings.ping_interval + endpoint.settings.ping_timeout;
+    let upgraded = tokio::time::timeout(limit, async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Text(text))) if text.as_str() == "2probe" => {
+                    socket.send(Message::Text("3probe".into())).await.ok()?;
+                    lock(&session.state).upgrading = true;
+                    session.outbox_ready.notify_waiters();
+                }
+                Some(Ok(Message::Text(text))) if text.as_str() == "5" => {
+                    let noop_sent = {
+                        let mut state = lock(&session.state);
+                        if !state.upgrading {
+                            return None;
+                        }
+                        state.transport = Transport::WebSocket;
+                        state.upgrading = false;
+                        state.noop_sent
+                    };
+                    session.outbox_ready.notify_waiters();
+                    if !noop_sent {
+                        // No poll was waiting to carry it: it goes here instead.
+                        socket.send(Message::Text("6".into())).await.ok()?;
+                    }
+                    return Some(());
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    if matches!(upgraded, Ok(Some(()))) {
+        serve_websocket(endpoint, &session, socket).await;
+    } else {
+        let mut state = lock(&session.state);
+        state.websocket_attached = false;
+        state.upgrading = false;
+    }
+}
+
+/// Moves packets both ways until the session or the socket ends.
+async fn serve_websocket(endpoint: &Endpoint, session: &Arc<Session>, mut socket: WebSocket) {
+    loop {
+        let notified = session.outbox_ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (frames, closed) = {
+            let mut state = lock(&session.state);
+            (Session::drain(&mut state), state.closed)
+        };
+        if !frames.is_empty() {
+            session.outbox_room.notify_waiters();
+            let mut failed = false;
+            for frame in frames {
+                let message = match frame {
+                    Frame::Text(text) => Message::Text(text),
+                    Frame::Binary(bytes) => Message::Binary(bytes),
+                };
+                if socket.feed(message).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || socket.flush().await.is_err() {
+                break;
+            }
+            continue;
+        }
+        if closed {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                socket.send(Message::Close(None)).await.ok()?;
+                while let Some(Ok(_)) = socket.recv().await {}
+                Some(())
+            })
+            .await;
+            return;
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            message = socket.recv() => {
+                let inbound = match message {
+                    Some(Ok(Message::Text(text))) => match parse_text(text.as_str()) {
+                        Some(packet) => packet,
+                        None => {
+                            let _ = session.inbound.send(Inbound::Close).await;
+                            break;
+                        }
+                    },
+                    Some(Ok(Message::Binary(bytes))) => Inbound::Binary(bytes),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                        let _ = session.inbound.send(Inbound::Close).await;
+                        break;
+                    }
+                };
+                let close = matches!(inbound, Inbound::Close);
+                if session.inbound.send(inbound).await.is_err() || close {
+                    break;
+                }
+            }
+        }
+    }
+    session.close(&endpoint.sessions, false);
+}
+
+/// How the Socket.IO side ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client left (close packet, transport gone, ping timeout).
+    Gone,
+    /// The server closes the transport: the client reconnects.
+    Close,
+}
+
+/// The session task: heartbeat, packets to the app, app pushes to the outbox.
+/// It ends when the client leaves, the heartbeat fails or the app ends it;
+/// then it closes the session and lets the app release its hub connection.
+async fn drive(
+    endpoint: Arc<Endpoint>,
+    session: Arc<Session>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut app: App,
+) {
+    let settings = endpoint.settings.clone();
+    let mut next_ping = Instant::now() + settings.ping_interval;
+    let mut pong_deadline: Option<Instant> = None;
+    let connect_deadline = Instant::now() + settings.connect_timeout;
+    let end = loop {
+        let mut deadline = next_ping;
+        if let Some(pong) = pong_deadline {
+            deadline = deadline.min(pong);
+        }
+        if !app.is_connected() {
+            deadline = deadline.min(connect_deadline);
+        }
+        if let Some(app_deadline) = app.deadline() {
+            deadline = deadline.min(app_deadline);
+        }
+        let room = session.has_room();
+        let step = tokio::select! {
+            biased;
+            wake = app.wake(room) => Box::pin(app.on_wake(&session, wake)).await,
+            packet = inbound.recv() => match packet {
+                None | Some(Inbound::Close) => Err(End::Gone),
+                Some(Inbound::Pong) => {
+                    pong_deadline = None;
+                    Ok(())
+                }
+                Some(Inbound::Ping) => {
+                    session.push(Frame::Text(Utf8Bytes::from_static("3")));
+                    Ok(())
+                }
+                Some(Inbound::Message(text)) => Box::pin(app.on_message(&session, &text)).await,
+                Some(Inbound::Binary(bytes)) => Box::pin(app.on_binary(&session, bytes)).await,
+            },
+            () = session.room(), if !room => Ok(()),
+            () = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if pong_deadline.is_some_and(|d| d <= now) {
+                    Err(End::Gone)
+                } else if !app.is_connected() && connect_deadline <= now {
+                    Err(End::Close)
+                } else if next_ping <= now {
+                    next_ping = now + settings.ping_interval;
+                    pong_deadline.get_or_insert(now + settings.ping_timeout);
+                    session.push(Frame::Text(Utf8Bytes::from_static("2")));
+                    Ok(())
+                } else {
+                    Box::pin(app.on_deadline(&session)).await
+                }
+            }
+        };
+        if let Err(end) = step {
+            break end;
+        }
+    };
+    session.close(&endpoint.sessions, end == End::Close);
+    // Boxed: leaving the hub (presence, engine calls) is a large future that
+    // would otherwise sit in every session's task for its whole life.
+    Box::pin(app.finish()).await;
+}

@@ -1,0 +1,150 @@
+//! The Socket.IO endpoint over real sockets, at the packet level (the
+//! socket.io-client tests in `tests/socketio/` cover the client library).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::support::{base_config, token, TestServer, WAIT};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The next text frame that is not a ping (answered).
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        match frame {
+            Message::Text(text) if text.as_str() == "2" => {
+                ws.send(Message::text("3")).await.unwrap();
+            }
+            Message::Text(text) => return text.to_string(),
+            Message::Close(_) => panic!("closed"),
+            _ => {}
+        }
+    }
+}
+
+/// Opens an Engine.IO WebSocket session and sends `CONNECT` with `auth`.
+async fn connect(server: &TestServer, auth: Value) -> (Ws, String) {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = next_text(&mut ws).await;
+    assert!(open.starts_with("0{"), "{open}");
+    ws.send(Message::text(format!("40{auth}"))).await.unwrap();
+    let reply = next_text(&mut ws).await;
+    (ws, reply)
+}
+
+#[tokio::test]
+async fn polling_handshake_announces_the_configured_heartbeat() {
+    let mut config = base_config();
+    config.connection.heartbeat = Duration::from_secs(7);
+    config.connection.pong_timeout = Duration::from_secs(3);
+    let server = TestServer::with_config(config).await;
+    let text = server
+        .http
+        .get(server.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: Value = serde_json::from_str(text.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(open["pingInterval"], 7000);
+    assert_eq!(open["pingTimeout"], 3000);
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    let old = server
+        .http
+        .get(server.url("/socket.io/?EIO=3&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn events_arrive_as_name_data_meta_and_position() {
+    let server = TestServer::start().await;
+    let (mut ws, reply) = connect(&server, json!({"token": token("u-sio", &["acme"], &[])})).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert!(handshake["sid"].as_str().unwrap().starts_with("c_"));
+    assert!(handshake["pid"].is_string());
+    server
+        .publish("workspace:acme", "approval.created", json!({"id": 1}))
+        .await;
+    let event = next_text(&mut ws).await;
+    let args: Value = serde_json::from_str(event.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(args[0], "approval.created");
+    assert_eq!(args[1], json!({"id": 1}));
+    assert_eq!(args[2]["channel"], "workspace:acme");
+    assert_eq!(args[2]["offset"], 1);
+    assert!(args[3].as_str().unwrap().contains("workspace:acme,"));
+    assert_eq!(server.metric("tidings_connections").await, 1.0);
+    assert_eq!(server.metric("tidings_socketio_sessions").await, 1.0);
+    drop(ws);
+    let deadline = std::time::Instant::now() + WAIT;
+    // The session goes first; the hub connection once it has left the engine.
+    while server.metric("tidings_socketio_sessions").await > 0.0
+        || server.metric("tidings_connections").await > 0.0
+    {
+        assert!(std::time::Instant::now() < deadline, "session not closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_token_gets_connect_error_with_our_code() {
+    let server = TestServer::start().await;
+    let (_ws, reply) = connect(&server, json!({"token": "not-a-jwt"})).await;
+    let error: Value = serde_json::from_str(reply.strip_prefix("44").unwrap()).unwrap();
+    assert_eq!(error["data"]["code"], "unauthorized");
+    let (_ws, reply) = connect(&server, json!({})).await;
+    assert!(reply.starts_with("44"), "{reply}");
+}
+
+#[tokio::test]
+async fn subscribe_is_acknowledged_and_refusals_carry_the_error_code() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = connect(&server, json!({"token": token("u-sub", &["acme"], &[])})).await;
+    ws.send(Message::text(
+        r#"421["subscribe",{"channel":"workspace:acme:orders"}]"#,
+    ))
+    .await
+    .unwrap();
+    let ack = next_text(&mut ws).await;
+    let answer: Value = serde_json::from_str(ack.strip_prefix("431").unwrap()).unwrap();
+    assert_eq!(answer[0]["ok"], true);
+    assert_eq!(answer[0]["channel"], "workspace:acme:orders");
+    ws.send(Message::text(r#"422["subscribe","workspace:other"]"#))
+        .await
+        .unwrap();
+    let mut ack = next_text(&mut ws).await;
+    while !ack.starts_with("432") {
+        ack = next_text(&mut ws).await;
+    }
+    let answer: Value = serde_json::from_str(ack.strip_prefix("432").unwrap()).unwrap();
+    assert_eq!(answer[0]["error"]["code"], "permission_denied");
+}
+
+#[tokio::test]
+async fn the_endpoint_can_be_switched_off() {
+    let mut config = base_config();
+    config.transports.socketio = false;
+    let server = TestServer::with_config(config).await;
+    let response = server
+        .http
+        .get(server.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+}
