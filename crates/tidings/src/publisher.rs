@@ -542,6 +542,13 @@ mod tests {
             .broadcast(broadcast_to(&channels, Some("k1")))
             .await
             .unwrap();
-        assert_eq!(again, placed);
+        assert!(placed.iter().all(|p| !p.duplicate));
+        assert!(again.iter().all(|p| p.duplicate));
+        let placements = |list: &[Published]| {
+            list.iter()
+                .map(|p| (p.channel.clone(), p.offset, p.id.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(placements(&again), placements(&placed));
     }
 }
