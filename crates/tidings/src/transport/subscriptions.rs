@@ -114,7 +114,97 @@ impl Subscribed {
 /// A connection's subscriptions.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
-    channels: HashMap<ChannelName, Subscription>,
+    channels: SubscriptionTable,
+}
+
+/// Up to this many subscriptions are kept in an exactly sized list (searched
+/// in order) rather than a hash map: most connections have one to a few
+/// channels, and a hash map allocates at least four slots plus control bytes.
+const FEW_SUBSCRIPTIONS: usize = 8;
+
+/// Channel → subscription, sized for the usual handful of channels.
+#[derive(Debug)]
+enum SubscriptionTable {
+    /// At most [`FEW_SUBSCRIPTIONS`], capacity equal to length.
+    Few(Vec<(ChannelName, Subscription)>),
+    Many(HashMap<ChannelName, Subscription>),
+}
+
+impl Default for SubscriptionTable {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl SubscriptionTable {
+    fn len(&self) -> usize {
+        match self {
+            Self::Few(list) => list.len(),
+            Self::Many(map) => map.len(),
+        }
+    }
+
+    fn contains_key(&self, channel: &ChannelName) -> bool {
+        match self {
+            Self::Few(list) => list.iter().any(|(name, _)| name == channel),
+            Self::Many(map) => map.contains_key(channel),
+        }
+    }
+
+    fn get_mut(&mut self, channel: &ChannelName) -> Option<&mut Subscription> {
+        match self {
+            Self::Few(list) => list
+                .iter_mut()
+                .find(|(name, _)| name == channel)
+                .map(|(_, subscription)| subscription),
+            Self::Many(map) => map.get_mut(channel),
+        }
+    }
+
+    /// Adds a channel the table does not hold yet.
+    fn insert(&mut self, channel: ChannelName, subscription: Subscription) {
+        match self {
+            Self::Few(list) if list.len() < FEW_SUBSCRIPTIONS => {
+                // Exactly sized: subscribes are rare, idle connections many.
+                list.reserve_exact(1);
+                list.push((channel, subscription));
+            }
+            Self::Few(list) => {
+                let mut map: HashMap<_, _> = std::mem::take(list).into_iter().collect();
+                map.insert(channel, subscription);
+                *self = Self::Many(map);
+            }
+            Self::Many(map) => {
+                map.insert(channel, subscription);
+            }
+        }
+    }
+
+    fn remove(&mut self, channel: &ChannelName) -> Option<Subscription> {
+        match self {
+            Self::Few(list) => {
+                let index = list.iter().position(|(name, _)| name == channel)?;
+                let (_, subscription) = list.swap_remove(index);
+                list.shrink_to_fit();
+                Some(subscription)
+            }
+            Self::Many(map) => map.remove(channel),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = (&ChannelName, &Subscription)> + Send + '_> {
+        match self {
+            Self::Few(list) => Box::new(list.iter().map(|(name, sub)| (name, sub))),
+            Self::Many(map) => Box::new(map.iter()),
+        }
+    }
+
+    fn into_keys(self) -> Box<dyn Iterator<Item = ChannelName> + Send> {
+        match self {
+            Self::Few(list) => Box::new(list.into_iter().map(|(name, _)| name)),
+            Self::Many(map) => Box::new(map.into_keys()),
+        }
+    }
 }
 
 impl Subscriptions {
@@ -293,7 +383,7 @@ impl Subscriptions {
 
     /// Ends every subscription and unregisters the connection from the hub.
     pub async fn close(self, state: &ServerState, connection: &Arc<Connection>) {
-        for (channel, subscription) in &self.channels {
+        for (channel, subscription) in self.channels.iter() {
             if subscription.presence {
                 leave_presence(state, channel, connection).await;
             }
