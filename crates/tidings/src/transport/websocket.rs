@@ -185,6 +185,7 @@ async fn open_session(
 /// Not an `async fn`: that would move its argument into a local of its future
 /// and keep both copies of the session (rust-lang/rust#62958); the block uses
 /// the captured session in place.
+#[allow(clippy::manual_async_fn)] // see above: the async fn form doubles the session
 fn run_session(mut session: Session) -> impl Future<Output = ()> + Send {
     async move {
         let stop = session.serve().await;
