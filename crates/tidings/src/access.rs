@@ -254,3 +254,38 @@ impl Namespace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(workspace: &str) -> Claims {
+        let mut claims = Claims::new();
+        claims.insert("workspaces".into(), serde_json::json!([workspace]));
+        claims
+    }
+
+    #[test]
+    fn equal_claim_sets_are_shared_and_dead_ones_swept() {
+        let mut sets = ClaimSets::default();
+        let first = sets.share(claims("acme"));
+        let second = sets.share(claims("acme"));
+        let other = sets.share(claims("globex"));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(*other, claims("globex"));
+
+        drop((first, second, other));
+        for i in 0..ClaimSets::MIN_SWEEP * 2 {
+            drop(sets.share(claims(&format!("w{i}"))));
+        }
+        // Every set was dropped right away: sweeps keep the table small.
+        assert!(
+            sets.by_json.len() <= ClaimSets::MIN_SWEEP,
+            "{}",
+            sets.by_json.len()
+        );
+        let fresh = sets.share(claims("acme"));
+        assert_eq!(*fresh, claims("acme"));
+    }
+}

@@ -422,3 +422,53 @@ impl Hub {
         &self.broker
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(key: u64) -> Subscriber {
+        let limits = QueueLimits {
+            messages: 1,
+            bytes: 1,
+        };
+        let (connection, _queue) =
+            Connection::new(key, Arc::from("c"), Arc::from("u"), Arc::from([]), limits);
+        Subscriber {
+            connection,
+            sees_presence: false,
+        }
+    }
+
+    fn keys(set: &SubscriberSet) -> Vec<u64> {
+        let mut keys: Vec<u64> = set.values().map(|s| s.connection.key).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn a_subscriber_set_holds_one_inline_and_many_in_a_map() {
+        let mut set = SubscriberSet::default();
+        assert!(set.is_empty());
+        set.insert(1, subscriber(1));
+        assert!(matches!(set, SubscriberSet::One(1, _)));
+        set.insert(1, subscriber(1));
+        assert_eq!(keys(&set), [1]);
+        set.insert(2, subscriber(2));
+        set.insert(3, subscriber(3));
+        assert_eq!(keys(&set), [1, 2, 3]);
+        assert!(set.remove(9).is_none());
+        assert!(set.remove(2).is_some());
+        assert_eq!(keys(&set), [1, 3]);
+        assert!(set.remove(1).is_some() && set.remove(3).is_some());
+        assert!(set.is_empty());
+
+        set.insert(7, subscriber(7));
+        assert!(set.remove(8).is_none());
+        assert_eq!(set.remove(7).map(|s| s.connection.key), Some(7));
+        assert!(set.is_empty());
+        set.insert(5, subscriber(5));
+        let all: Vec<u64> = set.into_values().map(|s| s.connection.key).collect();
+        assert_eq!(all, [5]);
+    }
+}

@@ -425,3 +425,52 @@ async fn announce(state: &ServerState, channel: &ChannelName, change: PresenceCh
         tracing::warn!(%channel, error = %err, "presence push failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(i: usize) -> ChannelName {
+        ChannelName::parse(&format!("user:u{i}")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn subscription(offset: u64) -> Subscription {
+        Subscription {
+            epoch: Arc::from("e"),
+            offset,
+            presence: false,
+        }
+    }
+
+    #[test]
+    fn the_table_is_an_exact_list_for_a_few_channels_and_a_map_beyond() {
+        let mut table = SubscriptionTable::default();
+        table.insert(channel(0), subscription(0));
+        table.insert(channel(1), subscription(1));
+        match &table {
+            SubscriptionTable::Few(list) => assert_eq!(list.capacity(), 2),
+            SubscriptionTable::Many(_) => panic!("two channels went to a map"),
+        }
+        for i in 2..=FEW_SUBSCRIPTIONS {
+            table.insert(channel(i), subscription(i as u64));
+        }
+        assert!(matches!(table, SubscriptionTable::Many(_)));
+        assert_eq!(table.len(), FEW_SUBSCRIPTIONS + 1);
+        for i in 0..=FEW_SUBSCRIPTIONS {
+            assert!(table.contains_key(&channel(i)));
+            assert_eq!(table.get_mut(&channel(i)).map(|s| s.offset), Some(i as u64));
+        }
+        assert_eq!(table.remove(&channel(3)).map(|s| s.offset), Some(3));
+        assert!(!table.contains_key(&channel(3)));
+        assert_eq!(table.iter().count(), FEW_SUBSCRIPTIONS);
+
+        let mut few = SubscriptionTable::default();
+        few.insert(channel(0), subscription(0));
+        few.insert(channel(1), subscription(1));
+        assert!(few.remove(&channel(9)).is_none());
+        assert_eq!(few.remove(&channel(0)).map(|s| s.offset), Some(0));
+        assert!(few.get_mut(&channel(0)).is_none());
+        let keys: Vec<ChannelName> = few.into_keys().collect();
+        assert_eq!(keys, [channel(1)]);
+    }
+}
