@@ -73,8 +73,8 @@ pub async fn upgrade(
         },
         None => None,
     };
-    // Boxed: axum keeps the upgrade callback (and so this identity) in the
-    // connection task for its whole life, beside the session's own copy.
+    // Boxed: the upgrade callback and the opening step carry a pointer; the
+    // session keeps the one copy.
     let identity = identity.map(Box::new);
     with_limits(upgrade.protocols([SUBPROTOCOL]), &state.config).on_upgrade(move |socket| {
         // The connection runs in a task of its own: axum's upgrade task
