@@ -4,7 +4,7 @@
 //! action whose rule list is empty is refused.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use tidings_auth::Identity;
 
@@ -65,6 +65,44 @@ pub struct AccessPolicy {
     namespaces: Arc<HashMap<String, Arc<Namespace>>>,
     /// Every claim a rule reads; the others need not outlive authentication.
     read_claims: Arc<HashSet<String>>,
+    /// The kept claim sets, shared between connections that carry equal ones.
+    claim_sets: Arc<Mutex<ClaimSets>>,
+}
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// Kept claim sets by their JSON text. Tokens of one organisation or role
+/// usually carry the same rule-read claims (`workspaces`, `org`), so one
+/// copy serves all their connections instead of one map per connection.
+/// Entries whose last connection is gone are swept when the table has doubled
+/// since the last sweep.
+#[derive(Debug, Default)]
+struct ClaimSets {
+    by_json: HashMap<String, Weak<Claims>>,
+    sweep_at: usize,
+}
+
+impl ClaimSets {
+    /// Least table size that triggers a sweep.
+    const MIN_SWEEP: usize = 64;
+
+    /// The shared copy of `claims`, stored first if there is none.
+    fn share(&mut self, claims: Claims) -> Arc<Claims> {
+        let Ok(key) = serde_json::to_string(&claims) else {
+            return Arc::new(claims);
+        };
+        if let Some(shared) = self.by_json.get(&key).and_then(Weak::upgrade) {
+            return shared;
+        }
+        let claims = Arc::new(claims);
+        self.by_json.insert(key, Arc::downgrade(&claims));
+        if self.by_json.len() >= self.sweep_at {
+            self.by_json.retain(|_, set| set.strong_count() > 0);
+            self.by_json.shrink_to_fit();
+            self.sweep_at = (self.by_json.len() * 2).max(Self::MIN_SWEEP);
+        }
+        claims
+    }
 }
 
 impl AccessPolicy {
@@ -101,15 +139,14 @@ impl AccessPolicy {
         Self {
             namespaces: Arc::new(namespaces),
             read_claims: Arc::new(read_claims),
+            claim_sets: Arc::default(),
         }
     }
 
     /// Drops the claims no rule reads, so a long-lived connection does not keep
-    /// its whole decoded token in memory.
+    /// its whole decoded token in memory, and shares the kept set with other
+    /// connections that carry an equal one.
     pub fn retain_read_claims(&self, identity: &mut Identity) {
-        if identity.claims.keys().all(|k| self.read_claims.contains(k)) {
-            return;
-        }
         if !identity.claims.keys().any(|k| self.read_claims.contains(k)) {
             identity.claims = empty_claims();
             return;
@@ -120,10 +157,15 @@ impl AccessPolicy {
             .filter(|(k, _)| self.read_claims.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        // Sized exactly: this map lives as long as the connection.
+        // Sized exactly: this map may live as long as the connection.
         let mut claims = serde_json::Map::with_capacity(kept.len());
         claims.extend(kept);
-        identity.claims = Arc::new(claims);
+        let mut claim_sets = match self.claim_sets.lock() {
+            Ok(sets) => sets,
+            // The table holds no invariant a panic could break.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        identity.claims = claim_sets.share(claims);
     }
 
     /// The namespace `channel` belongs to, if it is configured and the channel's
@@ -210,5 +252,40 @@ impl Namespace {
             (None, None, None) => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(workspace: &str) -> Claims {
+        let mut claims = Claims::new();
+        claims.insert("workspaces".into(), serde_json::json!([workspace]));
+        claims
+    }
+
+    #[test]
+    fn equal_claim_sets_are_shared_and_dead_ones_swept() {
+        let mut sets = ClaimSets::default();
+        let first = sets.share(claims("acme"));
+        let second = sets.share(claims("acme"));
+        let other = sets.share(claims("globex"));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(*other, claims("globex"));
+
+        drop((first, second, other));
+        for i in 0..ClaimSets::MIN_SWEEP * 2 {
+            drop(sets.share(claims(&format!("w{i}"))));
+        }
+        // Every set was dropped right away: sweeps keep the table small.
+        assert!(
+            sets.by_json.len() <= ClaimSets::MIN_SWEEP,
+            "{}",
+            sets.by_json.len()
+        );
+        let fresh = sets.share(claims("acme"));
+        assert_eq!(*fresh, claims("acme"));
     }
 }

@@ -98,7 +98,9 @@ pub struct ConnectionSettings {
     pub requests_per_second: u32,
     /// Requests a connection may send in a burst above `requests_per_second`.
     pub request_burst: u32,
-    /// WebSocket read buffer per connection, in bytes.
+    /// WebSocket read buffer per connection, in bytes. It is allocated up
+    /// front and kept, and it is also the most read from the socket at once;
+    /// a larger message still works (the buffer grows to hold it).
     pub read_buffer_size: usize,
     /// WebSocket write buffer per connection, in bytes.
     pub write_buffer_size: usize,
@@ -128,7 +130,7 @@ impl Default for ConnectionSettings {
             max_bad_requests: 20,
             requests_per_second: 100,
             request_burst: 200,
-            read_buffer_size: 1024,
+            read_buffer_size: 256,
             write_buffer_size: 4 * 1024,
             shutdown_drain: Duration::from_secs(10),
             close_timeout: Duration::from_secs(30),

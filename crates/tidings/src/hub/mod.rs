@@ -56,12 +56,77 @@ struct Subscriber {
     sees_presence: bool,
 }
 
+/// One channel's local subscribers by connection key. A channel with a single
+/// subscriber (a user's own channel, a document open in one tab) keeps it
+/// inline: a hash map would allocate four slots and control bytes for it.
+enum SubscriberSet {
+    One(u64, Subscriber),
+    Many(HashMap<u64, Subscriber>),
+}
+
+impl Default for SubscriberSet {
+    fn default() -> Self {
+        Self::Many(HashMap::new())
+    }
+}
+
+impl SubscriberSet {
+    fn insert(&mut self, key: u64, subscriber: Subscriber) {
+        match self {
+            Self::Many(map) if map.is_empty() => *self = Self::One(key, subscriber),
+            Self::Many(map) => {
+                map.insert(key, subscriber);
+            }
+            Self::One(one, existing) if *one == key => *existing = subscriber,
+            Self::One(..) => {
+                if let Self::One(one, existing) = std::mem::take(self) {
+                    *self = Self::Many(HashMap::from([(one, existing), (key, subscriber)]));
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Subscriber> {
+        match self {
+            Self::One(one, _) if *one == key => match std::mem::take(self) {
+                Self::One(_, subscriber) => Some(subscriber),
+                Self::Many(_) => None,
+            },
+            Self::One(..) => None,
+            Self::Many(map) => map.remove(&key),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::One(..) => false,
+            Self::Many(map) => map.is_empty(),
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Subscriber> {
+        let (one, many) = match self {
+            Self::One(_, subscriber) => (Some(subscriber), None),
+            Self::Many(map) => (None, Some(map.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn into_values(self) -> impl Iterator<Item = Subscriber> {
+        let (one, many) = match self {
+            Self::One(_, subscriber) => (Some(subscriber), None),
+            Self::Many(map) => (None, Some(map.into_values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 /// Local subscribers and fan-out.
 pub struct Hub {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     limits: ConnectionLimits,
-    subscribers: DashMap<ChannelName, HashMap<u64, Subscriber>>,
+    subscribers: DashMap<ChannelName, SubscriberSet>,
     connections: DashMap<u64, Arc<Connection>>,
     users: DashMap<Arc<str>, Vec<Arc<Connection>>>,
     // Serialises "first subscriber here / last one gone" per channel so the
@@ -223,7 +288,7 @@ impl Hub {
         let mut removed = false;
         let mut now_empty = false;
         self.subscribers.remove_if_mut(channel, |_, subs| {
-            removed = subs.remove(&connection.key).is_some();
+            removed = subs.remove(connection.key).is_some();
             now_empty = subs.is_empty();
             now_empty
         });
@@ -355,5 +420,55 @@ impl Hub {
     /// The broker feeding this hub.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(key: u64) -> Subscriber {
+        let limits = QueueLimits {
+            messages: 1,
+            bytes: 1,
+        };
+        let (connection, _queue) =
+            Connection::new(key, Arc::from("c"), Arc::from("u"), Arc::from([]), limits);
+        Subscriber {
+            connection,
+            sees_presence: false,
+        }
+    }
+
+    fn keys(set: &SubscriberSet) -> Vec<u64> {
+        let mut keys: Vec<u64> = set.values().map(|s| s.connection.key).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn a_subscriber_set_holds_one_inline_and_many_in_a_map() {
+        let mut set = SubscriberSet::default();
+        assert!(set.is_empty());
+        set.insert(1, subscriber(1));
+        assert!(matches!(set, SubscriberSet::One(1, _)));
+        set.insert(1, subscriber(1));
+        assert_eq!(keys(&set), [1]);
+        set.insert(2, subscriber(2));
+        set.insert(3, subscriber(3));
+        assert_eq!(keys(&set), [1, 2, 3]);
+        assert!(set.remove(9).is_none());
+        assert!(set.remove(2).is_some());
+        assert_eq!(keys(&set), [1, 3]);
+        assert!(set.remove(1).is_some() && set.remove(3).is_some());
+        assert!(set.is_empty());
+
+        set.insert(7, subscriber(7));
+        assert!(set.remove(8).is_none());
+        assert_eq!(set.remove(7).map(|s| s.connection.key), Some(7));
+        assert!(set.is_empty());
+        set.insert(5, subscriber(5));
+        let all: Vec<u64> = set.into_values().map(|s| s.connection.key).collect();
+        assert_eq!(all, [5]);
     }
 }

@@ -114,7 +114,97 @@ impl Subscribed {
 /// A connection's subscriptions.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
-    channels: HashMap<ChannelName, Subscription>,
+    channels: SubscriptionTable,
+}
+
+/// Up to this many subscriptions are kept in an exactly sized list (searched
+/// in order) rather than a hash map: most connections have one to a few
+/// channels, and a hash map allocates at least four slots plus control bytes.
+const FEW_SUBSCRIPTIONS: usize = 8;
+
+/// Channel → subscription, sized for the usual handful of channels.
+#[derive(Debug)]
+enum SubscriptionTable {
+    /// At most [`FEW_SUBSCRIPTIONS`], capacity equal to length.
+    Few(Vec<(ChannelName, Subscription)>),
+    Many(HashMap<ChannelName, Subscription>),
+}
+
+impl Default for SubscriptionTable {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl SubscriptionTable {
+    fn len(&self) -> usize {
+        match self {
+            Self::Few(list) => list.len(),
+            Self::Many(map) => map.len(),
+        }
+    }
+
+    fn contains_key(&self, channel: &ChannelName) -> bool {
+        match self {
+            Self::Few(list) => list.iter().any(|(name, _)| name == channel),
+            Self::Many(map) => map.contains_key(channel),
+        }
+    }
+
+    fn get_mut(&mut self, channel: &ChannelName) -> Option<&mut Subscription> {
+        match self {
+            Self::Few(list) => list
+                .iter_mut()
+                .find(|(name, _)| name == channel)
+                .map(|(_, subscription)| subscription),
+            Self::Many(map) => map.get_mut(channel),
+        }
+    }
+
+    /// Adds a channel the table does not hold yet.
+    fn insert(&mut self, channel: ChannelName, subscription: Subscription) {
+        match self {
+            Self::Few(list) if list.len() < FEW_SUBSCRIPTIONS => {
+                // Exactly sized: subscribes are rare, idle connections many.
+                list.reserve_exact(1);
+                list.push((channel, subscription));
+            }
+            Self::Few(list) => {
+                let mut map: HashMap<_, _> = std::mem::take(list).into_iter().collect();
+                map.insert(channel, subscription);
+                *self = Self::Many(map);
+            }
+            Self::Many(map) => {
+                map.insert(channel, subscription);
+            }
+        }
+    }
+
+    fn remove(&mut self, channel: &ChannelName) -> Option<Subscription> {
+        match self {
+            Self::Few(list) => {
+                let index = list.iter().position(|(name, _)| name == channel)?;
+                let (_, subscription) = list.swap_remove(index);
+                list.shrink_to_fit();
+                Some(subscription)
+            }
+            Self::Many(map) => map.remove(channel),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = (&ChannelName, &Subscription)> + Send + '_> {
+        match self {
+            Self::Few(list) => Box::new(list.iter().map(|(name, sub)| (name, sub))),
+            Self::Many(map) => Box::new(map.iter()),
+        }
+    }
+
+    fn into_keys(self) -> Box<dyn Iterator<Item = ChannelName> + Send> {
+        match self {
+            Self::Few(list) => Box::new(list.into_iter().map(|(name, _)| name)),
+            Self::Many(map) => Box::new(map.into_keys()),
+        }
+    }
 }
 
 impl Subscriptions {
@@ -321,7 +411,7 @@ impl Subscriptions {
 
     /// Ends every subscription and unregisters the connection from the hub.
     pub async fn close(self, state: &ServerState, connection: &Arc<Connection>) {
-        for (channel, subscription) in &self.channels {
+        for (channel, subscription) in self.channels.iter() {
             if subscription.presence {
                 leave_presence(state, channel, connection).await;
             }
@@ -361,5 +451,54 @@ async fn announce(state: &ServerState, channel: &ChannelName, change: PresenceCh
     let text = Utf8Bytes::from(push.to_json());
     if let Err(err) = state.hub.broker().publish_presence(channel, text).await {
         tracing::warn!(%channel, error = %err, "presence push failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(i: usize) -> ChannelName {
+        ChannelName::parse(&format!("user:u{i}")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn subscription(offset: u64) -> Subscription {
+        Subscription {
+            epoch: Arc::from("e"),
+            offset,
+            presence: false,
+        }
+    }
+
+    #[test]
+    fn the_table_is_an_exact_list_for_a_few_channels_and_a_map_beyond() {
+        let mut table = SubscriptionTable::default();
+        table.insert(channel(0), subscription(0));
+        table.insert(channel(1), subscription(1));
+        match &table {
+            SubscriptionTable::Few(list) => assert_eq!(list.capacity(), 2),
+            SubscriptionTable::Many(_) => panic!("two channels went to a map"),
+        }
+        for i in 2..=FEW_SUBSCRIPTIONS {
+            table.insert(channel(i), subscription(i as u64));
+        }
+        assert!(matches!(table, SubscriptionTable::Many(_)));
+        assert_eq!(table.len(), FEW_SUBSCRIPTIONS + 1);
+        for i in 0..=FEW_SUBSCRIPTIONS {
+            assert!(table.contains_key(&channel(i)));
+            assert_eq!(table.get_mut(&channel(i)).map(|s| s.offset), Some(i as u64));
+        }
+        assert_eq!(table.remove(&channel(3)).map(|s| s.offset), Some(3));
+        assert!(!table.contains_key(&channel(3)));
+        assert_eq!(table.iter().count(), FEW_SUBSCRIPTIONS);
+
+        let mut few = SubscriptionTable::default();
+        few.insert(channel(0), subscription(0));
+        few.insert(channel(1), subscription(1));
+        assert!(few.remove(&channel(9)).is_none());
+        assert_eq!(few.remove(&channel(0)).map(|s| s.offset), Some(0));
+        assert!(few.get_mut(&channel(0)).is_none());
+        let keys: Vec<ChannelName> = few.into_keys().collect();
+        assert_eq!(keys, [channel(1)]);
     }
 }

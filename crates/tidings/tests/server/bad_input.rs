@@ -91,6 +91,22 @@ async fn huge_strings_and_names_are_refused() {
     assert_eq!(reply["recovered"], false);
 }
 
+/// The read buffer is small (256 B by default: it is allocated per idle
+/// connection); messages up to `max_message_size` still arrive whole, one
+/// after another, large and small.
+#[tokio::test]
+async fn messages_up_to_max_message_size_are_read_whole() {
+    let server = TestServer::start().await;
+    let max = tidings::config::ConnectionSettings::default().max_message_size;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    for (id, size) in [(1, max - 200), (2, 300), (3, max / 2), (4, max - 200)] {
+        let reply = client
+            .request(json!({"type": "ping", "pad": "x".repeat(size)}), id)
+            .await;
+        assert_eq!(reply["type"], "pong", "ping of {size} bytes");
+    }
+}
+
 #[tokio::test]
 async fn oversized_message_closes_with_4501() {
     let server = TestServer::start().await;
