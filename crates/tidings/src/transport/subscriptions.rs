@@ -360,7 +360,7 @@ impl Subscriptions {
     /// (`1;channel,epoch,offset;…`, the format `sse::ResumeToken` reads).
     pub fn write_positions(&self, out: &mut String) {
         out.push('1');
-        for (channel, sub) in &self.channels {
+        for (channel, sub) in self.channels.iter() {
             out.push(';');
             out.push_str(channel.as_str());
             out.push(',');
@@ -381,7 +381,7 @@ impl Subscriptions {
 
     /// The channels the connection is on.
     pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
-        self.channels.keys()
+        self.channels.iter().map(|(channel, _)| channel)
     }
 
     /// Whether the connection is on `channel`.
