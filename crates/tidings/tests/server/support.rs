@@ -145,15 +145,23 @@ pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
 }
 
+/// A free port whose cluster bus port (port + 10000, which Redis Cluster also
+/// listens on) exists and is free too: the kernel hands out ports up to 60999.
+fn cluster_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl RedisCluster {
     pub async fn start() -> Self {
         let mut masters = Vec::new();
         for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = cluster_port();
             let dir = std::env::temp_dir().join(format!("tidings-redis-{}", unique_prefix()));
             std::fs::create_dir_all(&dir).unwrap();
             let child = std::process::Command::new("redis-server")
