@@ -489,6 +489,36 @@ impl Drop for ConsumerSet {
     }
 }
 
+/// Runs `session` until `stop`, opening a new one after each lost connection
+/// to the source: the pause starts at 100 ms, doubles up to 5 s, and starts
+/// over after a session that lasted 10 s. `session` gets its own handle on
+/// `stop` and returns `None` when stopped, or why the source was lost.
+pub(crate) async fn reconnect_until_stopped<S, F>(
+    name: &str,
+    source: &'static str,
+    stop: &mut watch::Receiver<bool>,
+    mut session: S,
+) where
+    S: FnMut(watch::Receiver<bool>) -> F,
+    F: std::future::Future<Output = Option<String>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        let Some(err) = session(stop.clone()).await else {
+            break;
+        };
+        tracing::warn!(consumer = %name, source, error = %err, ?backoff, "consumer lost its source; reconnecting");
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        if pause_or_stop(stop, backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Waits for `stop` to turn true (or its sender to go away).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;

@@ -18,14 +18,14 @@
 //! [`super::ConsumerSet`]'s stop signal, between batches or during a retry.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::placement::{Placement, Stopped};
-use super::{pause_or_stop, stopped, ConsumerContext};
+use super::{reconnect_until_stopped, stopped, ConsumerContext};
 
 /// The DDL of an outbox table named `table` whose trigger notifies
 /// `notify_channel`: what `tidings outbox-ddl` prints (`docs/outbox.sql` holds
@@ -61,23 +61,14 @@ pub(crate) async fn run(context: ConsumerContext, mut stop: watch::Receiver<bool
         }
     };
     let monitor = tokio::spawn(monitor(context.clone(), pg.clone()));
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let started = Instant::now();
-        match session(&context, &pg, &mut stop).await {
-            SessionEnd::Stopped => break,
-            SessionEnd::Lost(err) => {
-                tracing::warn!(consumer = %name, error = %err, ?backoff, "outbox consumer lost PostgreSQL; reconnecting");
-            }
+    let (context_ref, pg_ref) = (&context, &pg);
+    reconnect_until_stopped(&name, "PostgreSQL", &mut stop, move |mut stop| async move {
+        match session(context_ref, pg_ref, &mut stop).await {
+            SessionEnd::Stopped => None,
+            SessionEnd::Lost(err) => Some(err),
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
-        }
-        if pause_or_stop(&mut stop, backoff).await {
-            break;
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    })
+    .await;
     monitor.abort();
     tracing::info!(consumer = %name, "consumer stopped");
 }

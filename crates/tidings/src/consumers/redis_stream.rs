@@ -20,7 +20,7 @@ use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, Value};
 use tokio::sync::watch;
 
 use super::placement::{Placement, Stopped};
-use super::{pause_or_stop, stopped, ConsumerContext};
+use super::{reconnect_until_stopped, stopped, ConsumerContext};
 
 /// Why a session ended.
 enum SessionEnd {
@@ -53,23 +53,14 @@ pub(crate) async fn run(context: ConsumerContext, mut stop: watch::Receiver<bool
         }
     };
     let monitor = tokio::spawn(monitor(context.clone(), client.clone()));
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let started = Instant::now();
-        match session(&context, &client, &mut stop).await {
-            SessionEnd::Stopped => break,
-            SessionEnd::Lost(err) => {
-                tracing::warn!(consumer = %name, error = %err, ?backoff, "Redis stream consumer lost Redis; reconnecting");
-            }
+    let (context_ref, client_ref) = (&context, &client);
+    reconnect_until_stopped(&name, "Redis", &mut stop, move |mut stop| async move {
+        match session(context_ref, client_ref, &mut stop).await {
+            SessionEnd::Stopped => None,
+            SessionEnd::Lost(err) => Some(err.to_string()),
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
-        }
-        if pause_or_stop(&mut stop, backoff).await {
-            break;
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    })
+    .await;
     monitor.abort();
     tracing::info!(consumer = %name, "consumer stopped");
 }

@@ -925,27 +925,41 @@ impl Session {
         let mut oldest = None;
         let mut item = Some(first);
         while let Some(next) = item.take() {
-            match next {
-                Outbound::Event(publication) => {
-                    if self.subscriptions.accept(&publication) {
-                        oldest.get_or_insert(publication.received_at);
-                        batch.push(publication.encoded().clone());
-                    }
-                }
-                Outbound::Presence(push) => {
-                    if self.subscriptions.contains(&push.channel) {
-                        batch.push(push.text);
-                    }
-                }
-                rest @ (Outbound::Control(_) | Outbound::Unsubscribed(_)) => {
-                    return (batch, oldest, Some(rest));
-                }
+            if let Some(rest) = self.add_data(next, &mut batch, &mut oldest) {
+                return (batch, oldest, Some(rest));
             }
             if batch.len() < WRITE_BATCH {
                 item = self.queue.try_recv();
             }
         }
         (batch, oldest, None)
+    }
+
+    /// Adds an event or a presence push to `batch` if the connection is still
+    /// on its channel; gives back a control request or an unsubscribe notice,
+    /// which the caller handles.
+    fn add_data(
+        &mut self,
+        item: Outbound,
+        batch: &mut Vec<Utf8Bytes>,
+        oldest: &mut Option<std::time::Instant>,
+    ) -> Option<Outbound> {
+        match item {
+            Outbound::Event(publication) => {
+                if self.subscriptions.accept(&publication) {
+                    oldest.get_or_insert(publication.received_at);
+                    batch.push(publication.encoded().clone());
+                }
+                None
+            }
+            Outbound::Presence(push) => {
+                if self.subscriptions.contains(&push.channel) {
+                    batch.push(push.text);
+                }
+                None
+            }
+            rest @ (Outbound::Control(_) | Outbound::Unsubscribed(_)) => Some(rest),
+        }
     }
 
     /// Writes a queued item and whatever else is already waiting, in one flush.
@@ -962,19 +976,9 @@ impl Session {
         let mut oldest = None;
         let mut item = Some(first);
         while let Some(next) = item.take() {
-            match next {
-                Outbound::Event(publication) => {
-                    if self.subscriptions.accept(&publication) {
-                        oldest.get_or_insert(publication.received_at);
-                        batch.push(publication.encoded().clone());
-                    }
-                }
-                Outbound::Presence(push) => {
-                    if self.subscriptions.contains(&push.channel) {
-                        batch.push(push.text);
-                    }
-                }
-                Outbound::Control(request) => match *request {
+            match self.add_data(next, &mut batch, &mut oldest) {
+                None | Some(Outbound::Event(_) | Outbound::Presence(_)) => {}
+                Some(Outbound::Control(request)) => match *request {
                     ControlRequest::Status(status) => {
                         self.status = status;
                         // Rare arms are boxed: the hot path's future stays small.
@@ -990,7 +994,7 @@ impl Session {
                         self.identity = identity;
                     }
                 },
-                Outbound::Unsubscribed(notice) => {
+                Some(Outbound::Unsubscribed(notice)) => {
                     let ServerUnsubscribe { channel, reason } = *notice;
                     if Box::pin(
                         self.subscriptions
