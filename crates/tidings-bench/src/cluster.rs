@@ -56,28 +56,8 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| root.join("bench/results/redis"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let launch = Launch {
-        tidings_bin: cli
-            .tidings_bin
-            .clone()
-            .unwrap_or_else(|| root.join("target/release/tidings")),
-        peer_dir: cli
-            .peer_dir
-            .clone()
-            .unwrap_or_else(|| root.join("bench/peers/socketio")),
-        node: cli.node.clone(),
-        // Several servers and generators share the cores: the OS places them.
-        cpu: None,
-        jwt_secret: cli.jwt_secret.clone(),
-        api_key: cli.api_key.clone(),
-        tidings_env: cli
-            .tidings_set
-            .iter()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (format!("TIDINGS_{}", k.to_uppercase()), v.to_owned()))
-            .collect(),
-        peer_env: Vec::new(),
-    };
+    // Several servers and generators share the cores: the OS places them.
+    let launch = crate::launch_from_cli(&cli, &root, None)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut failed = false;
     for round in 1..=cli.runs.max(1) {

@@ -15,7 +15,7 @@ mod report;
 mod server;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -323,13 +323,9 @@ fn main() -> Result<()> {
     std::process::exit(code);
 }
 
-async fn async_main(
-    cli: Cli,
-    root: PathBuf,
-    out: PathBuf,
-    pin: bool,
-    fd_limit: u64,
-) -> Result<i32> {
+/// How to start servers, as the command line says; `cpu` pins them to a core
+/// (`None`: the OS places them).
+fn launch_from_cli(cli: &Cli, root: &Path, cpu: Option<usize>) -> Result<Launch> {
     let mut tidings_env = Vec::new();
     for kv in &cli.tidings_set {
         let (k, v) = kv
@@ -337,7 +333,7 @@ async fn async_main(
             .context("--tidings-set wants KEY=VALUE")?;
         tidings_env.push((format!("TIDINGS_{}", k.to_uppercase()), v.to_owned()));
     }
-    let launch = Launch {
+    Ok(Launch {
         tidings_bin: cli
             .tidings_bin
             .clone()
@@ -347,12 +343,22 @@ async fn async_main(
             .clone()
             .unwrap_or_else(|| root.join("bench/peers/socketio")),
         node: cli.node.clone(),
-        cpu: pin.then_some(cli.server_cpu),
+        cpu,
         jwt_secret: cli.jwt_secret.clone(),
         api_key: cli.api_key.clone(),
         tidings_env,
         peer_env: Vec::new(),
-    };
+    })
+}
+
+async fn async_main(
+    cli: Cli,
+    root: PathBuf,
+    out: PathBuf,
+    pin: bool,
+    fd_limit: u64,
+) -> Result<i32> {
+    let launch = launch_from_cli(&cli, &root, pin.then_some(cli.server_cpu))?;
     let scenarios: Vec<Scenario> = match cli.scenario {
         Scenario::All => vec![
             Scenario::Idle,
