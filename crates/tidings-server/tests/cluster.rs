@@ -4,83 +4,22 @@
 //! while history holds everything), and a killed node's presence disappears
 //! within `engine.node_ttl`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+
+mod support;
+use support::{free_port, next_json, start_redis, wait_listening, Process, Redis, Ws};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 const SECRET: &str = "cluster-test-secret-0123456789abcdef-xyz";
 const API_KEY: &str = "cluster-test-api-key-0123";
 const CHANNEL: &str = "workspace:acme";
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A process stopped (SIGKILL) on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Redis {
-    _process: Process,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start_redis() -> Redis {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("tidings-cluster-test-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
-    let redis = Redis {
-        _process: Process(child),
-        port,
-        dir,
-    };
-    wait_listening(port).await;
-    redis
-}
 
 /// One `tidings` node on the Redis engine.
 struct Node {
@@ -159,9 +98,6 @@ fn token(sub: &str) -> String {
     .unwrap()
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(port: u16, user: &str) -> Option<Ws> {
     let url = format!("ws://127.0.0.1:{port}/ws?token={}", token(user));
     let (mut ws, _) = tokio::time::timeout(
@@ -173,31 +109,6 @@ async fn connect(port: u16, user: &str) -> Option<Ws> {
     .ok()?;
     let connected = next_json(&mut ws, Duration::from_secs(2)).await?;
     (connected["type"] == "connected").then_some(ws)
-}
-
-/// The next JSON message, answering pings; None on close, error or timeout.
-async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match frame {
-            Message::Text(text) => {
-                let value: Value = serde_json::from_str(text.as_str()).ok()?;
-                if value["type"] == "ping" {
-                    ws.send(Message::Text(r#"{"type":"pong"}"#.into()))
-                        .await
-                        .ok()?;
-                    continue;
-                }
-                return Some(value);
-            }
-            Message::Close(_) => return None,
-            _ => {}
-        }
-    }
 }
 
 /// What one client saw: offsets in arrival order, and each subscribe's reply.

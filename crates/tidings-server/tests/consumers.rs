@@ -15,101 +15,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+
+mod support;
+use support::{
+    free_port, next_json, start_redis, start_redis_on, temp_dir, wait_listening, Process, Redis, Ws,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 const SECRET: &str = "consumer-test-secret-0123456789abcdef-xyz";
 const API_KEY: &str = "consumer-test-api-key-0123";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tidings-consumers-{what}-{}", free_port()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A process stopped with SIGKILL on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-// ---------------------------------------------------------------- Redis
-
-struct Redis {
-    _process: Process,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Redis {
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-async fn start_redis() -> Redis {
-    start_redis_on(free_port()).await
-}
-
-async fn start_redis_on(port: u16) -> Redis {
-    let dir = temp_dir("redis");
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
-    let redis = Redis {
-        _process: Process(child),
-        port,
-        dir,
-    };
-    wait_listening(port).await;
-    redis
-}
 
 async fn xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str, message: &str) {
     let _: String = redis::cmd("XADD")
@@ -366,33 +283,6 @@ fn token() -> String {
         },
     )
     .unwrap()
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .ok()??
-            .ok()?;
-        match frame {
-            Message::Text(text) => {
-                let value: Value = serde_json::from_str(text.as_str()).ok()?;
-                if value["type"] == "ping" {
-                    ws.send(Message::Text(r#"{"type":"pong"}"#.into()))
-                        .await
-                        .ok()?;
-                    continue;
-                }
-                return Some(value);
-            }
-            Message::Close(_) => return None,
-            _ => {}
-        }
-    }
 }
 
 /// A connected client subscribed to `channels` (with `since` per channel when given).
