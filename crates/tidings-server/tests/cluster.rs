@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{free_port, next_json, start_redis, wait_listening, Process, Redis, Ws};
+use support::{free_port, next_json, start_redis, wait_listening, Process, Redis, ScratchFile, Ws};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 const SECRET: &str = "cluster-test-secret-0123456789abcdef-xyz";
@@ -61,13 +61,11 @@ async fn start_node(redis: &Redis, name: &str, config: &std::path::Path) -> Node
     node
 }
 
-fn write_config(history_size: usize, presence_events: bool) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tidings-cluster-config-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tidings.toml");
-    std::fs::write(
-        &path,
-        format!(
+fn write_config(history_size: usize, presence_events: bool) -> ScratchFile {
+    ScratchFile::write(
+        "cluster-config",
+        "tidings.toml",
+        &format!(
             r#"
 [namespaces.workspace]
 min_segments = 2
@@ -81,8 +79,6 @@ history_ttl = "10m"
 "#
         ),
     )
-    .unwrap();
-    path
 }
 
 fn token(sub: &str) -> String {

@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{
-    free_port, next_json, start_redis, start_redis_on, temp_dir, wait_listening, Process, Redis, Ws,
+    free_port, next_json, start_redis, start_redis_on, temp_dir, wait_listening, Process, Redis,
+    ScratchDir, ScratchFile, Ws,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
@@ -45,7 +46,8 @@ struct Postgres {
     pid: u32,
     child: Child,
     port: u16,
-    dir: PathBuf,
+    // Dropped after Drop::drop has stopped the server.
+    _dir: ScratchDir,
 }
 
 impl Drop for Postgres {
@@ -63,7 +65,6 @@ impl Drop for Postgres {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -113,7 +114,7 @@ async fn start_postgres() -> Postgres {
     if is_root() {
         let status = Command::new("chown")
             .args(["-R", "postgres:postgres"])
-            .arg(&dir)
+            .arg(&*dir)
             .status()
             .unwrap();
         assert!(status.success());
@@ -132,7 +133,7 @@ async fn start_postgres() -> Postgres {
         .arg("-D")
         .arg(&data)
         .args(["-p", &port.to_string(), "-k"])
-        .arg(&dir)
+        .arg(&*dir)
         .args([
             "-c",
             "listen_addresses=127.0.0.1",
@@ -151,7 +152,7 @@ async fn start_postgres() -> Postgres {
         pid: child.id(),
         child,
         port,
-        dir,
+        _dir: dir,
     };
     wait_listening(port).await;
     // Listening comes a moment before accepting queries.
@@ -203,10 +204,8 @@ struct Node {
     port: u16,
 }
 
-fn write_config(body: &str) -> PathBuf {
-    let path = temp_dir("config").join("tidings.toml");
-    std::fs::write(&path, body).unwrap();
-    path
+fn write_config(body: &str) -> ScratchFile {
+    ScratchFile::write("config", "tidings.toml", body)
 }
 
 const NAMESPACES: &str = r#"

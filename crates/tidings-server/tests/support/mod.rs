@@ -3,7 +3,8 @@
 //! Each test crate uses part of it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,12 +21,60 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An empty scratch directory named after `what`, removed with its contents
+/// on drop (so the test suites leave nothing behind in the temp directory).
+pub struct ScratchDir(PathBuf);
+
+impl Deref for ScratchDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An empty scratch directory named after `what`.
-pub fn temp_dir(what: &str) -> PathBuf {
+pub fn temp_dir(what: &str) -> ScratchDir {
     let dir = std::env::temp_dir().join(format!("tidings-test-{what}-{}", free_port()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    ScratchDir(dir)
+}
+
+/// A file written in a scratch directory of its own; both go on drop.
+pub struct ScratchFile {
+    path: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl ScratchFile {
+    /// Writes `body` to `name` in a new scratch directory named after `what`.
+    pub fn write(what: &str, name: &str, body: &str) -> Self {
+        let dir = temp_dir(what);
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        Self { path, _dir: dir }
+    }
+}
+
+impl Deref for ScratchFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchFile {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
 }
 
 /// Waits until something accepts connections on `port` (30 s at most).
@@ -55,13 +104,8 @@ impl Drop for Process {
 pub struct Redis {
     _process: Process,
     pub port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    // Declared after the process, so it is removed once redis-server is gone.
+    _dir: ScratchDir,
 }
 
 impl Redis {
@@ -90,7 +134,7 @@ pub async fn start_redis_on(port: u16) -> Redis {
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
-        .arg(&dir)
+        .arg(&*dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -98,7 +142,7 @@ pub async fn start_redis_on(port: u16) -> Redis {
     let redis = Redis {
         _process: Process(child),
         port,
-        dir,
+        _dir: dir,
     };
     wait_listening(port).await;
     redis
