@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::Shared;
 use crate::engine::presence::{member_of, ClientPresence, PresenceChange, PresenceStore};
@@ -17,14 +18,37 @@ use crate::engine::EngineError;
 use crate::protocol::messages::PresenceMember;
 use crate::protocol::{ChannelName, PresenceStatus};
 
+/// Presence calls one node sends to Redis at once. When all of a node's
+/// connections close together (a load balancer restart, a deploy), each
+/// sends its leaves at the same instant: unbounded, 100,000 closing
+/// connections queued so many commands on the node's one Redis connection
+/// that tens of thousands overran `engine.redis_timeout` and failed. Bounded,
+/// the rest wait here (the timeout counts from the send), and the leaves
+/// drain at the rate Redis answers.
+pub const PRESENCE_CALLS_IN_FLIGHT: usize = 64;
+
 /// Presence in Redis, shared by every node.
 pub struct RedisPresence {
     shared: Arc<Shared>,
+    in_flight: Semaphore,
 }
 
 impl RedisPresence {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            in_flight: Semaphore::new(PRESENCE_CALLS_IN_FLIGHT),
+        }
+    }
+
+    /// Waits for one of the [`PRESENCE_CALLS_IN_FLIGHT`] slots.
+    async fn slot(&self) -> Result<SemaphorePermit<'_>, EngineError> {
+        // The semaphore is never closed; the error is mapped rather than
+        // unwrapped all the same.
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))
     }
 }
 
@@ -73,9 +97,11 @@ impl RedisPresence {
         channel: &ChannelName,
     ) -> Result<BTreeMap<String, Vec<ClientPresence>>, EngineError> {
         let link = &self.shared.link;
+        let slot = self.slot().await?;
         let all: Vec<(String, String)> = link
             .query(redis::cmd("HGETALL").arg(link.keys.presence(channel)))
             .await?;
+        drop(slot);
         let dead = self.shared.dead_nodes();
         let mut users: BTreeMap<String, Vec<ClientPresence>> = BTreeMap::new();
         for (client, entry) in all {
@@ -110,6 +136,7 @@ impl PresenceStore for RedisPresence {
             node: link.node.clone(),
         };
         let entry = serde_json::to_string(&entry).map_err(|_| bad_entry())?;
+        let slot = self.slot().await?;
         // Recorded first: if this node dies right after, the survivors find it.
         link.query::<()>(
             redis::cmd("SADD")
@@ -128,6 +155,7 @@ impl PresenceStore for RedisPresence {
                 ],
             )
             .await?;
+        drop(slot);
         if count != 1 {
             return Ok(None);
         }
@@ -142,6 +170,7 @@ impl PresenceStore for RedisPresence {
         client: &str,
     ) -> Result<Option<PresenceChange>, EngineError> {
         let keys = &self.shared.link.keys;
+        let slot = self.slot().await?;
         let (left, entry): (i64, String) = self
             .shared
             .link
@@ -151,6 +180,7 @@ impl PresenceStore for RedisPresence {
                 &[client.as_bytes(), user.as_bytes()],
             )
             .await?;
+        drop(slot);
         if left != 0 {
             return Ok(None);
         }
@@ -181,6 +211,7 @@ impl PresenceStore for RedisPresence {
             node: link.node.clone(),
         };
         let stored = serde_json::to_string(&stored).map_err(|_| bad_entry())?;
+        let slot = self.slot().await?;
         link.query::<()>(
             redis::cmd("HSET")
                 .arg(link.keys.presence(channel))
@@ -188,6 +219,7 @@ impl PresenceStore for RedisPresence {
                 .arg(stored),
         )
         .await?;
+        drop(slot);
         let after: Vec<ClientPresence> = mine
             .iter()
             .map(|c| {
