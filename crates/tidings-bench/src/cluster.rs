@@ -771,10 +771,15 @@ async fn scale_on(
     // drain into Redis. Timed until the presence hash of workspace:bench is
     // empty (leaves that failed leave their entries behind until their node's
     // heartbeat expires).
+    let presence_key = "tidings:{workspace:bench}:p";
+    let presence_before: Option<u64> = redis
+        .cli(&["HLEN", presence_key])
+        .await
+        .ok()
+        .and_then(|n| n.trim().parse().ok());
     let cpu0 = PhaseCpu::read(redis, nodes);
     let closed_at = Instant::now();
     workers.close().await;
-    let presence_key = "tidings:{workspace:bench}:p";
     let mut presence_left: Option<u64> = None;
     while closed_at.elapsed() < Duration::from_secs(60) {
         presence_left = redis
@@ -790,7 +795,8 @@ async fn scale_on(
     let drain_s = closed_at.elapsed().as_secs_f64();
     let close_cpu = PhaseCpu::read(redis, nodes).since(&cpu0);
     println!(
-        "[scale] close: presence entries of workspace:bench left after {drain_s:.1} s: {}; CPU seconds: redis-server {:.2}, nodes {:.2}",
+        "[scale] close: presence entries of workspace:bench: {} before, {} left after {drain_s:.1} s; CPU seconds: redis-server {:.2}, nodes {:.2}",
+        presence_before.map_or("?".to_owned(), |n| n.to_string()),
         presence_left.map_or("?".to_owned(), |n| n.to_string()),
         close_cpu.redis_s,
         close_cpu.nodes_s
@@ -806,6 +812,7 @@ async fn scale_on(
         &mut ok,
     ));
     let close_json = serde_json::json!({
+        "presence_entries_before": presence_before,
         "presence_entries_left": presence_left,
         "seconds_until_empty_or_timeout": drain_s,
         "redis_cpu_s": close_cpu.redis_s,
