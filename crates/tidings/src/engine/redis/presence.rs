@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::SemaphorePermit;
 
 use super::Shared;
 use crate::engine::presence::{member_of, ClientPresence, PresenceChange, PresenceStore};
@@ -18,37 +18,19 @@ use crate::engine::EngineError;
 use crate::protocol::messages::PresenceMember;
 use crate::protocol::{ChannelName, PresenceStatus};
 
-/// Presence calls one node sends to Redis at once. When all of a node's
-/// connections close together (a load balancer restart, a deploy), each
-/// sends its leaves at the same instant: unbounded, 100,000 closing
-/// connections queued so many commands on the node's one Redis connection
-/// that tens of thousands overran `engine.redis_timeout` and failed. Bounded,
-/// the rest wait here (the timeout counts from the send), and the leaves
-/// drain at the rate Redis answers.
-pub const PRESENCE_CALLS_IN_FLIGHT: usize = 64;
-
 /// Presence in Redis, shared by every node.
 pub struct RedisPresence {
     shared: Arc<Shared>,
-    in_flight: Semaphore,
 }
 
 impl RedisPresence {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            in_flight: Semaphore::new(PRESENCE_CALLS_IN_FLIGHT),
-        }
+        Self { shared }
     }
 
-    /// Waits for one of the [`PRESENCE_CALLS_IN_FLIGHT`] slots.
+    /// Waits for one of the node's presence call slots.
     async fn slot(&self) -> Result<SemaphorePermit<'_>, EngineError> {
-        // The semaphore is never closed; the error is mapped rather than
-        // unwrapped all the same.
-        self.in_flight
-            .acquire()
-            .await
-            .map_err(|e| EngineError::Unavailable(e.to_string()))
+        self.shared.presence_slot().await
     }
 }
 
