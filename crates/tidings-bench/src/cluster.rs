@@ -676,50 +676,89 @@ async fn scale_on(
     let mut received_before = up.received;
     let wait = Duration::from_secs(30);
 
-    // Phase 1: one broadcast to every user channel, through node 0.
+    // Phase 1: broadcasts to every user channel, through node 0, one after
+    // another.
     let channels: Vec<String> = (0..total).map(|i| format!("user:u{i}")).collect();
-    let body = format!(
-        r#"{{"channels":{},"event":"tick","data":{{"t":{},"seq":0,"pad":"{}"}}}}"#,
-        serde_json::to_string(&channels)?,
-        now_ns(),
-        crate::pad(cli)
-    );
-    let cpu0 = PhaseCpu::read(redis, nodes);
-    let phase = async {
-        let (took, _) = api(cli, addrs[0], "/api/broadcast", &body).await?;
-        let reports = workers.collect(1, wait).await?;
-        Ok::<_, anyhow::Error>((took, reports))
-    }
-    .await;
-    let cpu = PhaseCpu::read(redis, nodes).since(&cpu0);
-    let (took, reports) = match phase {
-        Ok(done) => done,
-        Err(err) => {
-            workers.close().await;
-            return Err(err);
+    let channels = serde_json::to_string(&channels)?;
+    let broadcasts = cli.scale_publishes.max(1);
+    let mut all_broadcasts = new_histogram();
+    let mut broadcast_cpu = PhaseCpu::default();
+    let mut broadcast_api = Vec::new();
+    for k in 0..broadcasts {
+        let body = format!(
+            r#"{{"channels":{channels},"event":"tick","data":{{"t":{},"seq":{k},"pad":"{}"}}}}"#,
+            now_ns(),
+            crate::pad(cli)
+        );
+        let cpu0 = PhaseCpu::read(redis, nodes);
+        let phase = async {
+            let (took, _) = api(cli, addrs[0], "/api/broadcast", &body).await?;
+            let reports = workers.collect(k as u64 + 1, wait).await?;
+            Ok::<_, anyhow::Error>((took, reports))
         }
-    };
-    phases.push(phase_json(
-        "broadcast to every user channel",
-        total,
-        took,
-        &reports,
-        received_before,
-        cpu,
-        &mut ok,
-    ));
-    received_before = WorkerReport::merge(&reports).0.received;
+        .await;
+        let cpu = PhaseCpu::read(redis, nodes).since(&cpu0);
+        let (took, reports) = match phase {
+            Ok(done) => done,
+            Err(err) => {
+                workers.close().await;
+                return Err(err);
+            }
+        };
+        broadcast_cpu = broadcast_cpu.plus(&cpu);
+        broadcast_api.push(took.as_secs_f64() * 1000.0);
+        let (sum, hist) = WorkerReport::merge(&reports);
+        // Same bounds on both: adding cannot fail.
+        let _ = all_broadcasts.add(&hist);
+        let name = if broadcasts == 1 {
+            "broadcast to every user channel".to_owned()
+        } else {
+            format!("broadcast to every user channel ({}/{broadcasts})", k + 1)
+        };
+        phases.push(phase_json(
+            &name,
+            total,
+            took,
+            &reports,
+            received_before,
+            cpu,
+            &mut ok,
+        ));
+        received_before = sum.received;
+        // A pause between broadcasts, so one's tail does not overlap the next.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let broadcasts_json = serde_json::json!({
+        "broadcasts": broadcasts,
+        "api_ms": broadcast_api,
+        "latency": latency_json(&all_broadcasts),
+        "p99_within_target": !all_broadcasts.is_empty()
+            && ms(all_broadcasts.value_at_quantile(0.99)) <= 1000.0,
+        "redis_cpu_s": broadcast_cpu.redis_s,
+        "nodes_cpu_s": broadcast_cpu.nodes_s,
+        "per_node_cpu_s": broadcast_cpu.per_node_s,
+    });
+    if broadcasts > 1 {
+        println!(
+            "[scale] {broadcasts} broadcasts together: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; CPU seconds: redis-server {:.2}, nodes {:.2}",
+            ms(all_broadcasts.value_at_quantile(0.5)),
+            ms(all_broadcasts.value_at_quantile(0.99)),
+            ms(all_broadcasts.max()),
+            broadcast_cpu.redis_s,
+            broadcast_cpu.nodes_s
+        );
+    }
 
     // Phase 2: one publish to workspace:bench, through another node.
     let body = format!(
-        r#"{{"channel":"workspace:bench","event":"tick","data":{{"t":{},"seq":1,"pad":"{}"}}}}"#,
+        r#"{{"channel":"workspace:bench","event":"tick","data":{{"t":{},"seq":{broadcasts},"pad":"{}"}}}}"#,
         now_ns(),
         crate::pad(cli)
     );
     let cpu0 = PhaseCpu::read(redis, nodes);
     let phase = async {
         let (took, _) = api(cli, addrs[1 % addrs.len()], "/api/publish", &body).await?;
-        let reports = workers.collect(2, wait).await?;
+        let reports = workers.collect(broadcasts as u64 + 1, wait).await?;
         Ok::<_, anyhow::Error>((took, reports))
     }
     .await;
@@ -728,7 +767,40 @@ async fn scale_on(
         Ok((_, reports)) => WorkerReport::merge(reports).0.rss,
         Err(_) => None,
     };
+    // Phase 3: every connection closes at once; the nodes' presence leaves
+    // drain into Redis. Timed until the presence hash of workspace:bench is
+    // empty (leaves that failed leave their entries behind until their node's
+    // heartbeat expires).
+    let presence_key = "tidings:{workspace:bench}:p";
+    let presence_before: Option<u64> = redis
+        .cli(&["HLEN", presence_key])
+        .await
+        .ok()
+        .and_then(|n| n.trim().parse().ok());
+    let cpu0 = PhaseCpu::read(redis, nodes);
+    let closed_at = Instant::now();
     workers.close().await;
+    let mut presence_left: Option<u64> = None;
+    while closed_at.elapsed() < Duration::from_secs(60) {
+        presence_left = redis
+            .cli(&["HLEN", presence_key])
+            .await
+            .ok()
+            .and_then(|n| n.trim().parse().ok());
+        if presence_left == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let drain_s = closed_at.elapsed().as_secs_f64();
+    let close_cpu = PhaseCpu::read(redis, nodes).since(&cpu0);
+    println!(
+        "[scale] close: presence entries of workspace:bench: {} before, {} left after {drain_s:.1} s; CPU seconds: redis-server {:.2}, nodes {:.2}",
+        presence_before.map_or("?".to_owned(), |n| n.to_string()),
+        presence_left.map_or("?".to_owned(), |n| n.to_string()),
+        close_cpu.redis_s,
+        close_cpu.nodes_s
+    );
     let (took, reports) = phase?;
     phases.push(phase_json(
         "publish to workspace:bench",
@@ -739,6 +811,13 @@ async fn scale_on(
         cpu2,
         &mut ok,
     ));
+    let close_json = serde_json::json!({
+        "presence_entries_before": presence_before,
+        "presence_entries_left": presence_left,
+        "seconds_until_empty_or_timeout": drain_s,
+        "redis_cpu_s": close_cpu.redis_s,
+        "nodes_cpu_s": close_cpu.nodes_s,
+    });
     let results = serde_json::json!({
         "nodes": nodes.len(),
         "connections_requested": total,
@@ -755,6 +834,8 @@ async fn scale_on(
         "redis_used_memory_loaded_bytes": redis_mem1,
         "generator_rss_bytes": generator_rss,
         "phases": phases,
+        "broadcasts": broadcasts_json,
+        "close": close_json,
         "target_p99_ms": 1000,
         "other_cpu_pct_before_phases": other_cpu_pct,
     });
@@ -783,6 +864,19 @@ impl PhaseCpu {
         Self {
             redis_s: redis.pid().and_then(server::cpu_of).unwrap_or(0.0),
             nodes_s: per_node_s.iter().sum(),
+            per_node_s,
+        }
+    }
+
+    fn plus(&self, other: &Self) -> Self {
+        let mut per_node_s = self.per_node_s.clone();
+        per_node_s.resize(other.per_node_s.len().max(per_node_s.len()), 0.0);
+        for (sum, add) in per_node_s.iter_mut().zip(&other.per_node_s) {
+            *sum += add;
+        }
+        Self {
+            redis_s: self.redis_s + other.redis_s,
+            nodes_s: self.nodes_s + other.nodes_s,
             per_node_s,
         }
     }
@@ -887,7 +981,7 @@ async fn cross_node(cli: &Cli, launch: &Launch) -> Result<(serde_json::Value, bo
                 return Err(err);
             }
         };
-        let result = cross_node_on(cli, proto, &nodes, total).await;
+        let result = cross_node_on(cli, proto, &nodes, redis.pid(), total).await;
         stop_all(nodes).await;
         redis.stop().await;
         match result {
@@ -919,6 +1013,7 @@ async fn cross_node_on(
     cli: &Cli,
     proto: Proto,
     nodes: &[Server],
+    redis_pid: Option<u32>,
     total: usize,
 ) -> Result<serde_json::Value> {
     let subscriber_nodes: Vec<SocketAddr> = nodes[1..].iter().map(|n| n.addr).collect();
@@ -946,12 +1041,12 @@ async fn cross_node_on(
         let mut steps = Vec::new();
         let warmup = cli.warmup.unwrap_or(2.0);
         let mut rates: Vec<(f64, f64, bool)> = Vec::new();
-        if let Some(&first) = cli.cross_rates.first() {
+        if let Some(&first) = cli.max_rates.first() {
             if warmup > 0.0 {
                 rates.push((first, warmup, false));
             }
         }
-        rates.extend(cli.cross_rates.iter().map(|&r| (r, cli.step_secs, true)));
+        rates.extend(cli.max_rates.iter().map(|&r| (r, cli.step_secs, true)));
         for (rate, secs, judged) in rates {
             let publish_rate = rate / subs as f64;
             let count = (publish_rate * secs).round().max(1.0) as u64;
@@ -965,6 +1060,7 @@ async fn cross_node_on(
             };
             let started = Instant::now();
             let cpu0: Vec<Option<f64>> = nodes.iter().map(Server::cpu_seconds).collect();
+            let redis_cpu0 = redis_pid.and_then(server::cpu_of);
             let stats = crate::publish::run(&target, plan).await?;
             seq_base += count;
             sent_total += stats.sent;
@@ -984,6 +1080,10 @@ async fn cross_node_on(
                 .zip(&cpu0)
                 .map(|(n, c0)| Some((n.cpu_seconds()? - (*c0)?) / window * 100.0))
                 .collect();
+            let redis_cpu = redis_pid
+                .and_then(server::cpu_of)
+                .zip(redis_cpu0)
+                .map(|(now, before)| (now - before) / window * 100.0);
             let expected_total = sent_total * subs;
             let lost = expected_total.saturating_sub(sum.received);
             // Deliveries over the planned step (late ones still count: the
@@ -995,11 +1095,17 @@ async fn cross_node_on(
                 && sum.disconnects == 0
                 && stats.errors == 0
                 && received as f64 >= 0.95 * rate * secs;
+            let nodes_cpu: f64 = cpu.iter().flatten().sum();
             println!(
-                "[cross-node {}] offered {rate:.0}/s: {per_s:.0}/s delivered, p99 {:.1} ms, {lost} lost -> {}",
+                "[cross-node {}] offered {rate:.0}/s: {per_s:.0}/s delivered, p99 {:.1} ms, {lost} lost -> {}; CPU % nodes {nodes_cpu:.0} ({}), redis-server {:.0}",
                 proto.label(),
                 p99.unwrap_or(0.0),
-                if sustained { "sustained" } else { "NOT sustained" }
+                if sustained { "sustained" } else { "NOT sustained" },
+                cpu.iter()
+                    .map(|c| c.map_or("?".to_owned(), |c| format!("{c:.0}")))
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                redis_cpu.unwrap_or(0.0)
             );
             steps.push(serde_json::json!({
                 "offered_deliveries_per_s": rate,
@@ -1015,6 +1121,7 @@ async fn cross_node_on(
                 "disconnects": sum.disconnects,
                 "latency": latency_json(&hist),
                 "node_cpu_pct": cpu,
+                "redis_cpu_pct": redis_cpu,
                 "sustained": sustained,
                 "errors": sum.errors,
             }));

@@ -140,7 +140,7 @@ struct Cli {
     /// first step). [default: 2, smoke 1]
     #[arg(long)]
     warmup: Option<f64>,
-    /// max: offered deliveries/s per step.
+    /// max, cross-node: offered deliveries/s per step.
     #[arg(
         long,
         value_delimiter = ',',
@@ -248,13 +248,10 @@ struct Cli {
     /// (each a fresh redis-server and nodes); all are kept in cluster.json.
     #[arg(long, default_value_t = 1)]
     runs: usize,
-    /// cross-node: offered deliveries/s per step.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "5000,10000,20000,40000,60000,80000,100000,150000,200000,300000"
-    )]
-    cross_rates: Vec<f64>,
+    /// scale: broadcasts to every user channel, one after another (each once
+    /// the previous one is delivered); the p99 is also reported over all.
+    #[arg(long, default_value_t = 1)]
+    scale_publishes: usize,
     /// redis-cost: events published in each mode.
     #[arg(long, default_value_t = 5000)]
     cost_events: usize,

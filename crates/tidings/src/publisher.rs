@@ -4,18 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::access::{AccessError, AccessPolicy};
-use crate::engine::{Audience, Broker, EngineError, HistoryPolicy, NewEvent, PublishOptions};
+use crate::engine::{
+    Audience, Broker, EngineError, HistoryPolicy, NewEvent, Placement, PublishOptions,
+    PublishOutcome, PUBLISH_CONCURRENCY,
+};
 use crate::metrics::Metrics;
 use crate::protocol::time::{new_event_id, now_timestamp};
 use crate::protocol::{json_object, ChannelName, EntityRef, ErrorCode, EventMeta};
 
-/// How many channels of one broadcast are placed at once.
-pub const BROADCAST_CONCURRENCY: usize = 128;
+/// How many channels of one broadcast are placed at once by an engine that
+/// places one channel per call.
+pub const BROADCAST_CONCURRENCY: usize = PUBLISH_CONCURRENCY;
 
 /// Longest event name or idempotency key, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -309,23 +312,22 @@ impl Publisher {
         };
         self.check_template(&template)?;
         let id = new_event_id();
-        // Placed concurrently: on a networked engine each placement is a round
-        // trip, so one after another a broadcast to 100,000 channels takes
-        // seconds. `buffered` keeps the results in request order; the bound keeps
-        // one huge broadcast from flooding the engine's connection. On the first
-        // error the remaining placements are dropped, as before; a retry with
-        // the same idempotency key completes the rest without duplicates.
-        let template = &template;
-        stream::iter(channels)
-            .map(|channel| {
-                let id = id.clone();
-                // Owns its channel: a future borrowing the iterator's item does
-                // not satisfy the `Send` bound axum's handlers need.
-                async move { self.place(&channel, template, id).await }
-            })
-            .buffered(BROADCAST_CONCURRENCY)
-            .try_collect()
-            .await
+        // One call for all channels: the engine places them concurrently, or
+        // several per round trip (Redis), since one after another a broadcast
+        // to 100,000 channels takes seconds. On the first error the remaining
+        // placements are dropped; a retry with the same idempotency key
+        // completes the rest without duplicates.
+        let placements = channels
+            .into_iter()
+            .map(|channel| self.placement(channel, &template, id.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = placements.iter().map(|p| p.channel.to_string()).collect();
+        let outcomes = self.broker.publish_many(placements).await?;
+        Ok(names
+            .into_iter()
+            .zip(outcomes)
+            .map(|(channel, outcome)| self.published(channel, outcome))
+            .collect())
     }
 
     /// Publishes an entity change as `{type}.{action}` to `workspace:{w}`,
@@ -386,13 +388,13 @@ impl Publisher {
         Ok(())
     }
 
-    async fn place(
+    fn placement(
         &self,
-        channel: &ChannelName,
+        channel: ChannelName,
         template: &EventTemplate,
         id: String,
-    ) -> Result<Published, PublishError> {
-        let namespace = self.access.namespace(channel)?;
+    ) -> Result<Placement, PublishError> {
+        let namespace = self.access.namespace(&channel)?;
         let options = PublishOptions {
             history: HistoryPolicy {
                 size: namespace.config.history_size,
@@ -410,16 +412,37 @@ impl Publisher {
             audience: template.audience.clone(),
             exclude_client: template.exclude_client.clone(),
         };
-        let outcome = self.broker.publish(channel, event, &options).await?;
+        Ok(Placement {
+            channel,
+            event,
+            options,
+        })
+    }
+
+    fn published(&self, channel: String, outcome: PublishOutcome) -> Published {
         if !outcome.duplicate {
             self.metrics.event_published();
         }
-        Ok(Published {
-            channel: channel.to_string(),
+        Published {
+            channel,
             offset: outcome.offset,
             id: outcome.id,
             duplicate: outcome.duplicate,
-        })
+        }
+    }
+
+    async fn place(
+        &self,
+        channel: &ChannelName,
+        template: &EventTemplate,
+        id: String,
+    ) -> Result<Published, PublishError> {
+        let placement = self.placement(channel.clone(), template, id)?;
+        let outcome = self
+            .broker
+            .publish(&placement.channel, placement.event, &placement.options)
+            .await?;
+        Ok(self.published(channel.to_string(), outcome))
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -346,6 +347,35 @@ pub struct PublishOptions {
     pub idempotency_window: Duration,
 }
 
+/// How many placements of one [`Broker::publish_many`] run at once when the
+/// engine places them one channel at a time.
+pub const PUBLISH_CONCURRENCY: usize = 128;
+
+/// One channel's event in a [`Broker::publish_many`].
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Where it goes.
+    pub channel: ChannelName,
+    /// The event.
+    pub event: NewEvent,
+    /// The channel's options.
+    pub options: PublishOptions,
+}
+
+/// Places each of `placements` with [`Broker::publish`], up to
+/// [`PUBLISH_CONCURRENCY`] at once, results in order. On the first error the
+/// remaining placements are dropped (those already placed stay placed).
+pub async fn publish_each<B: Broker + ?Sized>(
+    broker: &B,
+    placements: Vec<Placement>,
+) -> Result<Vec<PublishOutcome>, EngineError> {
+    stream::iter(placements)
+        .map(|p| async move { broker.publish(&p.channel, p.event, &p.options).await })
+        .buffered(PUBLISH_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
 /// Where a publish landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishOutcome {
@@ -427,6 +457,17 @@ pub trait Broker: Send + Sync + 'static {
         event: NewEvent,
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError>;
+    /// Places one event in each of several channels (a broadcast): each as
+    /// [`publish`](Self::publish) would, outcomes in the order given. On the
+    /// first error the rest may be left unplaced; a retry with the same
+    /// idempotency key places them without duplicating the others. Engines
+    /// that can place several channels per round trip override it.
+    async fn publish_many(
+        &self,
+        placements: Vec<Placement>,
+    ) -> Result<Vec<PublishOutcome>, EngineError> {
+        publish_each(self, placements).await
+    }
     /// Sends a presence push to `channel`'s subscribers on every node.
     async fn publish_presence(
         &self,

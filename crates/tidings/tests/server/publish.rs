@@ -293,6 +293,77 @@ async fn broadcast_publishes_to_every_channel_or_none() {
 }
 
 #[tokio::test]
+async fn broadcast_over_several_batches_places_each_channel_once() {
+    // 100 channels: more than three of the Redis engine's batches of 32, the
+    // last one partial.
+    let server = TestServer::start().await;
+    let channels: Vec<String> = (0..100).map(|i| format!("workspace:acme:c{i}")).collect();
+    let watched = [
+        "workspace:acme:c0",
+        "workspace:acme:c33",
+        "workspace:acme:c99",
+    ];
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    for channel in watched {
+        client.subscribe(channel).await;
+    }
+    let body = json!({"channels": channels, "event": "notice", "data": {"n": 1}, "idempotency_key": "b-1"});
+    let (status, first) = server.api("/api/broadcast", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let results = first["results"].as_array().unwrap();
+    assert_eq!(results.len(), channels.len());
+    let id = results[0]["id"].clone();
+    for (result, channel) in results.iter().zip(&channels) {
+        assert_eq!(
+            result["channel"],
+            channel.as_str(),
+            "results in request order"
+        );
+        assert_eq!(result["offset"], 1, "{result}");
+        assert_eq!(result["id"], id);
+    }
+    let events = client.drain_events(QUIET).await;
+    let mut got: Vec<(String, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["channel"].as_str().unwrap().to_owned(),
+                e["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, u64)> = watched.iter().map(|c| ((*c).to_owned(), 1)).collect();
+    expected.sort();
+    assert_eq!(got, expected, "each watched channel once");
+    assert!(events.iter().all(|e| e["id"] == id && e["data"]["n"] == 1));
+
+    // The same key: the first placements again, nothing new delivered.
+    let (status, again) = server.api("/api/broadcast", body).await;
+    assert_eq!(status, 200, "{again}");
+    for (result, before) in again["results"].as_array().unwrap().iter().zip(results) {
+        assert_eq!(result["offset"], before["offset"]);
+        assert_eq!(result["id"], id);
+    }
+    assert!(client.drain_events(QUIET).await.is_empty());
+
+    // Each channel's offsets go on from there.
+    let (status, next) = server
+        .api(
+            "/api/broadcast",
+            json!({"channels": channels, "event": "notice", "data": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{next}");
+    assert!(next["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["offset"] == 2));
+    assert_eq!(offsets(&client.drain_events(QUIET).await), vec![2, 2, 2]);
+}
+
+#[tokio::test]
 async fn api_key_is_required_and_errors_are_json() {
     let server = TestServer::start().await;
     let body = json!({"channel": "workspace:acme", "event": "e", "data": 1});

@@ -17,8 +17,11 @@ use crate::protocol::ChannelName;
 
 /// The function library, loaded into Redis by every node.
 const LIBRARY: &str = include_str!("tidings.lua");
-/// Its version: function names carry it (`tidings_v1_publish`).
-const LIBRARY_PREFIX: &str = "tidings_v1_";
+/// Its version: the library's name and its function names carry it
+/// (`tidings_v2_publish`), so a node loading this library (FUNCTION LOAD
+/// REPLACE replaces a library of the same name only) leaves the functions an
+/// older node calls in place, and the reverse.
+const LIBRARY_PREFIX: &str = "tidings_v2_";
 
 /// Names of the keys and pub/sub channels, under the configured prefix.
 ///

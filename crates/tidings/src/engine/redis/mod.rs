@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::Utf8Bytes;
 use redis::Value;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use broker::RedisBroker;
 pub use cluster::RedisCluster;
@@ -51,6 +52,15 @@ impl Engine {
     }
 }
 
+/// Presence calls one node sends to Redis at once. When all of a node's
+/// connections close together (a load balancer restart, a deploy), each
+/// sends its leaves at the same instant: unbounded, 100,000 closing
+/// connections queued so many commands on the node's one Redis connection
+/// that tens of thousands overran `engine.redis_timeout` and failed. Bounded,
+/// the rest wait here (the timeout counts from the send), and the leaves
+/// drain at the rate Redis answers.
+pub const PRESENCE_CALLS_IN_FLIGHT: usize = 64;
+
 /// What the broker, presence, cluster and delivery task of one node share.
 pub(crate) struct Shared {
     link: RedisLink,
@@ -64,9 +74,22 @@ pub(crate) struct Shared {
     gaps_filled: AtomicU64,
     resubscribes: AtomicU64,
     started: std::time::Instant,
+    /// Slots for presence calls (joins, leaves, listings, pushes); see
+    /// [`PRESENCE_CALLS_IN_FLIGHT`].
+    presence_calls: Semaphore,
 }
 
 impl Shared {
+    /// Waits for one of the [`PRESENCE_CALLS_IN_FLIGHT`] slots.
+    async fn presence_slot(&self) -> Result<SemaphorePermit<'_>, EngineError> {
+        // The semaphore is never closed; the error is mapped rather than
+        // unwrapped all the same.
+        self.presence_calls
+            .acquire()
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))
+    }
+
     fn start(settings: &EngineSettings, node: &str) -> Result<Arc<Self>, ConfigError> {
         let (incoming, queue) = tokio::sync::mpsc::unbounded_channel();
         let pushes = incoming.clone();
@@ -87,6 +110,7 @@ impl Shared {
             gaps_filled: AtomicU64::new(0),
             resubscribes: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            presence_calls: Semaphore::new(PRESENCE_CALLS_IN_FLIGHT),
         });
         tokio::spawn(receiver::run(Arc::downgrade(&shared), queue));
         tokio::spawn(cluster::heartbeat(Arc::downgrade(&shared)));
@@ -127,6 +151,9 @@ impl Shared {
         text: Utf8Bytes,
     ) -> Result<(), EngineError> {
         let link = &self.link;
+        // A mass disconnect sends a push per leaving user: capped with the
+        // leaves themselves.
+        let _slot = self.presence_slot().await?;
         let mut message = Vec::with_capacity(text.len() + 1);
         message.push(b'P');
         message.extend_from_slice(text.as_bytes());

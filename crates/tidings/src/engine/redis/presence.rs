@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use tokio::sync::SemaphorePermit;
 
 use super::Shared;
 use crate::engine::presence::{member_of, ClientPresence, PresenceChange, PresenceStore};
@@ -25,6 +26,11 @@ pub struct RedisPresence {
 impl RedisPresence {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// Waits for one of the node's presence call slots.
+    async fn slot(&self) -> Result<SemaphorePermit<'_>, EngineError> {
+        self.shared.presence_slot().await
     }
 }
 
@@ -73,9 +79,11 @@ impl RedisPresence {
         channel: &ChannelName,
     ) -> Result<BTreeMap<String, Vec<ClientPresence>>, EngineError> {
         let link = &self.shared.link;
+        let slot = self.slot().await?;
         let all: Vec<(String, String)> = link
             .query(redis::cmd("HGETALL").arg(link.keys.presence(channel)))
             .await?;
+        drop(slot);
         let dead = self.shared.dead_nodes();
         let mut users: BTreeMap<String, Vec<ClientPresence>> = BTreeMap::new();
         for (client, entry) in all {
@@ -110,6 +118,7 @@ impl PresenceStore for RedisPresence {
             node: link.node.clone(),
         };
         let entry = serde_json::to_string(&entry).map_err(|_| bad_entry())?;
+        let slot = self.slot().await?;
         // Recorded first: if this node dies right after, the survivors find it.
         link.query::<()>(
             redis::cmd("SADD")
@@ -128,6 +137,7 @@ impl PresenceStore for RedisPresence {
                 ],
             )
             .await?;
+        drop(slot);
         if count != 1 {
             return Ok(None);
         }
@@ -142,6 +152,7 @@ impl PresenceStore for RedisPresence {
         client: &str,
     ) -> Result<Option<PresenceChange>, EngineError> {
         let keys = &self.shared.link.keys;
+        let slot = self.slot().await?;
         let (left, entry): (i64, String) = self
             .shared
             .link
@@ -151,6 +162,7 @@ impl PresenceStore for RedisPresence {
                 &[client.as_bytes(), user.as_bytes()],
             )
             .await?;
+        drop(slot);
         if left != 0 {
             return Ok(None);
         }
@@ -181,6 +193,7 @@ impl PresenceStore for RedisPresence {
             node: link.node.clone(),
         };
         let stored = serde_json::to_string(&stored).map_err(|_| bad_entry())?;
+        let slot = self.slot().await?;
         link.query::<()>(
             redis::cmd("HSET")
                 .arg(link.keys.presence(channel))
@@ -188,6 +201,7 @@ impl PresenceStore for RedisPresence {
                 .arg(stored),
         )
         .await?;
+        drop(slot);
         let after: Vec<ClientPresence> = mine
             .iter()
             .map(|c| {

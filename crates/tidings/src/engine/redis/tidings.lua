@@ -1,7 +1,8 @@
-#!lua name=tidings_v1
+#!lua name=tidings_v2
 -- The Redis engine's functions. Each call is one atomic step on one channel's
 -- keys (all hash-tagged with the channel, so in a Redis Cluster they live on
--- one shard). Loaded with FUNCTION LOAD REPLACE by every node; the name carries
+-- one shard), except tidings_v2_publish_many, which places several channels
+-- and is used outside Redis Cluster only. Loaded with FUNCTION LOAD REPLACE by every node; the name carries
 -- a version so nodes of different releases can share one Redis.
 
 -- This Redis process's run id, read once per process: library locals live as
@@ -38,41 +39,63 @@ local function keep(key, ttl)
   end
 end
 
--- KEYS: meta, stream, idempotency key.
--- ARGV: new epoch, history size, history ttl ms, position ttl ms, idempotency
---       window ms (0 = no key), now ms, pub/sub channel, header, envelope prefix,
---       envelope suffix, '1' for SPUBLISH, event id.
--- Returns {'ok', offset, epoch} or {'dup', offset, epoch, id}.
-redis.register_function('tidings_v1_publish', function(keys, args)
-  local meta, stream, idem = keys[1], keys[2], keys[3]
-  local size, ttl, position_ttl = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
-  local window = tonumber(args[5])
+-- Places one event in one channel: the body of both publish functions, so a
+-- batch places each channel exactly as a single publish does.
+-- The channel's arguments are `args[base + 1]` to `args[base + 12]` (see
+-- tidings_v2_publish).
+local function place(meta, stream, idem, args, base)
+  local function a(n) return args[base + n] end
+  local size, ttl, position_ttl = tonumber(a(2)), tonumber(a(3)), tonumber(a(4))
+  local window = tonumber(a(5))
   if window > 0 then
     local seen = redis.call('HMGET', idem, 'offset', 'epoch', 'id')
     if seen[1] then
       return {'dup', seen[1], seen[2], seen[3]}
     end
   end
-  local epoch = channel_epoch(meta, stream, args[1])
+  local epoch = channel_epoch(meta, stream, a(1))
   local offset = redis.call('HINCRBY', meta, 'top', 1)
-  local envelope = args[9] .. offset .. args[10]
+  local envelope = a(9) .. offset .. a(10)
   if size > 0 and ttl > 0 then
-    redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 'h', args[8], 'e', envelope, 't', args[6])
+    redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 'h', a(8), 'e', envelope, 't', a(6))
     redis.call('PEXPIRE', stream, ttl)
     redis.call('HSET', meta, 'ttl', ttl)
   end
   keep(meta, math.max(position_ttl, ttl))
   if window > 0 then
-    redis.call('HSET', idem, 'offset', offset, 'epoch', epoch, 'id', args[12])
+    redis.call('HSET', idem, 'offset', offset, 'epoch', epoch, 'id', a(12))
     redis.call('PEXPIRE', idem, window)
   end
-  local message = 'E' .. epoch .. '\n' .. offset .. '\n' .. args[8] .. '\n' .. envelope
-  if args[11] == '1' then
-    redis.call('SPUBLISH', args[7], message)
+  local message = 'E' .. epoch .. '\n' .. offset .. '\n' .. a(8) .. '\n' .. envelope
+  if a(11) == '1' then
+    redis.call('SPUBLISH', a(7), message)
   else
-    redis.call('PUBLISH', args[7], message)
+    redis.call('PUBLISH', a(7), message)
   end
   return {'ok', offset, epoch}
+end
+
+-- KEYS: meta, stream, idempotency key.
+-- ARGV: new epoch, history size, history ttl ms, position ttl ms, idempotency
+--       window ms (0 = no key), now ms, pub/sub channel, header, envelope prefix,
+--       envelope suffix, '1' for SPUBLISH, event id.
+-- Returns {'ok', offset, epoch} or {'dup', offset, epoch, id}.
+redis.register_function('tidings_v2_publish', function(keys, args)
+  return place(keys[1], keys[2], keys[3], args, 0)
+end)
+
+-- Several channels in one call (a broadcast), outside Redis Cluster only: the
+-- channels' keys hash to different slots. Saves a round trip and a script
+-- call per channel; each channel is placed as by tidings_v2_publish.
+-- KEYS: meta, stream, idempotency key of each channel, in order.
+-- ARGV: the 12 arguments of tidings_v2_publish for each channel, in order.
+-- Returns one reply of tidings_v2_publish per channel.
+redis.register_function('tidings_v2_publish_many', function(keys, args)
+  local out = {}
+  for c = 0, #keys / 3 - 1 do
+    out[c + 1] = place(keys[c * 3 + 1], keys[c * 3 + 2], keys[c * 3 + 3], args, c * 12)
+  end
+  return out
 end)
 
 -- The channel's position, and the events after `after` (oldest first, or
@@ -82,7 +105,7 @@ end)
 -- after, limit, '1' for newest first, now ms.
 -- Returns {epoch, top, complete (0/1), entries, history ttl ms}; each entry
 -- {id, {field, value…}}.
-redis.register_function('tidings_v1_read', function(keys, args)
+redis.register_function('tidings_v2_read', function(keys, args)
   local meta, stream = keys[1], keys[2]
   local epoch, created = channel_epoch(meta, stream, args[1])
   if created then
@@ -128,7 +151,7 @@ end)
 
 -- ARGV: client, user, entry. Returns the user's connection count after the
 -- join (1 = the user joined), or 0 when the client was already there.
-redis.register_function('tidings_v1_presence_join', function(keys, args)
+redis.register_function('tidings_v2_presence_join', function(keys, args)
   local existed = redis.call('HEXISTS', keys[1], args[1])
   redis.call('HSET', keys[1], args[1], args[3])
   if existed == 1 then
@@ -139,7 +162,7 @@ end)
 
 -- ARGV: client, user. Returns {connections left for the user (-1 = the client
 -- was not there), the removed entry}.
-redis.register_function('tidings_v1_presence_leave', function(keys, args)
+redis.register_function('tidings_v2_presence_leave', function(keys, args)
   local entry = redis.call('HGET', keys[1], args[1])
   if not entry then
     return {-1, ''}
@@ -154,7 +177,7 @@ end)
 
 -- Removes every entry of a node that died. ARGV: node id.
 -- Returns the entries of users who have no connection left.
-redis.register_function('tidings_v1_presence_reap', function(keys, args)
+redis.register_function('tidings_v2_presence_reap', function(keys, args)
   local all = redis.call('HGETALL', keys[1])
   local gone = {}
   for i = 1, #all, 2 do
@@ -174,7 +197,7 @@ end)
 -- A node's heartbeat: records its entry and returns every node's entry with
 -- the milliseconds since its last heartbeat, on Redis's clock.
 -- KEYS: nodes hash, heartbeat times hash. ARGV: node, entry JSON.
-redis.register_function('tidings_v1_heartbeat', function(keys, args)
+redis.register_function('tidings_v2_heartbeat', function(keys, args)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if args[1] ~= '' then
