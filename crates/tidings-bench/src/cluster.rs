@@ -442,11 +442,7 @@ impl Workers {
         for w in 0..count {
             let from = w * total / count;
             let to = (w + 1) * total / count;
-            let target = match proto {
-                Proto::Tidings => "tidings",
-                Proto::Socketio => "socketio",
-                Proto::TidingsSocketio => "tidings-socketio",
-            };
+            let target = proto.name();
             let mut child = Command::new(&exe)
                 .args(["cluster-worker", "--target", target, "--no-pin"])
                 .args(["--worker-servers", &servers])
@@ -879,6 +875,10 @@ async fn cross_node(cli: &Cli, launch: &Launch) -> Result<(serde_json::Value, bo
                 start_nodes(launch, &redis, count, &[]).await
             }
             Proto::Socketio => start_peers(launch, &redis, count).await,
+            other => Err(anyhow::anyhow!(
+                "cross-node runs against Tidings and Socket.IO only, not {}",
+                other.label()
+            )),
         };
         let nodes = match nodes {
             Ok(n) => n,

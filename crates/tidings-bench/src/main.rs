@@ -1,5 +1,7 @@
 //! `tidings-bench`: a load generator for Tidings that runs the same scenarios
-//! against a Socket.IO v4 peer in the same run and reports both side by side.
+//! against its peers (Centrifugo v6, a Socket.IO v4 server) and the kernel
+//! floor (`floor-write`, `floor-batched`: one frame written to every socket with
+//! no server logic) in the same run, and reports them side by side.
 //!
 //! Scenarios: `idle` (connections and memory), `fanout` (one channel, many
 //! subscribers), `channels` (one channel per connection), `max` (raise the rate
@@ -7,8 +9,10 @@
 //! `all`, and `history` (what history costs in server memory; Tidings only).
 //! Results go to `<out>/results.json`, `<out>/results.md` and SVG charts.
 
+mod centrifugo;
 mod client;
 mod cluster;
+mod floor;
 mod history;
 mod publish;
 mod report;
@@ -57,6 +61,9 @@ enum Scenario {
     /// Internal: a process holding a share of a cluster scenario's connections.
     #[value(hide = true)]
     ClusterWorker,
+    /// Internal: the floor server (`--target floor-write,floor-batched` starts it).
+    #[value(hide = true)]
+    FloorServer,
 }
 
 impl Scenario {
@@ -82,19 +89,32 @@ impl Scenario {
             Scenario::CrossNode => "cross-node",
             Scenario::RedisCost => "redis-cost",
             Scenario::ClusterWorker => "cluster-worker",
+            Scenario::FloorServer => "floor-server",
         }
     }
 }
 
-/// Load generator for Tidings, side by side with a Socket.IO v4 peer.
+/// Load generator for Tidings, side by side with Centrifugo, a Socket.IO v4
+/// peer and the kernel floor.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
     /// What to run.
     scenario: Scenario,
-    /// Servers to run against, in order (comma separated).
+    /// Servers to run against, in order (comma separated): tidings, centrifugo,
+    /// socketio, tidings-socketio, and the floor: floor-write, floor-batched.
     #[arg(long, value_delimiter = ',', default_value = "tidings,socketio")]
     target: Vec<Proto>,
+    /// Centrifugo binary [default: bench/peers/centrifugo/bin/centrifugo, built
+    /// by bench/peers/centrifugo/build.sh].
+    #[arg(long)]
+    centrifugo_bin: Option<PathBuf>,
+    /// Internal (floor-server): how the floor writes.
+    #[arg(long, hide = true, value_enum, default_value = "write")]
+    floor_mode: floor::Mode,
+    /// Internal (floor-server): where it listens.
+    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
+    floor_addr: SocketAddr,
     /// Tidings server binary started for each run.
     #[arg(long)]
     tidings_bin: Option<PathBuf>,
@@ -282,6 +302,9 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.scenario == Scenario::FloorServer {
+        return floor::serve(cli.floor_addr, cli.floor_mode);
+    }
     if cli.scenario.is_cluster() {
         return cluster::main(cli);
     }
@@ -348,6 +371,12 @@ fn launch_from_cli(cli: &Cli, root: &Path, cpu: Option<usize>) -> Result<Launch>
         api_key: cli.api_key.clone(),
         tidings_env,
         peer_env: Vec::new(),
+        centrifugo_bin: cli
+            .centrifugo_bin
+            .clone()
+            .unwrap_or_else(|| root.join("bench/peers/centrifugo/bin/centrifugo")),
+        // Tidings' default `connection.heartbeat`.
+        heartbeat: Duration::from_secs(25),
     })
 }
 
@@ -395,6 +424,11 @@ async fn async_main(
                         failed = true;
                     }
                 }
+                continue;
+            }
+            if scenario == Scenario::Idle && proto.is_floor() {
+                // The floor keeps no per-connection state worth comparing.
+                println!("(idle has no floor; skipping {})", proto.label());
                 continue;
             }
             println!("== {} against {} ==", scenario.name(), proto.label());
@@ -519,6 +553,7 @@ async fn start_server(cli: &Cli, launch: &Launch, proto: Proto) -> Result<Server
     let external = match proto {
         Proto::Tidings | Proto::TidingsSocketio => cli.tidings_addr.map(|a| (a, cli.tidings_pid)),
         Proto::Socketio => cli.socketio_addr.map(|a| (a, cli.socketio_pid)),
+        Proto::Centrifugo | Proto::FloorWrite | Proto::FloorBatched => None,
     };
     let server = match external {
         Some((addr, pid)) => Server::external(proto, addr, pid),
@@ -768,7 +803,8 @@ async fn run_scenario(cli: &Cli, scenario: Scenario, server: &Server) -> Result<
         | Scenario::Scale
         | Scenario::CrossNode
         | Scenario::RedisCost
-        | Scenario::ClusterWorker => unreachable!(),
+        | Scenario::ClusterWorker
+        | Scenario::FloorServer => unreachable!(),
     }
     Ok(run)
 }

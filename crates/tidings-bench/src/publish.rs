@@ -40,14 +40,28 @@ impl HttpConn {
         bearer: Option<&str>,
         body: &[u8],
     ) -> Result<(u16, Vec<u8>)> {
+        let auth = bearer.map(|key| ("Authorization", format!("Bearer {key}")));
+        self.request_with(method, path, auth.as_ref(), body).await
+    }
+
+    /// Like `request`, with the credentials in a header of the caller's choice
+    /// (Centrifugo's API reads `X-API-Key`).
+    pub async fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: Option<&(&str, String)>,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             self.server,
             body.len()
         );
-        if let Some(key) = bearer {
-            head.push_str("Authorization: Bearer ");
-            head.push_str(key);
+        if let Some((name, value)) = auth {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
@@ -102,17 +116,26 @@ pub struct PublishTarget {
 impl PublishTarget {
     fn path(&self) -> &'static str {
         match self.proto {
-            Proto::Tidings | Proto::TidingsSocketio => "/api/publish",
             Proto::Socketio => "/publish",
+            _ => "/api/publish",
+        }
+    }
+
+    fn auth(&self) -> (&'static str, String) {
+        match self.proto {
+            Proto::Centrifugo => ("X-API-Key", self.api_key.clone()),
+            _ => ("Authorization", format!("Bearer {}", self.api_key)),
         }
     }
 
     fn body(&self, channel: &str, seq: u64) -> String {
-        format!(
-            r#"{{"channel":"{channel}","event":"tick","data":{{"t":{},"seq":{seq},"pad":"{}"}}}}"#,
-            now_ns(),
-            self.pad
-        )
+        let channel = self.proto.channel(channel);
+        let data = format!(r#"{{"t":{},"seq":{seq},"pad":"{}"}}"#, now_ns(), self.pad);
+        match self.proto {
+            // Centrifugo publications have no event name: the data is all.
+            Proto::Centrifugo => format!(r#"{{"channel":"{channel}","data":{data}}}"#),
+            _ => format!(r#"{{"channel":"{channel}","event":"tick","data":{data}}}"#),
+        }
     }
 }
 
@@ -150,12 +173,14 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
     }
     let n = plan.channels.len() as u64;
     let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
+    let auth = target.auth();
     let mut tasks = Vec::new();
     for mut conn in conns {
         let next = next.clone();
         let stats = stats.clone();
         let channels = plan.channels.clone();
         let target = target.clone();
+        let auth = auth.clone();
         let (count, seq_base, deadline) = (plan.count, plan.seq_base, plan.deadline);
         tasks.push(tokio::task::spawn_local(async move {
             loop {
@@ -181,16 +206,23 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                 let channel = &channels[(i % n) as usize];
                 let body = target.body(channel, seq_base + i / n);
                 let result = conn
-                    .request(
-                        "POST",
-                        target.path(),
-                        Some(&target.api_key),
-                        body.as_bytes(),
-                    )
+                    .request_with("POST", target.path(), Some(&auth), body.as_bytes())
                     .await;
                 let reconnect = {
                     let mut s = stats.borrow_mut();
                     match result {
+                        // Centrifugo reports a refused publish as 200 with an
+                        // `error` object in the body.
+                        Ok((200..=299, body))
+                            if target.proto == Proto::Centrifugo
+                                && body.starts_with(br#"{"error""#) =>
+                        {
+                            s.errors += 1;
+                            if s.first_error.is_none() {
+                                s.first_error = Some(String::from_utf8_lossy(&body).into_owned());
+                            }
+                            false
+                        }
                         Ok((200..=299, _)) => {
                             s.sent += 1;
                             false
