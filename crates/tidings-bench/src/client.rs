@@ -526,5 +526,17 @@ mod tests {
         let sio = r#"42["tick",{"channel":"workspace:bench","data":{"t":42,"seq":0,"pad":""}}]"#;
         assert_eq!(payload_numbers(sio), Some((42, 0)));
         assert_eq!(payload_numbers(r#"{"type":"pong"}"#), None);
+        let centrifugo = r#"{"push":{"channel":"workspace:bench","pub":{"data":{"t":77,"seq":3,"pad":"x"},"offset":4}}}"#;
+        assert_eq!(payload_numbers(centrifugo), Some((77, 3)));
+    }
+
+    #[test]
+    fn centrifugo_limits_user_channels_to_their_user() {
+        assert_eq!(Proto::Centrifugo.channel("user:u7"), "user:#u7");
+        assert_eq!(
+            Proto::Centrifugo.channel("workspace:bench"),
+            "workspace:bench"
+        );
+        assert_eq!(Proto::Tidings.channel("user:u7"), "user:u7");
     }
 }
