@@ -961,6 +961,7 @@ async fn cross_node_on(
                 count,
                 seq_base,
                 workers: ((publish_rate / 400.0).ceil() as usize).clamp(2, 48),
+                batch: 1,
                 deadline: Instant::now() + Duration::from_secs_f64(secs * 2.0 + 5.0),
             };
             let started = Instant::now();
@@ -1200,6 +1201,7 @@ async fn cost_mode(
         count: cli.cost_events as u64,
         seq_base: 0,
         workers: 4,
+        batch: 1,
         deadline: Instant::now() + Duration::from_secs_f64(secs * 2.0 + 10.0),
     };
     let stats = crate::publish::run(&target, plan).await?;

@@ -306,7 +306,11 @@ async fn publishes(
 ) -> Result<()> {
     #[derive(serde::Deserialize)]
     struct Body {
-        channel: String,
+        #[serde(default)]
+        channel: Option<String>,
+        /// `/api/broadcast`: the same data to each.
+        #[serde(default)]
+        channels: Vec<String>,
         #[serde(default)]
         event: Option<String>,
         data: serde_json::Value,
@@ -322,22 +326,21 @@ async fn publishes(
         let mut body = vec![0; length];
         reader.read_exact(&mut body).await?;
         match serde_json::from_slice::<Body>(&body) {
-            Ok(b) if line.starts_with("POST ") => {
-                let offset = {
-                    let mut offsets = floor.offsets.borrow_mut();
-                    let o = offsets.entry(b.channel.clone()).or_insert(0);
-                    *o += 1;
-                    *o
-                };
+            Ok(mut b) if line.starts_with("POST ") => {
                 let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
                 reader.get_mut().write_all(reply.as_bytes()).await?;
-                let frame = event_frame(
-                    &b.channel,
-                    offset,
-                    b.event.as_deref().unwrap_or("tick"),
-                    &b.data.to_string(),
-                );
-                fan_out(&floor, &b.channel, frame);
+                let data = b.data.to_string();
+                let event = b.event.as_deref().unwrap_or("tick");
+                b.channels.extend(b.channel.take());
+                for channel in &b.channels {
+                    let offset = {
+                        let mut offsets = floor.offsets.borrow_mut();
+                        let o = offsets.entry(channel.clone()).or_insert(0);
+                        *o += 1;
+                        *o
+                    };
+                    fan_out(&floor, channel, event_frame(channel, offset, event, &data));
+                }
             }
             _ => {
                 let reply = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";

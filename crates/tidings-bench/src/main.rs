@@ -177,6 +177,12 @@ struct Cli {
     /// A delivery later than this (ms) counts as late.
     #[arg(long, default_value_t = 1000)]
     late_ms: u64,
+    /// Events per publish request (channels): above 1, consecutive events go
+    /// out as one broadcast to that many channels (`/api/broadcast`; the
+    /// Socket.IO peer's `/broadcast`), with one timestamp. Must divide the
+    /// channel count, else 1.
+    #[arg(long, default_value_t = 1)]
+    publish_batch: usize,
     /// Bytes of padding in each event's data.
     #[arg(long, default_value_t = 64)]
     payload_pad: usize,
@@ -932,13 +938,15 @@ async fn publish(
         pad: pad(cli),
     };
     let count = (rate * secs).round().max(1.0) as u64;
-    let workers = ((rate / 400.0).ceil() as usize).clamp(2, 48);
+    let batch = cli.publish_batch.max(1);
+    let workers = ((rate / batch as f64 / 400.0).ceil() as usize).clamp(2, 48);
     let plan = publish::Plan {
         channels: channels.clone(),
         rate,
         count,
         seq_base,
         workers,
+        batch: batch as u64,
         deadline: Instant::now() + Duration::from_secs_f64(secs * 2.0 + 5.0),
     };
     publish::run(&target, plan).await
@@ -1033,6 +1041,7 @@ async fn steady(
         "connections": n, "channels": channels.len(), "offered_deliveries_per_s": rate,
         "publishes_per_s": publish_rate, "duration_s": duration, "warmup_s": warmup,
         "payload_pad_bytes": cli.payload_pad, "sources": fleet.sources.len(),
+        "publish_batch": cli.publish_batch,
     });
     let ramp = if per_channel {
         fleet

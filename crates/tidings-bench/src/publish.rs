@@ -114,10 +114,12 @@ pub struct PublishTarget {
 }
 
 impl PublishTarget {
-    fn path(&self) -> &'static str {
-        match self.proto {
-            Proto::Socketio => "/publish",
-            _ => "/api/publish",
+    fn path(&self, batch: bool) -> &'static str {
+        match (self.proto, batch) {
+            (Proto::Socketio, false) => "/publish",
+            (Proto::Socketio, true) => "/broadcast",
+            (_, false) => "/api/publish",
+            (_, true) => "/api/broadcast",
         }
     }
 
@@ -128,13 +130,30 @@ impl PublishTarget {
         }
     }
 
+    fn data(&self, seq: u64) -> String {
+        format!(r#"{{"t":{},"seq":{seq},"pad":"{}"}}"#, now_ns(), self.pad)
+    }
+
     fn body(&self, channel: &str, seq: u64) -> String {
         let channel = self.proto.channel(channel);
-        let data = format!(r#"{{"t":{},"seq":{seq},"pad":"{}"}}"#, now_ns(), self.pad);
+        let data = self.data(seq);
         match self.proto {
             // Centrifugo publications have no event name: the data is all.
             Proto::Centrifugo => format!(r#"{{"channel":"{channel}","data":{data}}}"#),
             _ => format!(r#"{{"channel":"{channel}","event":"tick","data":{data}}}"#),
+        }
+    }
+
+    /// One broadcast of the same data (one timestamp, one sequence number) to
+    /// several channels: each server's own batch API (`/api/broadcast` of
+    /// Tidings and Centrifugo, the peer's `/broadcast`).
+    fn broadcast_body(&self, channels: &[String], seq: u64) -> String {
+        let names: Vec<String> = channels.iter().map(|c| self.proto.channel(c)).collect();
+        let names = serde_json::to_string(&names).unwrap_or_default();
+        let data = self.data(seq);
+        match self.proto {
+            Proto::Centrifugo => format!(r#"{{"channels":{names},"data":{data}}}"#),
+            _ => format!(r#"{{"channels":{names},"event":"tick","data":{data}}}"#),
         }
     }
 }
@@ -158,6 +177,10 @@ pub struct Plan {
     pub count: u64,
     pub seq_base: u64,
     pub workers: usize,
+    /// Events per HTTP request: above 1, `batch` consecutive events (the same
+    /// sequence number on consecutive channels) go out as one broadcast,
+    /// sent when the first of them is due. Must divide the channel count.
+    pub batch: u64,
     /// Hard stop, whatever is left.
     pub deadline: Instant,
 }
@@ -172,6 +195,12 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
         conns.push(HttpConn::connect(target.server).await?);
     }
     let n = plan.channels.len() as u64;
+    // A batch never spans two rounds over the channels (two sequence numbers).
+    let batch = if plan.batch > 1 && n.is_multiple_of(plan.batch) {
+        plan.batch
+    } else {
+        1
+    };
     let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
     let auth = target.auth();
     let mut tasks = Vec::new();
@@ -188,7 +217,8 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                 if i >= count {
                     break;
                 }
-                next.set(i + 1);
+                let events = batch.min(count - i);
+                next.set(i + events);
                 let at = start + interval.mul_f64(i as f64);
                 if at >= deadline {
                     break;
@@ -203,10 +233,15 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                         s.max_lag = lag;
                     }
                 }
-                let channel = &channels[(i % n) as usize];
-                let body = target.body(channel, seq_base + i / n);
+                let first = (i % n) as usize;
+                let body = if batch > 1 {
+                    target
+                        .broadcast_body(&channels[first..first + events as usize], seq_base + i / n)
+                } else {
+                    target.body(&channels[first], seq_base + i / n)
+                };
                 let result = conn
-                    .request_with("POST", target.path(), Some(&auth), body.as_bytes())
+                    .request_with("POST", target.path(batch > 1), Some(&auth), body.as_bytes())
                     .await;
                 let reconnect = {
                     let mut s = stats.borrow_mut();
@@ -217,18 +252,18 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                             if target.proto == Proto::Centrifugo
                                 && body.starts_with(br#"{"error""#) =>
                         {
-                            s.errors += 1;
+                            s.errors += events;
                             if s.first_error.is_none() {
                                 s.first_error = Some(String::from_utf8_lossy(&body).into_owned());
                             }
                             false
                         }
                         Ok((200..=299, _)) => {
-                            s.sent += 1;
+                            s.sent += events;
                             false
                         }
                         Ok((status, body)) => {
-                            s.errors += 1;
+                            s.errors += events;
                             if s.first_error.is_none() {
                                 s.first_error = Some(format!(
                                     "HTTP {status}: {}",
@@ -238,7 +273,7 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                             false
                         }
                         Err(err) => {
-                            s.errors += 1;
+                            s.errors += events;
                             if s.first_error.is_none() {
                                 s.first_error = Some(format!("{err:#}"));
                             }
