@@ -25,7 +25,10 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// One namespace of the bench: clients may subscribe (the generator's tokens
 /// carry no channel claims), with history and forced recovery as Tidings keeps
 /// history for every channel by default and recovers on resubscribe.
-fn namespace(name: &str, user_limited: bool) -> serde_json::Value {
+/// `presence` as Tidings tracks presence on `workspace:` channels but not on
+/// `user:` ones; subscribers may read presence stats, which the generator's
+/// application ping uses.
+fn namespace(name: &str, user_limited: bool, presence: bool) -> serde_json::Value {
     serde_json::json!({
         "name": name,
         "allow_subscribe_for_client": true,
@@ -33,6 +36,8 @@ fn namespace(name: &str, user_limited: bool) -> serde_json::Value {
         "history_size": HISTORY_SIZE,
         "history_ttl": format!("{}s", HISTORY_TTL.as_secs()),
         "force_recovery": true,
+        "presence": presence,
+        "allow_presence_for_subscriber": presence,
     })
 }
 
@@ -48,7 +53,10 @@ pub fn config(launch: &Launch, port: u16) -> serde_json::Value {
             "pong_timeout": format!("{}s", PONG_TIMEOUT.as_secs().min(ping.saturating_sub(1)).max(1)),
         },
         "channel": {
-            "namespaces": [namespace("user", true), namespace("workspace", false)],
+            "namespaces": [
+                namespace("user", true, false),
+                namespace("workspace", false, true),
+            ],
         },
         "http_api": { "key": launch.api_key },
         "usage_stats": { "disabled": true },
@@ -109,5 +117,7 @@ mod tests {
         assert_eq!(ns[1]["history_size"], 100);
         assert_eq!(ns[1]["history_ttl"], "600s");
         assert_eq!(ns[1]["force_recovery"], true);
+        assert_eq!(ns[1]["presence"], true);
+        assert_eq!(ns[0]["presence"], false);
     }
 }

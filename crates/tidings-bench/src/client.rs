@@ -432,12 +432,13 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
                             let msg = match spec.proto.wire() {
                                 Proto::Socketio => format!(r#"42{round}["echo"]"#),
                                 // Centrifugo's protocol v2 has no client ping
-                                // reply; its `ping` command is answered with
-                                // error 108 "not available", which is still a
-                                // round trip through the connection's reader
-                                // and writer.
+                                // (its `ping` command ends the connection with
+                                // 3501 "bad request"): presence stats of the
+                                // workspace channel are the cheapest request
+                                // with a reply, a round trip through the
+                                // connection's reader and writer.
                                 Proto::Centrifugo => format!(
-                                    r#"{{"id":{},"ping":{{}}}}"#,
+                                    r#"{{"id":{},"presence_stats":{{"channel":"workspace:bench"}}}}"#,
                                     CENTRIFUGO_PING_ID + u64::from(round)
                                 ),
                                 _ => format!(r#"{{"type":"ping","id":{round}}}"#),
