@@ -527,9 +527,11 @@ mod tests {
     fn event_frames_have_the_tidings_fields() {
         let f = event_frame("workspace:bench", 7, "tick", r#"{"t":1,"seq":0}"#);
         assert_eq!(f[0], 0x81);
-        let text = std::str::from_utf8(&f[2..]).expect("utf-8");
+        // Over 125 bytes: a 16-bit extended length.
+        assert_eq!(f[1], 126);
+        let text = std::str::from_utf8(&f[4..]).expect("utf-8");
         assert!(text.starts_with(r#"{"type":"event","channel":"workspace:bench","offset":7,"id":"e_7","event":"tick","ts":""#));
         assert!(text.ends_with(r#""data":{"t":1,"seq":0}}"#));
-        assert_eq!(f[1] as usize, text.len());
+        assert_eq!(u16::from_be_bytes([f[2], f[3]]) as usize, text.len());
     }
 }
