@@ -26,8 +26,8 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// carry no channel claims), with history and forced recovery as Tidings keeps
 /// history for every channel by default and recovers on resubscribe.
 /// `presence` as Tidings tracks presence on `workspace:` channels but not on
-/// `user:` ones; subscribers may read presence stats, which the generator's
-/// application ping uses.
+/// `user:` ones. Subscribers may read history: the generator's application
+/// ping is a history request for the position only.
 fn namespace(name: &str, user_limited: bool, presence: bool) -> serde_json::Value {
     serde_json::json!({
         "name": name,
@@ -37,7 +37,7 @@ fn namespace(name: &str, user_limited: bool, presence: bool) -> serde_json::Valu
         "history_ttl": format!("{}s", HISTORY_TTL.as_secs()),
         "force_recovery": true,
         "presence": presence,
-        "allow_presence_for_subscriber": presence,
+        "allow_history_for_subscriber": true,
     })
 }
 
@@ -119,5 +119,6 @@ mod tests {
         assert_eq!(ns[1]["force_recovery"], true);
         assert_eq!(ns[1]["presence"], true);
         assert_eq!(ns[0]["presence"], false);
+        assert_eq!(ns[1]["allow_history_for_subscriber"], true);
     }
 }
