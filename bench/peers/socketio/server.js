@@ -41,7 +41,7 @@ const httpServer = http.createServer((req, res) => {
   if (req.method === 'GET' && req.url === '/health') {
     return reply(res, 200, { status: 'ok', connections: io.engine.clientsCount });
   }
-  if (req.method !== 'POST' || req.url !== '/publish') {
+  if (req.method !== 'POST' || (req.url !== '/publish' && req.url !== '/broadcast')) {
     return reply(res, 404, { error: 'not found' });
   }
   if (req.headers.authorization !== `Bearer ${apiKey}`) {
@@ -55,6 +55,17 @@ const httpServer = http.createServer((req, res) => {
       msg = JSON.parse(Buffer.concat(chunks).toString('utf8'));
     } catch (e) {
       return reply(res, 400, { error: 'bad json' });
+    }
+    if (req.url === '/broadcast') {
+      // The same event to several channels, one emit per room (as Tidings'
+      // and Centrifugo's /api/broadcast publish once per channel).
+      if (!Array.isArray(msg.channels) || typeof msg.event !== 'string') {
+        return reply(res, 400, { error: 'channels and event are required' });
+      }
+      for (const channel of msg.channels) {
+        io.to(channel).emit(msg.event, { channel, data: msg.data });
+      }
+      return reply(res, 200, { channels: msg.channels.length });
     }
     if (typeof msg.channel !== 'string' || typeof msg.event !== 'string') {
       return reply(res, 400, { error: 'channel and event are required' });

@@ -1,6 +1,7 @@
 //! The load generator's WebSocket clients: one task per connection, speaking
-//! either the Tidings protocol or Socket.IO v4 (Engine.IO v4 framing over a plain
-//! WebSocket), all on one thread sharing one set of counters.
+//! the Tidings protocol, Socket.IO v4 (Engine.IO v4 framing over a plain
+//! WebSocket) or Centrifugo's JSON protocol, all on one thread sharing one set
+//! of counters. The floor targets speak the Tidings protocol.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +32,19 @@ pub enum Proto {
     #[serde(rename = "tidings-socketio")]
     #[value(name = "tidings-socketio")]
     TidingsSocketio,
+    /// Centrifugo v6, JSON protocol on `/connection/websocket`, publishing
+    /// through its HTTP API.
+    Centrifugo,
+    /// The floor: `tidings-bench floor-server` writing one pre-built frame to
+    /// every socket, one write syscall per socket per publish.
+    #[serde(rename = "floor-write")]
+    #[value(name = "floor-write")]
+    FloorWrite,
+    /// The floor, batched: the same frames, written by one sweep over the
+    /// sockets with every frame queued for a socket in one `writev`.
+    #[serde(rename = "floor-batched")]
+    #[value(name = "floor-batched")]
+    FloorBatched,
 }
 
 impl Proto {
@@ -39,14 +53,47 @@ impl Proto {
             Proto::Tidings => "Tidings",
             Proto::Socketio => "Socket.IO",
             Proto::TidingsSocketio => "Tidings /socket.io/",
+            Proto::Centrifugo => "Centrifugo",
+            Proto::FloorWrite => "floor-write",
+            Proto::FloorBatched => "floor-batched",
         }
     }
 
-    /// The protocol the clients speak (Tidings' `/socket.io/` speaks Socket.IO).
+    /// The name on the command line (`--target`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tidings => "tidings",
+            Proto::Socketio => "socketio",
+            Proto::TidingsSocketio => "tidings-socketio",
+            Proto::Centrifugo => "centrifugo",
+            Proto::FloorWrite => "floor-write",
+            Proto::FloorBatched => "floor-batched",
+        }
+    }
+
+    /// The protocol the clients speak (Tidings' `/socket.io/` speaks Socket.IO,
+    /// the floor server the Tidings protocol).
     pub fn wire(self) -> Proto {
         match self {
             Proto::TidingsSocketio => Proto::Socketio,
+            Proto::FloorWrite | Proto::FloorBatched => Proto::Tidings,
             p => p,
+        }
+    }
+
+    /// Whether this target is the kernel floor rather than a server.
+    pub fn is_floor(self) -> bool {
+        matches!(self, Proto::FloorWrite | Proto::FloorBatched)
+    }
+
+    /// The channel name this server uses for one of the bench's channels.
+    /// Centrifugo limits a channel to one user with `#user` after the name
+    /// (`allow_user_limited_channels`), its equivalent of Tidings' rule that only
+    /// `u1` may subscribe to `user:u1`.
+    pub fn channel(self, name: &str) -> String {
+        match (self, name.strip_prefix("user:")) {
+            (Proto::Centrifugo, Some(user)) => format!("user:#{user}"),
+            _ => name.to_owned(),
         }
     }
 }
@@ -271,6 +318,41 @@ async fn setup_socketio(spec: &ConnSpec, ws: &mut Ws) -> Result<()> {
     Ok(())
 }
 
+/// Command ids of Centrifugo setup: connect is 1, subscriptions follow.
+/// Application pings (the idle scenario's round trips) use ids above this.
+const CENTRIFUGO_PING_ID: u64 = 1_000_000;
+
+async fn setup_centrifugo(spec: &ConnSpec, ws: &mut Ws) -> Result<()> {
+    let token = serde_json::to_string(&spec.token)?;
+    // Connect and subscriptions go in one frame, newline-separated, as
+    // centrifuge-js batches them; the server answers each in order.
+    let mut batch = format!(r#"{{"id":1,"connect":{{"token":{token}}}}}"#);
+    for (i, channel) in spec.channels.iter().enumerate() {
+        let channel = serde_json::to_string(&spec.proto.channel(channel))?;
+        batch.push_str(&format!(
+            "\n{{\"id\":{},\"subscribe\":{{\"channel\":{channel}}}}}",
+            i + 2
+        ));
+    }
+    ws.send(Message::text(batch)).await?;
+    let mut pending = spec.channels.len() + 1;
+    while pending > 0 {
+        let text = next_text(ws).await?;
+        for line in text.lines() {
+            if line.contains("\"error\"") {
+                bail!("centrifugo refused: {line}");
+            } else if line.contains("\"connect\":") || line.contains("\"subscribe\":") {
+                pending = pending.saturating_sub(1);
+            } else if line == "{}" {
+                ws.send(Message::text("{}")).await?;
+            } else if line.contains("\"disconnect\"") {
+                bail!("centrifugo disconnect: {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Finds `key` (e.g. `"seq":`) after `from` and parses the unsigned integer after it.
 fn number_after(text: &str, key: &str, from: usize) -> Option<u64> {
     let at = text.get(from..)?.find(key)? + from + key.len();
@@ -297,18 +379,20 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
     let setup = async {
         let stream = tcp_connect(spec.source, spec.server).await?;
         let url = match spec.proto.wire() {
-            Proto::Tidings => format!("ws://{}/ws?token={}", spec.server, spec.token),
-            Proto::Socketio | Proto::TidingsSocketio => {
+            Proto::Socketio => {
                 format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.server)
             }
+            Proto::Centrifugo => format!("ws://{}/connection/websocket", spec.server),
+            _ => format!("ws://{}/ws?token={}", spec.server, spec.token),
         };
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
                 .await
                 .context("websocket handshake")?;
         match spec.proto.wire() {
-            Proto::Tidings => setup_tidings(&spec, &mut ws).await?,
-            Proto::Socketio | Proto::TidingsSocketio => setup_socketio(&spec, &mut ws).await?,
+            Proto::Socketio => setup_socketio(&spec, &mut ws).await?,
+            Proto::Centrifugo => setup_centrifugo(&spec, &mut ws).await?,
+            _ => setup_tidings(&spec, &mut ws).await?,
         }
         Ok::<_, anyhow::Error>(ws)
     };
@@ -345,9 +429,21 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
                             return Ok(());
                         }
                         Cmd::Ping(round) => {
-                            let msg = match spec.proto {
-                                Proto::Tidings => format!(r#"{{"type":"ping","id":{round}}}"#),
-                                Proto::Socketio | Proto::TidingsSocketio => format!(r#"42{round}["echo"]"#),
+                            let msg = match spec.proto.wire() {
+                                Proto::Socketio => format!(r#"42{round}["echo"]"#),
+                                // Centrifugo's protocol v2 has no client ping
+                                // (its `ping` command ends the connection with
+                                // 3501 "bad request"). A history request for
+                                // the position only (limit 0) is the cheapest
+                                // request with a reply: a round trip through
+                                // the connection's reader and writer. (Presence
+                                // stats would count the channel's 18k members
+                                // for every ping.)
+                                Proto::Centrifugo => format!(
+                                    r#"{{"id":{},"history":{{"channel":"workspace:bench","limit":0}}}}"#,
+                                    CENTRIFUGO_PING_ID + u64::from(round)
+                                ),
+                                _ => format!(r#"{{"type":"ping","id":{round}}}"#),
                             };
                             ws.send(Message::text(msg)).await?;
                         }
@@ -362,8 +458,28 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
                         None => return Err(anyhow!("connection ended")),
                     };
                     let text = text.as_str();
-                    match spec.proto {
-                        Proto::Tidings => {
+                    match spec.proto.wire() {
+                        Proto::Centrifugo => {
+                            // Several replies may share one frame, one per line.
+                            for line in text.lines() {
+                                if line.starts_with(r#"{"push":"#) {
+                                    if line.contains(r#""pub":"#) {
+                                        if let Some((t, seq)) = payload_numbers(line) {
+                                            stats.borrow_mut().on_event(t, seq, &mut next_seq);
+                                        }
+                                    } else if line.contains(r#""disconnect":"#) {
+                                        return Err(anyhow!("server disconnect: {line}"));
+                                    }
+                                } else if line == "{}" {
+                                    ws.send(Message::text("{}")).await?;
+                                } else if number_after(line, r#""id":"#, 0)
+                                    .is_some_and(|id| id > CENTRIFUGO_PING_ID)
+                                {
+                                    stats.borrow_mut().pongs += 1;
+                                }
+                            }
+                        }
+                        Proto::Tidings | Proto::FloorWrite | Proto::FloorBatched => {
                             if text.starts_with(r#"{"type":"event""#) {
                                 if let Some((t, seq)) = payload_numbers(text) {
                                     stats.borrow_mut().on_event(t, seq, &mut next_seq);
@@ -413,5 +529,17 @@ mod tests {
         let sio = r#"42["tick",{"channel":"workspace:bench","data":{"t":42,"seq":0,"pad":""}}]"#;
         assert_eq!(payload_numbers(sio), Some((42, 0)));
         assert_eq!(payload_numbers(r#"{"type":"pong"}"#), None);
+        let centrifugo = r#"{"push":{"channel":"workspace:bench","pub":{"data":{"t":77,"seq":3,"pad":"x"},"offset":4}}}"#;
+        assert_eq!(payload_numbers(centrifugo), Some((77, 3)));
+    }
+
+    #[test]
+    fn centrifugo_limits_user_channels_to_their_user() {
+        assert_eq!(Proto::Centrifugo.channel("user:u7"), "user:#u7");
+        assert_eq!(
+            Proto::Centrifugo.channel("workspace:bench"),
+            "workspace:bench"
+        );
+        assert_eq!(Proto::Tidings.channel("user:u7"), "user:u7");
     }
 }

@@ -442,11 +442,7 @@ impl Workers {
         for w in 0..count {
             let from = w * total / count;
             let to = (w + 1) * total / count;
-            let target = match proto {
-                Proto::Tidings => "tidings",
-                Proto::Socketio => "socketio",
-                Proto::TidingsSocketio => "tidings-socketio",
-            };
+            let target = proto.name();
             let mut child = Command::new(&exe)
                 .args(["cluster-worker", "--target", target, "--no-pin"])
                 .args(["--worker-servers", &servers])
@@ -973,6 +969,10 @@ async fn cross_node(cli: &Cli, launch: &Launch) -> Result<(serde_json::Value, bo
                 start_nodes(launch, &redis, count, &[]).await
             }
             Proto::Socketio => start_peers(launch, &redis, count).await,
+            other => Err(anyhow::anyhow!(
+                "cross-node runs against Tidings and Socket.IO only, not {}",
+                other.label()
+            )),
         };
         let nodes = match nodes {
             Ok(n) => n,
@@ -1056,6 +1056,7 @@ async fn cross_node_on(
                 count,
                 seq_base,
                 workers: ((publish_rate / 400.0).ceil() as usize).clamp(2, 48),
+                batch: 1,
                 deadline: Instant::now() + Duration::from_secs_f64(secs * 2.0 + 5.0),
             };
             let started = Instant::now();
@@ -1307,6 +1308,7 @@ async fn cost_mode(
         count: cli.cost_events as u64,
         seq_base: 0,
         workers: 4,
+        batch: 1,
         deadline: Instant::now() + Duration::from_secs_f64(secs * 2.0 + 10.0),
     };
     let stats = crate::publish::run(&target, plan).await?;

@@ -1,5 +1,7 @@
 //! `tidings-bench`: a load generator for Tidings that runs the same scenarios
-//! against a Socket.IO v4 peer in the same run and reports both side by side.
+//! against its peers (Centrifugo v6, a Socket.IO v4 server) and the kernel
+//! floor (`floor-write`, `floor-batched`: one frame written to every socket with
+//! no server logic) in the same run, and reports them side by side.
 //!
 //! Scenarios: `idle` (connections and memory), `fanout` (one channel, many
 //! subscribers), `channels` (one channel per connection), `max` (raise the rate
@@ -7,8 +9,10 @@
 //! `all`, and `history` (what history costs in server memory; Tidings only).
 //! Results go to `<out>/results.json`, `<out>/results.md` and SVG charts.
 
+mod centrifugo;
 mod client;
 mod cluster;
+mod floor;
 mod history;
 mod publish;
 mod report;
@@ -57,6 +61,9 @@ enum Scenario {
     /// Internal: a process holding a share of a cluster scenario's connections.
     #[value(hide = true)]
     ClusterWorker,
+    /// Internal: the floor server (`--target floor-write,floor-batched` starts it).
+    #[value(hide = true)]
+    FloorServer,
 }
 
 impl Scenario {
@@ -82,19 +89,32 @@ impl Scenario {
             Scenario::CrossNode => "cross-node",
             Scenario::RedisCost => "redis-cost",
             Scenario::ClusterWorker => "cluster-worker",
+            Scenario::FloorServer => "floor-server",
         }
     }
 }
 
-/// Load generator for Tidings, side by side with a Socket.IO v4 peer.
+/// Load generator for Tidings, side by side with Centrifugo, a Socket.IO v4
+/// peer and the kernel floor.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
     /// What to run.
     scenario: Scenario,
-    /// Servers to run against, in order (comma separated).
+    /// Servers to run against, in order (comma separated): tidings, centrifugo,
+    /// socketio, tidings-socketio, and the floor: floor-write, floor-batched.
     #[arg(long, value_delimiter = ',', default_value = "tidings,socketio")]
     target: Vec<Proto>,
+    /// Centrifugo binary [default: bench/peers/centrifugo/bin/centrifugo, built
+    /// by bench/peers/centrifugo/build.sh].
+    #[arg(long)]
+    centrifugo_bin: Option<PathBuf>,
+    /// Internal (floor-server): how the floor writes.
+    #[arg(long, hide = true, value_enum, default_value = "write")]
+    floor_mode: floor::Mode,
+    /// Internal (floor-server): where it listens.
+    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
+    floor_addr: SocketAddr,
     /// Tidings server binary started for each run.
     #[arg(long)]
     tidings_bin: Option<PathBuf>,
@@ -157,6 +177,12 @@ struct Cli {
     /// A delivery later than this (ms) counts as late.
     #[arg(long, default_value_t = 1000)]
     late_ms: u64,
+    /// Events per publish request (channels): above 1, consecutive events go
+    /// out as one broadcast to that many channels (`/api/broadcast`; the
+    /// Socket.IO peer's `/broadcast`), with one timestamp. Must divide the
+    /// channel count, else 1.
+    #[arg(long, default_value_t = 1)]
+    publish_batch: usize,
     /// Bytes of padding in each event's data.
     #[arg(long, default_value_t = 64)]
     payload_pad: usize,
@@ -279,6 +305,9 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.scenario == Scenario::FloorServer {
+        return floor::serve(cli.floor_addr, cli.floor_mode);
+    }
     if cli.scenario.is_cluster() {
         return cluster::main(cli);
     }
@@ -345,6 +374,12 @@ fn launch_from_cli(cli: &Cli, root: &Path, cpu: Option<usize>) -> Result<Launch>
         api_key: cli.api_key.clone(),
         tidings_env,
         peer_env: Vec::new(),
+        centrifugo_bin: cli
+            .centrifugo_bin
+            .clone()
+            .unwrap_or_else(|| root.join("bench/peers/centrifugo/bin/centrifugo")),
+        // Tidings' default `connection.heartbeat`.
+        heartbeat: Duration::from_secs(25),
     })
 }
 
@@ -392,6 +427,11 @@ async fn async_main(
                         failed = true;
                     }
                 }
+                continue;
+            }
+            if scenario == Scenario::Idle && proto.is_floor() {
+                // The floor keeps no per-connection state worth comparing.
+                println!("(idle has no floor; skipping {})", proto.label());
                 continue;
             }
             println!("== {} against {} ==", scenario.name(), proto.label());
@@ -516,6 +556,7 @@ async fn start_server(cli: &Cli, launch: &Launch, proto: Proto) -> Result<Server
     let external = match proto {
         Proto::Tidings | Proto::TidingsSocketio => cli.tidings_addr.map(|a| (a, cli.tidings_pid)),
         Proto::Socketio => cli.socketio_addr.map(|a| (a, cli.socketio_pid)),
+        Proto::Centrifugo | Proto::FloorWrite | Proto::FloorBatched => None,
     };
     let server = match external {
         Some((addr, pid)) => Server::external(proto, addr, pid),
@@ -765,7 +806,8 @@ async fn run_scenario(cli: &Cli, scenario: Scenario, server: &Server) -> Result<
         | Scenario::Scale
         | Scenario::CrossNode
         | Scenario::RedisCost
-        | Scenario::ClusterWorker => unreachable!(),
+        | Scenario::ClusterWorker
+        | Scenario::FloorServer => unreachable!(),
     }
     Ok(run)
 }
@@ -893,13 +935,15 @@ async fn publish(
         pad: pad(cli),
     };
     let count = (rate * secs).round().max(1.0) as u64;
-    let workers = ((rate / 400.0).ceil() as usize).clamp(2, 48);
+    let batch = cli.publish_batch.max(1);
+    let workers = ((rate / batch as f64 / 400.0).ceil() as usize).clamp(2, 48);
     let plan = publish::Plan {
         channels: channels.clone(),
         rate,
         count,
         seq_base,
         workers,
+        batch: batch as u64,
         deadline: Instant::now() + Duration::from_secs_f64(secs * 2.0 + 5.0),
     };
     publish::run(&target, plan).await
@@ -994,6 +1038,7 @@ async fn steady(
         "connections": n, "channels": channels.len(), "offered_deliveries_per_s": rate,
         "publishes_per_s": publish_rate, "duration_s": duration, "warmup_s": warmup,
         "payload_pad_bytes": cli.payload_pad, "sources": fleet.sources.len(),
+        "publish_batch": cli.publish_batch,
     });
     let ramp = if per_channel {
         fleet

@@ -40,14 +40,28 @@ impl HttpConn {
         bearer: Option<&str>,
         body: &[u8],
     ) -> Result<(u16, Vec<u8>)> {
+        let auth = bearer.map(|key| ("Authorization", format!("Bearer {key}")));
+        self.request_with(method, path, auth.as_ref(), body).await
+    }
+
+    /// Like `request`, with the credentials in a header of the caller's choice
+    /// (Centrifugo's API reads `X-API-Key`).
+    pub async fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: Option<&(&str, String)>,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             self.server,
             body.len()
         );
-        if let Some(key) = bearer {
-            head.push_str("Authorization: Bearer ");
-            head.push_str(key);
+        if let Some((name, value)) = auth {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
@@ -100,19 +114,47 @@ pub struct PublishTarget {
 }
 
 impl PublishTarget {
-    fn path(&self) -> &'static str {
-        match self.proto {
-            Proto::Tidings | Proto::TidingsSocketio => "/api/publish",
-            Proto::Socketio => "/publish",
+    fn path(&self, batch: bool) -> &'static str {
+        match (self.proto, batch) {
+            (Proto::Socketio, false) => "/publish",
+            (Proto::Socketio, true) => "/broadcast",
+            (_, false) => "/api/publish",
+            (_, true) => "/api/broadcast",
         }
     }
 
+    fn auth(&self) -> (&'static str, String) {
+        match self.proto {
+            Proto::Centrifugo => ("X-API-Key", self.api_key.clone()),
+            _ => ("Authorization", format!("Bearer {}", self.api_key)),
+        }
+    }
+
+    fn data(&self, seq: u64) -> String {
+        format!(r#"{{"t":{},"seq":{seq},"pad":"{}"}}"#, now_ns(), self.pad)
+    }
+
     fn body(&self, channel: &str, seq: u64) -> String {
-        format!(
-            r#"{{"channel":"{channel}","event":"tick","data":{{"t":{},"seq":{seq},"pad":"{}"}}}}"#,
-            now_ns(),
-            self.pad
-        )
+        let channel = self.proto.channel(channel);
+        let data = self.data(seq);
+        match self.proto {
+            // Centrifugo publications have no event name: the data is all.
+            Proto::Centrifugo => format!(r#"{{"channel":"{channel}","data":{data}}}"#),
+            _ => format!(r#"{{"channel":"{channel}","event":"tick","data":{data}}}"#),
+        }
+    }
+
+    /// One broadcast of the same data (one timestamp, one sequence number) to
+    /// several channels: each server's own batch API (`/api/broadcast` of
+    /// Tidings and Centrifugo, the peer's `/broadcast`).
+    fn broadcast_body(&self, channels: &[String], seq: u64) -> String {
+        let names: Vec<String> = channels.iter().map(|c| self.proto.channel(c)).collect();
+        let names = serde_json::to_string(&names).unwrap_or_default();
+        let data = self.data(seq);
+        match self.proto {
+            Proto::Centrifugo => format!(r#"{{"channels":{names},"data":{data}}}"#),
+            _ => format!(r#"{{"channels":{names},"event":"tick","data":{data}}}"#),
+        }
     }
 }
 
@@ -135,6 +177,10 @@ pub struct Plan {
     pub count: u64,
     pub seq_base: u64,
     pub workers: usize,
+    /// Events per HTTP request: above 1, `batch` consecutive events (the same
+    /// sequence number on consecutive channels) go out as one broadcast,
+    /// sent when the first of them is due. Must divide the channel count.
+    pub batch: u64,
     /// Hard stop, whatever is left.
     pub deadline: Instant,
 }
@@ -149,13 +195,21 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
         conns.push(HttpConn::connect(target.server).await?);
     }
     let n = plan.channels.len() as u64;
+    // A batch never spans two rounds over the channels (two sequence numbers).
+    let batch = if plan.batch > 1 && n.is_multiple_of(plan.batch) {
+        plan.batch
+    } else {
+        1
+    };
     let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
+    let auth = target.auth();
     let mut tasks = Vec::new();
     for mut conn in conns {
         let next = next.clone();
         let stats = stats.clone();
         let channels = plan.channels.clone();
         let target = target.clone();
+        let auth = auth.clone();
         let (count, seq_base, deadline) = (plan.count, plan.seq_base, plan.deadline);
         tasks.push(tokio::task::spawn_local(async move {
             loop {
@@ -163,7 +217,8 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                 if i >= count {
                     break;
                 }
-                next.set(i + 1);
+                let events = batch.min(count - i);
+                next.set(i + events);
                 let at = start + interval.mul_f64(i as f64);
                 if at >= deadline {
                     break;
@@ -178,25 +233,37 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                         s.max_lag = lag;
                     }
                 }
-                let channel = &channels[(i % n) as usize];
-                let body = target.body(channel, seq_base + i / n);
+                let first = (i % n) as usize;
+                let body = if batch > 1 {
+                    target
+                        .broadcast_body(&channels[first..first + events as usize], seq_base + i / n)
+                } else {
+                    target.body(&channels[first], seq_base + i / n)
+                };
                 let result = conn
-                    .request(
-                        "POST",
-                        target.path(),
-                        Some(&target.api_key),
-                        body.as_bytes(),
-                    )
+                    .request_with("POST", target.path(batch > 1), Some(&auth), body.as_bytes())
                     .await;
                 let reconnect = {
                     let mut s = stats.borrow_mut();
                     match result {
+                        // Centrifugo reports a refused publish as 200 with an
+                        // `error` object in the body.
+                        Ok((200..=299, body))
+                            if target.proto == Proto::Centrifugo
+                                && body.starts_with(br#"{"error""#) =>
+                        {
+                            s.errors += events;
+                            if s.first_error.is_none() {
+                                s.first_error = Some(String::from_utf8_lossy(&body).into_owned());
+                            }
+                            false
+                        }
                         Ok((200..=299, _)) => {
-                            s.sent += 1;
+                            s.sent += events;
                             false
                         }
                         Ok((status, body)) => {
-                            s.errors += 1;
+                            s.errors += events;
                             if s.first_error.is_none() {
                                 s.first_error = Some(format!(
                                     "HTTP {status}: {}",
@@ -206,7 +273,7 @@ pub async fn run(target: &PublishTarget, plan: Plan) -> Result<PublishStats> {
                             false
                         }
                         Err(err) => {
-                            s.errors += 1;
+                            s.errors += events;
                             if s.first_error.is_none() {
                                 s.first_error = Some(format!("{err:#}"));
                             }

@@ -1,5 +1,6 @@
 //! Results: `results.json` (merged across invocations), `results.md` with
-//! Tidings and Socket.IO side by side, and SVG charts.
+//! every target in its own column (and fan-out p99 as a multiple of the
+//! floor's), and SVG charts.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -243,17 +244,6 @@ fn mib(v: Option<u64>) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
-/// Tidings' advantage: `better` is how much better Tidings is (>1 = Tidings ahead).
-fn ratio(tidings: Option<f64>, socketio: Option<f64>, higher_is_better: bool) -> String {
-    match (tidings, socketio) {
-        (Some(t), Some(s)) if t > 0.0 && s > 0.0 => {
-            let r = if higher_is_better { t / s } else { s / t };
-            format!("{r:.1}×")
-        }
-        _ => "–".into(),
-    }
-}
-
 pub fn load(out: &Path) -> Result<Vec<Run>> {
     let path = out.join("results.json");
     if !path.exists() {
@@ -312,92 +302,108 @@ fn find<'a>(runs: &'a [Run], scenario: &str, target: Proto) -> Option<&'a Run> {
         .find(|r| r.scenario == scenario && r.target == target)
 }
 
+/// Every target, in the order of the report's columns.
+const ORDER: [Proto; 6] = [
+    Proto::Tidings,
+    Proto::TidingsSocketio,
+    Proto::Centrifugo,
+    Proto::Socketio,
+    Proto::FloorWrite,
+    Proto::FloorBatched,
+];
+
 fn markdown(runs: &[Run], machine: &serde_json::Value) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# tidings-bench results\n");
     let _ = writeln!(
         md,
-        "Machine: {} ({} cores, {} GiB, Linux {}). Ratios are Tidings' advantage: \
-         above 1× means Tidings is better (faster, leaner or more).\n",
+        "Machine: {} ({} cores, {} GiB, Linux {}). One column per target; \
+         floor-write and floor-batched are the kernel floor (one pre-built frame \
+         written to every socket, no server logic), and `p99 × floor` divides a \
+         server's p99 by the floor's in the same results.\n",
         machine["cpu"].as_str().unwrap_or("?"),
         machine["cores"],
         machine["memory_gib"],
         machine["kernel"].as_str().unwrap_or("?")
     );
     for scenario in ["idle", "fanout", "channels", "max", "smoke", "history"] {
-        let t = find(runs, scenario, Proto::Tidings);
-        let s = find(runs, scenario, Proto::Socketio);
-        if t.is_none() && s.is_none() {
+        let present: Vec<&Run> = ORDER
+            .iter()
+            .filter_map(|&p| find(runs, scenario, p))
+            .collect();
+        if present.is_empty() {
             continue;
         }
         let _ = writeln!(md, "## {scenario}\n");
-        for r in [t, s].into_iter().flatten() {
+        for r in &present {
             let _ = writeln!(md, "- {}: {} — `{}`", r.target.label(), r.date, r.command);
         }
         let _ = writeln!(md);
         match scenario {
-            "idle" => idle_table(&mut md, t, s),
-            "max" => max_tables(&mut md, t, s),
+            "idle" => idle_table(&mut md, &present),
+            "max" => max_tables(&mut md, &present),
             "history" => {
-                if let Some(h) = t.and_then(|r| r.history.as_ref()) {
+                if let Some(h) =
+                    find(runs, scenario, Proto::Tidings).and_then(|r| r.history.as_ref())
+                {
                     crate::history::markdown(&mut md, h);
                 }
             }
-            _ => steady_table(&mut md, t, s),
+            _ => steady_table(&mut md, &present),
         }
     }
     md
 }
 
-fn idle_table(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
-    let _ = writeln!(
-        md,
-        "| connections | Tidings connect/s | Socket.IO connect/s | Tidings RSS MiB | Socket.IO RSS MiB | Tidings KiB/conn | Socket.IO KiB/conn | memory ratio | pings answered (T / S) |"
-    );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let steps = t
-        .map(|r| r.steps.len())
-        .unwrap_or(0)
-        .max(s.map(|r| r.steps.len()).unwrap_or(0));
-    for i in 0..steps {
-        let ts = t.and_then(|r| r.steps.get(i));
-        let ss = s.and_then(|r| r.steps.get(i));
-        let n = ts.or(ss).map(|x| x.connections).unwrap_or(0);
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
-            if ts.is_some()
-                && ss.is_some()
-                && ts.map(|x| x.connections) != ss.map(|x| x.connections)
-            {
-                format!(
-                    "{} / {}",
-                    ts.map(|x| x.connections).unwrap_or(0),
-                    ss.map(|x| x.connections).unwrap_or(0)
-                )
-            } else {
-                n.to_string()
-            },
-            f0(ts.and_then(|x| x.connect_rate)),
-            f0(ss.and_then(|x| x.connect_rate)),
-            mib(ts.and_then(|x| x.rss)),
-            mib(ss.and_then(|x| x.rss)),
-            kib(ts.and_then(|x| x.rss_per_conn)),
-            kib(ss.and_then(|x| x.rss_per_conn)),
-            ratio(
-                ts.and_then(|x| x.rss_per_conn),
-                ss.and_then(|x| x.rss_per_conn),
-                false
-            ),
-            u(ts.and_then(|x| x.pongs)),
-            u(ss.and_then(|x| x.pongs)),
-        );
+/// `| a | b | c |` from cells.
+fn table_row(md: &mut String, name: &str, cells: impl IntoIterator<Item = String>) {
+    let cells: Vec<String> = cells.into_iter().collect();
+    let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
+}
+
+fn table_head(md: &mut String, first: &str, runs: &[&Run]) {
+    table_row(md, first, runs.iter().map(|r| r.target.label().to_owned()));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(runs.len()));
+}
+
+fn idle_table(md: &mut String, runs: &[&Run]) {
+    let steps = runs.iter().map(|r| r.steps.len()).max().unwrap_or(0);
+    for (title, f) in [
+        (
+            "server RSS per connection, KiB",
+            (|x: &Step| kib(x.rss_per_conn)) as fn(&Step) -> String,
+        ),
+        ("server RSS, MiB", |x: &Step| mib(x.rss)),
+        ("connections set up per second", |x: &Step| {
+            f0(x.connect_rate)
+        }),
+        ("answered an application ping", |x: &Step| u(x.pongs)),
+    ] {
+        let _ = writeln!(md, "{title}:\n");
+        table_head(md, "connections", runs);
+        for i in 0..steps {
+            let n = runs
+                .iter()
+                .find_map(|r| r.steps.get(i))
+                .map(|x| x.connections)
+                .unwrap_or(0);
+            table_row(
+                md,
+                &n.to_string(),
+                runs.iter().map(|r| match r.steps.get(i) {
+                    Some(st) if st.connections == n => f(st),
+                    Some(st) => format!("{} ({} conns)", f(st), st.connections),
+                    None => "–".into(),
+                }),
+            );
+        }
+        let _ = writeln!(md);
     }
-    for r in [t, s].into_iter().flatten() {
+    for r in runs {
         if let Some(h) = &r.held {
             let _ = writeln!(
                 md,
-                "\n{} after holding {} connections for {:.0} s: {} answered a ping, {} disconnected, RSS {} MiB.",
+                "{} after holding {} connections for {:.0} s: {} answered a ping, {} disconnected, RSS {} MiB.\n",
                 r.target.label(),
                 h.connections,
                 h.secs,
@@ -407,155 +413,91 @@ fn idle_table(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
             );
         }
     }
+    let baselines: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} {} MiB", r.target.label(), mib(r.rss_idle_server)))
+        .collect();
     let _ = writeln!(
         md,
-        "\nBaseline RSS before connecting: Tidings {} MiB, Socket.IO {} MiB.\n",
-        mib(t.and_then(|r| r.rss_idle_server)),
-        mib(s.and_then(|r| r.rss_idle_server))
+        "Baseline RSS before connecting: {}.\n",
+        baselines.join(", ")
     );
 }
 
-fn steady_table(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
-    let ts = t.and_then(|r| r.steps.last());
-    let ss = s.and_then(|r| r.steps.last());
-    let _ = writeln!(md, "| | Tidings | Socket.IO | Tidings advantage |");
-    let _ = writeln!(md, "|---|---:|---:|---:|");
-    let row = |md: &mut String, name: &str, a: String, b: String, r: String| {
-        let _ = writeln!(md, "| {name} | {a} | {b} | {r} |");
+/// `p99 / floor p99`, e.g. `1.46×`.
+fn times(p99: Option<f64>, floor: Option<f64>) -> String {
+    match (p99, floor) {
+        (Some(p), Some(f)) if f > 0.0 => format!("{:.2}×", p / f),
+        _ => "–".into(),
+    }
+}
+
+fn steady_table(md: &mut String, runs: &[&Run]) {
+    let last: Vec<Option<&Step>> = runs.iter().map(|r| r.steps.last()).collect();
+    table_head(md, "", runs);
+    let row_f = |md: &mut String, name: &str, f: &dyn Fn(&Step) -> String| {
+        table_row(
+            md,
+            name,
+            last.iter()
+                .map(|st| st.map(f).unwrap_or_else(|| "–".into())),
+        );
     };
-    let get = |st: Option<&Step>, f: fn(&Step) -> Option<f64>| st.and_then(f);
-    row(
-        md,
-        "connections",
-        u(ts.map(|x| x.connections)),
-        u(ss.map(|x| x.connections)),
-        String::new(),
-    );
-    row(
-        md,
-        "offered deliveries/s",
-        f0(get(ts, |x| x.offered_rate)),
-        f0(get(ss, |x| x.offered_rate)),
-        String::new(),
-    );
-    row(
-        md,
-        "publishes/s (HTTP)",
-        f2(get(ts, |x| x.publish_rate)),
-        f2(get(ss, |x| x.publish_rate)),
-        String::new(),
-    );
-    row(
-        md,
-        "**deliveries/s**",
-        f0(get(ts, |x| x.deliveries_per_s)),
-        f0(get(ss, |x| x.deliveries_per_s)),
-        ratio(
-            get(ts, |x| x.deliveries_per_s),
-            get(ss, |x| x.deliveries_per_s),
-            true,
-        ),
-    );
-    for (name, f) in [
-        (
-            "latency p50 ms",
-            (|x: &Step| x.p50_ms) as fn(&Step) -> Option<f64>,
-        ),
-        ("latency p90 ms", |x: &Step| x.p90_ms),
-        ("**latency p99 ms**", |x: &Step| x.p99_ms),
-        ("latency p99.9 ms", |x: &Step| x.p999_ms),
-        ("latency max ms", |x: &Step| x.max_ms),
-    ] {
-        row(
-            md,
-            name,
-            f2(get(ts, f)),
-            f2(get(ss, f)),
-            ratio(get(ts, f), get(ss, f), false),
-        );
+    row_f(md, "connections", &|x| x.connections.to_string());
+    row_f(md, "offered deliveries/s", &|x| f0(x.offered_rate));
+    row_f(md, "publishes/s (HTTP)", &|x| f2(x.publish_rate));
+    row_f(md, "**deliveries/s**", &|x| f0(x.deliveries_per_s));
+    row_f(md, "latency p50 ms", &|x| f2(x.p50_ms));
+    row_f(md, "latency p90 ms", &|x| f2(x.p90_ms));
+    row_f(md, "**latency p99 ms**", &|x| f2(x.p99_ms));
+    for floor in [Proto::FloorWrite, Proto::FloorBatched] {
+        let floor_p99 = runs
+            .iter()
+            .zip(&last)
+            .find(|(r, _)| r.target == floor)
+            .and_then(|(_, st)| st.and_then(|x| x.p99_ms));
+        if floor_p99.is_some() {
+            row_f(md, &format!("**p99 × {}**", floor.label()), &|x| {
+                times(x.p99_ms, floor_p99)
+            });
+        }
     }
-    row(
-        md,
-        "server CPU %",
-        f0(get(ts, |x| x.server_cpu_pct)),
-        f0(get(ss, |x| x.server_cpu_pct)),
-        String::new(),
-    );
-    row(
-        md,
-        "generator CPU %",
-        f0(get(ts, |x| x.generator_cpu_pct)),
-        f0(get(ss, |x| x.generator_cpu_pct)),
-        String::new(),
-    );
-    row(
-        md,
-        "other processes' CPU %",
-        f0(get(ts, |x| x.other_cpu_pct)),
-        f0(get(ss, |x| x.other_cpu_pct)),
-        String::new(),
-    );
-    row(
-        md,
-        "server RSS MiB (connected)",
-        mib(ts.and_then(|x| x.rss)),
-        mib(ss.and_then(|x| x.rss)),
-        String::new(),
-    );
-    row(
-        md,
-        "expected / received",
-        format!(
-            "{} / {}",
-            u(ts.and_then(|x| x.expected)),
-            u(ts.and_then(|x| x.received))
-        ),
-        format!(
-            "{} / {}",
-            u(ss.and_then(|x| x.expected)),
-            u(ss.and_then(|x| x.received))
-        ),
-        String::new(),
-    );
-    for (name, f) in [
-        ("lost", (|x: &Step| x.lost) as fn(&Step) -> Option<u64>),
-        ("late (> late-ms)", |x: &Step| x.late),
-        ("sequence gaps", |x: &Step| x.gaps),
-        ("reordered (publishes overtaking)", |x: &Step| x.reordered),
-        ("disconnects", |x: &Step| x.disconnects),
-        ("publish errors", |x: &Step| x.publish_errors),
-    ] {
-        row(
-            md,
-            name,
-            u(ts.and_then(f)),
-            u(ss.and_then(f)),
-            String::new(),
-        );
-    }
+    row_f(md, "latency p99.9 ms", &|x| f2(x.p999_ms));
+    row_f(md, "latency max ms", &|x| f2(x.max_ms));
+    row_f(md, "server CPU %", &|x| f0(x.server_cpu_pct));
+    row_f(md, "generator CPU %", &|x| f0(x.generator_cpu_pct));
+    row_f(md, "other processes' CPU %", &|x| f0(x.other_cpu_pct));
+    row_f(md, "server RSS MiB (connected)", &|x| mib(x.rss));
+    row_f(md, "expected / received", &|x| {
+        format!("{} / {}", u(x.expected), u(x.received))
+    });
+    row_f(md, "lost", &|x| u(x.lost));
+    row_f(md, "late (> late-ms)", &|x| u(x.late));
+    row_f(md, "sequence gaps", &|x| u(x.gaps));
+    row_f(md, "reordered (publishes overtaking)", &|x| u(x.reordered));
+    row_f(md, "disconnects", &|x| u(x.disconnects));
+    row_f(md, "publish errors", &|x| u(x.publish_errors));
     let _ = writeln!(md);
 }
 
-fn max_tables(md: &mut String, t: Option<&Run>, s: Option<&Run>) {
-    let _ = writeln!(
+fn max_tables(md: &mut String, runs: &[&Run]) {
+    table_head(md, "", runs);
+    table_row(
         md,
-        "| | Tidings | Socket.IO | Tidings advantage |\n|---|---:|---:|---:|\n| **highest sustained deliveries/s** | {} | {} | {} |\n",
-        f0(t.and_then(|r| r.max_sustained)),
-        f0(s.and_then(|r| r.max_sustained)),
-        ratio(t.and_then(|r| r.max_sustained), s.and_then(|r| r.max_sustained), true)
+        "**highest sustained deliveries/s**",
+        runs.iter().map(|r| f0(r.max_sustained)),
     );
-    if let Some(bound) = t
-        .or(s)
-        .and_then(|r| r.params.get("p99_bound_ms"))
-        .and_then(|v| v.as_f64())
-    {
-        let _ = writeln!(
-            md,
-            "A step is sustained when p99 ≤ {bound} ms, nothing is lost, no connection drops and ≥ 95% of the offered rate is delivered. Subscribers: {}.\n",
-            t.or(s).and_then(|r| r.params.get("connections")).map(|v| v.to_string()).unwrap_or_default()
-        );
+    let _ = writeln!(md);
+    if let Some(first) = runs.first() {
+        if let Some(bound) = first.params.get("p99_bound_ms").and_then(|v| v.as_f64()) {
+            let _ = writeln!(
+                md,
+                "A step is sustained when p99 ≤ {bound} ms, nothing is lost, no connection drops and ≥ 95% of the offered rate is delivered. Subscribers: {}.\n",
+                first.params.get("connections").map(|v| v.to_string()).unwrap_or_default()
+            );
+        }
     }
-    for r in [t, s].into_iter().flatten() {
+    for r in runs {
         let _ = writeln!(md, "{}:\n", r.target.label());
         let _ = writeln!(md, "| offered/s | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | server CPU % | generator CPU % | others CPU % | sustained |");
         let _ = writeln!(
@@ -600,12 +542,16 @@ struct Series {
 const TIDINGS: &str = "#1f77b4";
 const SOCKETIO: &str = "#d62728";
 const TIDINGS_SOCKETIO: &str = "#2ca02c";
+const CENTRIFUGO: &str = "#9467bd";
+const FLOOR: &str = "#7f7f7f";
 
 fn color(p: Proto) -> &'static str {
     match p {
         Proto::Tidings => TIDINGS,
         Proto::Socketio => SOCKETIO,
         Proto::TidingsSocketio => TIDINGS_SOCKETIO,
+        Proto::Centrifugo => CENTRIFUGO,
+        Proto::FloorWrite | Proto::FloorBatched => FLOOR,
     }
 }
 
@@ -613,7 +559,7 @@ fn charts(runs: &[Run]) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     // Latency percentiles against offered rate (max scenario).
     let mut lat = Vec::new();
-    for p in [Proto::Tidings, Proto::Socketio] {
+    for p in ORDER {
         if let Some(r) = find(runs, "max", p) {
             for (q, dashed, f) in [
                 (
@@ -650,7 +596,7 @@ fn charts(runs: &[Run]) -> Vec<(&'static str, String)> {
     }
     // RSS against connections (idle scenario).
     let mut rss = Vec::new();
-    for p in [Proto::Tidings, Proto::Socketio] {
+    for p in ORDER {
         if let Some(r) = find(runs, "idle", p) {
             let mut points = vec![(0.0, r.rss_idle_server.unwrap_or(0) as f64 / 1048576.0)];
             points.extend(

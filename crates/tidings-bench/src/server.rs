@@ -18,6 +18,9 @@ pub struct Server {
     pub addr: SocketAddr,
     pub pid: Option<u32>,
     child: Option<Child>,
+    /// A file or directory the launcher wrote for this server (a generated
+    /// config), removed when the server stops.
+    scratch: Option<PathBuf>,
 }
 
 /// How to start servers.
@@ -34,10 +37,35 @@ pub struct Launch {
     pub tidings_env: Vec<(String, String)>,
     /// Extra environment of the Socket.IO peer (e.g. `BENCH_REDIS_URL`).
     pub peer_env: Vec<(String, String)>,
+    /// Centrifugo binary (`bench/peers/centrifugo/build.sh` builds it).
+    pub centrifugo_bin: PathBuf,
+    /// Tidings' default `connection.heartbeat`, given to the peers that have
+    /// one, so every server pings idle clients equally often.
+    pub heartbeat: Duration,
 }
 
 impl Launch {
+    /// A command for `program`, pinned to `self.cpu` with taskset when pinning.
+    pub(crate) fn pinned(&self, program: &Path) -> Command {
+        match self.cpu {
+            Some(cpu) if which("taskset") => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(program);
+                c
+            }
+            _ => Command::new(program),
+        }
+    }
+
+    /// Starts the server of `proto` and waits until it accepts connections.
     pub async fn start(&self, proto: Proto) -> Result<Server> {
+        match proto {
+            Proto::Centrifugo => return crate::centrifugo::start(self).await,
+            Proto::FloorWrite | Proto::FloorBatched => {
+                return crate::floor::start(self, proto).await
+            }
+            _ => {}
+        }
         let (program, args, envs): (String, Vec<String>, Vec<(String, String)>) = match proto {
             Proto::Tidings | Proto::TidingsSocketio => {
                 if !self.tidings_bin.exists() {
@@ -90,15 +118,11 @@ impl Launch {
                 envs.extend(self.peer_env.iter().cloned());
                 (self.node.clone(), vec![script.display().to_string()], envs)
             }
-        };
-        let mut command = match self.cpu {
-            Some(cpu) if which("taskset") => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(&program);
-                c
+            Proto::Centrifugo | Proto::FloorWrite | Proto::FloorBatched => {
+                unreachable!("started above")
             }
-            _ => Command::new(&program),
         };
+        let mut command = self.pinned(Path::new(&program));
         command
             .args(&args)
             .envs(envs)
@@ -131,8 +155,56 @@ impl Launch {
             addr,
             pid,
             child: Some(child),
+            scratch: None,
         })
     }
+
+    /// Spawns `command` (built with `pinned`) for a server that prints nothing
+    /// useful, then waits until `addr` accepts TCP connections.
+    pub(crate) async fn spawn_and_wait(
+        &self,
+        proto: Proto,
+        mut command: Command,
+        addr: SocketAddr,
+        scratch: Option<PathBuf>,
+    ) -> Result<Server> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", proto.label()))?;
+        let pid = child.id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("{} exited before listening: {status}", proto.label());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} did not listen on {addr} within 30 s", proto.label());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Server {
+            proto,
+            addr,
+            pid,
+            child: Some(child),
+            scratch,
+        })
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for servers that cannot
+/// report the port they were given.
+pub fn free_port() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
 }
 
 impl Server {
@@ -142,6 +214,7 @@ impl Server {
             addr,
             pid,
             child: None,
+            scratch: None,
         }
     }
 
@@ -157,6 +230,9 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        if let Some(path) = self.scratch.take() {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

@@ -1,7 +1,10 @@
-//! A few seconds of `tidings-bench smoke` against a Tidings server and the
-//! Socket.IO peer, so the tool cannot rot. Builds nothing itself: the Tidings
-//! binary must exist (`cargo build -p tidings-server`) and the peer's
-//! node_modules must be installed (`npm ci --prefix bench/peers/socketio`).
+//! A few seconds of `tidings-bench smoke` against a Tidings server, the
+//! Socket.IO peer, the kernel floor and (when built) Centrifugo, so the tool
+//! cannot rot. Builds nothing itself: the Tidings binary must exist (`cargo build
+//! -p tidings-server`) and the peer's node_modules must be installed (`npm ci
+//! --prefix bench/peers/socketio`). Centrifugo takes minutes to build from the Go
+//! module proxy, so its test runs only when `TEST_CENTRIFUGO_BIN` names a binary
+//! (`bench/peers/centrifugo/build.sh` builds one).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -115,6 +118,42 @@ fn smoke_against_socketio_peer() {
     );
     let peer = peer.to_str().expect("utf-8 path");
     run_smoke("socketio", &["--peer-dir", peer]);
+}
+
+/// The floor server (this binary, `floor-server`) in both modes: the same
+/// generator connects, subscribes and receives every frame.
+#[test]
+fn smoke_against_the_floor() {
+    for target in ["floor-write", "floor-batched"] {
+        let step = run_smoke(target, &[]);
+        assert!(
+            step["p99_ms"].as_f64().is_some(),
+            "latency measured: {step}"
+        );
+    }
+}
+
+#[test]
+fn smoke_against_centrifugo() {
+    let Some(bin) = std::env::var_os("TEST_CENTRIFUGO_BIN") else {
+        eprintln!(
+            "SKIPPED smoke_against_centrifugo: set TEST_CENTRIFUGO_BIN to a Centrifugo v6 binary \
+             (bench/peers/centrifugo/build.sh builds bench/peers/centrifugo/bin/centrifugo)"
+        );
+        return;
+    };
+    let bin = PathBuf::from(bin);
+    assert!(
+        bin.exists(),
+        "TEST_CENTRIFUGO_BIN={} does not exist",
+        bin.display()
+    );
+    let bin = bin.to_str().expect("utf-8 path");
+    let step = run_smoke("centrifugo", &["--centrifugo-bin", bin]);
+    assert!(
+        step["p99_ms"].as_f64().is_some(),
+        "latency measured: {step}"
+    );
 }
 
 /// `history` with tiny counts and TTLs: every phase runs, the channels are
