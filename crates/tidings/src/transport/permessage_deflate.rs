@@ -21,40 +21,67 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The extension's name in `Sec-WebSocket-Extensions`.
 const EXTENSION: &str = "permessage-deflate";
-/// The answer to an acceptable offer: no context takeover in either direction,
-/// and the default (largest) window on both sides.
+/// The answer to an acceptable offer without `server_max_window_bits`: no
+/// context takeover in either direction, the default (largest) window.
 pub const ACCEPTED_RESPONSE: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 /// What RFC 7692 §7.2.1 has the sender strip from the end of a message
 /// compressed with a sync flush, and the receiver append before inflating.
 const SYNC_FLUSH_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Whether one of the `Sec-WebSocket-Extensions` header values offers
-/// permessage-deflate with parameters the server can honour (then it answers
-/// [`ACCEPTED_RESPONSE`]).
+/// An accepted permessage-deflate offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreement {
+    /// The window the client asked the server to stay within, if it did.
+    server_max_window_bits: Option<u8>,
+}
+
+impl Agreement {
+    /// The `Sec-WebSocket-Extensions` answer.
+    pub fn response(&self) -> String {
+        match self.server_max_window_bits {
+            None => ACCEPTED_RESPONSE.to_owned(),
+            Some(bits) => format!("{ACCEPTED_RESPONSE}; server_max_window_bits={bits}"),
+        }
+    }
+
+    /// Whether the server sends compressed messages on this connection.
+    ///
+    /// Every event is compressed once with the default 32 KiB window and that
+    /// one frame is shared; a client that asked for a smaller window gets
+    /// plain frames (a message with RSV1 clear is always allowed), which keeps
+    /// that promise without a compressed copy per window size. Its own
+    /// compressed messages are still read.
+    pub fn compresses_outgoing(&self) -> bool {
+        self.server_max_window_bits.is_none_or(|bits| bits == 15)
+    }
+}
+
+/// The first permessage-deflate offer among the `Sec-WebSocket-Extensions`
+/// header values that the server accepts, in the client's order.
 ///
-/// Offers are tried in the client's order. One is declined, and the next one
-/// tried, when it has an unknown or repeated parameter, a malformed value, or
-/// asks for `server_max_window_bits` below 15: the server compresses every
-/// event once with the default window, and a smaller window would need a
-/// compressed copy per window size.
-pub fn accepts_offer<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    header_values.into_iter().any(|value| {
-        std::str::from_utf8(value).is_ok_and(|value| {
-            split_outside_quotes(value, ',').any(|offer| offer_is_acceptable(offer.trim()))
-        })
+/// An offer is declined, and the next one tried, when it has an unknown or
+/// repeated parameter or a malformed value. `None` (no acceptable offer)
+/// leaves the connection uncompressed; the handshake never fails over it.
+pub fn negotiate<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> Option<Agreement> {
+    header_values.into_iter().find_map(|value| {
+        let value = std::str::from_utf8(value).ok()?;
+        split_outside_quotes(value, ',').find_map(|offer| accept_offer(offer.trim()))
     })
 }
 
 /// One extension offer: `name *( ";" param [ "=" value ] )`.
-fn offer_is_acceptable(offer: &str) -> bool {
+fn accept_offer(offer: &str) -> Option<Agreement> {
     let mut parts = split_outside_quotes(offer, ';').map(str::trim);
     if !parts
         .next()
         .is_some_and(|name| name.eq_ignore_ascii_case(EXTENSION))
     {
-        return false;
+        return None;
     }
+    let mut agreement = Agreement {
+        server_max_window_bits: None,
+    };
     let mut seen: Vec<String> = Vec::new();
     for param in parts {
         let (name, value) = match param.split_once('=') {
@@ -63,22 +90,25 @@ fn offer_is_acceptable(offer: &str) -> bool {
         };
         let name = name.to_ascii_lowercase();
         if seen.contains(&name) {
-            return false;
+            return None;
         }
         let acceptable = match name.as_str() {
             "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
             // The client's compressor may use any window; the server inflates
             // with the largest, which reads them all.
             "client_max_window_bits" => value.is_none_or(|bits| window_bits(bits).is_some()),
-            "server_max_window_bits" => value.and_then(window_bits) == Some(15),
+            "server_max_window_bits" => {
+                agreement.server_max_window_bits = value.and_then(window_bits);
+                agreement.server_max_window_bits.is_some()
+            }
             _ => false,
         };
         if !acceptable {
-            return false;
+            return None;
         }
         seen.push(name);
     }
-    true
+    Some(agreement)
 }
 
 /// A window size parameter's value: 8 to 15, digits only (RFC 7692 §7.1.2).
@@ -679,11 +709,25 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     fn offers(values: &[&str]) -> bool {
-        accepts_offer(values.iter().map(|v| v.as_bytes()))
+        negotiate(values.iter().map(|v| v.as_bytes())).is_some()
     }
 
     #[test]
     fn offers_are_accepted_or_declined() {
+        let agreement = |offer: &str| negotiate([offer.as_bytes()]).unwrap();
+        assert_eq!(
+            agreement("permessage-deflate").response(),
+            ACCEPTED_RESPONSE
+        );
+        assert!(agreement("permessage-deflate").compresses_outgoing());
+        // A smaller server window is promised and kept by sending plain frames.
+        let small = agreement("permessage-deflate; server_max_window_bits=10");
+        assert_eq!(
+            small.response(),
+            format!("{ACCEPTED_RESPONSE}; server_max_window_bits=10")
+        );
+        assert!(!small.compresses_outgoing());
+        assert!(agreement("permessage-deflate; server_max_window_bits=15").compresses_outgoing());
         assert!(offers(&["permessage-deflate"]));
         assert!(offers(&["permessage-deflate; client_max_window_bits"]));
         assert!(offers(&[
@@ -693,11 +737,11 @@ mod tests {
             "permessage-deflate; server_max_window_bits=\"15\""
         ]));
         assert!(offers(&["x-webkit-deflate-frame", "Permessage-Deflate"]));
-        // A window the server will not use, then a fallback offer.
-        assert!(!offers(&["permessage-deflate; server_max_window_bits=10"]));
+        // A malformed offer, then a fallback offer.
         assert!(offers(&[
-            "permessage-deflate; server_max_window_bits=10, permessage-deflate"
+            "permessage-deflate; server_max_window_bits=7, permessage-deflate"
         ]));
+        assert!(!offers(&["permessage-deflate; server_max_window_bits=7"]));
         assert!(!offers(&["permessage-deflate; client_max_window_bits=16"]));
         assert!(!offers(&["permessage-deflate; client_max_window_bits=08x"]));
         assert!(!offers(&["permessage-deflate; server_max_window_bits"]));

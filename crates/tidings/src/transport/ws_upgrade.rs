@@ -26,7 +26,7 @@ pub struct WebSocketUpgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
     requested_protocols: Vec<HeaderValue>,
-    offers_deflate: bool,
+    deflate_offer: Option<permessage_deflate::Agreement>,
     protocol: Option<HeaderValue>,
 }
 
@@ -108,7 +108,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             .flat_map(|value| value.as_bytes().split(|&b| b == b','))
             .filter_map(|protocol| HeaderValue::from_bytes(protocol.trim_ascii()).ok())
             .collect();
-        let offers_deflate = permessage_deflate::accepts_offer(
+        let deflate_offer = permessage_deflate::negotiate(
             parts
                 .headers
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
@@ -119,7 +119,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             key,
             on_upgrade,
             requested_protocols,
-            offers_deflate,
+            deflate_offer,
             protocol: None,
         })
     }
@@ -142,14 +142,17 @@ impl WebSocketUpgrade {
     }
 
     /// Answers 101 and, once hyper hands the connection over, calls
-    /// `callback` with the socket and whether permessage-deflate was
-    /// negotiated, in a task of its own.
+    /// `callback` with the socket and whether the server may send compressed
+    /// messages on it (permessage-deflate negotiated, with a window the shared
+    /// compressed frames fit), in a task of its own.
     pub fn on_upgrade<C, F>(self, options: SocketOptions, callback: C) -> Response
     where
         C: FnOnce(ClientSocket, bool) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let deflate = options.compression && self.offers_deflate;
+        let agreement = self.deflate_offer.filter(|_| options.compression);
+        let inflate = agreement.is_some();
+        let deflate = agreement.is_some_and(|a| a.compresses_outgoing());
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -161,7 +164,7 @@ impl WebSocketUpgrade {
             };
             let io = InflatingIo::new(
                 TokioIo::new(upgraded),
-                deflate.then_some(options.max_message_size),
+                inflate.then_some(options.max_message_size),
             );
             let socket =
                 WebSocketStream::from_raw_socket(io, Role::Server, Some(options.config)).await;
@@ -178,11 +181,8 @@ impl WebSocketUpgrade {
         if let Some(protocol) = self.protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
-        if deflate {
-            headers.insert(
-                header::SEC_WEBSOCKET_EXTENSIONS,
-                HeaderValue::from_static(permessage_deflate::ACCEPTED_RESPONSE),
-            );
+        if let Some(answer) = agreement.and_then(|a| HeaderValue::from_str(&a.response()).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
         }
         response
     }

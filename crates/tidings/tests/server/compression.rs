@@ -332,17 +332,28 @@ async fn compression_off_is_not_negotiated() {
 }
 
 #[tokio::test]
-async fn offers_the_server_cannot_honour_are_declined() {
+async fn a_smaller_server_window_is_accepted_and_kept_by_sending_plain() {
     let server = TestServer::start().await;
-    let declined = RawClient::connect(
+    let mut client = RawClient::connect(
         &server,
         Some("permessage-deflate; server_max_window_bits=10"),
     )
     .await;
-    assert_eq!(declined.extensions, None);
+    assert_eq!(
+        client.extensions.as_deref(),
+        Some(format!("{ANSWER}; server_max_window_bits=10").as_str())
+    );
+    client.subscribe().await;
+    server.publish(CHANNEL, "big", entity_change(1)).await;
+    assert!(!client.next_text_frame().await.rsv1);
+    // Its compressed messages are still read.
+    let ping = json!({"type": "ping", "id": 5}).to_string();
+    client.send_frame(0xc1, &deflate(ping.as_bytes())).await;
+    assert_eq!(client.next_json().await["id"], 5);
+    // A malformed offer is declined and the next one taken.
     let fallback = RawClient::connect(
         &server,
-        Some("permessage-deflate; server_max_window_bits=10, permessage-deflate"),
+        Some("permessage-deflate; server_max_window_bits=7, permessage-deflate"),
     )
     .await;
     assert_eq!(fallback.extensions.as_deref(), Some(ANSWER));
