@@ -17,6 +17,8 @@ CATEGORIES = {
     "7": "Close handling",
     "9": "Limits/performance",
     "10": "Misc",
+    "12": "Compression",
+    "13": "Compression params",
 }
 
 reports = sys.argv[1]

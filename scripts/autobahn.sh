@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # RFC 6455 conformance: runs the Autobahn|Testsuite fuzzing client (cases 1-7
-# and 10) against the ws-echo example, which serves WebSocket through the same
-# code as the server's /ws (limits, close handling), and fails unless every
-# case is OK, NON-STRICT or INFORMATIONAL. Called by scripts/test.sh.
+# and 10, and the permessage-deflate cases 12 and 13) against the ws-echo
+# example, which serves WebSocket through the same code as the server's /ws
+# (limits, close handling, compression), and fails unless every case is OK,
+# NON-STRICT or INFORMATIONAL. Called by scripts/test.sh.
+# Cases 12 and 13 send messages of up to 128 KiB, over the default
+# max_message_size (64 KiB): they run against a second ws-echo with 256 KiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,26 +21,45 @@ if [ ! -f "$site_dir/autobahntestsuite/__init__.py" ]; then
 fi
 
 cargo build --locked -p tidings --example ws-echo
-port=$("$python2" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log=target/autobahn/ws-echo.log
-target/debug/examples/ws-echo --listen "127.0.0.1:$port" >"$log" 2>&1 &
-echo_pid=$!
-trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  grep -q "listening" "$log" && break
-  sleep 0.1
-done
-grep -q "listening" "$log" || { cat "$log"; echo "ws-echo did not start"; exit 1; }
+free_port() {
+  "$python2" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+echo_pids=()
+trap 'for pid in "${echo_pids[@]}"; do kill "$pid" 2>/dev/null || true; done' EXIT
+# start_echo PORT LOG [FLAGS...]
+start_echo() {
+  local port=$1 log=$2
+  shift 2
+  target/debug/examples/ws-echo --listen "127.0.0.1:$port" "$@" >"$log" 2>&1 &
+  echo_pids+=($!)
+  for _ in $(seq 1 100); do
+    grep -q "listening" "$log" && return 0
+    sleep 0.1
+  done
+  cat "$log"
+  echo "ws-echo did not start"
+  exit 1
+}
+port=$(free_port)
+start_echo "$port" target/autobahn/ws-echo.log
+deflate_port=$(free_port)
+start_echo "$deflate_port" target/autobahn/ws-echo-deflate.log --max-message-size 262144
 
 rm -rf "$reports"
 spec=target/autobahn/fuzzingclient.json
 cat >"$spec" <<JSON
 {
   "outdir": "$reports",
-  "servers": [{"agent": "tidings-ws-echo", "url": "ws://127.0.0.1:$port"}],
-  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"],
+  "servers": [
+    {"agent": "tidings-ws-echo", "url": "ws://127.0.0.1:$port"},
+    {"agent": "tidings-ws-echo-256k", "url": "ws://127.0.0.1:$deflate_port"}
+  ],
+  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*", "12.*", "13.*"],
   "exclude-cases": [],
-  "exclude-agent-cases": {}
+  "exclude-agent-cases": {
+    "tidings-ws-echo": ["12.*", "13.*"],
+    "tidings-ws-echo-256k": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]
+  }
 }
 JSON
 "$python2" scripts/autobahn-wstest.py "$site_dir" --mode fuzzingclient --spec "$spec" \

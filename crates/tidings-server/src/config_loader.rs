@@ -17,7 +17,14 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "builtin_namespaces",
 ];
 /// Sections reachable as `TIDINGS_<SECTION>_<KEY>` (or `TIDINGS_<SECTION>__<KEY>`).
-const SECTIONS: &[&str] = &["jwt", "connection", "api", "transports", "engine"];
+const SECTIONS: &[&str] = &[
+    "jwt",
+    "connection",
+    "api",
+    "transports",
+    "websocket",
+    "engine",
+];
 /// Variables the binary reads itself rather than as config keys.
 const NOT_CONFIG: &[&str] = &["config", "log_format", "log_level"];
 
@@ -197,6 +204,10 @@ mod tests {
         assert_eq!(
             env_key_to_path("TRANSPORTS_WEBSOCKET"),
             "transports.websocket"
+        );
+        assert_eq!(
+            env_key_to_path("WEBSOCKET_COMPRESSION_MIN_SIZE"),
+            "websocket.compression_min_size"
         );
         assert_eq!(
             env_key_to_path("ENGINE_POSITION_TTL"),

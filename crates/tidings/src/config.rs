@@ -35,6 +35,8 @@ pub struct Config {
     pub api: ApiSettings,
     /// Which client transports are served, and their settings.
     pub transports: TransportSettings,
+    /// WebSocket (`/ws`) options: permessage-deflate.
+    pub websocket: WebSocketSettings,
     /// How the engine keeps channel state.
     pub engine: EngineSettings,
     /// Add the conventional `workspace` and `user` namespaces unless defined below.
@@ -57,6 +59,7 @@ impl Default for Config {
             connection: ConnectionSettings::default(),
             api: ApiSettings::default(),
             transports: TransportSettings::default(),
+            websocket: WebSocketSettings::default(),
             engine: EngineSettings::default(),
             builtin_namespaces: true,
             namespaces: BTreeMap::new(),
@@ -204,6 +207,29 @@ impl Default for TransportSettings {
             socketio: true,
             socketio_path: "/socket.io/".to_owned(),
             socketio_join_workspaces: true,
+        }
+    }
+}
+
+/// WebSocket options of `/ws` (and `/api/ws`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketSettings {
+    /// Accept permessage-deflate (RFC 7692) when a client offers it. Each event
+    /// is compressed once, without context takeover, and the same frame goes
+    /// to every connection that negotiated it.
+    pub compression: bool,
+    /// Events (and replies) smaller than this many bytes go uncompressed even
+    /// on a connection that negotiated compression: deflate saves nothing on
+    /// them.
+    pub compression_min_size: usize,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        Self {
+            compression: true,
+            compression_min_size: 256,
         }
     }
 }

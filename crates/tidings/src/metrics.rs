@@ -39,6 +39,10 @@ pub struct Metrics {
     engine_gaps_filled: Counter,
     engine_resubscribes: Counter,
     nodes: Gauge,
+    ws_deflates: Counter,
+    ws_deflated_frames: Counter,
+    ws_deflated_bytes_in: Counter,
+    ws_deflated_bytes_out: Counter,
     recorder: PrometheusRecorder,
 }
 
@@ -166,6 +170,22 @@ impl Metrics {
             "Times a channel's local subscribers were told to resubscribe (continuity lost).",
         );
         let nodes = gauge("tidings_nodes", "Live nodes of the cluster.");
+        let ws_deflates = counter(
+            "tidings_ws_deflate_total",
+            "Events compressed for permessage-deflate (once per event, whatever the number of subscribers).",
+        );
+        let ws_deflated_frames = counter(
+            "tidings_ws_deflated_frames_total",
+            "Compressed event frames written to WebSocket connections.",
+        );
+        let ws_deflated_bytes_in = counter(
+            "tidings_ws_deflated_frame_bytes_in_total",
+            "Payload bytes of the compressed event frames written, before compression.",
+        );
+        let ws_deflated_bytes_out = counter(
+            "tidings_ws_deflated_frame_bytes_out_total",
+            "Payload bytes of the compressed event frames written, as sent.",
+        );
         for (name, help) in CONSUMER_COUNTERS {
             recorder.describe_counter(
                 KeyName::from_const_str(name),
@@ -213,6 +233,10 @@ impl Metrics {
             engine_gaps_filled,
             engine_resubscribes,
             nodes,
+            ws_deflates,
+            ws_deflated_frames,
+            ws_deflated_bytes_in,
+            ws_deflated_bytes_out,
             recorder,
         }
     }
@@ -295,6 +319,16 @@ impl Metrics {
     }
     pub(crate) fn auth_failed(&self) {
         self.auth_failures.increment(1);
+    }
+    /// An event was compressed for permessage-deflate.
+    pub(crate) fn deflated_event(&self) {
+        self.ws_deflates.increment(1);
+    }
+    /// A compressed event frame of `plain` bytes (`sent` compressed) was written.
+    pub(crate) fn deflated_frame_written(&self, plain: usize, sent: usize) {
+        self.ws_deflated_frames.increment(1);
+        self.ws_deflated_bytes_in.increment(plain as u64);
+        self.ws_deflated_bytes_out.increment(sent as u64);
     }
     pub(crate) fn written(&self, latency: Duration) {
         self.publish_to_write.record(latency.as_secs_f64());

@@ -188,6 +188,7 @@ pub struct Publication {
     encoded: Utf8Bytes,
     sse_frame: OnceLock<bytes::Bytes>,
     socketio_args: OnceLock<Utf8Bytes>,
+    deflated: OnceLock<bytes::Bytes>,
 }
 
 impl Publication {
@@ -227,6 +228,7 @@ impl Publication {
             encoded,
             sse_frame: OnceLock::new(),
             socketio_args: OnceLock::new(),
+            deflated: OnceLock::new(),
         }
     }
 
@@ -248,6 +250,16 @@ impl Publication {
             frame.push('\n');
             bytes::Bytes::from(frame)
         })
+    }
+
+    /// The envelope compressed for permessage-deflate, computed by `deflate`
+    /// on the first call (the first connection that negotiated compression)
+    /// and shared by every later one: one compression per event, however many
+    /// subscribers. `deflate` is passed in because compression is the
+    /// WebSocket transport's business (`transport::permessage_deflate`).
+    pub fn deflated(&self, deflate: impl FnOnce(&[u8]) -> bytes::Bytes) -> &bytes::Bytes {
+        self.deflated
+            .get_or_init(|| deflate(self.encoded.as_str().as_bytes()))
     }
 
     /// The event's Socket.IO arguments without the brackets:

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod http;
 pub mod ops;
+pub mod permessage_deflate;
 pub mod polling;
 pub mod request_endpoint;
 mod requests;
@@ -11,6 +12,7 @@ pub mod socketio;
 pub mod sse;
 mod subscriptions;
 pub mod websocket;
+pub mod ws_upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

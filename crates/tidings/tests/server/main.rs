@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod closing;
 mod cluster;
+mod compression;
 mod http_transports;
 mod liveness;
 mod openapi;

@@ -14,7 +14,15 @@ export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+/**
+ * A WebSocket constructor. The third argument is `ws`'s options in Node
+ * (`{ perMessageDeflate: true }`); the browser's constructor ignores it.
+ */
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  options?: { perMessageDeflate?: boolean },
+) => WebSocketLike;
 
 /** How a transport ended. Reported exactly once. */
 export interface TransportClose {

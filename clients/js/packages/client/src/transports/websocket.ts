@@ -18,7 +18,10 @@ export function websocketTransport(context: TransportContext): Transport {
   }
   let socket: InstanceType<typeof Ctor>;
   try {
-    socket = new Ctor(`${context.wsUrl}/ws`, ['tidings.v1']);
+    // permessage-deflate: browsers offer it themselves; `ws` in Node reads
+    // this third argument (other constructors ignore it). The server compresses
+    // each large event once and sends the same frame to every such client.
+    socket = new Ctor(`${context.wsUrl}/ws`, ['tidings.v1'], { perMessageDeflate: true });
   } catch (err) {
     queueMicrotask(() => finish(1006, `WebSocket failed: ${String(err)}`));
     return { name: 'websocket', send() {}, close() { done = true; } };
