@@ -46,7 +46,7 @@ trap 'kill "$redis_pid" 2>/dev/null || true; rm -rf "$redis_dir"' EXIT
 TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0" cargo test --locked -p tidings --test server -- --skip cluster:: --skip liveness::slow_consumer
 TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0" cargo test --locked -p tidings --test server -- liveness::slow_consumer
 kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
-step "Autobahn|Testsuite: RFC 6455 conformance of the WebSocket code (cases 1-7, 10)"
+step "Autobahn|Testsuite: RFC 6455 conformance of the WebSocket code (cases 1-7, 10; 22 permessage-deflate cases of 12 and 13)"
 bash scripts/autobahn.sh
 
 step "System packages for the browser tests (Debian's chromium)"

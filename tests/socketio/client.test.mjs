@@ -207,6 +207,8 @@ describe('server restart (1012)', () => {
     const socket = connect(server, { sub: 'u-restart' });
     try {
       await connected(socket);
+      // Stopped while still on long-polling, the client would see 'transport error'.
+      await waitFor(() => socket.io.engine.transport.name === 'websocket', { message: 'upgrade' });
       const reason = new Promise((resolve) => socket.once('disconnect', resolve));
       await server.stop();
       assert.equal(await reason, 'transport close');
