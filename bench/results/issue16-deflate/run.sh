@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Issue 16 item 3 (permessage-deflate) measurements; run under the shared
-# benchmark lock: flock /tmp/bench.lock bash bench/results/issue16-deflate/run.sh
+# Issue 16 item 3 (permessage-deflate): bytes on the wire and server CPU per
+# delivery, Tidings against Centrifugo v6.9.1 with its compression on, same
+# machine, same client. Needs the release build and the Centrifugo peer:
+#   cargo build --release -p tidings-server -p tidings-bench
+#   bench/peers/centrifugo/build.sh
+#   bash bench/results/issue16-deflate/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=bench/results/issue16-deflate
 git rev-parse HEAD >"$out/commit.txt"
 date -u +"start %FT%TZ" >"$out/times.txt"
-target/release/tidings-deflate-bench --connections 1000 --events 1000 --rate 100 --runs 3 --payload entity \
-  2>&1 | tee "$out/entity.txt"
-date -u +"entity done %FT%TZ" >>"$out/times.txt"
-target/release/tidings-deflate-bench --connections 1000 --events 1000 --rate 100 --runs 3 --payload rows \
-  2>&1 | tee "$out/rows.txt"
-date -u +"rows done %FT%TZ" >>"$out/times.txt"
-target/release/tidings-bench idle --target tidings --tidings-bin target/release/tidings \
-  --connections 1000,5000,10000,18000 --hold-secs 35 --quiet-wait 10 --timeout 380 \
-  --out "$out/idle" 2>&1 | tee "$out/idle.txt"
-date -u +"idle done %FT%TZ" >>"$out/times.txt"
+for payload in entity rows; do
+  for target in tidings centrifugo; do
+    target/release/tidings-deflate-bench --connections 1000 --events 1000 --rate 100 --runs 3 \
+      --payload "$payload" --target "$target" 2>&1 | tee "$out/$payload-$target.txt"
+    date -u +"$payload $target done %FT%TZ" >>"$out/times.txt"
+  done
+done
+# 20 events/s (20,000 deliveries/s): below what Centrifugo compresses on one core.
+for target in tidings centrifugo; do
+  target/release/tidings-deflate-bench --connections 1000 --events 400 --rate 20 --runs 3 \
+    --payload entity --target "$target" 2>&1 | tee "$out/entity-20-$target.txt"
+  date -u +"entity 20/s $target done %FT%TZ" >>"$out/times.txt"
+done

@@ -12,12 +12,21 @@
 //! and the drain, and the server's `tidings_ws_deflate_*` counters.
 //!
 //! The clients are written by hand over `TcpStream` (tokio-tungstenite has no
-//! permessage-deflate); they count frames and bytes and do not inflate: the
-//! server tests check the content.
+//! permessage-deflate); against Tidings they count frames and bytes and do not
+//! inflate (one event per frame; the server tests check the content).
+//!
+//! `--target centrifugo` measures Centrifugo v6 the same way, with its
+//! `websocket.compression` on (level 1, its default) and the same minimum size:
+//! its JSON protocol over `/connection/websocket`, publishing through its HTTP
+//! API. Centrifugo may put several publications in one frame (one JSON per
+//! line), so there the clients inflate compressed frames and count the
+//! publications in each.
 //!
 //! ```sh
 //! cargo build --release -p tidings-server -p tidings-bench
 //! target/release/tidings-deflate-bench --runs 3 --payload entity
+//! bench/peers/centrifugo/build.sh
+//! target/release/tidings-deflate-bench --runs 3 --payload entity --target centrifugo
 //! ```
 
 use std::cell::Cell;
@@ -33,6 +42,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+use flate2::{Decompress, FlushDecompress, Status};
 
 const SECRET: &str = "tidings-bench-secret-0123456789abcdef";
 const API_KEY: &str = "tidings-bench-api-key-0123456789";
@@ -51,6 +62,14 @@ enum Payload {
 enum Mode {
     Plain,
     Deflate,
+}
+
+/// The server measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Tidings,
+    /// Centrifugo v6 (`bench/peers/centrifugo/build.sh`).
+    Centrifugo,
 }
 
 /// Bytes and CPU per delivery on /ws, without and with permessage-deflate.
@@ -77,7 +96,10 @@ struct Cli {
         default_value = "plain,deflate"
     )]
     modes: Vec<Mode>,
-    /// The server binary (default: target/release/tidings).
+    #[arg(long, value_enum, default_value = "tidings")]
+    target: Target,
+    /// The server binary (default: target/release/tidings, or
+    /// bench/peers/centrifugo/bin/centrifugo with `--target centrifugo`).
     #[arg(long)]
     tidings_bin: Option<PathBuf>,
     /// Core for the server (`taskset -c`); this process takes `--bench-cpu`.
@@ -111,10 +133,10 @@ fn main() -> Result<()> {
 
 async fn run_all(cli: Cli) -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bin = cli
-        .tidings_bin
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/tidings"));
+    let bin = cli.tidings_bin.clone().unwrap_or_else(|| match cli.target {
+        Target::Tidings => root.join("target/release/tidings"),
+        Target::Centrifugo => root.join("bench/peers/centrifugo/bin/centrifugo"),
+    });
     let mut results = Vec::new();
     for run in 1..=cli.runs {
         for &mode in &cli.modes {
@@ -133,8 +155,8 @@ async fn run_all(cli: Cli) -> Result<()> {
         }
     }
     println!(
-        "\nsummary ({} connections, {} events at {}/s, payload {:?}), min / median / max:",
-        cli.connections, cli.events, cli.rate, cli.payload
+        "\nsummary ({:?}, {} connections, {} events at {}/s, payload {:?}), min / median / max:",
+        cli.target, cli.connections, cli.events, cli.rate, cli.payload
     );
     for &mode in &cli.modes {
         let of_mode: Vec<&Measured> = results.iter().filter(|m| m.mode == mode).collect();
@@ -167,15 +189,19 @@ struct Counts {
 }
 
 async fn measure(cli: &Cli, bin: &PathBuf, mode: Mode) -> Result<Measured> {
-    let (mut child, addr, pid) = start_server(bin, cli.server_cpu).await?;
+    let (mut child, addr, pid) = match cli.target {
+        Target::Tidings => start_server(bin, cli.server_cpu).await?,
+        Target::Centrifugo => start_centrifugo(bin, cli.server_cpu).await?,
+    };
     let counts = Rc::new(Counts::default());
     let mut tasks = Vec::new();
     for i in 0..cli.connections {
-        let mut client = connect(&addr, i, mode == Mode::Deflate).await?;
-        client.subscribe().await?;
+        let mut client = connect(&addr, cli.target, i, mode == Mode::Deflate).await?;
+        client.subscribe(cli.target).await?;
         let counts = counts.clone();
+        let per_line = cli.target == Target::Centrifugo;
         tasks.push(tokio::task::spawn_local(async move {
-            let _ = client.count_frames(&counts).await;
+            let _ = client.count_frames(&counts, per_line).await;
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -192,8 +218,13 @@ async fn measure(cli: &Cli, bin: &PathBuf, mode: Mode) -> Result<Measured> {
             Payload::Rows => rows_page(seq),
         };
         event_bytes = data.to_string().len();
-        let body = json!({"channel": CHANNEL, "event": "applications.updated", "data": data});
-        http_post(&mut http, &addr, "/api/publish", &body.to_string()).await?;
+        let body = match cli.target {
+            Target::Tidings => {
+                json!({"channel": CHANNEL, "event": "applications.updated", "data": data})
+            }
+            Target::Centrifugo => json!({"channel": CHANNEL, "data": data}),
+        };
+        http_post(&mut http, &addr, cli.target, &body.to_string()).await?;
     }
     let expected = cli.events * cli.connections as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -275,9 +306,13 @@ fn rows_page(seq: u64) -> Value {
 struct Client {
     stream: TcpStream,
     buffer: Vec<u8>,
+    token: String,
+    /// Reset before each message: Centrifugo (gorilla/websocket) takes no
+    /// context over between messages.
+    inflater: Decompress,
 }
 
-async fn connect(addr: &str, i: usize, offer_deflate: bool) -> Result<Client> {
+async fn connect(addr: &str, target: Target, i: usize, offer_deflate: bool) -> Result<Client> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let token = tidings_auth::mint_hs256(
@@ -289,10 +324,15 @@ async fn connect(addr: &str, i: usize, offer_deflate: bool) -> Result<Client> {
             ..Default::default()
         },
     )?;
+    // Tidings reads the token from the upgrade; Centrifugo from `connect`.
+    let (path, authorization) = match target {
+        Target::Tidings => ("/ws", format!("Authorization: Bearer {token}\r\n")),
+        Target::Centrifugo => ("/connection/websocket", String::new()),
+    };
     let mut request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Authorization: Bearer {token}\r\n"
+         {authorization}"
     );
     if offer_deflate {
         request
@@ -322,23 +362,71 @@ async fn connect(addr: &str, i: usize, offer_deflate: bool) -> Result<Client> {
     Ok(Client {
         stream,
         buffer: buffer[end..].to_vec(),
+        token,
+        inflater: Decompress::new(false),
     })
 }
 
 impl Client {
-    /// Sends `subscribe` and reads until its reply.
-    async fn subscribe(&mut self) -> Result<()> {
-        let text = json!({"type": "subscribe", "channel": CHANNEL, "id": 1}).to_string();
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | text.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await?;
+    /// Sends `subscribe` (after `connect` on Centrifugo) and reads until its
+    /// reply.
+    async fn subscribe(&mut self, target: Target) -> Result<()> {
+        let (requests, reply): (Vec<String>, &[u8]) = match target {
+            Target::Tidings => (
+                vec![json!({"type": "subscribe", "channel": CHANNEL, "id": 1}).to_string()],
+                b"\"subscribed\"",
+            ),
+            Target::Centrifugo => (
+                vec![
+                    json!({"id": 1, "connect": {"token": self.token}}).to_string(),
+                    json!({"id": 2, "subscribe": {"channel": CHANNEL}}).to_string(),
+                ],
+                b"\"id\":2,",
+            ),
+        };
+        for text in requests {
+            self.stream.write_all(&masked_text_frame(&text)).await?;
+        }
         loop {
-            let (_, _, payload) = self.frame().await?;
-            if payload.windows(12).any(|w| w == b"\"subscribed\"") {
+            let (_, compressed, payload) = self.frame().await?;
+            let payload = if compressed {
+                self.inflate(&payload)?
+            } else {
+                payload
+            };
+            if payload.windows(reply.len()).any(|w| w == reply) {
                 return Ok(());
             }
+            if payload.windows(8).any(|w| w == b"\"error\":" || w == b"disconne") {
+                bail!("refused: {}", String::from_utf8_lossy(&payload));
+            }
+        }
+    }
+
+    /// The payload of a compressed message (RFC 7692 §7.2.2: the sender
+    /// dropped the final empty block's 0x00 0x00 0xff 0xff).
+    fn inflate(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
+        self.inflater.reset(false);
+        let mut input = Vec::with_capacity(payload.len() + 4);
+        input.extend_from_slice(payload);
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(payload.len() * 4 + 64);
+        loop {
+            let (consumed, produced) = (self.inflater.total_in(), self.inflater.total_out());
+            let status = self.inflater.decompress_vec(
+                &input[consumed as usize..],
+                &mut out,
+                FlushDecompress::Sync,
+            )?;
+            if self.inflater.total_in() as usize >= input.len() || status == Status::StreamEnd {
+                return Ok(out);
+            }
+            if out.len() < out.capacity()
+                && (consumed, produced) == (self.inflater.total_in(), self.inflater.total_out())
+            {
+                bail!("the compressed message ends early");
+            }
+            out.reserve(out.capacity().max(1024));
         }
     }
 
@@ -381,8 +469,10 @@ impl Client {
     }
 
     /// Counts the bytes read and the text frames (compressed or not) until the
-    /// connection ends. Parses headers in place without copying payloads.
-    async fn count_frames(mut self, counts: &Counts) -> Result<()> {
+    /// connection ends. Parses headers in place without copying payloads;
+    /// with `per_line` (Centrifugo) it counts the publications in each frame
+    /// instead, inflating the compressed ones.
+    async fn count_frames(mut self, counts: &Counts, per_line: bool) -> Result<()> {
         let mut buf = std::mem::take(&mut self.buffer);
         let mut chunk = vec![0; 64 * 1024];
         loop {
@@ -407,8 +497,22 @@ impl Client {
                     break;
                 }
                 if rest[0] & 0x0f == 1 {
-                    counts.text_frames.set(counts.text_frames.get() + 1);
-                    if rest[0] & 0x40 != 0 {
+                    let compressed = rest[0] & 0x40 != 0;
+                    let messages = if per_line {
+                        let payload = &rest[header..header + len];
+                        let publications = |text: &[u8]| {
+                            text.windows(6).filter(|w| w == b"\"pub\":").count() as u64
+                        };
+                        if compressed {
+                            publications(&self.inflate(payload)?)
+                        } else {
+                            publications(payload)
+                        }
+                    } else {
+                        1
+                    };
+                    counts.text_frames.set(counts.text_frames.get() + messages);
+                    if compressed {
                         counts.compressed.set(counts.compressed.get() + 1);
                     }
                 }
@@ -469,14 +573,35 @@ async fn start_server(bin: &PathBuf, cpu: usize) -> Result<(Child, String, u32)>
     Ok((child, addr, pid))
 }
 
+/// A client's text frame (masked, as RFC 6455 requires of clients).
+fn masked_text_frame(text: &str) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81];
+    match text.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Publishes one event through the server's HTTP API.
 async fn http_post(
     http: &mut BufReader<TcpStream>,
     addr: &str,
-    path: &str,
+    target: Target,
     body: &str,
 ) -> Result<()> {
+    let authorization = match target {
+        Target::Tidings => format!("Authorization: Bearer {API_KEY}"),
+        Target::Centrifugo => format!("X-API-Key: {API_KEY}"),
+    };
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\n\
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\n{authorization}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -500,6 +625,69 @@ async fn http_post(
     let mut body = vec![0; length];
     http.read_exact(&mut body).await?;
     Ok(())
+}
+
+/// Starts Centrifugo pinned to `cpu`, configured as the bench's Tidings is:
+/// the same HS256 secret and API key, a `workspace` namespace clients may
+/// subscribe to with Tidings' default history (100 events, 10 minutes) and
+/// recovery, and permessage-deflate at its default level above the same
+/// minimum size as Tidings' default (256 bytes).
+async fn start_centrifugo(bin: &PathBuf, cpu: usize) -> Result<(Child, String, u32)> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: bench/peers/centrifugo/build.sh",
+            bin.display()
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = json!({
+        "http_server": {"address": "127.0.0.1", "port": port},
+        "log": {"level": "warn"},
+        "client": {
+            "token": {"hmac_secret_key": SECRET},
+            // No pings during a run: the clients do not answer them.
+            "ping_interval": "10m",
+            "pong_timeout": "10s",
+        },
+        "websocket": {"compression": true, "compression_min_size": 256, "compression_level": 1},
+        "channel": {"namespaces": [{
+            "name": "workspace",
+            "allow_subscribe_for_client": true,
+            "history_size": 100,
+            "history_ttl": "600s",
+            "force_recovery": true,
+        }]},
+        "http_api": {"key": API_KEY},
+        "usage_stats": {"disabled": true},
+    });
+    let path = std::env::temp_dir().join(format!(
+        "tidings-deflate-bench-centrifugo-{}-{port}.json",
+        std::process::id()
+    ));
+    std::fs::write(&path, config.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut command = Command::new("taskset");
+    command
+        .arg("-c")
+        .arg(cpu.to_string())
+        .arg(bin)
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let child = command.spawn().context("starting centrifugo")?;
+    let pid = child.id().context("no centrifugo pid")?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("centrifugo did not listen on {addr} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((child, addr, pid))
 }
 
 async fn http_get(addr: &str, path: &str) -> Result<String> {
