@@ -18,8 +18,10 @@ for payload in entity rows; do
   done
 done
 # 20 events/s (20,000 deliveries/s): below what Centrifugo compresses on one core.
-for target in tidings centrifugo; do
-  target/release/tidings-deflate-bench --connections 1000 --events 400 --rate 20 --runs 3 \
-    --payload entity --target "$target" 2>&1 | tee "$out/entity-20-$target.txt"
-  date -u +"entity 20/s $target done %FT%TZ" >>"$out/times.txt"
+for payload in entity rows; do
+  for target in tidings centrifugo; do
+    target/release/tidings-deflate-bench --connections 1000 --events 400 --rate 20 --runs 3 \
+      --payload "$payload" --target "$target" 2>&1 | tee "$out/$payload-20-$target.txt"
+    date -u +"$payload 20/s $target done %FT%TZ" >>"$out/times.txt"
+  done
 done
