@@ -414,7 +414,10 @@ impl Client {
             if payload.windows(reply.len()).any(|w| w == reply) {
                 return Ok(());
             }
-            if payload.windows(8).any(|w| w == b"\"error\":" || w == b"disconne") {
+            if payload
+                .windows(8)
+                .any(|w| w == b"\"error\":" || w == b"disconne")
+            {
                 bail!("refused: {}", String::from_utf8_lossy(&payload));
             }
         }
@@ -656,7 +659,9 @@ async fn start_centrifugo(bin: &PathBuf, cpu: usize) -> Result<(Child, String, u
             bin.display()
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = json!({
         "http_server": {"address": "127.0.0.1", "port": port},
         "log": {"level": "warn"},
