@@ -14,6 +14,7 @@ mod client;
 mod cluster;
 mod floor;
 mod history;
+mod process_cpu;
 mod publish;
 mod report;
 mod server;

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::client::Proto;
+pub use crate::process_cpu::cpu_of;
 
 /// A server process under test (or an external one).
 pub struct Server {
@@ -290,19 +291,6 @@ pub async fn wait_for_quiet(limit: std::time::Duration, pct: f64) -> f64 {
             return last;
         }
     }
-}
-
-/// User + system CPU time of `pid`, in seconds.
-pub fn cpu_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((utime + stime) / ticks.max(1.0))
 }
 
 /// The workspace root (two levels above this crate's manifest), for default paths.

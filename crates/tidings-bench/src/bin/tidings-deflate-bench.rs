@@ -45,6 +45,10 @@ use tokio::time::Instant;
 
 use flate2::{Decompress, FlushDecompress, Status};
 
+#[path = "../process_cpu.rs"]
+mod process_cpu;
+use process_cpu::cpu_of;
+
 const SECRET: &str = "tidings-bench-secret-0123456789abcdef";
 const API_KEY: &str = "tidings-bench-api-key-0123456789";
 const CHANNEL: &str = "workspace:bench";
@@ -719,18 +723,6 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
     Ok(String::from_utf8_lossy(&response).into_owned())
-}
-
-/// User + system CPU time of `pid`, in seconds.
-fn cpu_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((utime + stime) / ticks.max(1.0))
 }
 
 fn pin_self(cpu: usize) {
