@@ -350,6 +350,9 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
     let b = start_node(&redis, "b", &config).await;
     let mut watcher = connect(a.port, "watcher").await.unwrap();
     let mut doomed = connect(b.port, "doomed").await.unwrap();
+    // The watcher is subscribed (node A placed on the channel) before the
+    // doomed user joins: a join that comes first is in the watcher's
+    // presence list, not a push.
     for ws in [&mut watcher, &mut doomed] {
         ws.send(Message::Text(
             json!({"type": "subscribe", "id": 1, "channel": CHANNEL})
@@ -358,6 +361,15 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
         ))
         .await
         .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reply = next_json(ws, left).await.expect("the subscribe reply");
+            if reply["id"] == 1 {
+                assert_eq!(reply["type"], "subscribed", "{reply}");
+                break;
+            }
+        }
     }
     wait_presence(&mut watcher, "join").await;
     let killed = Instant::now();
