@@ -351,8 +351,8 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
     let mut watcher = connect(a.port, "watcher").await.unwrap();
     let mut doomed = connect(b.port, "doomed").await.unwrap();
     // The watcher is subscribed (node A placed on the channel) before the
-    // doomed user joins: a join that comes first is in the watcher's
-    // presence list, not a push.
+    // doomed user joins: a join that comes first reaches the watcher as no
+    // push (only a `presence` request would list it).
     for ws in [&mut watcher, &mut doomed] {
         ws.send(Message::Text(
             json!({"type": "subscribe", "id": 1, "channel": CHANNEL})
