@@ -327,19 +327,26 @@ async fn nodes_killed_one_after_another_lose_and_double_nothing() {
     }
 }
 
-/// Waits for a presence push about `doomed` with `action`.
-async fn wait_presence(ws: &mut Ws, action: &str) {
+/// The first message within 8 s that `wanted` accepts, skipping the others.
+async fn wait_message(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let message = next_json(ws, left).await.expect("a presence push");
-        if message["type"] == "presence"
-            && message["action"] == action
-            && message["member"]["user"] == "doomed"
-        {
-            return;
+        let message = next_json(ws, left).await.expect(what);
+        if wanted(&message) {
+            return message;
         }
     }
+}
+
+/// Waits for a presence push about `doomed` with `action`.
+async fn wait_presence(ws: &mut Ws, action: &str) {
+    wait_message(ws, "a presence push", |message| {
+        message["type"] == "presence"
+            && message["action"] == action
+            && message["member"]["user"] == "doomed"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -361,15 +368,8 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
         ))
         .await
         .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let reply = next_json(ws, left).await.expect("the subscribe reply");
-            if reply["id"] == 1 {
-                assert_eq!(reply["type"], "subscribed", "{reply}");
-                break;
-            }
-        }
+        let reply = wait_message(ws, "the subscribe reply", |m| m["id"] == 1).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
     }
     wait_presence(&mut watcher, "join").await;
     let killed = Instant::now();

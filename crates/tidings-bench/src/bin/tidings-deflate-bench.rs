@@ -327,7 +327,6 @@ fn rows_page(seq: u64) -> Value {
 struct Client {
     stream: TcpStream,
     buffer: Vec<u8>,
-    token: String,
     /// Reset before each message: Centrifugo (gorilla/websocket) takes no
     /// context over between messages.
     inflater: Decompress,
@@ -380,34 +379,32 @@ async fn connect(addr: &str, target: Target, i: usize, offer_deflate: bool) -> R
     if head.contains("permessage-deflate") != offer_deflate {
         bail!("permessage-deflate negotiation differs from the offer: {head}");
     }
+    if target == Target::Centrifugo {
+        let command = json!({"id": 1, "connect": {"token": token}}).to_string();
+        stream.write_all(&masked_text_frame(&command)).await?;
+    }
     Ok(Client {
         stream,
         buffer: buffer[end..].to_vec(),
-        token,
         inflater: Decompress::new(false),
     })
 }
 
 impl Client {
-    /// Sends `subscribe` (after `connect` on Centrifugo) and reads until its
-    /// reply.
+    /// Sends `subscribe` and reads until its reply (on Centrifugo, after the
+    /// reply to the `connect` that `connect` sent).
     async fn subscribe(&mut self, target: Target) -> Result<()> {
-        let (requests, reply): (Vec<String>, &[u8]) = match target {
+        let (request, reply): (String, &[u8]) = match target {
             Target::Tidings => (
-                vec![json!({"type": "subscribe", "channel": CHANNEL, "id": 1}).to_string()],
+                json!({"type": "subscribe", "channel": CHANNEL, "id": 1}).to_string(),
                 b"\"subscribed\"",
             ),
             Target::Centrifugo => (
-                vec![
-                    json!({"id": 1, "connect": {"token": self.token}}).to_string(),
-                    json!({"id": 2, "subscribe": {"channel": CHANNEL}}).to_string(),
-                ],
+                json!({"id": 2, "subscribe": {"channel": CHANNEL}}).to_string(),
                 b"\"id\":2,",
             ),
         };
-        for text in requests {
-            self.stream.write_all(&masked_text_frame(&text)).await?;
-        }
+        self.stream.write_all(&masked_text_frame(&request)).await?;
         loop {
             let (_, compressed, payload) = self.frame().await?;
             let payload = if compressed {
@@ -713,6 +710,8 @@ async fn start_centrifugo(bin: &PathBuf, cpu: usize) -> Result<(Child, String, u
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Read at start; listening means it has been.
+    let _ = std::fs::remove_file(&path);
     Ok((child, addr, pid))
 }
 
