@@ -311,7 +311,9 @@ impl Publisher {
             idempotency_key: request.idempotency_key,
         };
         self.check_template(&template)?;
+        // One event: one id and one timestamp on every channel.
         let id = new_event_id();
+        let ts = now_timestamp();
         // One call for all channels: the engine places them concurrently, or
         // several per round trip (Redis), since one after another a broadcast
         // to 100,000 channels takes seconds. On the first error the remaining
@@ -319,7 +321,7 @@ impl Publisher {
         // completes the rest without duplicates.
         let placements = channels
             .into_iter()
-            .map(|channel| self.placement(channel, &template, id.clone()))
+            .map(|channel| self.placement(channel, &template, id.clone(), ts.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let names: Vec<String> = placements.iter().map(|p| p.channel.to_string()).collect();
         let outcomes = self.broker.publish_many(placements).await?;
@@ -393,6 +395,7 @@ impl Publisher {
         channel: ChannelName,
         template: &EventTemplate,
         id: String,
+        ts: String,
     ) -> Result<Placement, PublishError> {
         let namespace = self.access.namespace(&channel)?;
         let options = PublishOptions {
@@ -406,7 +409,7 @@ impl Publisher {
         let event = NewEvent {
             id,
             event: template.event.clone(),
-            ts: now_timestamp(),
+            ts,
             data: template.data.clone(),
             meta: template.meta.clone(),
             audience: template.audience.clone(),
@@ -437,7 +440,7 @@ impl Publisher {
         template: &EventTemplate,
         id: String,
     ) -> Result<Published, PublishError> {
-        let placement = self.placement(channel.clone(), template, id)?;
+        let placement = self.placement(channel.clone(), template, id, now_timestamp())?;
         let outcome = self
             .broker
             .publish(&placement.channel, placement.event, &placement.options)

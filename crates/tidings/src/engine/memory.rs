@@ -15,7 +15,7 @@ use dashmap::DashMap;
 
 use super::{
     Broker, ChannelPosition, EngineError, EventSink, HistoryPage, HistoryPolicy, HistoryQuery,
-    NewEvent, Publication, PublishOptions, PublishOutcome,
+    NewEvent, Placement, Publication, PublishOptions, PublishOutcome,
 };
 use crate::protocol::ChannelName;
 
@@ -95,6 +95,9 @@ fn lock(state: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// How many placements of one `publish_many` run before yielding to the runtime.
+const PLACEMENTS_PER_YIELD: usize = 256;
 
 /// How long a channel that was only read (never published to or subscribed)
 /// is kept, at most.
@@ -178,23 +181,17 @@ impl MemoryBroker {
             }
         }
     }
-}
 
-#[async_trait]
-impl Broker for MemoryBroker {
-    fn attach(&self, sink: Arc<dyn EventSink>) {
-        // Only the first sink counts; a hub attaches exactly once.
-        let _ = self.sink.set(sink);
-    }
-
-    async fn publish(
+    /// Places `event` in `channel`: the next offset, the history ring, the
+    /// idempotency key, and delivery to the hub, all under the channel's lock.
+    fn place(
         &self,
         channel: &ChannelName,
         event: NewEvent,
         options: &PublishOptions,
-    ) -> Result<PublishOutcome, EngineError> {
-        let sink = self.sink.get().cloned();
-        let outcome = self.with_state(channel, |st| {
+    ) -> PublishOutcome {
+        let sink = self.sink.get();
+        self.with_state(channel, |st| {
             let now = Instant::now();
             st.policy = options.history;
             st.expire(now);
@@ -242,8 +239,42 @@ impl Broker for MemoryBroker {
                 sink.deliver(&publication);
             }
             outcome
-        });
-        Ok(outcome)
+        })
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        // Only the first sink counts; a hub attaches exactly once.
+        let _ = self.sink.set(sink);
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        event: NewEvent,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError> {
+        Ok(self.place(channel, event, options))
+    }
+
+    /// One channel at a time, without a future per channel (placing never
+    /// waits here), yielding to the runtime between runs of
+    /// [`PLACEMENTS_PER_YIELD`] so a broadcast to many channels does not hold
+    /// up the connections it delivers to.
+    async fn publish_many(
+        &self,
+        placements: Vec<Placement>,
+    ) -> Result<Vec<PublishOutcome>, EngineError> {
+        let mut outcomes = Vec::with_capacity(placements.len());
+        for (i, placement) in placements.into_iter().enumerate() {
+            if i > 0 && i % PLACEMENTS_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
+            outcomes.push(self.place(&placement.channel, placement.event, &placement.options));
+        }
+        Ok(outcomes)
     }
 
     async fn publish_presence(

@@ -3,12 +3,19 @@
 //!
 //! The queue is a `VecDeque` behind a mutex rather than a channel: it allocates
 //! nothing until the first event (an idle connection costs no queue memory) and
-//! counts messages and bytes exactly under the same lock.
+//! counts messages and bytes exactly under the same lock. Its one reader is
+//! woken through an `AtomicWaker` rather than a `Notify`: a fan-out wakes
+//! every subscriber's task once per event, and `Notify` keeps a mutex-guarded
+//! waiter list that each wake-up enters twice.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::engine::Publication;
@@ -107,9 +114,12 @@ pub struct Connection {
     /// Roles, for audience filtering.
     pub roles: Arc<[String]>,
     queue: Mutex<QueueState>,
-    queue_notify: Notify,
+    queue_waker: AtomicWaker,
     limits: QueueLimits,
     close: Mutex<Option<CloseRequest>>,
+    /// `close` is set: lets the queue's reader check for a close on every
+    /// wake-up without taking the lock.
+    close_pending: AtomicBool,
     close_notify: Notify,
 }
 
@@ -154,9 +164,10 @@ impl Connection {
             user,
             roles,
             queue: Mutex::new(QueueState::default()),
-            queue_notify: Notify::new(),
+            queue_waker: AtomicWaker::new(),
             limits,
             close: Mutex::new(None),
+            close_pending: AtomicBool::new(false),
             close_notify: Notify::new(),
         });
         let queue = ConnectionQueue {
@@ -210,7 +221,7 @@ impl Connection {
         drop(queue);
         // The reader drains everything per wake-up, so only the first item needs one.
         if was_empty {
-            self.queue_notify.notify_one();
+            self.queue_waker.wake();
         }
         PushOutcome::Queued
     }
@@ -224,8 +235,11 @@ impl Connection {
                 reason: reason.unwrap_or_else(|| code.default_reason().to_owned()),
             });
             drop(close);
-            // Every waiter (the request loop, a blocked write) must see it.
+            self.close_pending.store(true, Ordering::Release);
+            // Every waiter (the request loop, a blocked write) must see it:
+            // those of `close_requested` and the queue's reader.
             self.close_notify.notify_waiters();
+            self.queue_waker.wake();
         }
     }
 
@@ -263,14 +277,61 @@ impl Connection {
 impl ConnectionQueue {
     /// Waits for the next item.
     pub async fn recv(&mut self) -> Outbound {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next item, or `Pending` with the task registered to be woken when
+    /// one is queued or a close is requested.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
         let connection = &self.connection;
-        loop {
-            // Created before looking, so a push in between leaves a permit.
-            let notified = connection.queue_notify.notified();
-            if let Some(item) = connection.pop() {
-                return item;
-            }
-            notified.await;
+        // Registered before looking, so a push in between wakes this task.
+        connection.queue_waker.register(cx.waker());
+        match connection.pop() {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
+        }
+    }
+
+    /// A close request first, else the next item; `Pending` with the task
+    /// registered to be woken by either.
+    ///
+    /// For the task that reads this queue: closes share the queue's one
+    /// waker slot, so a transport that waits on both in one task registers
+    /// once per poll (other tasks use [`Connection::close_requested`]).
+    pub fn poll_close_or_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Outbound, CloseRequest>> {
+        let connection = &self.connection;
+        connection.queue_waker.register(cx.waker());
+        if let Some(request) = self.requested_close() {
+            return Poll::Ready(Err(request));
+        }
+        match connection.pop() {
+            Some(item) => Poll::Ready(Ok(item)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The close request, once there is one; until then `Pending`, with the
+    /// task registered to be woken by a close request (or a queued item).
+    /// For the task that reads this queue, as
+    /// [`poll_close_or_recv`](Self::poll_close_or_recv).
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<CloseRequest> {
+        self.connection.queue_waker.register(cx.waker());
+        match self.requested_close() {
+            Some(request) => Poll::Ready(request),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The close request if there is one (a lock-free check first).
+    pub fn requested_close(&self) -> Option<CloseRequest> {
+        let connection = &self.connection;
+        if connection.close_pending.load(Ordering::Acquire) {
+            connection.close_request()
+        } else {
+            None
         }
     }
 
@@ -286,5 +347,8 @@ impl Drop for ConnectionQueue {
         queue.closed = true;
         queue.items = VecDeque::new();
         queue.bytes = 0;
+        drop(queue);
+        // A stored waker keeps the finished task's memory until the hub lets go.
+        drop(self.connection.queue_waker.take());
     }
 }

@@ -153,22 +153,21 @@ fn run(
 ) -> impl Future<Output = ()> + Send {
     let opening = Box::pin(open_session(socket, state, identity, deflate));
     async move {
-        let Some((session, span)) = opening.await else {
+        let Some(session) = opening.await else {
             return;
         };
-        run_session(session).instrument(span).await;
+        run_session(session).await;
     }
 }
 
-/// Authenticates and registers the connection: the session to serve, with
-/// the span its logs go to, or `None` once the socket was closed (refused or
-/// gone).
+/// Authenticates and registers the connection: the session to serve, or
+/// `None` once the socket was closed (refused or gone).
 async fn open_session(
     mut socket: WebSocket,
     state: Arc<ServerState>,
     identity: Option<Box<Identity>>,
     deflate: bool,
-) -> Option<(Session, tracing::Span)> {
+) -> Option<Session> {
     let mut identity = match identity {
         Some(identity) => *identity,
         None => authenticate_first_message(&mut socket, &state).await?,
@@ -207,8 +206,9 @@ async fn open_session(
         rate: RequestRate::new(settings),
         deflate,
         state,
+        span,
     };
-    Some((session, span))
+    Some(session)
 }
 
 /// Serves `session` until it stops, then ends it (boxed: the closing steps are
@@ -221,32 +221,38 @@ async fn open_session(
 fn run_session(mut session: Session) -> impl Future<Output = ()> + Send {
     async move {
         let stop = session.serve().await;
-        Box::pin(session.end(stop)).await;
+        let span = session.span.clone();
+        Box::pin(session.end(stop)).instrument(span).await;
     }
 }
 
-/// Writes `messages` and flushes them, unless `closed` (a close request)
-/// completes first.
+/// Writes `messages` and flushes them, unless a close is requested first
+/// (`queue`'s connection's).
 ///
 /// A hand-written poll loop (feed each message, then flush, as `SinkExt::feed`
 /// and `flush` do) rather than `select!` over an async block: its state is the
 /// iterator and one pending message, and it sits inline in every connection's
 /// task through [`Session::write_queued`].
-fn write_until_closed<'a, C: Future<Output = CloseRequest>>(
+fn write_until_closed<'a>(
     socket: &'a mut WebSocket,
     messages: impl IntoIterator<Item = Message> + 'a,
-    mut closed: Pin<&'a mut C>,
+    queue: &'a ConnectionQueue,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     let mut messages = messages.into_iter();
     let mut pending: Option<Message> = None;
     std::future::poll_fn(move |cx| {
-        if let Poll::Ready(CloseRequest { code, reason }) = closed.as_mut().poll(cx) {
+        // Checked without registering: a write that completes at once (the
+        // usual case) needs no wake-up; one that waits registers below.
+        if let Some(CloseRequest { code, reason }) = queue.requested_close() {
             return Poll::Ready(Err(Stop::Close(code, reason)));
         }
         let mut sink = Pin::new(&mut *socket);
-        loop {
+        let waiting = loop {
             let Some(message) = pending.take().or_else(|| messages.next()) else {
-                return sink.as_mut().poll_flush(cx).map_err(|_| Stop::Gone);
+                match sink.as_mut().poll_flush(cx) {
+                    Poll::Ready(result) => return Poll::Ready(result.map_err(|_| Stop::Gone)),
+                    Poll::Pending => break Poll::Pending,
+                }
             };
             match sink.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
@@ -257,9 +263,16 @@ fn write_until_closed<'a, C: Future<Output = CloseRequest>>(
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(Stop::Gone)),
                 Poll::Pending => {
                     pending = Some(message);
-                    return Poll::Pending;
+                    break Poll::Pending;
                 }
             }
+        };
+        // The client is not reading: wait for room or a close request.
+        match queue.poll_close(cx) {
+            Poll::Ready(CloseRequest { code, reason }) => {
+                Poll::Ready(Err(Stop::Close(code, reason)))
+            }
+            Poll::Pending => waiting,
         }
     })
 }
@@ -544,6 +557,11 @@ struct Session {
     /// The connection negotiated permessage-deflate: events of at least
     /// `websocket.compression_min_size` bytes go out compressed.
     deflate: bool,
+    /// The span (client id, user) of this connection's logs. Entered only
+    /// around the steps that can log, not around writing queued events: a
+    /// fan-out wakes every subscriber's task, and entering a span per wake-up
+    /// costs more than the write's own bookkeeping.
+    span: tracing::Span,
 }
 
 /// Why the request loop must stop.
@@ -632,11 +650,8 @@ impl Session {
         if let Err(stop) = Box::pin(self.send_connected()).await {
             return stop;
         }
-        let connection = self.connection.clone();
-        // One timer and one close watch for the whole session: re-creating them on
-        // every wake-up would cost a timer registration per event batch.
-        let closed = connection.close_requested();
-        tokio::pin!(closed);
+        // One timer for the whole session: re-creating it on every wake-up
+        // would cost a timer registration per event batch.
         let timer = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(timer);
         let stop = loop {
@@ -649,15 +664,13 @@ impl Session {
             // in this future's state, and this future is most of what an idle
             // connection costs.
             let wake = {
-                let queued = self.queue.recv();
-                tokio::pin!(queued);
+                let queue = &mut self.queue;
                 let socket = &mut self.socket;
                 std::future::poll_fn(|cx| {
-                    if let Poll::Ready(request) = closed.as_mut().poll(cx) {
-                        return Poll::Ready(Wake::Close(request));
-                    }
-                    if let Poll::Ready(item) = queued.as_mut().poll(cx) {
-                        return Poll::Ready(Wake::Queued(item));
+                    match queue.poll_close_or_recv(cx) {
+                        Poll::Ready(Err(request)) => return Poll::Ready(Wake::Close(request)),
+                        Poll::Ready(Ok(item)) => return Poll::Ready(Wake::Queued(item)),
+                        Poll::Pending => {}
                     }
                     if let Poll::Ready(frame) = Pin::new(&mut *socket).poll_next(cx) {
                         return Poll::Ready(Wake::Frame(frame));
@@ -681,20 +694,29 @@ impl Session {
                     let (batch, oldest, rest) = self.collect_queued(item);
                     let mut step = Ok(());
                     if !batch.is_empty() {
-                        step = write_until_closed(&mut self.socket, batch, closed.as_mut()).await;
+                        step = write_until_closed(&mut self.socket, batch, &self.queue).await;
                         if let (Ok(()), Some(received)) = (&step, oldest) {
                             self.state.metrics.written(received.elapsed());
                         }
                     }
                     match (step, rest) {
                         (Ok(()), Some(rest)) => {
-                            Box::pin(self.write_queued(rest, closed.as_mut())).await
+                            let span = self.span.clone();
+                            Box::pin(self.write_queued(rest)).instrument(span).await
                         }
                         (step, _) => step,
                     }
                 }
-                Wake::Frame(frame) => Box::pin(self.on_frame(frame)).await,
-                Wake::Deadline => Box::pin(self.on_deadline()).await,
+                // The span is cloned per step (not kept in this future,
+                // which every idle connection holds).
+                Wake::Frame(frame) => {
+                    let span = self.span.clone();
+                    Box::pin(self.on_frame(frame)).instrument(span).await
+                }
+                Wake::Deadline => {
+                    let span = self.span.clone();
+                    Box::pin(self.on_deadline()).instrument(span).await
+                }
             };
             if let Err(stop) = step {
                 break stop;
@@ -718,10 +740,7 @@ impl Session {
     /// Writes messages in one flush, giving up if a close is requested
     /// meanwhile (a client that stopped reading must not pin this task).
     async fn write(&mut self, messages: impl IntoIterator<Item = Message>) -> Result<(), Stop> {
-        let connection = self.connection.clone();
-        let closed = connection.close_requested();
-        tokio::pin!(closed);
-        write_until_closed(&mut self.socket, messages, closed).await
+        write_until_closed(&mut self.socket, messages, &self.queue).await
     }
 
     async fn send(&mut self, message: &ServerMessage) -> Result<(), Stop> {
@@ -1049,15 +1068,7 @@ impl Session {
     }
 
     /// Writes a queued item and whatever else is already waiting, in one flush.
-    ///
-    /// `closed` is the session's own close watch, passed in rather than a
-    /// second one created as [`write`](Self::write) does: this future sits
-    /// inline in every connection's task, so it is kept to a few words.
-    async fn write_queued<C: Future<Output = CloseRequest>>(
-        &mut self,
-        first: Outbound,
-        closed: Pin<&mut C>,
-    ) -> Result<(), Stop> {
+    async fn write_queued(&mut self, first: Outbound) -> Result<(), Stop> {
         let mut batch = Vec::new();
         let mut oldest = None;
         let mut item = Some(first);
@@ -1104,7 +1115,7 @@ impl Session {
         if batch.is_empty() {
             return Ok(());
         }
-        write_until_closed(&mut self.socket, batch, closed).await?;
+        write_until_closed(&mut self.socket, batch, &self.queue).await?;
         if let Some(received) = oldest {
             self.state.metrics.written(received.elapsed());
         }
@@ -1116,7 +1127,7 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn output_size<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+    fn output_size_2<A, B, F: Future>(_: impl FnOnce(A, B) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -1133,22 +1144,21 @@ mod tests {
     /// silently when a large future is awaited inline, an async fn argument
     /// is moved into a local, or a `select!` is added to `serve`. Sizes at
     /// the time of writing, the same in debug and release builds: `run`
-    /// 1,264 B, `Session` 672 B, `Session::serve` 528 B, `write_queued`
-    /// 224 B. If this fails, box the new cold part (see `run` and `serve`)
+    /// 1,112 B, `Session` 680 B, `Session::serve` 408 B, `write_queued`
+    /// 232 B. If this fails, box the new cold part (see `run` and `serve`)
     /// rather than raising the bound.
     #[test]
     fn connection_futures_stay_small() {
         let run_size = output_size_4(run);
         let serve_size = method_output_size(Session::serve);
-        let write_queued_size =
-            output_size(Session::write_queued::<std::future::Pending<CloseRequest>>);
+        let write_queued_size = output_size_2(Session::write_queued);
         let session_size = std::mem::size_of::<Session>();
         let sizes = format!(
             "run {run_size} B, serve {serve_size} B, write_queued {write_queued_size} B, \
              Session {session_size} B"
         );
-        assert!(run_size <= 1_280, "{sizes}");
-        assert!(serve_size <= 560, "{sizes}");
+        assert!(run_size <= 1_152, "{sizes}");
+        assert!(serve_size <= 448, "{sizes}");
         assert!(write_queued_size <= 256, "{sizes}");
         assert!(session_size <= 704, "{sizes}");
         // The session is held once: no second copy of it or of the socket.
