@@ -164,6 +164,10 @@ impl MemoryBroker {
 
     /// The channel's live state, created when absent.
     fn state(&self, channel: &ChannelName) -> Arc<Mutex<ChannelState>> {
+        // A read lock for the usual case, the shard's write lock only to create.
+        if let Some(state) = self.channels.get(channel) {
+            return state.value().clone();
+        }
         self.channels
             .entry(channel.clone())
             .or_insert_with(|| Arc::new(Mutex::new(ChannelState::new())))

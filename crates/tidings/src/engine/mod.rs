@@ -7,6 +7,7 @@ pub mod memory;
 pub mod presence;
 pub mod redis;
 
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -120,27 +121,34 @@ pub struct EnvelopeParts {
     pub suffix: String,
 }
 
+/// Room for `{"type":"event","channel":"…","offset":` around the name, and
+/// the longest offset.
+const ENVELOPE_HEAD_LEN: usize = 40 + 20;
+
 impl EnvelopeParts {
     /// Encodes `event` for `channel`, once.
     pub fn encode(channel: &ChannelName, event: &NewEvent) -> Self {
-        let mut prefix = String::with_capacity(channel.as_str().len() + 40);
-        prefix.push_str(r#"{"type":"event","channel":"#);
-        // Channel names are plain ASCII without quotes or escapes.
-        prefix.push_str(&serde_json::to_string(channel.as_str()).unwrap_or_default());
-        prefix.push_str(r#","offset":"#);
-        let tail = EnvelopeTail {
-            id: &event.id,
-            event: &event.event,
-            ts: &event.ts,
-            data: &event.data,
-            meta: event.meta.as_ref().filter(|m| !m.is_empty()),
-        };
-        // The tail holds only strings and already-valid JSON.
-        let tail = serde_json::to_string(&tail).unwrap_or_else(|_| "{}".to_owned());
+        let mut prefix = String::with_capacity(channel.as_str().len() + ENVELOPE_HEAD_LEN);
+        write_envelope_head(&mut prefix, channel);
+        let tail = encode_envelope_tail(event);
         let mut suffix = String::with_capacity(tail.len());
         suffix.push(',');
         suffix.push_str(tail.strip_prefix('{').unwrap_or(&tail));
         Self { prefix, suffix }
+    }
+
+    /// The whole envelope of `event` at `offset` of `channel`, built in one
+    /// buffer: what [`encode`](Self::encode) then [`at`](Self::at) give, for
+    /// an engine that knows the offset when it encodes.
+    pub fn encode_at(channel: &ChannelName, event: &NewEvent, offset: u64) -> Utf8Bytes {
+        let tail = encode_envelope_tail(event);
+        let mut json =
+            String::with_capacity(channel.as_str().len() + ENVELOPE_HEAD_LEN + tail.len());
+        write_envelope_head(&mut json, channel);
+        // Writing to a String cannot fail.
+        let _ = write!(json, "{offset},");
+        json.push_str(tail.strip_prefix('{').unwrap_or(&tail));
+        Utf8Bytes::from(json)
     }
 
     /// The whole envelope at `offset`.
@@ -152,6 +160,27 @@ impl EnvelopeParts {
         json.push_str(&self.suffix);
         Utf8Bytes::from(json)
     }
+}
+
+/// `{"type":"event","channel":"…","offset":`
+fn write_envelope_head(out: &mut String, channel: &ChannelName) {
+    out.push_str(r#"{"type":"event","channel":""#);
+    // Channel names are plain ASCII without quotes or escapes (`ChannelName::parse`).
+    out.push_str(channel.as_str());
+    out.push_str(r#"","offset":"#);
+}
+
+/// The envelope's fields after `offset` as a JSON object (`{"id":…}`).
+fn encode_envelope_tail(event: &NewEvent) -> String {
+    let tail = EnvelopeTail {
+        id: &event.id,
+        event: &event.event,
+        ts: &event.ts,
+        data: &event.data,
+        meta: event.meta.as_ref().filter(|m| !m.is_empty()),
+    };
+    // The tail holds only strings and already-valid JSON.
+    serde_json::to_string(&tail).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The envelope's fields after `offset`, in wire order.
@@ -194,7 +223,7 @@ pub struct Publication {
 impl Publication {
     /// Places `event` at `offset` of `channel`, encoding its envelope.
     pub fn new(channel: ChannelName, offset: u64, epoch: Arc<str>, event: NewEvent) -> Self {
-        let encoded = EnvelopeParts::encode(&channel, &event).at(offset);
+        let encoded = EnvelopeParts::encode_at(&channel, &event, offset);
         let filter = DeliveryFilter::of(&event);
         Self::from_encoded(
             channel,
@@ -500,4 +529,46 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<HistoryPage, EngineError>;
     /// Number of channels the engine holds state for.
     fn channel_count(&self) -> usize;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::EventMeta;
+
+    /// The memory engine builds the envelope in one buffer, the Redis engine
+    /// splices the offset between the parts: both must give the same bytes.
+    #[test]
+    fn envelope_in_one_buffer_matches_the_spliced_parts() {
+        let channel = ChannelName::parse("workspace:acme:applications").unwrap();
+        let data = RawValue::from_string(r#"{"name":"a \"quoted\" é","n":[1,2]}"#.into()).unwrap();
+        let plain = NewEvent {
+            id: "e_01J".into(),
+            event: "applications.\"updated\"".into(),
+            ts: "2026-12-06T04:20:00.000Z".into(),
+            data,
+            meta: None,
+            audience: None,
+            exclude_client: None,
+        };
+        let with_meta = NewEvent {
+            meta: Some(EventMeta {
+                actor: Some("u7".into()),
+                correlation_id: None,
+                entity: None,
+            }),
+            ..plain.clone()
+        };
+        for event in [plain, with_meta] {
+            for offset in [1, 42, u64::MAX] {
+                let spliced = EnvelopeParts::encode(&channel, &event).at(offset);
+                let direct = EnvelopeParts::encode_at(&channel, &event, offset);
+                assert_eq!(direct.as_str(), spliced.as_str());
+                let parsed: serde_json::Value = serde_json::from_str(direct.as_str()).unwrap();
+                assert_eq!(parsed["offset"], offset);
+                assert_eq!(parsed["channel"], "workspace:acme:applications");
+                assert_eq!(parsed["event"], "applications.\"updated\"");
+            }
+        }
+    }
 }

@@ -13,14 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::http::{bearer_token, ApiError};
 use crate::engine::{HistoryQuery, Publication};
 use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
 use crate::publisher::{
-    parse_request, BroadcastRequest, EntityChange, PublishError, PublishRequest,
+    parse_request, BroadcastRequest, EntityChange, PublishError, PublishRequest, Published,
 };
 use crate::server::ServerState;
 
@@ -139,7 +139,11 @@ async fn broadcast(
     let request: BroadcastRequest = parse_body(body)?;
     request.check_channel_count(state.config.api.max_broadcast_channels)?;
     let results = state.publisher.broadcast(request).await?;
-    Ok(Json(json!({ "results": results })).into_response())
+    Ok(Json(PlacedResults {
+        event: None,
+        results: &results,
+    })
+    .into_response())
 }
 
 async fn entity_event(
@@ -149,7 +153,20 @@ async fn entity_event(
     let change: EntityChange = parse_body(body)?;
     let event = change.event_name();
     let results = state.publisher.publish_entity_change(change).await?;
-    Ok(Json(json!({ "event": event, "results": results })).into_response())
+    Ok(Json(PlacedResults {
+        event: Some(&event),
+        results: &results,
+    })
+    .into_response())
+}
+
+/// The answer of `/api/broadcast` and `/api/events`, serialized straight
+/// from the results (through a `json!` value it cost a map per channel).
+#[derive(Serialize)]
+struct PlacedResults<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    results: &'a [Published],
 }
 
 #[derive(Deserialize)]
