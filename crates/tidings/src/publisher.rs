@@ -275,7 +275,7 @@ impl Publisher {
 
     /// Publishes one event.
     pub async fn publish(&self, request: PublishRequest) -> Result<Published, PublishError> {
-        let channel = self.resolve(&request.channel)?;
+        let resolved = self.resolve(&request.channel)?;
         let template = EventTemplate {
             event: request.event,
             data: request.data,
@@ -285,7 +285,12 @@ impl Publisher {
             idempotency_key: request.idempotency_key,
         };
         self.check_template(&template)?;
-        self.place(&channel, &template, new_event_id()).await
+        let placement = self.placement(resolved, &template, new_event_id(), now_timestamp());
+        let outcome = self
+            .broker
+            .publish(&placement.channel, placement.event, &placement.options)
+            .await?;
+        Ok(self.published(request.channel, outcome))
     }
 
     /// Publishes one event to several channels. Every channel is checked before
@@ -297,7 +302,7 @@ impl Publisher {
         if request.channels.is_empty() {
             return Err(PublishError::BadRequest("`channels` is empty".into()));
         }
-        let channels = request
+        let resolved = request
             .channels
             .iter()
             .map(|c| self.resolve(c))
@@ -314,18 +319,18 @@ impl Publisher {
         // One event: one id and one timestamp on every channel.
         let id = new_event_id();
         let ts = now_timestamp();
-        // One call for all channels: the engine places them concurrently, or
-        // several per round trip (Redis), since one after another a broadcast
-        // to 100,000 channels takes seconds. On the first error the remaining
+        // One call for all channels: the engine places several per round
+        // trip (Redis), since one round trip after another a broadcast to
+        // 100,000 channels takes seconds. On the first error the remaining
         // placements are dropped; a retry with the same idempotency key
         // completes the rest without duplicates.
-        let placements = channels
+        let placements = resolved
             .into_iter()
             .map(|channel| self.placement(channel, &template, id.clone(), ts.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let names: Vec<String> = placements.iter().map(|p| p.channel.to_string()).collect();
+            .collect();
         let outcomes = self.broker.publish_many(placements).await?;
-        Ok(names
+        Ok(request
+            .channels
             .into_iter()
             .zip(outcomes)
             .map(|(channel, outcome)| self.published(channel, outcome))
@@ -375,11 +380,16 @@ impl Publisher {
         .await
     }
 
-    fn resolve(&self, name: &str) -> Result<ChannelName, PublishError> {
+    /// The channel `name` and its namespace's history policy.
+    fn resolve(&self, name: &str) -> Result<(ChannelName, HistoryPolicy), PublishError> {
         let channel = ChannelName::parse(name)
             .map_err(|e| PublishError::BadRequest(format!("channel: {e}")))?;
-        self.access.namespace(&channel)?;
-        Ok(channel)
+        let namespace = self.access.namespace(&channel)?;
+        let history = HistoryPolicy {
+            size: namespace.config.history_size,
+            ttl: namespace.config.history_ttl,
+        };
+        Ok((channel, history))
     }
 
     fn check_template(&self, template: &EventTemplate) -> Result<(), PublishError> {
@@ -392,17 +402,13 @@ impl Publisher {
 
     fn placement(
         &self,
-        channel: ChannelName,
+        (channel, history): (ChannelName, HistoryPolicy),
         template: &EventTemplate,
         id: String,
         ts: String,
-    ) -> Result<Placement, PublishError> {
-        let namespace = self.access.namespace(&channel)?;
+    ) -> Placement {
         let options = PublishOptions {
-            history: HistoryPolicy {
-                size: namespace.config.history_size,
-                ttl: namespace.config.history_ttl,
-            },
+            history,
             idempotency_key: template.idempotency_key.clone(),
             idempotency_window: self.idempotency_window,
         };
@@ -415,11 +421,11 @@ impl Publisher {
             audience: template.audience.clone(),
             exclude_client: template.exclude_client.clone(),
         };
-        Ok(Placement {
+        Placement {
             channel,
             event,
             options,
-        })
+        }
     }
 
     fn published(&self, channel: String, outcome: PublishOutcome) -> Published {
@@ -432,20 +438,6 @@ impl Publisher {
             id: outcome.id,
             duplicate: outcome.duplicate,
         }
-    }
-
-    async fn place(
-        &self,
-        channel: &ChannelName,
-        template: &EventTemplate,
-        id: String,
-    ) -> Result<Published, PublishError> {
-        let placement = self.placement(channel.clone(), template, id, now_timestamp())?;
-        let outcome = self
-            .broker
-            .publish(&placement.channel, placement.event, &placement.options)
-            .await?;
-        Ok(self.published(channel.to_string(), outcome))
     }
 }
 

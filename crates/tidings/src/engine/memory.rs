@@ -23,6 +23,11 @@ struct ChannelState {
     epoch: Arc<str>,
     top: u64,
     history: VecDeque<Arc<Publication>>,
+    /// No event in `history` was received before this (the oldest's time or
+    /// earlier; `None` when empty): lets `expire` skip the ring without
+    /// reading its oldest event, which with many channels is a cache miss on
+    /// every publish.
+    oldest_at: Option<Instant>,
     policy: HistoryPolicy,
     idempotency: HashMap<String, (Instant, PublishOutcome)>,
     /// Last publish, or when the last subscriber of this node left.
@@ -41,6 +46,7 @@ impl ChannelState {
             epoch: Arc::from(new_epoch().as_str()),
             top: 0,
             history: VecDeque::new(),
+            oldest_at: None,
             policy: HistoryPolicy {
                 size: 0,
                 ttl: Duration::ZERO,
@@ -54,6 +60,9 @@ impl ChannelState {
 
     fn expire(&mut self, now: Instant) {
         let ttl = self.policy.ttl;
+        if self.oldest_at.is_some_and(|t| now.duration_since(t) < ttl) {
+            return;
+        }
         while let Some(front) = self.history.front() {
             if now.duration_since(front.received_at) >= ttl {
                 self.history.pop_front();
@@ -61,6 +70,7 @@ impl ChannelState {
                 break;
             }
         }
+        self.oldest_at = self.history.front().map(|p| p.received_at);
         if self.history.is_empty() && self.history.capacity() > 0 {
             // VecDeque keeps its buffer on pop; a quiet channel should not.
             self.history = VecDeque::new();
@@ -222,6 +232,7 @@ impl MemoryBroker {
             ));
             if options.history.size > 0 && !options.history.ttl.is_zero() {
                 st.history.push_back(publication.clone());
+                st.oldest_at.get_or_insert(publication.received_at);
                 while st.history.len() > options.history.size {
                     st.history.pop_front();
                 }
@@ -371,6 +382,34 @@ mod tests {
             idempotency_key: key.map(str::to_owned),
             idempotency_window: Duration::from_secs(60),
         }
+    }
+
+    /// `expire` skips the ring while its oldest event is young; events must
+    /// still leave at their own age, after size trims and across publishes.
+    #[tokio::test]
+    async fn history_events_expire_at_their_own_age() {
+        let engine = MemoryBroker::new(Duration::from_secs(60));
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        let mut opts = options(3, None);
+        opts.history.ttl = Duration::from_millis(300);
+        let offsets = |page: HistoryPage| page.events.iter().map(|p| p.offset).collect::<Vec<_>>();
+        for n in 1..=5 {
+            engine.publish(&ch, event(n), &opts).await.unwrap();
+        }
+        let all = engine.history(&ch, &HistoryQuery::default()).await.unwrap();
+        assert_eq!(offsets(all), [3, 4, 5], "trimmed to the size");
+        std::thread::sleep(Duration::from_millis(200));
+        engine.publish(&ch, event(6), &opts).await.unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        // 3–5 are 350 ms old, 6 is 150 ms old.
+        let page = engine.history(&ch, &HistoryQuery::default()).await.unwrap();
+        assert_eq!(offsets(page), [6]);
+        std::thread::sleep(Duration::from_millis(200));
+        let page = engine.history(&ch, &HistoryQuery::default()).await.unwrap();
+        assert!(offsets(page).is_empty());
+        engine.publish(&ch, event(7), &opts).await.unwrap();
+        let page = engine.history(&ch, &HistoryQuery::default()).await.unwrap();
+        assert_eq!(offsets(page), [7]);
     }
 
     #[tokio::test]
