@@ -250,7 +250,7 @@ impl MemoryBroker {
                 );
             }
             // Delivering under the lock keeps the channel's events in offset order.
-            if let Some(sink) = &sink {
+            if let Some(sink) = sink {
                 sink.deliver(&publication);
             }
             outcome

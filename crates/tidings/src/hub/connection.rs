@@ -282,14 +282,10 @@ impl ConnectionQueue {
 
     /// The next item, or `Pending` with the task registered to be woken when
     /// one is queued or a close is requested.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
-        let connection = &self.connection;
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
         // Registered before looking, so a push in between wakes this task.
-        connection.queue_waker.register(cx.waker());
-        match connection.pop() {
-            Some(item) => Poll::Ready(item),
-            None => Poll::Pending,
-        }
+        self.connection.queue_waker.register(cx.waker());
+        self.pop_registered()
     }
 
     /// A close request first, else the next item; `Pending` with the task
@@ -302,13 +298,16 @@ impl ConnectionQueue {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Outbound, CloseRequest>> {
-        let connection = &self.connection;
-        connection.queue_waker.register(cx.waker());
-        if let Some(request) = self.requested_close() {
+        if let Poll::Ready(request) = self.poll_close(cx) {
             return Poll::Ready(Err(request));
         }
-        match connection.pop() {
-            Some(item) => Poll::Ready(Ok(item)),
+        self.pop_registered().map(Ok)
+    }
+
+    /// The next item, for a poll that has registered the task already.
+    fn pop_registered(&mut self) -> Poll<Outbound> {
+        match self.connection.pop() {
+            Some(item) => Poll::Ready(item),
             None => Poll::Pending,
         }
     }
