@@ -7,11 +7,13 @@ use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -353,9 +355,26 @@ async fn setup_centrifugo(spec: &ConnSpec, ws: &mut Ws) -> Result<()> {
     Ok(())
 }
 
+/// The keys the generator looks for in every delivery, each searcher built
+/// once: building a `str::find` searcher per lookup cost more than the search
+/// (a fifth of the generator's CPU at 600k deliveries/s).
+struct Keys {
+    data: Finder<'static>,
+    t: Finder<'static>,
+    seq: Finder<'static>,
+    id: Finder<'static>,
+}
+
+static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
+    data: Finder::new(b"\"data\""),
+    t: Finder::new(b"\"t\":"),
+    seq: Finder::new(b"\"seq\":"),
+    id: Finder::new(b"\"id\":"),
+});
+
 /// Finds `key` (e.g. `"seq":`) after `from` and parses the unsigned integer after it.
-fn number_after(text: &str, key: &str, from: usize) -> Option<u64> {
-    let at = text.get(from..)?.find(key)? + from + key.len();
+fn number_after(text: &str, key: &Finder<'_>, from: usize) -> Option<u64> {
+    let at = key.find(text.as_bytes().get(from..)?)? + from + key.needle().len();
     let digits = text[at..].trim_start();
     let end = digits
         .find(|c: char| !c.is_ascii_digit())
@@ -367,11 +386,10 @@ fn number_after(text: &str, key: &str, from: usize) -> Option<u64> {
 /// Tidings' `/socket.io/` emits the data itself as the first argument (no
 /// `"data"` key), before the metadata, so the search starts at the beginning.
 fn payload_numbers(text: &str) -> Option<(u64, u64)> {
-    let data = text.find("\"data\"").unwrap_or(0);
-    Some((
-        number_after(text, "\"t\":", data)?,
-        number_after(text, "\"seq\":", data)?,
-    ))
+    let keys = &*KEYS;
+    let data = keys.data.find(text.as_bytes()).unwrap_or(0);
+    let t = number_after(text, &keys.t, data)?;
+    Some((t, number_after(text, &keys.seq, data)?))
 }
 
 /// Runs one connection: connect, set up, then count deliveries until told to close.
@@ -450,61 +468,15 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
                     }
                 }
                 frame = ws.next() => {
-                    let text = match frame {
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Close(frame))) => return Err(anyhow!("server closed: {frame:?}")),
-                        Some(Ok(_)) => continue,
-                        Some(Err(err)) => return Err(err.into()),
-                        None => return Err(anyhow!("connection ended")),
-                    };
-                    let text = text.as_str();
-                    match spec.proto.wire() {
-                        Proto::Centrifugo => {
-                            // Several replies may share one frame, one per line.
-                            for line in text.lines() {
-                                if line.starts_with(r#"{"push":"#) {
-                                    if line.contains(r#""pub":"#) {
-                                        if let Some((t, seq)) = payload_numbers(line) {
-                                            stats.borrow_mut().on_event(t, seq, &mut next_seq);
-                                        }
-                                    } else if line.contains(r#""disconnect":"#) {
-                                        return Err(anyhow!("server disconnect: {line}"));
-                                    }
-                                } else if line == "{}" {
-                                    ws.send(Message::text("{}")).await?;
-                                } else if number_after(line, r#""id":"#, 0)
-                                    .is_some_and(|id| id > CENTRIFUGO_PING_ID)
-                                {
-                                    stats.borrow_mut().pongs += 1;
-                                }
-                            }
-                        }
-                        Proto::Tidings | Proto::FloorWrite | Proto::FloorBatched => {
-                            if text.starts_with(r#"{"type":"event""#) {
-                                if let Some((t, seq)) = payload_numbers(text) {
-                                    stats.borrow_mut().on_event(t, seq, &mut next_seq);
-                                }
-                            } else if text.starts_with(r#"{"type":"ping""#) {
-                                ws.send(Message::text(r#"{"type":"pong"}"#)).await?;
-                            } else if text.starts_with(r#"{"type":"pong""#) {
-                                stats.borrow_mut().pongs += 1;
-                            } else if text.starts_with(r#"{"type":"disconnect""#) {
-                                return Err(anyhow!("server disconnect: {text}"));
-                            }
-                        }
-                        Proto::Socketio | Proto::TidingsSocketio => {
-                            if text.starts_with("42") {
-                                if let Some((t, seq)) = payload_numbers(text) {
-                                    stats.borrow_mut().on_event(t, seq, &mut next_seq);
-                                }
-                            } else if text == "2" {
-                                ws.send(Message::text("3")).await?;
-                            } else if text.starts_with("43") {
-                                stats.borrow_mut().pongs += 1;
-                            } else if text.starts_with("41") || text.starts_with('1') {
-                                return Err(anyhow!("server disconnect: {text}"));
-                            }
-                        }
+                    on_frame(&mut ws, spec.proto, &stats, &mut next_seq, frame).await?;
+                    // Read what else has already arrived before going back to
+                    // the select: one command-watch registration per wake-up,
+                    // not per frame (5% of the generator at 600k deliveries/s).
+                    for _ in 0..FRAMES_PER_WAKE {
+                        let Some(frame) = ws.next().now_or_never() else {
+                            break;
+                        };
+                        on_frame(&mut ws, spec.proto, &stats, &mut next_seq, frame).await?;
                     }
                 }
             }
@@ -516,6 +488,77 @@ pub async fn run_connection(spec: ConnSpec, stats: SharedStats, mut cmd: watch::
         s.disconnects += 1;
         s.error(format!("{err:#}"));
     }
+}
+
+/// Frames handled after a wake-up before the connection looks at its
+/// commands again.
+const FRAMES_PER_WAKE: usize = 64;
+
+/// Handles one frame of a connection: counts an event, answers a ping, or
+/// ends the connection on a close or a server disconnect.
+async fn on_frame(
+    ws: &mut Ws,
+    proto: Proto,
+    stats: &SharedStats,
+    next_seq: &mut u64,
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<()> {
+    let text = match frame {
+        Some(Ok(Message::Text(text))) => text,
+        Some(Ok(Message::Close(frame))) => return Err(anyhow!("server closed: {frame:?}")),
+        Some(Ok(_)) => return Ok(()),
+        Some(Err(err)) => return Err(err.into()),
+        None => return Err(anyhow!("connection ended")),
+    };
+    let text = text.as_str();
+    match proto.wire() {
+        Proto::Centrifugo => {
+            // Several replies may share one frame, one per line.
+            for line in text.lines() {
+                if line.starts_with(r#"{"push":"#) {
+                    if line.contains(r#""pub":"#) {
+                        if let Some((t, seq)) = payload_numbers(line) {
+                            stats.borrow_mut().on_event(t, seq, next_seq);
+                        }
+                    } else if line.contains(r#""disconnect":"#) {
+                        return Err(anyhow!("server disconnect: {line}"));
+                    }
+                } else if line == "{}" {
+                    ws.send(Message::text("{}")).await?;
+                } else if number_after(line, &KEYS.id, 0).is_some_and(|id| id > CENTRIFUGO_PING_ID)
+                {
+                    stats.borrow_mut().pongs += 1;
+                }
+            }
+        }
+        Proto::Tidings | Proto::FloorWrite | Proto::FloorBatched => {
+            if text.starts_with(r#"{"type":"event""#) {
+                if let Some((t, seq)) = payload_numbers(text) {
+                    stats.borrow_mut().on_event(t, seq, next_seq);
+                }
+            } else if text.starts_with(r#"{"type":"ping""#) {
+                ws.send(Message::text(r#"{"type":"pong"}"#)).await?;
+            } else if text.starts_with(r#"{"type":"pong""#) {
+                stats.borrow_mut().pongs += 1;
+            } else if text.starts_with(r#"{"type":"disconnect""#) {
+                return Err(anyhow!("server disconnect: {text}"));
+            }
+        }
+        Proto::Socketio | Proto::TidingsSocketio => {
+            if text.starts_with("42") {
+                if let Some((t, seq)) = payload_numbers(text) {
+                    stats.borrow_mut().on_event(t, seq, next_seq);
+                }
+            } else if text == "2" {
+                ws.send(Message::text("3")).await?;
+            } else if text.starts_with("43") {
+                stats.borrow_mut().pongs += 1;
+            } else if text.starts_with("41") || text.starts_with('1') {
+                return Err(anyhow!("server disconnect: {text}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
