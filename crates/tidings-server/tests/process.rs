@@ -238,6 +238,11 @@ async fn sigterm_sends_1012_to_every_client_and_exits() {
     for i in 0..3 {
         clients.push(connect(&server.addr, &token(&format!("u{i}"), &[])).await);
     }
+    // Upgraded without a token and not authenticated yet: told as well.
+    let (unauthenticated, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    clients.push(unauthenticated);
     let (status, took) = tokio::task::spawn_blocking(move || {
         let result = server.terminate();
         drop(server);

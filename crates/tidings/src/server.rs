@@ -194,7 +194,7 @@ impl Tidings {
         let hub = &self.state.hub;
         hub.close_all(CloseCode::Restarting);
         let deadline = tokio::time::Instant::now() + drain;
-        while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        while hub.open_sockets() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

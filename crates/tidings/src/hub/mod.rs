@@ -8,7 +8,7 @@ pub mod connection;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -134,6 +134,21 @@ pub struct Hub {
     interest_locks: Box<[tokio::sync::Mutex<()>]>,
     interest_hasher: RandomState,
     next_key: AtomicU64,
+    /// Set by [`Hub::close_all`]: a connection that registers afterwards is
+    /// asked to close at once, and sockets still authenticating close too.
+    closing: tokio::sync::watch::Sender<Option<CloseCode>>,
+    /// WebSockets upgraded but not registered yet (authenticating, or being
+    /// refused): the shutdown drain waits for their Close as well.
+    opening: AtomicUsize,
+}
+
+/// Counts a WebSocket as opening until dropped (see [`Hub::opening`]).
+pub struct OpeningSocket(Arc<Hub>);
+
+impl Drop for OpeningSocket {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct HubSink(Weak<Hub>);
@@ -206,6 +221,8 @@ impl Hub {
                 .collect(),
             interest_hasher: RandomState::new(),
             next_key: AtomicU64::new(1),
+            closing: tokio::sync::watch::Sender::new(None),
+            opening: AtomicUsize::new(0),
         });
         broker.attach(Arc::new(HubSink(Arc::downgrade(&hub))));
         hub
@@ -229,6 +246,11 @@ impl Hub {
         drop(entry);
         self.connections.insert(connection.key, connection.clone());
         self.metrics.connection_opened();
+        // After the insert: `close_all` sets `closing` before it looks at the
+        // connections, so one of the two sees this connection.
+        if let Some(code) = *self.closing.borrow() {
+            connection.request_close(code, None);
+        }
         Ok(())
     }
 
@@ -400,16 +422,42 @@ impl Hub {
         count
     }
 
-    /// Asks every connection to close with `code` (shutdown).
+    /// Asks every connection to close with `code` (shutdown), and those that
+    /// register later or are still authenticating ([`Hub::closing`]).
     pub fn close_all(&self, code: CloseCode) {
+        self.closing.send_replace(Some(code));
         for entry in self.connections.iter() {
             entry.value().request_close(code, None);
         }
     }
 
+    /// Resolves with the code of [`Hub::close_all`] once it is called: for a
+    /// socket that is not a registered connection yet.
+    pub async fn closing(&self) -> CloseCode {
+        let mut closing = self.closing.subscribe();
+        let code = match closing.wait_for(Option::is_some).await {
+            Ok(code) => *code,
+            // The sender lives as long as the hub, which `&self` keeps alive.
+            Err(_) => None,
+        };
+        code.unwrap_or(CloseCode::Restarting)
+    }
+
+    /// Counts a WebSocket that is not registered yet until the guard is dropped.
+    pub fn opening(self: &Arc<Self>) -> OpeningSocket {
+        self.opening.fetch_add(1, Ordering::Relaxed);
+        OpeningSocket(self.clone())
+    }
+
     /// Connections on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Connections plus WebSockets still authenticating: what a shutdown
+    /// drain waits for.
+    pub fn open_sockets(&self) -> usize {
+        self.connections.len() + self.opening.load(Ordering::Relaxed)
     }
 
     /// Channels with at least one local subscriber.

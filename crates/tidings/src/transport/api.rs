@@ -219,6 +219,12 @@ async fn unsubscribe(
     let request: UnsubscribeRequest = parse_body(body)?;
     let channel = ChannelName::parse(&request.channel)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
+    // As publish, presence and history answer: no such channel is a 404, not
+    // a count of 0 that hides a typo.
+    state
+        .access
+        .namespace(&channel)
+        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
     let reason = request
         .reason
         .as_deref()

@@ -168,6 +168,8 @@ async fn open_session(
     identity: Option<Box<Identity>>,
     deflate: bool,
 ) -> Option<Session> {
+    // Counted until registered or refused, so a shutdown waits for its Close.
+    let _opening = state.hub.opening();
     let mut identity = match identity {
         Some(identity) => *identity,
         None => authenticate_first_message(&mut socket, &state).await?,
@@ -345,7 +347,16 @@ async fn authenticate_first_message(
     // more time than it was given to authenticate.
     let close_timeout = settings.close_timeout.min(settings.auth_timeout);
     let text = loop {
-        let close = match tokio::time::timeout_at(deadline, socket.next()).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, socket.next()) => read,
+            // A shutdown reaches sockets that have not authenticated too.
+            code = state.hub.closing() => {
+                let close = ServerClose::notified(code, code.default_reason());
+                close_socket(socket, close, close_timeout).await;
+                return None;
+            }
+        };
+        let close = match read {
             Err(_) => ServerClose::notified(
                 CloseCode::Unauthorized,
                 "no auth message within auth_timeout",

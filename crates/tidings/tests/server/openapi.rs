@@ -549,6 +549,20 @@ async fn every_operation_and_status_matches_the_document() {
     contract
         .post_expect(&server, "/api/unsubscribe", json!({"user": "u42"}), 400)
         .await;
+    for channel in ["nope:acme", "workspace"] {
+        let reply = contract
+            .post_expect(
+                &server,
+                "/api/unsubscribe",
+                json!({"user": "u42", "channel": channel}),
+                404,
+            )
+            .await;
+        assert_eq!(
+            reply["error"]["code"], "unknown_channel",
+            "{channel}: {reply}"
+        );
+    }
     for code in [1000, 4999, 70000] {
         contract
             .post_expect(
