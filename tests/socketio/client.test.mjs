@@ -188,6 +188,20 @@ describe('socket.io-client against /socket.io/', () => {
     assert.ok(!events.some((e) => e.name === 'after.unsubscribe'));
   });
 
+  test('disconnected by the API over long-polling: tidings:disconnect, then io server disconnect, no reconnect', async () => {
+    const socket = track(connect(server, { sub: 'u-kick-polling' }, { transports: ['polling'] }));
+    const seen = [];
+    socket.on('tidings:disconnect', (notice) => seen.push(`notice:${notice.code}`));
+    socket.on('disconnect', (reason) => seen.push(`disconnect:${reason}`));
+    await connected(socket);
+    await server.disconnectUser('u-kick-polling');
+    await waitFor(() => seen.some((s) => s.startsWith('disconnect:')), { message: 'disconnect' });
+    await sleep(500);
+    assert.deepEqual(seen, ['notice:4502', 'disconnect:io server disconnect']);
+    assert.equal(socket.connected, false);
+    assert.equal(socket.active, false);
+  });
+
   test('disconnected by the API (4502): io server disconnect, no reconnect', async () => {
     const socket = track(connect(server, { sub: 'u-kick' }));
     await connected(socket);

@@ -169,6 +169,29 @@ impl Session {
         std::mem::take(&mut state.outbox).into()
     }
 
+    /// What one long poll takes: everything queued, except that the server's
+    /// `close` packet goes out in a poll of its own, as upstream Engine.IO
+    /// sends it. engine.io-client acts on `close` at once but hands the packets
+    /// before it to socket.io-client a tick later, so in one payload the client
+    /// would see "transport close" (and reconnect) before the `DISCONNECT`
+    /// that tells it not to.
+    fn drain_poll(state: &mut SessionState) -> Vec<Frame> {
+        let close_waits = state.closed
+            && state.outbox.len() > 1
+            && matches!(state.outbox.back(), Some(Frame::Text(last)) if last.as_str() == "1");
+        let close = if close_waits {
+            state.outbox.pop_back()
+        } else {
+            None
+        };
+        let frames = Self::drain(state);
+        if let Some(close) = close {
+            state.outbox_bytes = close.len();
+            state.outbox.push_back(close);
+        }
+        frames
+    }
+
     /// Ends the session: nothing more is queued; what is queued still goes out.
     /// A polling session with packets left stays known until a poll takes them
     /// (or for one heartbeat period), so the client reads its last packets
@@ -445,10 +468,10 @@ async fn poll(endpoint: &Endpoint, session: &Arc<Session>) -> Response {
         {
             let mut state = lock(&session.state);
             if !state.outbox.is_empty() {
-                let frames = Session::drain(&mut state);
-                let closed = state.closed;
+                let frames = Session::drain_poll(&mut state);
+                let done = state.closed && state.outbox.is_empty();
                 drop(state);
-                if closed {
+                if done {
                     endpoint.sessions.remove(&session.sid);
                 }
                 session.outbox_room.notify_waiters();
