@@ -940,9 +940,14 @@ async fn switched_off_transports_are_not_served() {
 
 #[tokio::test]
 async fn sse_reconnecting_under_a_continuous_publisher_sees_every_offset_once() {
-    let server = TestServer::start().await;
-    let token = token("u1", &["acme"], &[]);
     const EVENTS: u64 = 600;
+    // History holds every event: this is about resuming exactly, and a reader
+    // slowed by a busy machine must not run into history's end instead.
+    let server = TestServer::with_config(config_with_workspace(|ws| {
+        ws.history_size = EVENTS as usize;
+    }))
+    .await;
+    let token = token("u1", &["acme"], &[]);
     let tidings = server.tidings.clone();
     let publisher = tokio::spawn(async move {
         for i in 1..=EVENTS {
