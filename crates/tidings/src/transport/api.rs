@@ -212,19 +212,26 @@ struct UnsubscribeRequest {
     reason: Option<String>,
 }
 
+/// A channel named in a request: 400 `bad_request` when the name is invalid,
+/// 404 `unknown_channel` when no namespace defines it.
+fn known_channel(state: &ServerState, name: &str) -> Result<ChannelName, ApiError> {
+    let channel = ChannelName::parse(name)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
+    state
+        .access
+        .namespace(&channel)
+        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    Ok(channel)
+}
+
 async fn unsubscribe(
     State(state): State<Arc<ServerState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: UnsubscribeRequest = parse_body(body)?;
-    let channel = ChannelName::parse(&request.channel)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
-    // As publish, presence and history answer: no such channel is a 404, not
-    // a count of 0 that hides a typo.
-    state
-        .access
-        .namespace(&channel)
-        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    // As publish answers: no such channel is a 404, not a count of 0 that
+    // hides a typo.
+    let channel = known_channel(&state, &request.channel)?;
     let reason = request
         .reason
         .as_deref()
@@ -247,12 +254,7 @@ async fn presence(
     query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let channel = ChannelName::parse(&query.channel)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
-    state
-        .access
-        .namespace(&channel)
-        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    let channel = known_channel(&state, &query.channel)?;
     let members = state.presence.members(&channel).await.map_err(|e| {
         tracing::error!(error = %e, "presence read failed");
         ApiError::new(ErrorCode::EngineUnavailable, "presence read failed; retry")
@@ -277,12 +279,7 @@ async fn history(
     query: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let channel = ChannelName::parse(&params.channel)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("channel: {e}")))?;
-    state
-        .access
-        .namespace(&channel)
-        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    let channel = known_channel(&state, &params.channel)?;
     if params.epoch.is_some() && params.since.is_none() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
