@@ -443,7 +443,8 @@ async fn resubscribing_while_events_keep_coming_loses_and_doubles_nothing() {
     let publishing = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            // A bound, not a pace: `stop` ends publishing once the cycles are done.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             let mut last = 0;
             while !stop.load(Ordering::Relaxed)
                 && last + BURST <= MAX_EVENTS
@@ -521,8 +522,10 @@ async fn resubscribing_while_events_keep_coming_loses_and_doubles_nothing() {
         last,
         "every offset 1..={last} exactly once"
     );
+    // A busy machine publishes slowly (CI once saw 896 events in 10 s); what
+    // matters is that events kept arriving while the client resubscribed.
     assert!(
-        last > 30 * CYCLES && replays >= CYCLES / 3,
+        last >= BURST * CYCLES && replays >= CYCLES / 3,
         "publishing overlapped the resubscribes ({last} events, {replays} replays)"
     );
 }
