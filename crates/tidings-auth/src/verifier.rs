@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -49,6 +50,8 @@ pub struct TokenVerifier {
     /// `jwt.jwks_file`.
     jwks: Vec<VerifyKey>,
     allowed: Vec<Algorithm>,
+    /// `jwt.leeway` in whole seconds, for the checks the library does not do.
+    leeway: u64,
     issuer: Option<String>,
     roles_claim: String,
     workspaces_claim: String,
@@ -185,6 +188,7 @@ impl TokenVerifier {
             static_keys,
             jwks,
             allowed,
+            leeway,
             issuer: settings.issuer.clone(),
             roles_claim: settings.roles_claim.clone(),
             workspaces_claim: settings.workspaces_claim.clone(),
@@ -292,6 +296,20 @@ impl TokenVerifier {
             match claims.get("iss") {
                 Some(Value::String(iss)) if iss == issuer => {}
                 _ => return Err(TokenError::WrongIssuer),
+            }
+        }
+        // The library leaves `iat` alone. A token issued in the future comes
+        // from a clock ahead of ours: refused beyond the leeway, as `nbf` is.
+        match claims.get("iat") {
+            None | Some(Value::Null) => {}
+            Some(iat) => {
+                let iat = iat.as_f64().ok_or(TokenError::Malformed)?;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                if iat > now + self.leeway as f64 {
+                    return Err(TokenError::NotYetValid);
+                }
             }
         }
         let user: Arc<str> = match claims.get("sub") {

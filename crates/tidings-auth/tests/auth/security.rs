@@ -1,7 +1,7 @@
 //! Attacks and refusals.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::json;
+use serde_json::{json, Value};
 use tidings_auth::{JwtSettings, TokenError, TokenVerifier};
 
 use crate::common::*;
@@ -164,6 +164,30 @@ fn not_yet_valid() {
         &json!({ "sub": "alice", "exp": now() + 600, "nbf": now() + 2 }),
     );
     assert!(v.verify(&token).is_ok(), "within leeway");
+}
+
+#[test]
+fn issued_in_the_future_is_not_yet_valid() {
+    let v = secret_verifier();
+    let sign = |iat: Value| {
+        sign_hmac(
+            Algorithm::HS256,
+            SECRET.as_bytes(),
+            None,
+            &json!({ "sub": "alice", "exp": now() + 600, "iat": iat }),
+        )
+    };
+    assert_eq!(
+        v.verify(&sign(json!(now() + 120))).unwrap_err(),
+        TokenError::NotYetValid
+    );
+    assert!(v.verify(&sign(json!(now() + 2))).is_ok(), "within leeway");
+    assert!(v.verify(&sign(json!(now() - 3600))).is_ok());
+    assert!(v.verify(&sign(json!(now() as f64 - 0.5))).is_ok());
+    assert_eq!(
+        v.verify(&sign(json!("yesterday"))).unwrap_err(),
+        TokenError::Malformed
+    );
 }
 
 #[test]

@@ -230,6 +230,10 @@ pub struct PresenceMember {
 pub enum ServerMessage {
     /// Authentication succeeded.
     Connected {
+        /// The `id` of the `auth` message this answers (none when the token
+        /// came with the upgrade).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
         /// Connection id.
         client: String,
         /// User id (`sub`).

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{FailedToBufferBody, StringRejection};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ pub async fn handle(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Response {
     state.metrics.http_request();
     let query_token = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
@@ -32,10 +33,24 @@ pub async fn handle(
         Ok(identity) => identity,
         Err(err) => return reply_error(None, Refusal::new(err.code, err.message)),
     };
-    if body.len() > state.config.connection.max_message_size {
-        let refusal = Refusal::new(ErrorCode::LimitExceeded, "request over max_message_size");
-        return reply_error(None, refusal);
-    }
+    // The extractor's refusals are plain text; this endpoint answers in the
+    // protocol's JSON errors.
+    let body = match body {
+        Ok(body) if body.len() <= state.config.connection.max_message_size => body,
+        Ok(_)
+        | Err(StringRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            let refusal = Refusal::new(ErrorCode::LimitExceeded, "request over max_message_size");
+            return reply_error(None, refusal);
+        }
+        Err(StringRejection::InvalidUtf8(_)) => {
+            let refusal = Refusal::new(ErrorCode::BadRequest, "the request body is not UTF-8");
+            return reply_error(None, refusal);
+        }
+        Err(other) => {
+            let refusal = Refusal::new(ErrorCode::BadRequest, other.body_text());
+            return reply_error(None, refusal);
+        }
+    };
     let (id, request) = match parse_request(&body) {
         Ok(parsed) => parsed,
         Err(bad) => return reply_error(bad.id, Refusal::new(ErrorCode::BadRequest, bad.message)),

@@ -331,6 +331,7 @@ impl SseSession {
         out.push_str(&duration_ms(state.config.transports.sse_retry).to_string());
         out.push_str("\n\n");
         let connected = ServerMessage::Connected {
+            id: None,
             client: self.connection.client_id.to_string(),
             user: self.identity.user.to_string(),
             heartbeat: duration_ms(state.config.connection.heartbeat),

@@ -170,8 +170,8 @@ async fn open_session(
 ) -> Option<Session> {
     // Counted until registered or refused, so a shutdown waits for its Close.
     let _opening = state.hub.opening();
-    let mut identity = match identity {
-        Some(identity) => *identity,
+    let (mut identity, auth_id) = match identity {
+        Some(identity) => (*identity, None),
         None => authenticate_first_message(&mut socket, &state).await?,
     };
     state.access.retain_read_claims(&mut identity);
@@ -194,7 +194,7 @@ async fn open_session(
         }
     };
     span.in_scope(|| tracing::debug!("connected"));
-    let session = Session {
+    let mut session = Session {
         socket,
         token_expiry: expiry_instant(&identity),
         identity,
@@ -210,6 +210,13 @@ async fn open_session(
         state,
         span,
     };
+    // Sent here, not by `serve`: `connected` answers the auth message and
+    // echoes its id, which the long-lived session need not keep.
+    if let Err(stop) = Box::pin(session.send_connected(auth_id)).await {
+        let span = session.span.clone();
+        Box::pin(session.end(stop)).instrument(span).await;
+        return None;
+    }
     Some(session)
 }
 
@@ -336,11 +343,12 @@ async fn echo(mut socket: WebSocket, close_timeout: Duration, compress_from: Opt
     }
 }
 
-/// Waits for `{"type":"auth"}` within `auth_timeout`.
+/// Waits for `{"type":"auth"}` within `auth_timeout`: the identity, and the
+/// message's `id` for the `connected` reply.
 async fn authenticate_first_message(
     socket: &mut WebSocket,
     state: &ServerState,
-) -> Option<Identity> {
+) -> Option<(Identity, Option<RequestId>)> {
     let settings = &state.config.connection;
     let deadline = Instant::now() + settings.auth_timeout;
     // Nothing is queued for an unauthenticated socket, so its close needs no
@@ -405,7 +413,7 @@ async fn authenticate_first_message(
         }
     };
     match state.verifier.verify(&token) {
-        Ok(identity) => Some(identity),
+        Ok(identity) => Some((identity, id)),
         Err(err) => {
             state.metrics.auth_failed();
             tracing::info!(reason = %err, "auth message token refused");
@@ -658,9 +666,6 @@ impl Session {
 
     /// Runs the session until it must stop; the caller closes the socket.
     async fn serve(&mut self) -> Stop {
-        if let Err(stop) = Box::pin(self.send_connected()).await {
-            return stop;
-        }
         // One timer for the whole session: re-creating it on every wake-up
         // would cost a timer registration per event batch.
         let timer = tokio::time::sleep_until(self.next_deadline());
@@ -736,8 +741,9 @@ impl Session {
         stop
     }
 
-    async fn send_connected(&mut self) -> Result<(), Stop> {
+    async fn send_connected(&mut self, id: Option<RequestId>) -> Result<(), Stop> {
         let message = ServerMessage::Connected {
+            id,
             client: self.connection.client_id.to_string(),
             user: self.identity.user.to_string(),
             heartbeat: duration_ms(self.state.config.connection.heartbeat),
@@ -837,9 +843,7 @@ impl Session {
                     }
                     let refusal =
                         Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
-                    return self
-                        .send(&ServerMessage::error(id, refusal.code, refusal.message))
-                        .await;
+                    return self.refuse(id, refusal).await;
                 }
                 rate.limited_in_a_row = 0;
             }

@@ -71,7 +71,23 @@ async fn token_in_header_query_and_first_message() {
     first.send(json!({"type": "auth", "token": token})).await;
     let connected = first.expect("connected").await;
     assert_eq!(connected["user"], "u1");
+    assert!(connected.get("id").is_none(), "{connected}");
+    assert!(header.connected.as_ref().unwrap().get("id").is_none());
     assert_eq!(server.metric("tidings_connections").await, 3.0);
+
+    // `connected` answers the auth message, so it echoes the message's id.
+    for id in [json!(7), json!("a-1")] {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .unwrap();
+        let mut with_id = Client::from_stream(ws).await;
+        with_id
+            .send(json!({"type": "auth", "id": id, "token": token}))
+            .await;
+        let connected = with_id.expect("connected").await;
+        assert_eq!(connected["id"], id, "{connected}");
+        assert_eq!(connected["user"], "u1");
+    }
 }
 
 #[tokio::test]

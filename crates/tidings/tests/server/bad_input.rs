@@ -134,13 +134,45 @@ async fn binary_frame_closes_with_4501() {
 async fn too_many_bad_requests_in_a_row_close_with_4501() {
     let server = TestServer::start().await;
     let mut client = server.connect_user("u1", &[]).await;
-    for _ in 0..50 {
-        if client.ws.send(Message::Text("nope".into())).await.is_err() {
-            break;
-        }
+    // 20 get their error; the 21st closes.
+    for _ in 0..21 {
+        client.ws.send(Message::Text("nope".into())).await.unwrap();
+    }
+    for _ in 0..20 {
+        assert_eq!(client.expect("error").await["code"], "bad_request");
     }
     let closed = client.closed(WAIT).await;
     assert_eq!(closed.code, 4501);
+    assert_eq!(closed.disconnect.unwrap()["code"], 4501);
+}
+
+#[tokio::test]
+async fn a_rate_limited_request_ends_a_bad_request_streak() {
+    let mut config = base_config();
+    config.connection.max_bad_requests = 3;
+    config.connection.requests_per_second = 1;
+    config.connection.request_burst = 5;
+    let server = TestServer::with_config(config).await;
+    let mut client = server.connect_user("u1", &[]).await;
+    for _ in 0..5 {
+        client.send(json!({"type": "ping"})).await;
+        client.expect("pong").await;
+    }
+    // Three bad requests (the limiter does not count them), one limited
+    // request, then three more bad ones: two streaks of three, no close.
+    let bad = json!({"type": "nope"});
+    for _ in 0..3 {
+        client.send(bad.clone()).await;
+        assert_eq!(client.expect("error").await["code"], "bad_request");
+    }
+    client.send(json!({"type": "ping", "id": 1})).await;
+    assert_eq!(client.expect("error").await["code"], "rate_limited");
+    for _ in 0..3 {
+        client.send(bad.clone()).await;
+        assert_eq!(client.expect("error").await["code"], "bad_request");
+    }
+    client.send(bad).await;
+    assert_eq!(client.closed(WAIT).await.code, 4501);
 }
 
 #[tokio::test]

@@ -786,6 +786,47 @@ async fn http_requests_publish_read_and_reach_the_sse_stream() {
     }
     let (_, echoed) = request(json!({"type": "nope", "id": 8}), None, &token).await;
     assert_eq!(echoed["id"], 8, "the id is echoed when it can be read");
+    assert_eq!(
+        refused["id"], 5,
+        "a refused refresh token is the request's error"
+    );
+
+    // Bodies the protocol cannot read still get its JSON error.
+    let over = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70_000));
+    let over_body_limit = "x".repeat((1 << 20) + 1);
+    let raw_cases: [(Vec<u8>, &str, u16, &str); 4] = [
+        (
+            over.clone().into_bytes(),
+            token.as_str(),
+            413,
+            "limit_exceeded",
+        ),
+        (
+            over_body_limit.into_bytes(),
+            token.as_str(),
+            413,
+            "limit_exceeded",
+        ),
+        (b"\xff\xfe".to_vec(), token.as_str(), 400, "bad_request"),
+        (over.into_bytes(), "bad", 401, "unauthorized"),
+    ];
+    for (body, token, status, code) in raw_cases {
+        let response = server
+            .http
+            .post(server.url("/request"))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{code}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(
+            (&reply["type"], &reply["code"]),
+            (&json!("error"), &json!(code))
+        );
+    }
     assert!(server.metric("tidings_http_requests_total").await >= 10.0);
 }
 
