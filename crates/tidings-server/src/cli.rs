@@ -77,9 +77,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, env = "TIDINGS_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
-    /// Log filter, e.g. `info` or `tidings=debug` (RUST_LOG syntax).
-    #[arg(long, env = "TIDINGS_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Log filter, e.g. `info` or `tidings=debug` (RUST_LOG syntax). Without
+    /// it, `RUST_LOG` if set, else `info`.
+    #[arg(long, env = "TIDINGS_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 /// `tidings gentoken`.
@@ -109,10 +110,20 @@ pub struct CheckconfigArgs {
     pub file: PathBuf,
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The log filter: `--log-level` (or `TIDINGS_LOG_LEVEL`), else `RUST_LOG`,
+/// else `info`. A filter that does not parse is an error, not a silent `info`.
+fn log_filter(level: Option<&str>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let (source, filter) = match (level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => ("--log-level (TIDINGS_LOG_LEVEL)", level.to_owned()),
+        (None, Ok(rust_log)) => ("RUST_LOG", rust_log),
+        (None, Err(_)) => ("the default", "info".to_owned()),
+    };
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|err| anyhow::anyhow!("invalid log filter {filter:?} in {source}: {err}"))
+}
+
+fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -130,7 +141,7 @@ fn init_logging(format: LogFormat, level: &str) {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format, &args.log_level);
+    init_logging(args.log_format, log_filter(args.log_level.as_deref())?);
     let mut config = config_loader::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use tidings::config::Config;
 
 /// Top-level keys whose names start like a section name (`api_key` vs `[api]`).
@@ -48,11 +49,53 @@ pub fn figment(file: Option<&Path>) -> Figment {
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
-    figment.merge(
+    figment.merge(EnvText(
         Env::prefixed("TIDINGS_")
             .filter(|key| !NOT_CONFIG.contains(&key.as_str().to_ascii_lowercase().as_str()))
             .map(|key| env_key_to_path(key.as_str()).into()),
-    )
+    ))
+}
+
+/// `TIDINGS_*` variables with their values kept as text. Figment's `Env` reads
+/// `TIDINGS_NODE=1` or an all-digit `TIDINGS_API_KEY` as a number, which a
+/// string option then refuses; here only lists and tables (`["a", "b"]`) are
+/// parsed, and numbers and booleans are read from the text when the option
+/// wants one (`extract_lossy`).
+struct EnvText(Env);
+
+impl Provider for EnvText {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut values = Dict::new();
+        for (key, text) in self.0.iter() {
+            let value = match text.parse::<Value>() {
+                Ok(nested @ (Value::Array(..) | Value::Dict(..))) => nested,
+                _ => Value::from(text),
+            };
+            if let Value::Dict(_, nested) = figment::util::nest(key.as_str(), value) {
+                merge_into(&mut values, nested);
+            }
+        }
+        Ok(Profile::Default.collect(values))
+    }
+}
+
+/// Adds `from` to `into`, table by table (`TIDINGS_API_KEY` and
+/// `TIDINGS_API__MAX_BODY_SIZE` both land under their own keys).
+fn merge_into(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, existing)), Value::Dict(_, nested)) => {
+                merge_into(existing, nested)
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 /// Loads the configuration from `file` (if any) and the environment.
@@ -69,7 +112,7 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
             )
         })?;
     }
-    figment(file).extract().map_err(|err| {
+    figment(file).extract_lossy().map_err(|err| {
         let messages: Vec<String> = err.into_iter().map(|e| describe(&e)).collect();
         anyhow::anyhow!(messages.join("\n"))
     })
@@ -225,7 +268,7 @@ mod example_tests {
     #[test]
     fn example_config_lists_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tidings.example.toml");
-        let mut parsed: Config = super::figment(Some(&path)).extract().unwrap();
+        let mut parsed: Config = super::figment(Some(&path)).extract_lossy().unwrap();
         let default = Config::default();
         assert_eq!(
             parsed.effective_namespaces(),

@@ -14,7 +14,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{free_port, next_json, start_redis, wait_listening, Process, Redis, ScratchFile, Ws};
+use support::{
+    free_port, next_json, start_redis, start_redis_with, wait_listening, Process, Redis,
+    ScratchFile, Ws,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 const SECRET: &str = "cluster-test-secret-0123456789abcdef-xyz";
@@ -28,6 +31,16 @@ struct Node {
 }
 
 async fn start_node(redis: &Redis, name: &str, config: &std::path::Path) -> Node {
+    start_node_with(redis, name, config, &[]).await
+}
+
+/// A node with `env` added to its environment.
+async fn start_node_with(
+    redis: &Redis,
+    name: &str,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Node {
     let port = free_port();
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars() {
@@ -35,6 +48,7 @@ async fn start_node(redis: &Redis, name: &str, config: &std::path::Path) -> Node
             cmd.env_remove(key);
         }
     }
+    cmd.envs(env.iter().copied());
     let child = cmd
         .arg("--config")
         .arg(config)
@@ -398,4 +412,58 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
         .collect();
     assert_eq!(users, ["watcher"]);
     drop(doomed);
+}
+
+/// A Redis that refuses the node's password (or its lack of one) refuses every
+/// command: `/health` says `degraded` and a publish answers 503, as in any
+/// other outage, rather than `ok` with every publish failing.
+#[tokio::test]
+async fn a_refused_password_is_an_outage() {
+    const PASSWORD: &str = "the-right-password-0123";
+    let redis = start_redis_with(free_port(), &["--requirepass", PASSWORD]).await;
+    let config = write_config(100, false);
+    let none = start_node(&redis, "none", &config).await;
+    let wrong = start_node_with(
+        &redis,
+        "wrong",
+        &config,
+        &[("TIDINGS_ENGINE_REDIS_PASSWORD", "not-the-password")],
+    )
+    .await;
+    let right = start_node_with(
+        &redis,
+        "right",
+        &config,
+        &[("TIDINGS_ENGINE_REDIS_PASSWORD", PASSWORD)],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for (node, healthy) in [(&none, false), (&wrong, false), (&right, true)] {
+        let publish = http
+            .post(format!("http://127.0.0.1:{}/api/publish", node.port))
+            .bearer_auth(API_KEY)
+            .json(&json!({"channel": CHANNEL, "event": "e", "data": 1}))
+            .send()
+            .await
+            .unwrap();
+        let status = publish.status().as_u16();
+        let body: Value = publish.json().await.unwrap();
+        if healthy {
+            assert_eq!(status, 200, "{body}");
+        } else {
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["error"]["code"], "engine_unavailable");
+        }
+        let health: Value = http
+            .get(format!("http://127.0.0.1:{}/health", node.port))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let expected = if healthy { "ok" } else { "degraded" };
+        assert_eq!(health["status"], expected, "{health}");
+        assert_eq!(health["engine"]["available"], healthy, "{health}");
+    }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
@@ -411,10 +412,18 @@ fn checkconfig_accepts_the_example_and_names_mistakes() {
 #[tokio::test]
 async fn environment_configures_listen_and_keys() {
     let mut cmd = command();
+    // Text options that look like numbers or booleans stay text; numbers,
+    // booleans and lists are still read as such.
+    let digits_key = "1234567890123456";
     cmd.env("TIDINGS_LISTEN", "127.0.0.1:0")
         .env("TIDINGS_JWT_SECRET", SECRET)
-        .env("TIDINGS_API_KEY", API_KEY)
+        .env("TIDINGS_API_KEY", digits_key)
+        .env("TIDINGS_NODE", "1")
+        .env("TIDINGS_TRANSPORTS_TOKEN_COOKIE", "true")
         .env("TIDINGS_CONNECTION_HEARTBEAT", "7s")
+        .env("TIDINGS_CONNECTION_MAX_CHANNELS", "3")
+        .env("TIDINGS_WEBSOCKET_COMPRESSION", "false")
+        .env("TIDINGS_ALLOWED_ORIGINS", r#"["http://app.example"]"#)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
@@ -425,18 +434,56 @@ async fn environment_configures_listen_and_keys() {
         .find(|l| l.starts_with("listening on"))
         .unwrap();
     let addr = line.trim_start_matches("listening on ").to_owned();
-    let mut ws = connect_raw(&addr, &token("u1", &[])).await;
+    let mut ws = connect_raw(&addr, &token("u1", &["acme"])).await;
     let connected = next_json(&mut ws).await;
     assert_eq!(connected["heartbeat"], 7000);
+    assert_eq!(connected["node"], "1");
+    let channels = [
+        "user:u1",
+        "workspace:acme",
+        "workspace:acme:a",
+        "workspace:acme:b",
+    ];
+    for (n, channel) in channels.iter().enumerate() {
+        let subscribe = json!({"type": "subscribe", "id": n, "channel": channel});
+        ws.send(Message::Text(subscribe.to_string().into()))
+            .await
+            .unwrap();
+    }
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(next_json(&mut ws).await);
+    }
+    assert_eq!(replies[3]["code"], "limit_exceeded", "{replies:?}");
     let status = reqwest::Client::new()
         .post(format!("http://{addr}/api/publish"))
-        .bearer_auth(API_KEY)
+        .bearer_auth(digits_key)
         .json(&json!({"channel": "user:u1", "event": "e", "data": 1}))
         .send()
         .await
         .unwrap()
         .status();
     assert_eq!(status.as_u16(), 200);
+    // The origin list was read as a list: its origin connects, another not.
+    for (origin, allowed) in [
+        ("http://app.example", true),
+        ("http://elsewhere.example", false),
+    ] {
+        let mut request = format!("ws://{addr}/ws?token={}", token("u1", &[]))
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok(_) => assert!(allowed, "{origin} connected"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert!(!allowed, "{origin} refused");
+                assert_eq!(response.status().as_u16(), 403);
+            }
+            Err(err) => panic!("{origin}: {err}"),
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -572,6 +619,14 @@ fn config_errors_name_the_variable_or_the_file_and_the_format() {
         err.contains("TIDINGS_CONNECTION_MAX_CHANNELS") && err.contains("a whole number"),
         "{err}"
     );
+
+    // A log filter that does not parse stops the start, whatever RUST_LOG says.
+    let err = run(
+        &["--listen", "127.0.0.1:0", "--log-level", "tidings=bogus["],
+        &[("RUST_LOG", "info")],
+        &dir,
+    );
+    assert!(err.contains("invalid log filter"), "{err}");
 
     // A bad file value: the absolute path and the key as written in the file.
     std::fs::write(

@@ -505,7 +505,7 @@ impl Config {
         }
         if let Some(key) = &self.api_key {
             if key.len() < 16 {
-                return Err(invalid("api_key", "must be at least 16 characters"));
+                return Err(invalid("api_key", "must be at least 16 bytes"));
             }
         }
         for (name, ns) in &self.namespaces {

@@ -129,10 +129,16 @@ pub async fn start_redis() -> Redis {
 
 /// A `redis-server` on `port` (a restart on the port a stopped one had).
 pub async fn start_redis_on(port: u16) -> Redis {
+    start_redis_with(port, &[]).await
+}
+
+/// A `redis-server` on `port` with `extra` arguments (`--requirepass …`).
+pub async fn start_redis_with(port: u16, extra: &[&str]) -> Redis {
     let dir = temp_dir("redis");
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .arg("--dir")
         .arg(&*dir)
         .stdout(Stdio::null())

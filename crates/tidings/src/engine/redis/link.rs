@@ -402,12 +402,20 @@ impl RedisLink {
     }
 
     fn unavailable(&self, err: &redis::RedisError) -> EngineError {
-        // Errors Redis itself answered (a script error) are not outages.
+        // Errors Redis itself answered (a script error) are not outages, but
+        // those that refuse every command are: a password it does not accept,
+        // a dataset still loading, a cluster without a quorum.
+        let refuses_everything = err.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(
+                err.code(),
+                Some("NOAUTH" | "WRONGPASS" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN")
+            );
         if err.is_io_error()
             || err.is_timeout()
             || err.is_connection_dropped()
             || err.is_connection_refusal()
             || err.is_unrecoverable_error()
+            || refuses_everything
         {
             self.availability.failed(err);
         } else {
