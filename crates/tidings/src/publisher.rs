@@ -419,7 +419,8 @@ impl Publisher {
             data: template.data.clone(),
             meta: template.meta.clone(),
             audience: template.audience.clone(),
-            exclude_client: template.exclude_client.clone(),
+            // An empty id names no connection (a poll's throwaway one has it).
+            exclude_client: template.exclude_client.clone().filter(|c| !c.is_empty()),
         };
         Placement {
             channel,

@@ -30,7 +30,8 @@ struct ChannelState {
     oldest_at: Option<Instant>,
     policy: HistoryPolicy,
     idempotency: HashMap<String, (Instant, PublishOutcome)>,
-    /// Last publish, or when the last subscriber of this node left.
+    /// Last publish, or when the last subscriber of this node left; for a
+    /// channel not `claimed`, its last read.
     last_active: Instant,
     /// Published to or subscribed at least once. A channel only ever read (a
     /// history request or poll on a name nobody uses) is not worth remembering
@@ -82,6 +83,15 @@ impl ChannelState {
     /// consumer's 24 h window keeps many). Lookups check the expiry themselves.
     fn expire_idempotency(&mut self, now: Instant) {
         self.idempotency.retain(|_, (expires, _)| *expires > now);
+    }
+
+    /// A read (a poll, a history request, a subscribe's position): a channel
+    /// only ever read stays known while it is read, so a poller with
+    /// `since` and `epoch` keeps its epoch between polls.
+    fn read_now(&mut self) {
+        if !self.claimed {
+            self.last_active = Instant::now();
+        }
     }
 
     fn position(&self) -> ChannelPosition {
@@ -320,7 +330,10 @@ impl Broker for MemoryBroker {
     }
 
     async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
-        Ok(self.with_state(channel, |st| st.position()))
+        Ok(self.with_state(channel, |st| {
+            st.read_now();
+            st.position()
+        }))
     }
 
     async fn history(
@@ -330,6 +343,7 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryPage, EngineError> {
         Ok(self.with_state(channel, |st| {
             st.expire(Instant::now());
+            st.read_now();
             let after = query.after.unwrap_or(0);
             let complete = after >= st.top
                 || st
@@ -474,6 +488,35 @@ mod tests {
         engine.sweep();
         assert_eq!(engine.channel_count(), 1);
         assert!(engine.channels.contains_key(&subscribed));
+    }
+
+    #[tokio::test]
+    async fn a_channel_only_read_stays_while_it_is_read() {
+        let engine = MemoryBroker::new(Duration::from_secs(3600));
+        let polled = ChannelName::parse("workspace:a:polled").unwrap();
+        let first = engine.position(&polled).await.unwrap();
+        for _ in 0..3 {
+            // Nearly an unclaimed TTL passes between reads.
+            for state in engine.channels.iter() {
+                let mut st = lock(state.value());
+                st.last_active = st
+                    .last_active
+                    .checked_sub(UNCLAIMED_TTL / 2 * 3 / 2)
+                    .unwrap();
+            }
+            engine.sweep();
+            let page = engine
+                .history(&polled, &HistoryQuery::default())
+                .await
+                .unwrap();
+            assert_eq!(page.position, first, "the poller keeps its epoch");
+        }
+        for state in engine.channels.iter() {
+            let mut st = lock(state.value());
+            st.last_active = st.last_active.checked_sub(UNCLAIMED_TTL).unwrap();
+        }
+        engine.sweep();
+        assert_eq!(engine.channel_count(), 0, "unread for a minute: forgotten");
     }
 
     #[tokio::test]

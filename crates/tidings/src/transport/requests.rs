@@ -70,27 +70,39 @@ pub(crate) async fn history(
     state
         .access
         .check(reader.identity, &channel, Action::History)?;
-    let query = HistoryQuery {
+    let limit = limit.map(|l| l as usize);
+    let mut query = HistoryQuery {
         after: since.as_ref().map(|s| s.offset),
-        limit: limit.map(|l| l as usize),
+        limit,
         newest_first: order == HistoryOrder::Newest,
     };
-    let page = state
-        .hub
-        .broker()
+    let identity = reader.identity;
+    let admits = |p: &Arc<Publication>| p.admits(reader.client, &identity.user, &identity.roles);
+    let broker = state.hub.broker();
+    let mut page = broker
         .history(&channel, &query)
         .await
         .map_err(|_| Refusal::engine_unavailable())?;
+    // `limit` counts the events this reader may see: when the page was full
+    // and some of it is for others, read everything after `since` (bounded
+    // by the namespace's history_size) and take `limit` of what remains.
+    if limit.is_some_and(|l| l > 0 && page.events.len() >= l) && !page.events.iter().all(admits) {
+        query.limit = None;
+        page = broker
+            .history(&channel, &query)
+            .await
+            .map_err(|_| Refusal::engine_unavailable())?;
+    }
     // Offsets of another epoch say nothing about this one.
     let same_epoch = since
         .as_ref()
         .is_none_or(|s| *s.epoch == *page.position.epoch);
-    let identity = reader.identity;
     let events: Vec<&Arc<Publication>> = page
         .events
         .iter()
         .filter(|_| same_epoch)
-        .filter(|p| p.admits(reader.client, &identity.user, &identity.roles))
+        .filter(|p| admits(p))
+        .take(limit.unwrap_or(usize::MAX))
         .collect();
     Ok(super::history_json(
         id.as_ref(),

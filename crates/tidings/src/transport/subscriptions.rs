@@ -241,7 +241,8 @@ impl Subscriptions {
         let tracks_presence = !namespace.config.presence.is_empty();
         let sees_presence = namespace.config.presence_events
             && namespace.allows(identity, &channel, Action::Presence);
-        let recoverable = namespace.config.history_size > 0;
+        let recoverable =
+            namespace.config.history_size > 0 && !namespace.config.history_ttl.is_zero();
         let hub = &state.hub;
         if let Err(err) = hub
             .add_subscription(&channel, connection, sees_presence)

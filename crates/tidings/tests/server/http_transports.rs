@@ -609,7 +609,14 @@ async fn polling_applies_audience_rules() {
         )
         .await;
     assert_eq!(status, 200);
-    server.publish("workspace:acme", "public", json!(2)).await;
+    // An empty exclude_client names no connection, not every poller.
+    let (status, _) = server
+        .api(
+            "/api/publish",
+            json!({"channel": "workspace:acme", "event": "public", "data": 2, "exclude_client": ""}),
+        )
+        .await;
+    assert_eq!(status, 200);
     for (user, expected) in [("u1", vec![2]), ("u2", vec![1, 2])] {
         let reply: Value = server
             .http
@@ -1135,4 +1142,42 @@ async fn an_sse_stream_whose_redis_lost_its_state_ends_and_resumes_as_unrecovera
     again.expect("connected").await;
     let lost = again.expect("unrecoverable").await.json();
     assert_eq!(lost["reason"], "epoch_changed", "{lost}");
+}
+
+/// A short poller on a channel nobody publishes to or subscribes to keeps its
+/// epoch while it keeps polling, though such a channel is kept only briefly
+/// (here `position_ttl`, 1 s) after its last read: then it is forgotten.
+#[tokio::test]
+async fn a_channel_only_polled_keeps_its_epoch_while_it_is_polled() {
+    let mut config = base_config();
+    config.engine.position_ttl = Duration::from_secs(1);
+    config.engine.sweep_interval = Duration::from_millis(50);
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &["acme"], &[]);
+    let poll = |query: String| {
+        let request = server
+            .http
+            .get(server.url(&format!("/events?channel=workspace:acme:polled{query}")))
+            .bearer_auth(&token);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let first = poll(String::new()).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    // Polls 400 ms apart for 2 s, twice the channel's time to live.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let reply = poll(format!("&since=0&epoch={epoch}")).await;
+        assert_eq!(reply["recovered"], true, "{reply}");
+        assert_eq!(reply["epoch"], epoch.as_str());
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let reply = poll(format!("&since=0&epoch={epoch}")).await;
+    assert_eq!(
+        reply["recovered"], false,
+        "unread for 2.5 s: forgotten: {reply}"
+    );
 }

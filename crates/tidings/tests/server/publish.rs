@@ -9,6 +9,20 @@ use crate::support::*;
 const QUIET: Duration = Duration::from_millis(300);
 
 #[tokio::test]
+async fn a_namespace_that_keeps_no_history_is_not_recoverable() {
+    for (size, ttl) in [(0, Duration::from_secs(60)), (100, Duration::ZERO)] {
+        let server = TestServer::with_config(config_with_workspace(|ws| {
+            ws.history_size = size;
+            ws.history_ttl = ttl;
+        }))
+        .await;
+        let mut client = server.connect_user("u1", &["acme"]).await;
+        let subscribed = client.subscribe("workspace:acme").await;
+        assert_eq!(subscribed["recoverable"], false, "size {size}, ttl {ttl:?}");
+    }
+}
+
+#[tokio::test]
 async fn published_event_has_the_contract_envelope() {
     let server = TestServer::start().await;
     let mut client = server.connect_user("u1", &["acme"]).await;

@@ -49,6 +49,48 @@ async fn history_returns_events_in_order_with_limit_and_since() {
 }
 
 #[tokio::test]
+async fn history_limit_counts_the_events_the_reader_may_see() {
+    let server = TestServer::start().await;
+    for i in 1..=9 {
+        let mut body = json!({"channel": "workspace:acme", "event": "tick", "data": i});
+        if i == 7 || i == 9 {
+            body["audience"] = json!({"users": ["u2"]});
+        }
+        assert_eq!(server.api("/api/publish", body).await.0, 200);
+    }
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let offsets = |reply: &Value| -> Vec<u64> {
+        reply["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["offset"].as_u64().unwrap())
+            .collect()
+    };
+    let newest = client
+        .request(
+            json!({"type": "history", "channel": "workspace:acme", "order": "newest", "limit": 2}),
+            1,
+        )
+        .await;
+    assert_eq!(offsets(&newest), [8, 6], "{newest}");
+    let epoch = newest["epoch"].as_str().unwrap().to_owned();
+    let page = client
+        .request(json!({"type": "history", "channel": "workspace:acme", "since": {"offset": 5, "epoch": epoch}, "limit": 2}), 2)
+        .await;
+    assert_eq!(offsets(&page), [6, 8], "{page}");
+    let u2 = server
+        .connect_user("u2", &["acme"])
+        .await
+        .request(
+            json!({"type": "history", "channel": "workspace:acme", "order": "newest", "limit": 2}),
+            3,
+        )
+        .await;
+    assert_eq!(offsets(&u2), [9, 8], "{u2}");
+}
+
+#[tokio::test]
 async fn resubscribe_with_since_recovers_exactly_the_missed_events() {
     let server = TestServer::start().await;
     let mut client = server.connect_user("u1", &["acme"]).await;

@@ -233,7 +233,8 @@ impl Broker for RedisBroker {
     }
 
     async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
-        let read = self.shared.read(channel, u64::MAX, 0, 0).await?;
+        let keep = self.shared.unclaimed_ttl_ms();
+        let read = self.shared.read(channel, u64::MAX, 0, keep).await?;
         Ok(ChannelPosition {
             offset: read.top,
             epoch: read.epoch,
@@ -251,7 +252,7 @@ impl Broker for RedisBroker {
                 channel,
                 query.after.unwrap_or(0),
                 query.limit.unwrap_or(0),
-                0,
+                self.shared.unclaimed_ttl_ms(),
                 query.newest_first,
             )
             .await?;

@@ -144,6 +144,13 @@ impl Shared {
         }
     }
 
+    /// How long a read keeps a channel's position from now, in ms: a channel
+    /// that is only read (polled, its history fetched) stays known while it
+    /// is read, but is not kept for the whole `position_ttl`.
+    fn unclaimed_ttl_ms(&self) -> u64 {
+        millis(self.link.settings.position_ttl.min(UNCLAIMED_TTL))
+    }
+
     /// Sends a presence push to `channel`'s subscribers on every node.
     async fn publish_presence(
         &self,
@@ -198,6 +205,7 @@ impl Shared {
         let after_arg = after.min(i64::MAX as u64).to_string();
         let limit_arg = limit.to_string();
         let now = now_ms().to_string();
+        let unclaimed_ttl = self.unclaimed_ttl_ms().to_string();
         let reply: Vec<Value> = self
             .link
             .call(
@@ -206,7 +214,7 @@ impl Shared {
                 &[
                     epoch.as_bytes(),
                     keep.as_bytes(),
-                    UNCLAIMED_TTL_MS.as_bytes(),
+                    unclaimed_ttl.as_bytes(),
                     after_arg.as_bytes(),
                     limit_arg.as_bytes(),
                     if newest_first { b"1" } else { b"0" },
@@ -219,8 +227,9 @@ impl Shared {
     }
 }
 
-/// How long Redis keeps the position of a channel that was only read.
-const UNCLAIMED_TTL_MS: &str = "60000";
+/// How long Redis keeps the position of a channel that was only read, after
+/// the last read, at most (`position_ttl` when shorter).
+const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 
 /// A channel's position and the events a read found.
 pub(crate) struct ChannelRead {
