@@ -15,7 +15,7 @@ use dashmap::DashMap;
 
 use super::{
     Broker, ChannelPosition, EngineError, EventSink, HistoryPage, HistoryPolicy, HistoryQuery,
-    NewEvent, Placement, Publication, PublishOptions, PublishOutcome,
+    NewEvent, Placement, Publication, PublishOptions, PublishOutcome, UNCLAIMED_TTL,
 };
 use crate::protocol::ChannelName;
 
@@ -118,10 +118,6 @@ fn lock(state: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
 
 /// How many placements of one `publish_many` run before yielding to the runtime.
 const PLACEMENTS_PER_YIELD: usize = 256;
-
-/// How long a channel that was only read (never published to or subscribed)
-/// is kept, at most.
-const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 
 /// The single-node engine.
 pub struct MemoryBroker {

@@ -388,6 +388,11 @@ pub struct PublishOptions {
     pub idempotency_window: Duration,
 }
 
+/// How long a channel that was only ever read (polled, its history fetched;
+/// never published to or subscribed) is kept after its last read, at most
+/// (`engine.position_ttl` when shorter): reads must not pin memory for an hour.
+pub(crate) const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
+
 /// How many placements of one [`Broker::publish_many`] run at once when the
 /// engine places them one channel at a time.
 pub const PUBLISH_CONCURRENCY: usize = 128;

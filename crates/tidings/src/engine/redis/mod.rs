@@ -32,7 +32,7 @@ pub use cluster::RedisCluster;
 pub use presence::RedisPresence;
 
 use super::cluster::ControlHandler;
-use super::{DeliveryFilter, Engine, EngineError, EventSink, Publication};
+use super::{DeliveryFilter, Engine, EngineError, EventSink, Publication, UNCLAIMED_TTL};
 use crate::config::{ConfigError, EngineSettings};
 use crate::protocol::ChannelName;
 use link::RedisLink;
@@ -226,10 +226,6 @@ impl Shared {
             .ok_or_else(|| EngineError::Unavailable("unexpected reply from Redis".to_owned()))
     }
 }
-
-/// How long Redis keeps the position of a channel that was only read, after
-/// the last read, at most (`position_ttl` when shorter).
-const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 
 /// A channel's position and the events a read found.
 pub(crate) struct ChannelRead {
