@@ -48,7 +48,6 @@ async fn start_node_with(
             cmd.env_remove(key);
         }
     }
-    cmd.envs(env.iter().copied());
     let child = cmd
         .arg("--config")
         .arg(config)
@@ -63,6 +62,7 @@ async fn start_node_with(
         )
         .env("TIDINGS_ENGINE_NODE_TTL", "2s")
         .env("TIDINGS_LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -465,5 +465,52 @@ async fn a_refused_password_is_an_outage() {
         let expected = if healthy { "ok" } else { "degraded" };
         assert_eq!(health["status"], expected, "{health}");
         assert_eq!(health["engine"]["available"], healthy, "{health}");
+    }
+}
+
+/// A node stopped with SIGTERM leaves the node list at once; one that dies
+/// is dropped after `node_ttl` (here 10 s, far longer than the wait below).
+#[tokio::test]
+async fn a_node_stopped_cleanly_leaves_the_node_list_at_once() {
+    let redis = start_redis().await;
+    let config = write_config(100, false);
+    let slow_ttl = [("TIDINGS_ENGINE_NODE_TTL", "10s")];
+    let staying = start_node_with(&redis, "staying", &config, &slow_ttl).await;
+    let leaving = start_node_with(&redis, "leaving", &config, &slow_ttl).await;
+    let http = reqwest::Client::new();
+    let names = || async {
+        let info: Value = http
+            .get(format!("http://127.0.0.1:{}/api/info", staying.port))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut names: Vec<String> = info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while names().await != ["leaving", "staying"] {
+        assert!(Instant::now() < deadline, "both nodes never listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = leaving.process.0.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let stopped = Instant::now();
+    while names().await != ["staying"] {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(4),
+            "the stopped node is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -197,6 +197,7 @@ impl Tidings {
         while hub.open_sockets() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.state.cluster.leave().await;
     }
 
     /// Sets the options [`Tidings::serve`] gives every accepted socket; call it

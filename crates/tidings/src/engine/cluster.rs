@@ -73,6 +73,10 @@ pub trait Cluster: Send + Sync + 'static {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError>;
     /// Availability and counters of the engine.
     fn status(&self) -> EngineStatus;
+    /// A clean stop: takes this node off the list of live nodes at once
+    /// (with its presence entries), rather than after `node_ttl` as for a node
+    /// that died. Called once the node's connections are drained.
+    async fn leave(&self) {}
 }
 
 /// One node: every action is local.

@@ -2,7 +2,7 @@
 //! subscribers, no unexpired history and was quiet for `engine.position_ttl`;
 //! its memory is reused, and a reclaimed channel starts a new epoch.
 //!
-//! These are the in-memory engine's sweep; with the Redis engine, positions
+//! Most of these are the in-memory engine's sweep; with the Redis engine, positions
 //! and history are Redis keys with TTLs (tested in `cluster`), so the suite
 //! skips them when it runs on Redis.
 
@@ -191,4 +191,34 @@ async fn a_hundred_thousand_idle_channels_are_reclaimed_and_their_memory_reused(
         after[0] as f64 / MIB,
         after[1] as f64 / MIB
     );
+}
+
+/// On either engine, a quiet channel's position outlives its last subscriber
+/// by `position_ttl`, however long ago it was published to.
+#[tokio::test]
+async fn a_quiet_channel_is_resumable_for_position_ttl_after_its_last_subscriber_left() {
+    const POSITION_TTL: Duration = Duration::from_millis(2000);
+    let channel = "workspace:acme:quiet";
+    let mut config = config_with_workspace(|ws| ws.history_ttl = Duration::from_millis(200));
+    config.engine.position_ttl = POSITION_TTL;
+    config.engine.sweep_interval = Duration::from_millis(50);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    let epoch = client.subscribe(channel).await["epoch"].clone();
+    server.publish(channel, "seen", json!(1)).await;
+    assert_eq!(offsets(&client.events_through(1, QUIET).await), [1]);
+    // Most of position_ttl passes after the publish, then the subscriber
+    // leaves; then more than position_ttl has passed since the publish, but
+    // not since the leave.
+    tokio::time::sleep(POSITION_TTL * 3 / 4).await;
+    client.ws.close(None).await.unwrap();
+    drop(client);
+    server
+        .wait_for_metric("tidings_channels", WAIT, |n| n == 0.0)
+        .await;
+    tokio::time::sleep(POSITION_TTL / 2).await;
+    let mut back = server.connect_user("u1", &["acme"]).await;
+    let reply = back.subscribe_since(channel, 1, &epoch, 1).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], epoch);
 }

@@ -228,8 +228,20 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.shared.tell(Incoming::Unfollow(channel.clone()));
-        self.shared.link.unsubscribe(channel).await
+        let shared = &self.shared;
+        shared.tell(Incoming::Unfollow(channel.clone()));
+        shared.link.unsubscribe(channel).await?;
+        // The position must outlive the last subscriber by `position_ttl`, so
+        // a client that drops off a quiet channel can still resume there (the
+        // keep-alive of followed channels only runs every position_ttl / 4).
+        let link = &shared.link;
+        link.query::<()>(
+            redis::cmd("PEXPIRE")
+                .arg(link.keys.meta(channel))
+                .arg(millis(link.settings.position_ttl))
+                .arg("GT"),
+        )
+        .await
     }
 
     async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {

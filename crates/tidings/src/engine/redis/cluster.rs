@@ -165,6 +165,18 @@ impl Cluster for RedisCluster {
         Ok(nodes)
     }
 
+    async fn leave(&self) {
+        let shared = &self.shared;
+        shared.left.store(true, Ordering::Relaxed);
+        let me = shared.link.node.clone();
+        match remove_node(shared, &me).await {
+            Ok(()) => tracing::info!("left the node list"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not leave the node list; the others drop this node after node_ttl")
+            }
+        }
+    }
+
     fn status(&self) -> EngineStatus {
         let shared = &self.shared;
         EngineStatus {
@@ -229,6 +241,9 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if shared.left.load(Ordering::Relaxed) {
+            return;
+        }
         if !control_subscribed {
             control_subscribed = shared.link.subscribe_control().await.is_ok();
         }
@@ -278,15 +293,25 @@ async fn reap(shared: &Shared, dead: &str) -> Result<(), EngineError> {
     if won.is_none() {
         return Ok(());
     }
+    remove_node(shared, dead).await?;
+    tracing::info!(node = %dead, "cleaned up after a dead node");
+    Ok(())
+}
+
+/// Removes `node`'s presence entries, telling each channel's subscribers who
+/// left, and takes it off the node list.
+async fn remove_node(shared: &Shared, node: &str) -> Result<(), EngineError> {
+    let link = &shared.link;
+    let keys = &link.keys;
     let channels: Vec<String> = link
-        .query(redis::cmd("SMEMBERS").arg(keys.node_presence(dead)))
+        .query(redis::cmd("SMEMBERS").arg(keys.node_presence(node)))
         .await?;
     for channel in channels.iter().filter_map(|c| ChannelName::parse(c).ok()) {
         let gone: Vec<String> = link
             .call(
                 "presence_reap",
                 &[&keys.presence(&channel), &keys.presence_users(&channel)],
-                &[dead.as_bytes()],
+                &[node.as_bytes()],
             )
             .await?;
         for entry in gone {
@@ -303,12 +328,11 @@ async fn reap(shared: &Shared, dead: &str) -> Result<(), EngineError> {
                 .await?;
         }
     }
-    link.query::<()>(redis::cmd("DEL").arg(keys.node_presence(dead)))
+    link.query::<()>(redis::cmd("DEL").arg(keys.node_presence(node)))
         .await?;
-    link.query::<()>(redis::cmd("HDEL").arg(keys.nodes()).arg(dead))
+    link.query::<()>(redis::cmd("HDEL").arg(keys.nodes()).arg(node))
         .await?;
-    link.query::<()>(redis::cmd("HDEL").arg(keys.node_heartbeats()).arg(dead))
+    link.query::<()>(redis::cmd("HDEL").arg(keys.node_heartbeats()).arg(node))
         .await?;
-    tracing::info!(node = %dead, channels = channels.len(), "cleaned up after a dead node");
     Ok(())
 }

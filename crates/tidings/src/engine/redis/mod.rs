@@ -18,7 +18,7 @@ mod link;
 mod presence;
 mod receiver;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     /// Slots for presence calls (joins, leaves, listings, pushes); see
     /// [`PRESENCE_CALLS_IN_FLIGHT`].
     presence_calls: Semaphore,
+    /// The node is stopping and has left the node list: no more heartbeats.
+    left: AtomicBool,
 }
 
 impl Shared {
@@ -111,6 +113,7 @@ impl Shared {
             resubscribes: AtomicU64::new(0),
             started: std::time::Instant::now(),
             presence_calls: Semaphore::new(PRESENCE_CALLS_IN_FLIGHT),
+            left: AtomicBool::new(false),
         });
         tokio::spawn(receiver::run(Arc::downgrade(&shared), queue));
         tokio::spawn(cluster::heartbeat(Arc::downgrade(&shared)));
