@@ -209,7 +209,7 @@ impl Broker for RedisBroker {
             shared.tell(Incoming::Unfollow(channel.clone()));
             return Err(err);
         }
-        let keep = millis(shared.link.settings.position_ttl);
+        let keep = millis(super::cluster::followed_ttl(&shared.link.settings));
         match shared.read(channel, u64::MAX, 0, keep).await {
             Ok(read) => {
                 shared.tell(Incoming::Baseline {

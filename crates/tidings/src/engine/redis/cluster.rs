@@ -223,6 +223,23 @@ async fn beat(
         .collect())
 }
 
+/// How often a node writes its heartbeat.
+fn heartbeat_interval(settings: &crate::config::EngineSettings) -> Duration {
+    (settings.node_ttl / 3).max(Duration::from_millis(100))
+}
+
+/// How often a node extends the positions of the channels it follows.
+fn touch_interval(settings: &crate::config::EngineSettings) -> Duration {
+    (settings.position_ttl / 4).max(heartbeat_interval(settings))
+}
+
+/// The time to live a followed channel's position gets at each touch: at
+/// least `position_ttl`, and two touches' worth when `position_ttl` is
+/// shorter than the heartbeat, so it never lapses while a node follows it.
+pub(crate) fn followed_ttl(settings: &crate::config::EngineSettings) -> Duration {
+    settings.position_ttl.max(touch_interval(settings) * 2)
+}
+
 /// The node's heartbeat loop: writes its entry, keeps the list of live nodes,
 /// reaps dead nodes, keeps followed positions alive, and subscribes to the
 /// control channel. Runs until the engine is dropped.
@@ -230,8 +247,8 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
     let Some(settings) = shared.upgrade().map(|s| s.link.settings.clone()) else {
         return;
     };
-    let interval = (settings.node_ttl / 3).max(Duration::from_millis(100));
-    let touch_every = (settings.position_ttl / 4).max(interval);
+    let interval = heartbeat_interval(&settings);
+    let touch_every = touch_interval(&settings);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut control_subscribed = false;

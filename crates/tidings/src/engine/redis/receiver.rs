@@ -273,7 +273,7 @@ async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) 
 
 /// Keeps the position of every followed channel remembered in Redis.
 async fn touch(shared: &Shared, followed: &HashMap<ChannelName, Followed>) {
-    let ttl = shared.link.settings.position_ttl.as_millis().max(1) as u64;
+    let ttl = super::millis(super::cluster::followed_ttl(&shared.link.settings)).max(1);
     let expire = |channel: &ChannelName| {
         redis::cmd("PEXPIRE")
             .arg(shared.link.keys.meta(channel))
