@@ -151,6 +151,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let stop = shutdown_signal();
         let dev = if dev_mode::needed(&config) {
             Some(dev_mode::apply(&mut config)?)
         } else {
@@ -183,35 +184,42 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!(%address, node = %tidings.state().node, "tidings listening");
         let consumers = ConsumerSet::start(&tidings);
-        tidings
-            .serve(listener, shutdown_signal())
-            .await
-            .context("serving")?;
+        tidings.serve(listener, stop).await.context("serving")?;
         consumers.stop(Duration::from_secs(5)).await;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Listens for SIGINT and SIGTERM from now on, and returns the future that
+/// completes on the first. Registered before the server starts, so a signal
+/// that arrives during start-up is handled like any other (the node leaves
+/// the cluster cleanly) rather than killing the process by default.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {},
-                    _ = terminate.recv() => {},
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {},
+                        _ = terminate.recv() => {},
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
