@@ -364,7 +364,7 @@ async fn wait_presence(ws: &mut Ws, action: &str) {
 }
 
 #[tokio::test]
-async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
+async fn a_killed_nodes_presence_is_gone_within_node_ttl_even_if_it_restarts_at_once() {
     let redis = start_redis().await;
     let config = write_config(100, true);
     let a = start_node(&redis, "a", &config).await;
@@ -388,6 +388,9 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl() {
     wait_presence(&mut watcher, "join").await;
     let killed = Instant::now();
     drop(b.process);
+    // Restarted at once under the same name (a fixed TIDINGS_NODE, a
+    // StatefulSet pod): the crashed process is still reaped as dead.
+    let _b_again = start_node(&redis, "b", &config).await;
     wait_presence(&mut watcher, "leave").await;
     let took = killed.elapsed();
     // node_ttl is 2 s; heartbeats every third of it, so the bound is ~2.7 s.
@@ -502,6 +505,12 @@ async fn a_node_stopped_cleanly_leaves_the_node_list_at_once() {
         assert!(Instant::now() < deadline, "both nodes never listed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let health = http
+        .get(format!("http://127.0.0.1:{}/health", leaving.port))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
     let pid = leaving.process.0.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());

@@ -50,7 +50,7 @@ impl RedisCluster {
             .control
             .get()
             .map_or(0, |h| h.connection_count());
-        local_node(&self.shared.link.node, self.shared.started, connections)
+        local_node(&self.shared.link.name, self.shared.started, connections)
     }
 }
 
@@ -154,8 +154,8 @@ impl Cluster for RedisCluster {
         let me = self.local();
         let ttl = millis(self.shared.link.settings.node_ttl);
         let mut nodes = vec![me.clone()];
-        for (name, age, entry) in beat(&self.shared, None).await? {
-            if name == me.name || age > ttl {
+        for (member, age, entry) in beat(&self.shared, None).await? {
+            if member == self.shared.link.node || age > ttl {
                 continue;
             }
             if let Ok(info) = serde_json::from_str::<NodeInfo>(&entry) {
@@ -188,16 +188,17 @@ impl Cluster for RedisCluster {
     }
 }
 
-/// Writes this node's heartbeat (when `me` is given) and returns every node's
-/// name, milliseconds since its last heartbeat, and entry.
+/// Writes this node's heartbeat (when `me` is given) and returns every
+/// member's id (`RedisLink::node`), milliseconds since its last heartbeat, and
+/// entry.
 async fn beat(
     shared: &Shared,
     me: Option<&NodeInfo>,
 ) -> Result<Vec<(String, u64, String)>, EngineError> {
     let keys = &shared.link.keys;
-    let (name, entry) = match me {
+    let (member, entry) = match me {
         Some(me) => (
-            me.name.clone(),
+            shared.link.node.clone(),
             serde_json::to_string(me).map_err(|e| EngineError::Unavailable(e.to_string()))?,
         ),
         None => (String::new(), String::new()),
@@ -207,7 +208,7 @@ async fn beat(
         .call(
             "heartbeat",
             &[&keys.nodes(), &keys.node_heartbeats()],
-            &[name.as_bytes(), entry.as_bytes()],
+            &[member.as_bytes(), entry.as_bytes()],
         )
         .await?;
     Ok(reply
@@ -265,7 +266,7 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
             control_subscribed = shared.link.subscribe_control().await.is_ok();
         }
         let connections = shared.control.get().map_or(0, |h| h.connection_count());
-        let me = local_node(&shared.link.node, shared.started, connections);
+        let me = local_node(&shared.link.name, shared.started, connections);
         let Ok(nodes) = beat(&shared, Some(&me)).await else {
             // Also reconnects the pub/sub connection once Redis is back.
             let _ = shared.link.ping_subscriber().await;

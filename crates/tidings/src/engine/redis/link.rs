@@ -178,7 +178,13 @@ impl Availability {
 pub(crate) struct RedisLink {
     pub keys: Keys,
     pub settings: EngineSettings,
+    /// This process in Redis: the node's name and a random suffix
+    /// (`n1~7KQ2M9`). Heartbeats, presence entries and control messages
+    /// carry it, so a node restarted under the same name right after a
+    /// crash is a new member, and the crashed process is reaped as dead.
     pub node: String,
+    /// The node's name, as `/api/info` shows it.
+    pub name: String,
     target: Target,
     /// Cluster mode: the connection, made on first use. Single: pub/sub.
     lazy: OnceCell<Commands>,
@@ -258,7 +264,8 @@ impl RedisLink {
                 prefix: settings.redis_prefix.clone(),
             },
             settings: settings.clone(),
-            node: node.to_owned(),
+            node: format!("{node}~{}", instance_suffix()),
+            name: node.to_owned(),
             target,
             lazy: OnceCell::new(),
             push,
@@ -423,6 +430,13 @@ impl RedisLink {
         }
         EngineError::Unavailable(err.to_string())
     }
+}
+
+/// Six characters that tell this process apart from earlier ones of the
+/// same node name.
+fn instance_suffix() -> String {
+    let id = ulid::Ulid::generate().to_string();
+    id[id.len() - 6..].to_owned()
 }
 
 fn is_missing_function(err: &redis::RedisError) -> bool {
