@@ -342,6 +342,19 @@ async fn nodes_killed_one_after_another_lose_and_double_nothing() {
 }
 
 /// The first message within 8 s that `wanted` accepts, skipping the others.
+/// `GET` of a server API route on the node at `port`, as JSON.
+async fn api_get(port: u16, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn wait_message(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     loop {
@@ -395,18 +408,7 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl_even_if_it_restarts_at_
     let took = killed.elapsed();
     // node_ttl is 2 s; heartbeats every third of it, so the bound is ~2.7 s.
     assert!(took < Duration::from_secs(4), "leave after {took:?}");
-    let listed: Value = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{}/api/presence?channel={CHANNEL}",
-            a.port
-        ))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = api_get(a.port, &format!("/api/presence?channel={CHANNEL}")).await;
     let users: Vec<&str> = listed["members"]
         .as_array()
         .unwrap()
@@ -482,15 +484,7 @@ async fn a_node_stopped_cleanly_leaves_the_node_list_at_once() {
     let leaving = start_node_with(&redis, "leaving", &config, &slow_ttl).await;
     let http = reqwest::Client::new();
     let names = || async {
-        let info: Value = http
-            .get(format!("http://127.0.0.1:{}/api/info", staying.port))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info = api_get(staying.port, "/api/info").await;
         let mut names: Vec<String> = info["nodes"]
             .as_array()
             .unwrap()
