@@ -442,14 +442,12 @@ async fn a_user_holds_at_most_max_connections_per_user_long_polls() {
     config.connection.max_connections_per_user = 2;
     let server = TestServer::with_config(config).await;
     let poll = |user: &str, wait: f64| {
-        let request = server
-            .http
-            .get(server.url(&format!("/events?channel=workspace:acme&wait={wait}")))
-            .bearer_auth(token(user, &["acme"], &[]));
+        let token = token(user, &["acme"], &[]);
+        let server = &server;
         async move {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
+            server
+                .poll(&token, &format!("channel=workspace:acme&wait={wait}"))
+                .await
         }
     };
     let held = async { tokio::join!(poll("u1", 10.0), poll("u1", 10.0)) };
@@ -488,15 +486,8 @@ async fn long_poll_answers_when_an_event_arrives_or_when_wait_ends() {
     let server = TestServer::start().await;
     let token = token("u1", &["acme"], &[]);
     let poll = |query: String| {
-        let request = server
-            .http
-            .get(server.url(&format!("/events?{query}")))
-            .bearer_auth(&token);
-        async move {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
-        }
+        let (server, token) = (&server, &token);
+        async move { server.poll(token, &query).await }
     };
     let (status, probe) = poll(String::new()).await;
     assert_eq!((status, &probe["type"]), (200, &json!("connected")));
@@ -593,14 +584,8 @@ async fn long_poll_answers_when_an_event_arrives_or_when_wait_ends() {
 async fn polling_applies_audience_rules() {
     let server = TestServer::start().await;
     let (_, top) = server
-        .http
-        .get(server.url("/events?channel=workspace:acme"))
-        .bearer_auth(token("u1", &["acme"], &[]))
-        .send()
-        .await
-        .map(|r| (r.status(), r))
-        .unwrap();
-    let top: Value = top.json().await.unwrap();
+        .poll(&token("u1", &["acme"], &[]), "channel=workspace:acme")
+        .await;
     let epoch = top["epoch"].as_str().unwrap().to_owned();
     let (status, _) = server
         .api(
@@ -618,18 +603,8 @@ async fn polling_applies_audience_rules() {
         .await;
     assert_eq!(status, 200);
     for (user, expected) in [("u1", vec![2]), ("u2", vec![1, 2])] {
-        let reply: Value = server
-            .http
-            .get(server.url(&format!(
-                "/events?channel=workspace:acme&since=0&epoch={epoch}"
-            )))
-            .bearer_auth(token(user, &["acme"], &[]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let query = format!("channel=workspace:acme&since=0&epoch={epoch}");
+        let (_, reply) = server.poll(&token(user, &["acme"], &[]), &query).await;
         assert_eq!(
             offsets(reply["events"].as_array().unwrap()),
             expected,
@@ -1155,14 +1130,13 @@ async fn a_channel_only_polled_keeps_its_epoch_while_it_is_polled() {
     let server = TestServer::with_config(config).await;
     let token = token("u1", &["acme"], &[]);
     let poll = |query: String| {
-        let request = server
-            .http
-            .get(server.url(&format!("/events?channel=workspace:acme:polled{query}")))
-            .bearer_auth(&token);
+        let (server, token) = (&server, &token);
         async move {
-            let response = request.send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.json::<Value>().await.unwrap()
+            let (status, reply) = server
+                .poll(token, &format!("channel=workspace:acme:polled{query}"))
+                .await;
+            assert_eq!(status, 200, "{reply}");
+            reply
         }
     };
     let first = poll(String::new()).await;

@@ -275,6 +275,19 @@ impl TestServer {
         (status, body)
     }
 
+    /// `GET /events?{query}` with `token`; returns (status, body).
+    pub async fn poll(&self, token: &str, query: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(&format!("/events?{query}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn publish(&self, channel: &str, event: &str, data: Value) -> Value {
         let (status, body) = self
             .api(
