@@ -21,20 +21,25 @@ end
 -- before this Redis process started (restored from a snapshot that may miss its
 -- last events), starts a new epoch at offset 0: offsets are never reused within
 -- an epoch, and a subscriber holding the old epoch is told to reload.
+-- Returns the epoch, whether this call started it, and the history ttl the
+-- channel records (read in the same call, so a publish need not write it again).
 local function channel_epoch(meta, stream, new_epoch)
-  local state = redis.call('HMGET', meta, 'epoch', 'run')
+  local state = redis.call('HMGET', meta, 'epoch', 'run', 'ttl')
   local run = boot_id()
   if state[1] and state[2] == run then
-    return state[1], false
+    return state[1], false, state[3]
   end
   redis.call('DEL', stream)
   redis.call('HSET', meta, 'epoch', new_epoch, 'top', 0, 'run', run)
-  return new_epoch, true
+  return new_epoch, true, nil
 end
 
--- Keeps the position for at least `ttl` ms from now (never shortens it).
+-- Keeps the position for at least `ttl` ms from now (never shortens it). One
+-- command in the common case; a second only when GT left the expiry alone,
+-- to tell "already longer" from "no expiry at all" (a key without one counts
+-- as infinite for GT).
 local function keep(key, ttl)
-  if ttl > 0 and redis.call('PTTL', key) < ttl then
+  if ttl > 0 and redis.call('PEXPIRE', key, ttl, 'GT') == 0 and redis.call('PTTL', key) == -1 then
     redis.call('PEXPIRE', key, ttl)
   end
 end
@@ -53,13 +58,15 @@ local function place(meta, stream, idem, args, base)
       return {'dup', seen[1], seen[2], seen[3]}
     end
   end
-  local epoch = channel_epoch(meta, stream, a(1))
+  local epoch, _, recorded_ttl = channel_epoch(meta, stream, a(1))
   local offset = redis.call('HINCRBY', meta, 'top', 1)
   local envelope = a(9) .. offset .. a(10)
   if size > 0 and ttl > 0 then
     redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 'h', a(8), 'e', envelope, 't', a(6))
     redis.call('PEXPIRE', stream, ttl)
-    redis.call('HSET', meta, 'ttl', ttl)
+    if tonumber(recorded_ttl) ~= ttl then
+      redis.call('HSET', meta, 'ttl', ttl)
+    end
   end
   keep(meta, math.max(position_ttl, ttl))
   if window > 0 then
