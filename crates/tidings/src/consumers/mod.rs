@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -303,6 +304,13 @@ impl ConsumerConfig {
                         "applies to kind = \"postgres_outbox\" only",
                     ));
                 }
+                // Caught here, not when the consumer starts: a bad URL would
+                // otherwise leave the consumer off behind one log line.
+                if let Some(url) = &self.redis_url {
+                    url.as_str()
+                        .into_connection_info()
+                        .map_err(|e| problem("redis_url", format!("not a Redis URL ({e})")))?;
+                }
             }
             ConsumerKind::PostgresOutbox => {
                 let Some(url) = &self.postgres_url else {
@@ -583,6 +591,13 @@ mod tests {
             }),
             "consumers[0].mapping.channels: list channel templates, or map workspace, \
              entity_type and entity_id to publish to the entity channels"
+        );
+        assert_eq!(
+            with_consumer(ConsumerConfig {
+                redis_url: Some("http//127.0.0.1:6379".into()),
+                ..stream.clone()
+            }),
+            "consumers[0].redis_url: not a Redis URL (Redis URL did not parse - InvalidClientConfig)"
         );
         let outbox = ConsumerConfig {
             name: "outbox".into(),
