@@ -328,8 +328,13 @@ fn without_password(url: &str) -> String {
             match (one.find("://"), one.rfind('@')) {
                 (Some(scheme), Some(at)) if at > scheme => {
                     let credentials = &one[scheme + 3..at];
-                    let user = credentials.split(':').next().unwrap_or("");
-                    format!("{}{user}:***{}", &one[..scheme + 3], &one[at..])
+                    match credentials.split_once(':') {
+                        Some((user, _)) => {
+                            format!("{}{user}:***{}", &one[..scheme + 3], &one[at..])
+                        }
+                        // A user name alone: nothing to hide.
+                        None => one.to_owned(),
+                    }
                 }
                 _ => one.to_owned(),
             }
@@ -349,5 +354,9 @@ mod engine_display_tests {
             "redis://:***@h:6379/0,rediss://u:***@h2"
         );
         assert_eq!(without_password("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            without_password("postgres://app@db/app"),
+            "postgres://app@db/app"
+        );
     }
 }
