@@ -111,8 +111,9 @@ pub struct Connection {
     pub client_id: Arc<str>,
     /// The user (`sub`).
     pub user: Arc<str>,
-    /// Roles, for audience filtering.
-    pub roles: Arc<[String]>,
+    /// Roles, for audience filtering: the connection's token's, replaced by
+    /// a `refresh`. Read only for events with an audience.
+    roles: Mutex<Arc<[String]>>,
     queue: Mutex<QueueState>,
     queue_waker: AtomicWaker,
     limits: QueueLimits,
@@ -162,7 +163,7 @@ impl Connection {
             key,
             client_id,
             user,
-            roles,
+            roles: Mutex::new(roles),
             queue: Mutex::new(QueueState::default()),
             queue_waker: AtomicWaker::new(),
             limits,
@@ -179,10 +180,30 @@ impl Connection {
     /// Queues an event if the connection may receive it and the queue has room.
     /// Never blocks; a full queue closes the connection instead of growing.
     pub fn push(&self, publication: &Arc<Publication>) -> PushOutcome {
-        if !publication.admits(&self.client_id, &self.user, &self.roles) {
+        if !self.admits(publication) {
             return PushOutcome::Filtered;
         }
         self.enqueue(Outbound::Event(publication.clone()), true)
+    }
+
+    /// Whether this connection may receive `publication` (its audience and
+    /// exclusion), with the roles in force now.
+    pub fn admits(&self, publication: &Publication) -> bool {
+        if publication.filter.is_none() {
+            return true;
+        }
+        let roles = lock(&self.roles).clone();
+        publication.admits(&self.client_id, &self.user, &roles)
+    }
+
+    /// The roles in force for audience filtering.
+    pub fn roles(&self) -> Arc<[String]> {
+        lock(&self.roles).clone()
+    }
+
+    /// Replaces the roles used for audience filtering (a refreshed token's).
+    pub fn set_roles(&self, roles: Arc<[String]>) {
+        *lock(&self.roles) = roles;
     }
 
     /// Queues a server-side unsubscribe notice (ordered after queued events).

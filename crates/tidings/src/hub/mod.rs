@@ -29,6 +29,10 @@ const INTEREST_LOCK_SHARDS: usize = 64;
 /// again with `since` (the engine lost the channel's continuity).
 pub const RESUBSCRIBE_REASON: &str = "resubscribe";
 
+/// The `reason` of the `unsubscribed` push for a channel a refreshed token no
+/// longer lets the connection subscribe to.
+pub const REVOKED_REASON: &str = "permission_denied";
+
 /// Why a connection could not be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {

@@ -26,6 +26,7 @@ use crate::engine::{push_sse_data, Publication};
 use crate::hub::connection::ServerUnsubscribe;
 use crate::hub::{
     CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, RESUBSCRIBE_REASON,
+    REVOKED_REASON,
 };
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
@@ -525,7 +526,20 @@ impl SseSession {
                     }
                     ControlRequest::Refresh(identity) => {
                         self.token_expiry = expiry_instant(&identity);
+                        let revoked = self
+                            .subscriptions()
+                            .apply_refresh(&state, &identity, &connection)
+                            .await;
                         self.identity = identity;
+                        for channel in revoked {
+                            self.delivered.positions.remove(&channel);
+                            let notice = ServerMessage::Unsubscribed {
+                                id: None,
+                                channel: channel.to_string(),
+                                reason: Some(REVOKED_REASON.to_owned()),
+                            };
+                            push_message(&mut out, None, "unsubscribed", &notice.to_json());
+                        }
                     }
                 },
             }

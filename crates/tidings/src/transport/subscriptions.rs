@@ -271,7 +271,7 @@ impl Subscriptions {
             Some(Ok(())) => page
                 .events
                 .into_iter()
-                .filter(|p| p.admits(&connection.client_id, &connection.user, &connection.roles))
+                .filter(|p| connection.admits(p))
                 .collect(),
             _ => Vec::new(),
         };
@@ -317,6 +317,34 @@ impl Subscriptions {
         }
         state.hub.remove_subscription(channel, connection).await;
         true
+    }
+
+    /// After a `refresh`: takes the new token's roles for audience filtering
+    /// and leaves every channel its claims no longer let the connection
+    /// subscribe to, so a user removed from a workspace stops receiving it
+    /// without reconnecting. Returns the channels left, for the transport to
+    /// tell the client with an `unsubscribed` push ([`REVOKED_REASON`](crate::hub::REVOKED_REASON)).
+    pub async fn apply_refresh(
+        &mut self,
+        state: &ServerState,
+        identity: &Identity,
+        connection: &Connection,
+    ) -> Vec<ChannelName> {
+        connection.set_roles(identity.roles.clone());
+        let denied: Vec<ChannelName> = self
+            .channels()
+            .filter(|channel| {
+                state
+                    .access
+                    .check(identity, channel, Action::Subscribe)
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        for channel in &denied {
+            self.unsubscribe(state, connection, channel).await;
+        }
+        denied
     }
 
     /// Forgets `channel` after the hub removed the connection from it (a

@@ -36,7 +36,9 @@ use super::{duration_ms, expiry_instant, open_client_connection, RequestRate};
 use crate::config::Config;
 use crate::engine::Publication;
 use crate::hub::connection::ServerUnsubscribe;
-use crate::hub::{CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound};
+use crate::hub::{
+    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, REVOKED_REASON,
+};
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
     parse_request, CloseCode, ErrorCode, PresenceStatus, Request, RequestId, ServerMessage,
@@ -1008,11 +1010,32 @@ impl Session {
         let identity = requests::verify_refresh(&self.state, &self.identity.user, token)
             .map_err(Failure::Refuse)?;
         let expires_at = identity.expires_at.map(format_unix_seconds);
-        self.token_expiry = expiry_instant(&identity);
-        self.identity = identity;
+        for notice in self.take_identity(identity).await {
+            self.send(&notice).await.map_err(Failure::Stop)?;
+        }
         self.send(&ServerMessage::Refreshed { id, expires_at })
             .await
             .map_err(Failure::Stop)
+    }
+
+    /// Puts a refreshed token in force: its expiry, its claims for later
+    /// requests, its roles for delivery, and the end of every subscription
+    /// it no longer allows; returns the `unsubscribed` pushes to send.
+    async fn take_identity(&mut self, identity: Identity) -> Vec<ServerMessage> {
+        self.token_expiry = expiry_instant(&identity);
+        let revoked = self
+            .subscriptions
+            .apply_refresh(&self.state, &identity, &self.connection)
+            .await;
+        self.identity = identity;
+        revoked
+            .into_iter()
+            .map(|channel| ServerMessage::Unsubscribed {
+                id: None,
+                channel: channel.to_string(),
+                reason: Some(REVOKED_REASON.to_owned()),
+            })
+            .collect()
     }
 
     /// Takes queued events and presence pushes, `first` and whatever else is
@@ -1102,8 +1125,9 @@ impl Session {
                         .await;
                     }
                     ControlRequest::Refresh(identity) => {
-                        self.token_expiry = expiry_instant(&identity);
-                        self.identity = identity;
+                        for notice in Box::pin(self.take_identity(identity)).await {
+                            batch.push(Message::Text(Utf8Bytes::from(notice.to_json())));
+                        }
                     }
                 },
                 Some(Outbound::Unsubscribed(notice)) => {

@@ -614,6 +614,55 @@ async fn polling_applies_audience_rules() {
     }
 }
 
+/// A refresh through `POST /request` ends the stream's channels the new
+/// token no longer allows (an `unsubscribed` message) and applies its roles.
+#[tokio::test]
+async fn refresh_of_a_stream_with_fewer_rights_ends_its_channels() {
+    let server = TestServer::start().await;
+    let token = token("u1", &["acme", "globex"], &["admin"]);
+    let mut stream = SseStream::open(
+        &server,
+        "channel=workspace:acme&channel=workspace:globex",
+        &token,
+    )
+    .await;
+    let client = stream.expect("connected").await.json()["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stream.expect("subscribed").await;
+    stream.expect("subscribed").await;
+
+    let fewer = super::support::token("u1", &["acme"], &[]);
+    let response = server
+        .http
+        .post(server.url("/request"))
+        .bearer_auth(&token)
+        .header("x-tidings-client", client.as_str())
+        .json(&json!({"type": "refresh", "id": 1, "token": fewer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let revoked = stream.expect("unsubscribed").await.json();
+    assert_eq!(
+        revoked,
+        json!({"type": "unsubscribed", "channel": "workspace:globex", "reason": "permission_denied"})
+    );
+
+    server
+        .publish("workspace:globex", "globex", json!({}))
+        .await;
+    let admins_only = json!({"channel": "workspace:acme", "event": "for-admins", "data": 1,
+        "audience": {"roles": ["admin"]}});
+    assert_eq!(server.api("/api/publish", admins_only).await.0, 200);
+    server.publish("workspace:acme", "marker", json!({})).await;
+    // SSE names each message after its event: the admins-only one (offset 1)
+    // and the revoked channel's never came.
+    let event = stream.expect("marker").await.json();
+    assert_eq!(event["offset"], 2, "{event}");
+}
+
 #[tokio::test]
 async fn http_requests_publish_read_and_reach_the_sse_stream() {
     let server = TestServer::with_config(chat_config()).await;

@@ -117,6 +117,68 @@ async fn refresh_refuses_bad_or_foreign_tokens() {
     assert_eq!(pong["type"], "pong", "errors do not close the connection");
 }
 
+/// A refreshed token's claims govern what the connection keeps receiving:
+/// channels it no longer allows end with an `unsubscribed` push, and
+/// `audience` roles on delivery are the new token's.
+#[tokio::test]
+async fn refresh_with_fewer_rights_ends_subscriptions_and_applies_new_roles() {
+    let server = TestServer::start().await;
+    let mut client = server
+        .connect(&token("u1", &["acme", "globex"], &["admin"]))
+        .await;
+    client.subscribe("workspace:acme").await;
+    client.subscribe("workspace:globex").await;
+    let admins_only = json!({"channel": "workspace:acme", "event": "for-admins", "data": 1,
+        "audience": {"roles": ["admin"]}});
+    assert_eq!(server.api("/api/publish", admins_only.clone()).await.0, 200);
+    assert_eq!(client.expect("event").await["event"], "for-admins");
+
+    client
+        .send(json!({"type": "refresh", "id": 1, "token": token("u1", &["acme"], &[])}))
+        .await;
+    let revoked = client.expect("unsubscribed").await;
+    assert_eq!(
+        revoked,
+        json!({"type": "unsubscribed", "channel": "workspace:globex", "reason": "permission_denied"})
+    );
+    let reply = client.expect("refreshed").await;
+    assert_eq!(reply["id"], 1, "{reply}");
+
+    // Neither the revoked channel nor the admins-only event reaches it; the
+    // marker published last proves both were sent before it.
+    server
+        .publish("workspace:globex", "globex", json!({}))
+        .await;
+    assert_eq!(server.api("/api/publish", admins_only).await.0, 200);
+    server.publish("workspace:acme", "marker", json!({})).await;
+    let mut names = Vec::new();
+    loop {
+        let event = client.expect("event").await;
+        names.push(event["event"].as_str().unwrap().to_owned());
+        if event["event"] == "marker" {
+            break;
+        }
+    }
+    assert_eq!(names, ["marker"]);
+
+    // The channel is gone from the connection: subscribing again is refused
+    // by the new claims, and unsubscribing says it is not there.
+    let again = client
+        .request(
+            json!({"type": "subscribe", "channel": "workspace:globex"}),
+            2,
+        )
+        .await;
+    assert_eq!(again["code"], "permission_denied", "{again}");
+    let gone = client
+        .request(
+            json!({"type": "unsubscribe", "channel": "workspace:globex"}),
+            3,
+        )
+        .await;
+    assert_eq!(gone["code"], "not_subscribed", "{gone}");
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
