@@ -43,13 +43,16 @@ pub enum PresenceChange {
 /// Where presence lives.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
-    /// Adds a connection; returns `Join` when it is the user's first.
+    /// Adds a connection; returns `Join` when it is the user's first, and
+    /// `Status` when it changes the user's status (a more available tab).
     async fn join(
         &self,
         channel: &ChannelName,
         client: ClientPresence,
     ) -> Result<Option<PresenceChange>, EngineError>;
-    /// Removes a connection of `user`; returns `Leave` when it was the user's last.
+    /// Removes a connection of `user`; returns `Leave` when it was the user's
+    /// last, and `Status` when the user's status changes with it (the most
+    /// available tab left).
     async fn leave(
         &self,
         channel: &ChannelName,
@@ -94,6 +97,16 @@ pub(crate) fn member_of(user: &str, clients: &UserClients) -> Option<PresenceMem
     })
 }
 
+/// `Status` with the user's member view when their status is no longer `before`.
+pub(crate) fn status_change(
+    before: PresenceStatus,
+    after: Option<PresenceMember>,
+) -> Option<PresenceChange> {
+    after
+        .filter(|m| m.status != before)
+        .map(PresenceChange::Status)
+}
+
 /// Single-node presence: per channel, per user, per connection.
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
@@ -119,13 +132,14 @@ impl PresenceStore for MemoryPresence {
         let clients = users
             .entry(user.clone())
             .or_insert_with(|| Vec::with_capacity(1));
-        let first = clients.is_empty();
+        let before = member_of(&user, clients).map(|m| m.status);
         clients.retain(|c| c.client != client.client);
         clients.push(client);
-        Ok(first
-            .then(|| member_of(&user, clients))
-            .flatten()
-            .map(PresenceChange::Join))
+        let after = member_of(&user, clients);
+        Ok(match before {
+            None => after.map(PresenceChange::Join),
+            Some(before) => status_change(before, after),
+        })
     }
 
     async fn leave(
@@ -137,6 +151,7 @@ impl PresenceStore for MemoryPresence {
         let mut change = None;
         self.channels.remove_if_mut(channel, |_, users| {
             if let Some(clients) = users.get_mut(user) {
+                let before = member_of(user, clients).map(|m| m.status);
                 let index = clients.iter().position(|c| &*c.client == client);
                 if let Some(gone) = index.map(|i| clients.swap_remove(i)) {
                     if clients.is_empty() {
@@ -147,6 +162,8 @@ impl PresenceStore for MemoryPresence {
                             info: gone.info,
                             clients: Vec::new(),
                         }));
+                    } else if let Some(before) = before {
+                        change = status_change(before, member_of(user, clients));
                     }
                 }
             }
@@ -173,10 +190,7 @@ impl PresenceStore for MemoryPresence {
             Some(entry) => entry.status = status,
             None => return Ok(None),
         }
-        let after = member_of(user, clients);
-        Ok(after
-            .filter(|m| Some(m.status) != before)
-            .map(PresenceChange::Status))
+        Ok(before.and_then(|before| status_change(before, member_of(user, clients))))
     }
 
     async fn members(&self, channel: &ChannelName) -> Result<Vec<PresenceMember>, EngineError> {
@@ -246,5 +260,45 @@ mod tests {
         assert!(
             matches!(change, Some(PresenceChange::Status(m)) if m.status == PresenceStatus::Busy)
         );
+    }
+
+    #[tokio::test]
+    async fn a_tab_joining_or_leaving_can_change_the_users_status() {
+        let p = MemoryPresence::new();
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        let away = ClientPresence {
+            status: PresenceStatus::Away,
+            ..client("c1", "u1")
+        };
+        assert!(matches!(
+            p.join(&ch, away).await.unwrap(),
+            Some(PresenceChange::Join(m)) if m.status == PresenceStatus::Away
+        ));
+        let change = p.join(&ch, client("c2", "u1")).await.unwrap();
+        assert!(
+            matches!(&change, Some(PresenceChange::Status(m))
+                if m.status == PresenceStatus::Online && m.clients == ["c1", "c2"]),
+            "{change:?}"
+        );
+        let third = ClientPresence {
+            status: PresenceStatus::Busy,
+            ..client("c3", "u1")
+        };
+        assert_eq!(p.join(&ch, third).await.unwrap(), None, "still online");
+        assert_eq!(
+            p.leave(&ch, "u1", "c1").await.unwrap(),
+            None,
+            "still online"
+        );
+        let change = p.leave(&ch, "u1", "c2").await.unwrap();
+        assert!(
+            matches!(&change, Some(PresenceChange::Status(m))
+                if m.status == PresenceStatus::Busy && m.clients == ["c3"]),
+            "{change:?}"
+        );
+        assert!(matches!(
+            p.leave(&ch, "u1", "c3").await.unwrap(),
+            Some(PresenceChange::Leave(_))
+        ));
     }
 }

@@ -84,6 +84,61 @@ async fn members_join_leave_and_status_are_pushed() {
     assert_eq!(list["members"].as_array().unwrap().len(), 1);
 }
 
+/// A user's status is their most available tab's: a tab joining or leaving
+/// that changes it is pushed as a `status` change (on both engines).
+#[tokio::test]
+async fn a_second_tab_joining_or_leaving_pushes_the_users_new_status() {
+    let server = server_with_presence_events().await;
+    let mut alice = server.connect_user("alice", &["acme"]).await;
+    alice.subscribe("workspace:acme").await;
+    alice.expect("presence").await;
+
+    let mut bob_away = server.connect_user("bob", &["acme"]).await;
+    bob_away
+        .request(json!({"type": "status", "status": "away"}), 1)
+        .await;
+    bob_away.subscribe("workspace:acme").await;
+    let is_bob = |v: &serde_json::Value| v["type"] == "presence" && v["member"]["user"] == "bob";
+    let joined = alice.wait_for("bob's join", is_bob).await;
+    assert_eq!(
+        (&joined["action"], &joined["member"]["status"]),
+        (&json!("join"), &json!("away"))
+    );
+
+    let mut bob_online = server.connect_user("bob", &["acme"]).await;
+    bob_online.subscribe("workspace:acme").await;
+    let online = alice.wait_for("bob online", is_bob).await;
+    assert_eq!(
+        (&online["action"], &online["member"]["status"]),
+        (&json!("status"), &json!("online")),
+        "{online}"
+    );
+    let mut tabs = vec![bob_away.client_id(), bob_online.client_id()];
+    tabs.sort();
+    assert_eq!(online["member"]["clients"], json!(tabs));
+
+    bob_online
+        .request(
+            json!({"type": "unsubscribe", "channel": "workspace:acme"}),
+            2,
+        )
+        .await;
+    let away = alice.wait_for("bob away again", is_bob).await;
+    assert_eq!(
+        (
+            &away["action"],
+            &away["member"]["status"],
+            &away["member"]["clients"]
+        ),
+        (
+            &json!("status"),
+            &json!("away"),
+            &json!([bob_away.client_id()])
+        ),
+        "{away}"
+    );
+}
+
 #[tokio::test]
 async fn presence_needs_permission_and_does_not_leak_across_workspaces() {
     let server = server_with_presence_events().await;

@@ -328,7 +328,11 @@ async fn remove_node(shared: &Shared, node: &str) -> Result<(), EngineError> {
         let gone: Vec<String> = link
             .call(
                 "presence_reap",
-                &[&keys.presence(&channel), &keys.presence_users(&channel)],
+                &[
+                    &keys.presence(&channel),
+                    &keys.presence_users(&channel),
+                    &keys.presence_tabs(&channel),
+                ],
                 &[node.as_bytes()],
             )
             .await?;

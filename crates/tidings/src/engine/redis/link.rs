@@ -18,10 +18,10 @@ use crate::protocol::ChannelName;
 /// The function library, loaded into Redis by every node.
 const LIBRARY: &str = include_str!("tidings.lua");
 /// Its version: the library's name and its function names carry it
-/// (`tidings_v2_publish`), so a node loading this library (FUNCTION LOAD
+/// (`tidings_v3_publish`), so a node loading this library (FUNCTION LOAD
 /// REPLACE replaces a library of the same name only) leaves the functions an
 /// older node calls in place, and the reverse.
-const LIBRARY_PREFIX: &str = "tidings_v2_";
+const LIBRARY_PREFIX: &str = "tidings_v3_";
 
 /// Names of the keys and pub/sub channels, under the configured prefix.
 ///
@@ -57,6 +57,10 @@ impl Keys {
     /// Presence connection counts, by user.
     pub fn presence_users(&self, channel: &ChannelName) -> String {
         self.tagged(channel, "u")
+    }
+    /// Each user's connections and their statuses (`client status …`), by user.
+    pub fn presence_tabs(&self, channel: &ChannelName) -> String {
+        self.tagged(channel, "t")
     }
     /// The pub/sub channel carrying the channel's events and presence pushes.
     pub fn pubsub(&self, channel: &ChannelName) -> String {

@@ -72,6 +72,43 @@ fn bad_entry() -> EngineError {
     EngineError::Unavailable("unreadable presence entry in Redis".to_owned())
 }
 
+fn status_name(status: PresenceStatus) -> &'static str {
+    match status {
+        PresenceStatus::Online => "online",
+        PresenceStatus::Away => "away",
+        PresenceStatus::Busy => "busy",
+    }
+}
+
+fn status_named(name: &str) -> Option<PresenceStatus> {
+    match name {
+        "online" => Some(PresenceStatus::Online),
+        "away" => Some(PresenceStatus::Away),
+        "busy" => Some(PresenceStatus::Busy),
+        _ => None,
+    }
+}
+
+/// The `Status` change a join or leave caused, from the functions' reply
+/// tail `[status before, status after, client ids…]`. None when the status
+/// did not change, or is not known: a user with no tabs recorded (their
+/// connections joined through a node of an older release) is left alone.
+fn tab_change(user: &str, info: Option<Json>, tail: &[String]) -> Option<PresenceChange> {
+    let before = status_named(tail.first()?)?;
+    let after = status_named(tail.get(1)?)?;
+    if before == after {
+        return None;
+    }
+    let mut clients: Vec<String> = tail[2..].to_vec();
+    clients.sort();
+    Some(PresenceChange::Status(PresenceMember {
+        user: user.to_owned(),
+        status: after,
+        info,
+        clients,
+    }))
+}
+
 impl RedisPresence {
     /// The channel's entries of live nodes, by user.
     async fn users(
@@ -126,23 +163,33 @@ impl PresenceStore for RedisPresence {
                 .arg(channel.as_str()),
         )
         .await?;
-        let count: i64 = link
+        let reply: Vec<redis::Value> = link
             .call(
                 "presence_join",
-                &[&keys.presence(channel), &keys.presence_users(channel)],
+                &[
+                    &keys.presence(channel),
+                    &keys.presence_users(channel),
+                    &keys.presence_tabs(channel),
+                ],
                 &[
                     client.client.as_bytes(),
                     client.user.as_bytes(),
                     entry.as_bytes(),
+                    status_name(client.status).as_bytes(),
                 ],
             )
             .await?;
         drop(slot);
-        if count != 1 {
-            return Ok(None);
+        let count = reply
+            .first()
+            .and_then(super::number)
+            .ok_or_else(bad_entry)?;
+        if count == 1 {
+            let user = client.user.clone();
+            return Ok(member_of(&user, &vec![client]).map(PresenceChange::Join));
         }
-        let user = client.user.clone();
-        Ok(member_of(&user, &vec![client]).map(PresenceChange::Join))
+        let tail: Vec<String> = reply[1..].iter().filter_map(super::text).collect();
+        Ok(tab_change(&client.user, client.info, &tail))
     }
 
     async fn leave(
@@ -153,21 +200,34 @@ impl PresenceStore for RedisPresence {
     ) -> Result<Option<PresenceChange>, EngineError> {
         let keys = &self.shared.link.keys;
         let slot = self.slot().await?;
-        let (left, entry): (i64, String) = self
+        let reply: Vec<redis::Value> = self
             .shared
             .link
             .call(
                 "presence_leave",
-                &[&keys.presence(channel), &keys.presence_users(channel)],
+                &[
+                    &keys.presence(channel),
+                    &keys.presence_users(channel),
+                    &keys.presence_tabs(channel),
+                ],
                 &[client.as_bytes(), user.as_bytes()],
             )
             .await?;
         drop(slot);
-        if left != 0 {
+        let left = match reply.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => return Err(bad_entry()),
+        };
+        if left < 0 {
             return Ok(None);
         }
+        let entry = reply.get(1).and_then(super::text).ok_or_else(bad_entry)?;
         let entry: Entry = serde_json::from_str(&entry).map_err(|_| bad_entry())?;
-        Ok(Some(PresenceChange::Leave(entry.gone_member())))
+        if left == 0 {
+            return Ok(Some(PresenceChange::Leave(entry.gone_member())));
+        }
+        let tail: Vec<String> = reply[2..].iter().filter_map(super::text).collect();
+        Ok(tab_change(user, entry.info, &tail))
     }
 
     async fn set_status(
@@ -194,11 +254,16 @@ impl PresenceStore for RedisPresence {
         };
         let stored = serde_json::to_string(&stored).map_err(|_| bad_entry())?;
         let slot = self.slot().await?;
-        link.query::<()>(
-            redis::cmd("HSET")
-                .arg(link.keys.presence(channel))
-                .arg(client)
-                .arg(stored),
+        let keys = &link.keys;
+        link.call::<i64>(
+            "presence_status",
+            &[&keys.presence(channel), &keys.presence_tabs(channel)],
+            &[
+                client.as_bytes(),
+                user.as_bytes(),
+                stored.as_bytes(),
+                status_name(status).as_bytes(),
+            ],
         )
         .await?;
         drop(slot);

@@ -1,7 +1,7 @@
-#!lua name=tidings_v2
+#!lua name=tidings_v3
 -- The Redis engine's functions. Each call is one atomic step on one channel's
 -- keys (all hash-tagged with the channel, so in a Redis Cluster they live on
--- one shard), except tidings_v2_publish_many, which places several channels
+-- one shard), except tidings_v3_publish_many, which places several channels
 -- and is used outside Redis Cluster only. Loaded with FUNCTION LOAD REPLACE by every node; the name carries
 -- a version so nodes of different releases can share one Redis.
 
@@ -47,7 +47,7 @@ end
 -- Places one event in one channel: the body of both publish functions, so a
 -- batch places each channel exactly as a single publish does.
 -- The channel's arguments are `args[base + 1]` to `args[base + 12]` (see
--- tidings_v2_publish).
+-- tidings_v3_publish).
 local function place(meta, stream, idem, args, base)
   local function a(n) return args[base + n] end
   local size, ttl, position_ttl = tonumber(a(2)), tonumber(a(3)), tonumber(a(4))
@@ -87,17 +87,17 @@ end
 --       window ms (0 = no key), now ms, pub/sub channel, header, envelope prefix,
 --       envelope suffix, '1' for SPUBLISH, event id.
 -- Returns {'ok', offset, epoch} or {'dup', offset, epoch, id}.
-redis.register_function('tidings_v2_publish', function(keys, args)
+redis.register_function('tidings_v3_publish', function(keys, args)
   return place(keys[1], keys[2], keys[3], args, 0)
 end)
 
 -- Several channels in one call (a broadcast), outside Redis Cluster only: the
 -- channels' keys hash to different slots. Saves a round trip and a script
--- call per channel; each channel is placed as by tidings_v2_publish.
+-- call per channel; each channel is placed as by tidings_v3_publish.
 -- KEYS: meta, stream, idempotency key of each channel, in order.
--- ARGV: the 12 arguments of tidings_v2_publish for each channel, in order.
--- Returns one reply of tidings_v2_publish per channel.
-redis.register_function('tidings_v2_publish_many', function(keys, args)
+-- ARGV: the 12 arguments of tidings_v3_publish for each channel, in order.
+-- Returns one reply of tidings_v3_publish per channel.
+redis.register_function('tidings_v3_publish_many', function(keys, args)
   local out = {}
   for c = 0, #keys / 3 - 1 do
     out[c + 1] = place(keys[c * 3 + 1], keys[c * 3 + 2], keys[c * 3 + 3], args, c * 12)
@@ -112,7 +112,7 @@ end)
 -- after, limit, '1' for newest first, now ms.
 -- Returns {epoch, top, complete (0/1), entries, history ttl ms}; each entry
 -- {id, {field, value…}}.
-redis.register_function('tidings_v2_read', function(keys, args)
+redis.register_function('tidings_v3_read', function(keys, args)
   local meta, stream = keys[1], keys[2]
   local epoch, created = channel_epoch(meta, stream, args[1])
   if created then
@@ -153,44 +153,129 @@ redis.register_function('tidings_v2_read', function(keys, args)
   return {epoch, top, complete, entries, ttl}
 end)
 
--- Presence. KEYS: the channel's connections hash (client -> entry JSON) and
--- users hash (user -> connection count).
+-- Presence. KEYS: the channel's connections hash (client -> entry JSON), its
+-- users hash (user -> connection count) and its tabs hash (user -> "client
+-- status client status …", the user's connections and their statuses: what a
+-- user's status, the most available of their connections', is computed from
+-- without reading the whole channel).
 
--- ARGV: client, user, entry. Returns the user's connection count after the
--- join (1 = the user joined), or 0 when the client was already there.
-redis.register_function('tidings_v2_presence_join', function(keys, args)
+local rank = {online = 1, busy = 2, away = 3}
+
+local function tabs_of(tabs, user)
+  local list = {}
+  local stored = redis.call('HGET', tabs, user)
+  if stored then
+    for client, status in string.gmatch(stored, '(%S+) (%S+)') do
+      table.insert(list, {client, status})
+    end
+  end
+  return list
+end
+
+local function store_tabs(tabs, user, list)
+  if #list == 0 then
+    redis.call('HDEL', tabs, user)
+    return
+  end
+  local parts = {}
+  for _, tab in ipairs(list) do
+    table.insert(parts, tab[1] .. ' ' .. tab[2])
+  end
+  redis.call('HSET', tabs, user, table.concat(parts, ' '))
+end
+
+-- The most available status in `list`, or '' when it is empty.
+local function status_of(list)
+  local best = ''
+  for _, tab in ipairs(list) do
+    if best == '' or (rank[tab[2]] or 9) < (rank[best] or 9) then
+      best = tab[2]
+    end
+  end
+  return best
+end
+
+-- Sets (status given) or removes (status nil) `client` among the user's tabs.
+-- Returns the user's status before and after, and the tabs' client ids.
+local function change_tab(tabs, user, client, status)
+  local list = tabs_of(tabs, user)
+  local before = status_of(list)
+  local kept = {}
+  for _, tab in ipairs(list) do
+    if tab[1] ~= client then
+      table.insert(kept, tab)
+    end
+  end
+  if status then
+    table.insert(kept, {client, status})
+  end
+  store_tabs(tabs, user, kept)
+  local out = {before, status_of(kept)}
+  for _, tab in ipairs(kept) do
+    table.insert(out, tab[1])
+  end
+  return out
+end
+
+-- ARGV: client, user, entry, status. Returns {the user's connection count
+-- after the join (1 = the user joined; 0 = the client was already there),
+-- the user's status before, after, then the user's client ids}.
+redis.register_function('tidings_v3_presence_join', function(keys, args)
   local existed = redis.call('HEXISTS', keys[1], args[1])
   redis.call('HSET', keys[1], args[1], args[3])
-  if existed == 1 then
-    return 0
+  local count = 0
+  if existed == 0 then
+    count = redis.call('HINCRBY', keys[2], args[2], 1)
   end
-  return redis.call('HINCRBY', keys[2], args[2], 1)
+  local out = {count}
+  for _, v in ipairs(change_tab(keys[3], args[2], args[1], args[4])) do
+    table.insert(out, v)
+  end
+  return out
 end)
 
 -- ARGV: client, user. Returns {connections left for the user (-1 = the client
--- was not there), the removed entry}.
-redis.register_function('tidings_v2_presence_leave', function(keys, args)
+-- was not there), the removed entry, the user's status before, after, then
+-- the user's remaining client ids}.
+redis.register_function('tidings_v3_presence_leave', function(keys, args)
   local entry = redis.call('HGET', keys[1], args[1])
   if not entry then
-    return {-1, ''}
+    return {-1, '', '', ''}
   end
   redis.call('HDEL', keys[1], args[1])
   local left = redis.call('HINCRBY', keys[2], args[2], -1)
   if left <= 0 then
     redis.call('HDEL', keys[2], args[2])
   end
-  return {left, entry}
+  local out = {left, entry}
+  for _, v in ipairs(change_tab(keys[3], args[2], args[1], nil)) do
+    table.insert(out, v)
+  end
+  return out
+end)
+
+-- A connection's new status. KEYS: connections hash, tabs hash.
+-- ARGV: client, user, entry with the new status, status. Returns 0 when the
+-- client is not there, else 1.
+redis.register_function('tidings_v3_presence_status', function(keys, args)
+  if redis.call('HEXISTS', keys[1], args[1]) == 0 then
+    return 0
+  end
+  redis.call('HSET', keys[1], args[1], args[3])
+  change_tab(keys[2], args[2], args[1], args[4])
+  return 1
 end)
 
 -- Removes every entry of a node that died. ARGV: node id.
 -- Returns the entries of users who have no connection left.
-redis.register_function('tidings_v2_presence_reap', function(keys, args)
+redis.register_function('tidings_v3_presence_reap', function(keys, args)
   local all = redis.call('HGETALL', keys[1])
   local gone = {}
   for i = 1, #all, 2 do
     local entry = cjson.decode(all[i + 1])
     if entry['n'] == args[1] then
       redis.call('HDEL', keys[1], all[i])
+      change_tab(keys[3], entry['u'], all[i], nil)
       local left = redis.call('HINCRBY', keys[2], entry['u'], -1)
       if left <= 0 then
         redis.call('HDEL', keys[2], entry['u'])
@@ -204,7 +289,7 @@ end)
 -- A node's heartbeat: records its entry and returns every node's entry with
 -- the milliseconds since its last heartbeat, on Redis's clock.
 -- KEYS: nodes hash, heartbeat times hash. ARGV: node, entry JSON.
-redis.register_function('tidings_v2_heartbeat', function(keys, args)
+redis.register_function('tidings_v3_heartbeat', function(keys, args)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if args[1] ~= '' then
