@@ -123,6 +123,12 @@ export async function startServer({ env = {}, port = 0, secret, apiKey } = {}) {
     entityEvent: (body) => api('/api/events', body),
     disconnectUser: (user, code) => api('/api/disconnect', code === undefined ? { user } : { user, code }),
     unsubscribeUser: (user, channel) => api('/api/unsubscribe', { user, channel }),
+    async presence(channel) {
+      const res = await fetch(`${base}/api/presence?channel=${encodeURIComponent(channel)}`, {
+        headers: { Authorization: `Bearer ${apiKey}` },
+      });
+      return res.json();
+    },
     async connections() {
       const text = await (await fetch(`${base}/metrics`)).text();
       const m = /^tidings_connections\s+(\d+)/m.exec(text);

@@ -142,6 +142,27 @@ describe('reconnect and recovery', () => {
     client.close();
   });
 
+  test('a presence status set with setStatus is set again on the next connection, before the resubscribe', async () => {
+    const { client } = makeClient(server, {
+      claims: { sub: 'u-status' },
+      reconnect: { minDelay: 200, maxDelay: 300, maxAttempts: 5 },
+    });
+    const channel = 'workspace:acme';
+    const { sub, subscribed } = collect(client, channel);
+    await waitFor(() => sub.state === 'subscribed');
+    const reply = await client.setStatus('away');
+    assert.equal(reply.status, 'away');
+    const firstClient = client.clientId;
+    await server.disconnectUser('u-status', 4000);
+    await waitFor(() => client.state === 'connected' && subscribed.length === 2, { message: 'resubscribed' });
+    assert.notEqual(client.clientId, firstClient);
+    const { members } = await server.presence(channel);
+    const me = members.find((m) => m.user === 'u-status');
+    assert.deepEqual(me?.clients, [client.clientId]);
+    assert.equal(me?.status, 'away');
+    client.close();
+  });
+
   test('heartbeat: pings are answered; a silent server trips the watchdog and the client reconnects', async () => {
     const fast = await startServer({
       env: { TIDINGS_CONNECTION_HEARTBEAT: '300ms', TIDINGS_CONNECTION_PONG_TIMEOUT: '300ms' },

@@ -13,6 +13,7 @@ import {
   type ClientMessage,
   type ConnectedMessage,
   type EventEnvelope,
+  type PresenceStatus,
   type RequestId,
   type ServerMessage,
   type StreamPosition,
@@ -190,6 +191,8 @@ export class Connection extends Emitter<ConnectionEvents> {
   #removeNetworkListeners: (() => void) | null = null;
   /** Resume state the last transport used saved (the SSE resume token). */
   #resume: { transport: TransportName; state: unknown } | null = null;
+  /** The last presence status the server confirmed, sent again on each new connection. */
+  #presenceStatus: PresenceStatus = 'online';
 
   constructor(options: ConnectionOptions) {
     super();
@@ -319,6 +322,20 @@ export class Connection extends Emitter<ConnectionEvents> {
    * queue and is sent, in order, after the next connect.
    */
   request(message: ClientMessage, options: RequestOptions = {}): Promise<ServerMessage> {
+    const reply = this.#requestOnce(message, options);
+    if (message.type === 'status') {
+      // Remembered for the next connections: the server starts each one online.
+      reply.then(
+        (answer) => {
+          if (answer.type === 'status') this.#presenceStatus = answer.status;
+        },
+        () => {},
+      );
+    }
+    return reply;
+  }
+
+  #requestOnce(message: ClientMessage, options: RequestOptions): Promise<ServerMessage> {
     return new Promise<ServerMessage>((resolve, reject) => {
       const timeout = options.timeout ?? DEFAULT_REQUEST_TIMEOUT;
       const pending: PendingRequest = {
@@ -675,6 +692,11 @@ export class Connection extends Emitter<ConnectionEvents> {
     });
     this.#armWatchdog();
     this.#scheduleRefresh(message.expires_at);
+    // The status set on an earlier connection, before the resubscribes so
+    // that each presence join carries it (polling has no presence).
+    if (this.#presenceStatus !== 'online' && this.#info.transport !== 'polling') {
+      this.#send({ type: 'status', status: this.#presenceStatus });
+    }
     for (const [channel, entry] of this.#channels) {
       if (entry.status === 'pending') this.#sendSubscribe(channel, entry);
     }

@@ -4,13 +4,21 @@ import type { ClientMessage, RequestId, ServerMessage, StreamPosition } from '..
 /** The ways of reaching a Tidings server, in the default fallback order. */
 export type TransportName = 'websocket' | 'sse' | 'polling';
 
-/** A WebSocket constructor: the browser's global, or `ws` in Node. */
+/**
+ * An event handler property. Written as a method's type so that the handler
+ * types of real WebSockets (the browser's `(this: WebSocket, ev: Event) => any`,
+ * `ws`'s) are assignable: a function-typed property would be checked
+ * contravariantly and accept none of them.
+ */
+type Handler<E> = { handle(ev: E): unknown }['handle'];
+
+/** A WebSocket instance: the browser's, or `ws`'s in Node. */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+  onopen: Handler<unknown> | null;
+  onmessage: Handler<{ data: unknown }> | null;
+  onclose: Handler<{ code: number; reason: string }> | null;
+  onerror: Handler<unknown> | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
