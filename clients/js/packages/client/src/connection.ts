@@ -461,7 +461,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     }
     // Reported only when it changes (a fallback): an attempt with the same
     // transport as before yields one `state` event, its outcome.
-    this.#setState({ transport: name }, name !== this.#info.transport);
+    this.#setState({ transport: name, nextAttemptAt: undefined }, name !== this.#info.transport);
     const token = this.#token ?? '';
     const channels = new Map<string, StreamPosition | undefined>();
     for (const [channel, entry] of this.#channels) {
