@@ -280,7 +280,13 @@ impl Poll<'_> {
             return Ok(page);
         }
         // Any queued item means the channel moved; history has the details.
-        let _ = tokio::time::timeout(wait, queue.recv()).await;
+        // A node shutting down answers at once (with what it has, often no
+        // events), so the client polls again, elsewhere or after the restart,
+        // instead of having its request cut when the node exits.
+        tokio::select! {
+            _ = tokio::time::timeout(wait, queue.recv()) => {}
+            _ = state.hub.closing() => {}
+        }
         self.read(start.offset).await
     }
 

@@ -1,5 +1,6 @@
 //! Heartbeats, token expiry and refresh, slow consumers, limits and shutdown.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -266,6 +267,47 @@ async fn per_user_connection_limit_closes_with_4503() {
     let closed = third.closed(WAIT).await;
     assert_eq!(closed.code, 4503);
     assert_eq!(closed.disconnect.unwrap()["reconnect"], false);
+}
+
+/// A long poll waiting when the node shuts down is answered at once (no
+/// events, the channel's position) instead of being cut when the node exits;
+/// one that arrives during the drain is answered without waiting.
+#[tokio::test]
+async fn shutdown_answers_waiting_long_polls() {
+    let server = Arc::new(TestServer::start().await);
+    server.publish("workspace:acme", "before", json!({})).await;
+    let token = token("u1", &["acme"], &[]);
+    let (_, first) = server.poll(&token, "channel=workspace:acme").await;
+    let query = format!(
+        "channel=workspace:acme&since=1&epoch={}&wait=30",
+        first["epoch"].as_str().unwrap()
+    );
+    let waiting = {
+        let (server, token) = (server.clone(), token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let reply = server.poll(&token, &query).await;
+            (reply, started.elapsed())
+        })
+    };
+    server
+        .wait_for_metric("tidings_polls_waiting", WAIT, |n| n >= 1.0)
+        .await;
+    let tidings = server.tidings.clone();
+    let shutdown = tokio::spawn(async move { tidings.shutdown(Duration::from_secs(5)).await });
+    let ((status, reply), took) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["events"], json!([]), "{reply}");
+    assert_eq!(reply["offset"], 1, "{reply}");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered at the shutdown: {took:?}"
+    );
+    let started = Instant::now();
+    let (status, late) = server.poll(&token, "channel=workspace:acme&wait=30").await;
+    assert_eq!((status, &late["offset"]), (200, &json!(1)), "{late}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    shutdown.await.unwrap();
 }
 
 #[tokio::test]
