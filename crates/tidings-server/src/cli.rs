@@ -229,13 +229,21 @@ pub fn gentoken(args: GentokenArgs) -> anyhow::Result<()> {
     let secret = config.jwt.secret.as_deref().context(
         "gentoken signs with an HMAC secret: set jwt.secret in the config file or TIDINGS_JWT_SECRET",
     )?;
+    let algorithms = &config.jwt.algorithms;
+    if !algorithms.is_empty() && !algorithms.iter().any(|a| a == "HS256") {
+        anyhow::bail!(
+            "gentoken signs with HS256, which jwt.algorithms ({}) does not accept",
+            algorithms.join(", ")
+        );
+    }
     let claims = MintClaims {
         sub: args.sub,
         workspaces: args.workspaces,
         roles: args.roles,
         ttl: Some(args.ttl),
         ..MintClaims::default()
-    };
+    }
+    .for_settings(&config.jwt);
     println!("{}", mint_hs256(secret, &claims)?);
     Ok(())
 }

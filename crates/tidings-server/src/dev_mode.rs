@@ -31,7 +31,8 @@ pub fn apply(config: &mut Config) -> anyhow::Result<DevCredentials> {
         roles: vec!["admin".into()],
         ttl: Some(Duration::from_secs(24 * 3600)),
         ..MintClaims::default()
-    };
+    }
+    .for_settings(&config.jwt);
     let token = mint_hs256(&secret, &claims)?;
     Ok(DevCredentials { token })
 }

@@ -379,6 +379,59 @@ fn gentoken_mints_a_verifiable_token() {
     assert!(String::from_utf8_lossy(&no_secret.stderr).contains("TIDINGS_JWT_SECRET"));
 }
 
+/// A token from `gentoken` passes the configured server's checks: its issuer,
+/// audience and claim names, not only the defaults.
+#[test]
+fn gentoken_follows_the_configured_issuer_audience_and_claim_names() {
+    let vars = [
+        ("TIDINGS_JWT_SECRET", SECRET),
+        ("TIDINGS_JWT_ISSUER", "https://auth.example.com/"),
+        ("TIDINGS_JWT_AUDIENCE", "tidings"),
+        ("TIDINGS_JWT_WORKSPACES_CLAIM", "ws"),
+        ("TIDINGS_JWT_ROLES_CLAIM", "r"),
+    ];
+    let output = command()
+        .args([
+            "gentoken",
+            "--sub",
+            "u1",
+            "--workspaces",
+            "acme",
+            "--roles",
+            "admin",
+        ])
+        .envs(vars)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    let verifier = tidings_auth::TokenVerifier::new(&tidings_auth::JwtSettings {
+        secret: Some(SECRET.into()),
+        issuer: Some("https://auth.example.com/".into()),
+        audience: Some("tidings".into()),
+        workspaces_claim: "ws".into(),
+        roles_claim: "r".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let identity = verifier.verify(token.trim()).unwrap();
+    assert!(identity.claim_contains("ws", "acme"));
+    assert!(!identity.claims.contains_key("workspaces"));
+    assert_eq!(&*identity.roles, ["admin".to_owned()]);
+
+    let refused = command()
+        .args(["gentoken", "--sub", "u1"])
+        .env("TIDINGS_JWT_SECRET", SECRET)
+        .env("TIDINGS_JWT_ALGORITHMS", r#"["HS512"]"#)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("jwt.algorithms (HS512)"),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn checkconfig_accepts_the_example_and_names_mistakes() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tidings.example.toml");
