@@ -92,7 +92,7 @@ pub enum ConfigError {
         len: usize,
     },
     /// A key file could not be read.
-    #[error("cannot read {setting} {}: {source}", path.display())]
+    #[error("cannot read {setting} {}", path.display())]
     ReadFile {
         /// The setting that names the file, e.g. `"jwt.public_key_file"`.
         setting: &'static str,

@@ -1,6 +1,7 @@
 //! Subcommands: `serve` (the default), `gentoken`, `checkconfig`.
 
-use std::io::IsTerminal;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -244,8 +245,7 @@ pub fn gentoken(args: GentokenArgs) -> anyhow::Result<()> {
         ..MintClaims::default()
     }
     .for_settings(&config.jwt);
-    println!("{}", mint_hs256(secret, &claims)?);
-    Ok(())
+    write_stdout(&format!("{}\n", mint_hs256(secret, &claims)?))
 }
 
 /// Validates a configuration file, including its key files.
@@ -253,40 +253,47 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
     // The loader's errors name the file or the environment variable at fault.
     let config = config_loader::load(Some(&args.file))?;
     config.validate()?;
+    let mut out = String::new();
     if dev_mode::needed(&config) {
-        println!("note: no jwt key configured; `serve` would run in dev mode");
+        writeln!(
+            out,
+            "note: no jwt key configured; `serve` would run in dev mode"
+        )?;
     } else {
         TokenVerifier::new(&config.jwt)?;
     }
     let namespaces = config.effective_namespaces();
-    println!("{}: ok", args.file.display());
-    println!("  listen     {}", config.listen);
+    writeln!(out, "{}: ok", args.file.display())?;
+    writeln!(out, "  listen     {}", config.listen)?;
     let engine = &config.engine;
     match engine.kind {
-        tidings::config::EngineKind::Memory => println!("  engine     memory (one node)"),
-        tidings::config::EngineKind::Redis => println!(
+        tidings::config::EngineKind::Memory => writeln!(out, "  engine     memory (one node)")?,
+        tidings::config::EngineKind::Redis => writeln!(
+            out,
             "  engine     redis{} at {} (key prefix {})",
             if engine.redis_cluster { " cluster" } else { "" },
             without_password(&engine.redis_url),
             engine.redis_prefix
-        ),
+        )?,
     }
-    println!(
+    writeln!(
+        out,
         "  server API {}",
         if config.api_key.is_some() {
             "enabled"
         } else {
             "disabled (no api_key)"
         }
-    );
+    )?;
     for (name, ns) in &namespaces {
-        println!(
+        writeln!(
+            out,
             "  namespace  {name}: {}-{} segments, history {} events / {}",
             ns.min_segments,
             ns.max_segments,
             ns.history_size,
             humantime::format_duration(ns.history_ttl)
-        );
+        )?;
     }
     for consumer in &config.consumers {
         let source = match consumer.kind {
@@ -302,16 +309,17 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
                 without_password(consumer.postgres_url.as_deref().unwrap_or_default())
             ),
         };
-        println!(
+        writeln!(
+            out,
             "  consumer   {}: {} {source}, {:?} mode, idempotency window {}{}",
             consumer.name,
             consumer.kind.as_str(),
             consumer.mode,
             humantime::format_duration(consumer.idempotency_window),
             if consumer.enabled { "" } else { " (disabled)" }
-        );
+        )?;
     }
-    Ok(())
+    write_stdout(&out)
 }
 
 /// Prints the outbox DDL.
@@ -324,8 +332,20 @@ pub fn print_outbox_ddl(args: OutboxDdlArgs) -> anyhow::Result<()> {
     if !is_sql_name(&args.notify_channel) || args.notify_channel.contains('.') {
         anyhow::bail!("--notify-channel: must be a name of letters, digits and `_`");
     }
-    print!("{}", outbox_ddl(&args.table, &args.notify_channel));
-    Ok(())
+    write_stdout(&outbox_ddl(&args.table, &args.notify_channel))
+}
+
+/// Writes `text` to stdout. A reader that stopped reading (`| head`) is not
+/// an error: `println!` would panic on the broken pipe.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 /// `url` (or a comma-separated list of URLs) with any password replaced by `***`.

@@ -16,7 +16,7 @@ fn sample() -> MintClaims {
         workspaces: vec!["w1".into(), "w2".into()],
         roles: vec!["admin".into()],
         ttl: Some(Duration::from_secs(3600)),
-        extra: serde_json::Map::new(),
+        ..MintClaims::default()
     }
 }
 

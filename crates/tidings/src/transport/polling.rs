@@ -158,15 +158,19 @@ async fn answer(
 
 /// The probe answer: the token is good and polling is served.
 fn connected_json(state: &ServerState, identity: &Identity) -> String {
-    serde_json::json!({
+    let mut answer = serde_json::json!({
         "type": "connected",
         "user": &*identity.user,
         "heartbeat": duration_ms(state.config.transports.max_poll_wait),
-        "expires_at": identity.expires_at.map(format_unix_seconds),
         "node": state.node,
         "version": PROTOCOL_VERSION,
-    })
-    .to_string()
+    });
+    // Absent, not null, for a token without `exp`: as in the other transports'
+    // `connected`.
+    if let Some(expires_at) = identity.expires_at {
+        answer["expires_at"] = serde_json::Value::from(format_unix_seconds(expires_at));
+    }
+    answer.to_string()
 }
 
 struct Poll<'a> {

@@ -481,6 +481,31 @@ async fn a_user_holds_at_most_max_connections_per_user_long_polls() {
     assert_eq!(server.metric("tidings_polls_waiting").await, 0.0);
 }
 
+/// The polling probe leaves `expires_at` out for a token without `exp`, as
+/// `connected` does on the other transports.
+#[tokio::test]
+async fn the_probe_omits_expires_at_for_a_token_without_exp() {
+    let mut config = base_config();
+    config.jwt.require_exp = false;
+    let server = TestServer::with_config(config).await;
+    let forever = tidings::auth::mint_hs256(
+        SECRET,
+        &tidings::auth::MintClaims {
+            sub: "u1".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (status, probe) = server.poll(&forever, "").await;
+    assert_eq!(status, 200, "{probe}");
+    assert!(probe.get("expires_at").is_none(), "{probe}");
+    let (_, lapsing) = server.poll(&token("u1", &[], &[]), "").await;
+    assert!(
+        lapsing["expires_at"].as_str().unwrap().ends_with('Z'),
+        "{lapsing}"
+    );
+}
+
 #[tokio::test]
 async fn long_poll_answers_when_an_event_arrives_or_when_wait_ends() {
     let server = TestServer::start().await;
