@@ -508,6 +508,29 @@ impl Config {
                 return Err(invalid("api_key", "must be at least 16 bytes"));
             }
         }
+        if self.api.max_broadcast_channels == 0 {
+            return Err(invalid(
+                "api.max_broadcast_channels",
+                "must be greater than zero",
+            ));
+        }
+        if self.node.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid(
+                "node",
+                "must not be empty (leave it unset for a random id)",
+            ));
+        }
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            if !is_origin(origin) {
+                return Err(invalid(
+                    format!("allowed_origins[{i}]"),
+                    format!(
+                        "`{origin}` is not an origin: write \"*\" or scheme://host[:port] \
+                         as browsers send it, without a path or a trailing `/`"
+                    ),
+                ));
+            }
+        }
         for (name, ns) in &self.namespaces {
             let prefix = format!("namespaces.{name}");
             if name.is_empty()
@@ -553,6 +576,25 @@ impl Config {
     }
 }
 
+/// `*`, or what a browser sends in `Origin`: `scheme://host[:port]`, nothing
+/// after (an entry with a path or a trailing `/` could never match).
+fn is_origin(origin: &str) -> bool {
+    if origin == "*" || origin == "null" {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+    scheme_ok
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', ' '])
+        && !authority.chars().any(char::is_control)
+}
+
 fn validate_rule(rule: &Rule) -> Result<(), &'static str> {
     match (&rule.segment, &rule.claim, &rule.value) {
         (Some(_), None, _) => Err("`segment` needs a `claim`"),
@@ -590,5 +632,43 @@ mod tests {
         );
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("namespaces.orders.subscribe[0]"), "{err}");
+    }
+
+    #[test]
+    fn origins_node_and_broadcast_size_are_checked() {
+        let check = |change: &dyn Fn(&mut Config)| {
+            let mut config = Config::default();
+            change(&mut config);
+            config.validate().err().map(|e| e.to_string())
+        };
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://127.0.0.1:5173",
+            "null",
+        ] {
+            assert_eq!(
+                check(&|c| c.allowed_origins = vec![good.into()]),
+                None,
+                "{good}"
+            );
+        }
+        for bad in [
+            "https://app.example.com/",
+            "app.example.com",
+            "https://a.com/x",
+            "",
+        ] {
+            let err = check(&|c| c.allowed_origins = vec!["*".into(), bad.into()]);
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("allowed_origins[1]")),
+                "{bad}: {err:?}"
+            );
+        }
+        let err = check(&|c| c.node = Some(" ".into())).unwrap();
+        assert!(err.contains("node"), "{err}");
+        let err = check(&|c| c.api.max_broadcast_channels = 0).unwrap();
+        assert!(err.contains("api.max_broadcast_channels"), "{err}");
     }
 }
