@@ -92,7 +92,13 @@ pub(crate) fn member_of(user: &str, clients: &UserClients) -> Option<PresenceMem
     Some(PresenceMember {
         user: user.to_owned(),
         status,
-        info: clients.iter().find_map(|c| c.info.clone()),
+        // The same whichever order the connections are listed in (a push and
+        // a listing agree): the info of the first connection id that has one.
+        info: clients
+            .iter()
+            .filter(|c| c.info.is_some())
+            .min_by(|a, b| a.client.cmp(&b.client))
+            .and_then(|c| c.info.clone()),
         clients: ids,
     })
 }

@@ -93,7 +93,20 @@ async fn a_second_tab_joining_or_leaving_pushes_the_users_new_status() {
     alice.subscribe("workspace:acme").await;
     alice.expect("presence").await;
 
-    let mut bob_away = server.connect_user("bob", &["acme"]).await;
+    // Only the first tab's token has `info`: every push shows it, as the
+    // listing does, whichever tab caused the push.
+    let with_info = tidings::auth::mint_hs256(
+        SECRET,
+        &tidings::auth::MintClaims {
+            sub: "bob".into(),
+            workspaces: vec!["acme".into()],
+            ttl: Some(Duration::from_secs(3600)),
+            extra: serde_json::Map::from_iter([("info".to_owned(), json!({"name": "Bob"}))]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut bob_away = server.connect(&with_info).await;
     bob_away
         .request(json!({"type": "status", "status": "away"}), 1)
         .await;
@@ -116,6 +129,7 @@ async fn a_second_tab_joining_or_leaving_pushes_the_users_new_status() {
     let mut tabs = vec![bob_away.client_id(), bob_online.client_id()];
     tabs.sort();
     assert_eq!(online["member"]["clients"], json!(tabs));
+    assert_eq!(online["member"]["info"], json!({"name": "Bob"}), "{online}");
 
     bob_online
         .request(
@@ -137,6 +151,7 @@ async fn a_second_tab_joining_or_leaving_pushes_the_users_new_status() {
         ),
         "{away}"
     );
+    assert_eq!(away["member"]["info"], json!({"name": "Bob"}), "{away}");
 }
 
 #[tokio::test]

@@ -89,27 +89,52 @@ fn status_named(name: &str) -> Option<PresenceStatus> {
     }
 }
 
-/// The `Status` change a join or leave caused, from the functions' reply
-/// tail `[status before, status after, client ids…]`. None when the status
-/// did not change, or is not known: a user with no tabs recorded (their
-/// connections joined through a node of an older release) is left alone.
-fn tab_change(user: &str, info: Option<Json>, tail: &[String]) -> Option<PresenceChange> {
-    let before = status_named(tail.first()?)?;
-    let after = status_named(tail.get(1)?)?;
-    if before == after {
-        return None;
-    }
-    let mut clients: Vec<String> = tail[2..].to_vec();
-    clients.sort();
-    Some(PresenceChange::Status(PresenceMember {
-        user: user.to_owned(),
-        status: after,
-        info,
-        clients,
-    }))
-}
-
 impl RedisPresence {
+    /// The `Status` change a join or leave caused, from the functions' reply
+    /// tail `[status before, status after, client ids…]`: the member as a
+    /// listing shows it (its connections' entries are read to get its `info`).
+    /// None when the status did not change, or is not known: a user with no
+    /// connections recorded there (they joined through a node of an older
+    /// release) is left alone.
+    async fn tab_change(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        tail: &[String],
+    ) -> Result<Option<PresenceChange>, EngineError> {
+        let (Some(before), Some(after)) = (
+            tail.first().and_then(|s| status_named(s)),
+            tail.get(1).and_then(|s| status_named(s)),
+        ) else {
+            return Ok(None);
+        };
+        let ids = &tail[2..];
+        if before == after || ids.is_empty() {
+            return Ok(None);
+        }
+        let link = &self.shared.link;
+        let slot = self.slot().await?;
+        let entries: Vec<Option<String>> = link
+            .query(
+                redis::cmd("HMGET")
+                    .arg(link.keys.presence(channel))
+                    .arg(ids),
+            )
+            .await?;
+        drop(slot);
+        let clients: Vec<ClientPresence> = ids
+            .iter()
+            .zip(entries)
+            .filter_map(|(id, entry)| {
+                let entry: Entry = serde_json::from_str(&entry?).ok()?;
+                Some(entry.client(id))
+            })
+            .collect();
+        Ok(member_of(user, &clients)
+            .filter(|m| m.status != before)
+            .map(PresenceChange::Status))
+    }
+
     /// The channel's entries of live nodes, by user.
     async fn users(
         &self,
@@ -189,7 +214,7 @@ impl PresenceStore for RedisPresence {
             return Ok(member_of(&user, &vec![client]).map(PresenceChange::Join));
         }
         let tail: Vec<String> = reply[1..].iter().filter_map(super::text).collect();
-        Ok(tab_change(&client.user, client.info, &tail))
+        self.tab_change(channel, &client.user, &tail).await
     }
 
     async fn leave(
@@ -227,7 +252,7 @@ impl PresenceStore for RedisPresence {
             return Ok(Some(PresenceChange::Leave(entry.gone_member())));
         }
         let tail: Vec<String> = reply[2..].iter().filter_map(super::text).collect();
-        Ok(tab_change(user, entry.info, &tail))
+        self.tab_change(channel, user, &tail).await
     }
 
     async fn set_status(
