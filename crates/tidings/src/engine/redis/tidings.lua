@@ -227,6 +227,11 @@ redis.register_function('tidings_v3_presence_join', function(keys, args)
   if existed == 0 then
     count = redis.call('HINCRBY', keys[2], args[2], 1)
   end
+  if count == 1 then
+    -- The user's first connection (most joins): no list to read.
+    redis.call('HSET', keys[3], args[2], args[1] .. ' ' .. args[4])
+    return {1, '', args[4], args[1]}
+  end
   local out = {count}
   for _, v in ipairs(change_tab(keys[3], args[2], args[1], args[4])) do
     table.insert(out, v)
@@ -245,7 +250,10 @@ redis.register_function('tidings_v3_presence_leave', function(keys, args)
   redis.call('HDEL', keys[1], args[1])
   local left = redis.call('HINCRBY', keys[2], args[2], -1)
   if left <= 0 then
+    -- The user's last connection (most leaves): the list goes with it.
     redis.call('HDEL', keys[2], args[2])
+    redis.call('HDEL', keys[3], args[2])
+    return {left, entry, '', ''}
   end
   local out = {left, entry}
   for _, v in ipairs(change_tab(keys[3], args[2], args[1], nil)) do
