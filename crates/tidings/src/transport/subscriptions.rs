@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tidings_auth::Identity;
@@ -12,7 +13,7 @@ use tidings_auth::Identity;
 use crate::access::{AccessError, Action};
 use crate::engine::presence::{ClientPresence, PresenceChange};
 use crate::engine::{ChannelPosition, HistoryPage, HistoryQuery, Publication};
-use crate::hub::Connection;
+use crate::hub::{Connection, Hub};
 use crate::metrics::RecoveryFailure;
 use crate::protocol::{
     ChannelName, ErrorCode, PresenceStatus, RequestId, ServerMessage, StreamPosition,
@@ -291,7 +292,7 @@ impl Subscriptions {
                 info: identity.info.clone(),
             };
             match state.presence.join(&channel, me).await {
-                Ok(Some(change)) => announce(state, &channel, change).await,
+                Ok(Some(change)) => announce(&state.hub, &channel, change).await,
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
             }
@@ -431,7 +432,7 @@ impl Subscriptions {
                 .set_status(channel, &connection.user, &connection.client_id, status)
                 .await
             {
-                Ok(Some(change)) => announce(state, channel, change).await,
+                Ok(Some(change)) => announce(&state.hub, channel, change).await,
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
             }
@@ -452,21 +453,47 @@ impl Subscriptions {
     }
 }
 
-/// Removes a connection from a channel's presence and tells the others.
+/// When a presence leave that failed (the engine away, or slower than
+/// `engine.redis_timeout` in a mass disconnect) is tried again. Without it the
+/// entry would stay listed until the node stops. Trying again is safe: leaving
+/// a channel the entry has already left does nothing.
+const LEAVE_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+];
+
+/// Removes a connection from a channel's presence and tells the others; a
+/// leave that fails is tried again in the background.
 async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: &Connection) {
-    match state
-        .presence
-        .leave(channel, &connection.user, &connection.client_id)
-        .await
-    {
-        Ok(Some(change)) => announce(state, channel, change).await,
+    let (user, client) = (&connection.user, &connection.client_id);
+    match state.presence.leave(channel, user, client).await {
+        Ok(Some(change)) => announce(&state.hub, channel, change).await,
         Ok(None) => {}
-        Err(err) => tracing::warn!(%channel, error = %err, "presence leave failed"),
+        Err(err) => {
+            tracing::warn!(%channel, error = %err, "presence leave failed; trying again in the background");
+            let (presence, hub) = (state.presence.clone(), state.hub.clone());
+            let (channel, user, client) = (channel.clone(), user.clone(), client.clone());
+            tokio::spawn(async move {
+                for delay in LEAVE_RETRY_DELAYS {
+                    tokio::time::sleep(delay).await;
+                    if let Ok(change) = presence.leave(&channel, &user, &client).await {
+                        if let Some(change) = change {
+                            announce(&hub, &channel, change).await;
+                        }
+                        return;
+                    }
+                }
+                tracing::warn!(%channel, "presence leave failed again: the entry stays listed until this node stops");
+            });
+        }
     }
 }
 
 /// Pushes a presence change to the channel's subscribers that may see presence.
-async fn announce(state: &ServerState, channel: &ChannelName, change: PresenceChange) {
+async fn announce(hub: &Hub, channel: &ChannelName, change: PresenceChange) {
     let (action, member) = match change {
         PresenceChange::Join(m) => ("join", m),
         PresenceChange::Leave(m) => ("leave", m),
@@ -478,7 +505,7 @@ async fn announce(state: &ServerState, channel: &ChannelName, change: PresenceCh
         member,
     };
     let text = Utf8Bytes::from(push.to_json());
-    if let Err(err) = state.hub.broker().publish_presence(channel, text).await {
+    if let Err(err) = hub.broker().publish_presence(channel, text).await {
         tracing::warn!(%channel, error = %err, "presence push failed");
     }
 }

@@ -437,3 +437,70 @@ async fn a_followed_channel_keeps_its_position_past_position_ttl() {
     let reply = other.subscribe_since("workspace:acme", 2, &epoch, 3).await;
     assert_eq!(reply["recovered"], true, "{reply}");
 }
+
+/// A presence leave that could not reach Redis (it was down when the client
+/// left) is tried again once Redis is back, so the user does not stay listed
+/// until the node stops.
+#[tokio::test]
+async fn a_presence_leave_that_failed_is_tried_again() {
+    let mut redis = RedisServer::start_with(true).await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut staying = n[0].connect_user("staying", &["acme"]).await;
+    staying.subscribe("workspace:acme").await;
+    let mut leaving = n[0].connect_user("leaving", &["acme"]).await;
+    leaving.subscribe("workspace:acme").await;
+    assert_eq!(
+        listed_users(&n[0]).await.unwrap_or_default(),
+        ["leaving", "staying"]
+    );
+
+    redis.kill();
+    drop(leaving);
+    n[0].wait_for_metric("tidings_connections", WAIT, |c| c == 1.0)
+        .await;
+    // Down longer than redis_timeout: the leave has failed, not waited.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Back with its data (append-only file): the entry is still there until
+    // the leave is tried again. (The restart also changes every channel's
+    // epoch, so `staying` is asked to resubscribe and leaves too: only
+    // `leaving`'s entry matters here.)
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let users = listed_users(&n[0]).await;
+        if users
+            .as_ref()
+            .is_some_and(|u| !u.iter().any(|u| u == "leaving"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed leave was never tried again: {users:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The users `GET /api/presence` lists on `workspace:acme`, or `None` while
+/// the engine does not answer.
+async fn listed_users(server: &TestServer) -> Option<Vec<String>> {
+    let response = server
+        .http
+        .get(server.url("/api/presence?channel=workspace:acme"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = response.json().await.ok()?;
+    let members = listed["members"].as_array()?;
+    Some(
+        members
+            .iter()
+            .filter_map(|m| m["user"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
