@@ -108,6 +108,13 @@ impl SubscriberSet {
         }
     }
 
+    fn contains(&self, key: u64) -> bool {
+        match self {
+            Self::One(one, _) => *one == key,
+            Self::Many(map) => map.contains_key(&key),
+        }
+    }
+
     fn values(&self) -> impl Iterator<Item = &Subscriber> {
         let (one, many) = match self {
             Self::One(_, subscriber) => (Some(subscriber), None),
@@ -451,6 +458,13 @@ impl Hub {
     pub fn opening(self: &Arc<Self>) -> OpeningSocket {
         self.opening.fetch_add(1, Ordering::Relaxed);
         OpeningSocket(self.clone())
+    }
+
+    /// Whether the connection `key` is subscribed to `channel` here.
+    pub fn is_subscribed(&self, channel: &ChannelName, key: u64) -> bool {
+        self.subscribers
+            .get(channel)
+            .is_some_and(|subs| subs.contains(key))
     }
 
     /// Connections on this node.

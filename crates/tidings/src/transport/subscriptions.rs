@@ -456,7 +456,8 @@ impl Subscriptions {
 /// When a presence leave that failed (the engine away, or slower than
 /// `engine.redis_timeout` in a mass disconnect) is tried again. Without it the
 /// entry would stay listed until the node stops. Trying again is safe: leaving
-/// a channel the entry has already left does nothing.
+/// a channel the entry has already left does nothing, and a connection that is
+/// on the channel again by then (a resubscribe) is not taken off it.
 const LEAVE_RETRY_DELAYS: [Duration; 5] = [
     Duration::from_secs(1),
     Duration::from_secs(2),
@@ -476,9 +477,13 @@ async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: 
             tracing::warn!(%channel, error = %err, "presence leave failed; trying again in the background");
             let (presence, hub) = (state.presence.clone(), state.hub.clone());
             let (channel, user, client) = (channel.clone(), user.clone(), client.clone());
+            let key = connection.key;
             tokio::spawn(async move {
                 for delay in LEAVE_RETRY_DELAYS {
                     tokio::time::sleep(delay).await;
+                    if hub.is_subscribed(&channel, key) {
+                        return;
+                    }
                     if let Ok(change) = presence.leave(&channel, &user, &client).await {
                         if let Some(change) = change {
                             announce(&hub, &channel, change).await;
