@@ -101,6 +101,56 @@ async fn events_arrive_as_name_data_meta_and_position() {
     }
 }
 
+/// A reconnect that cannot recover is followed by `tidings:position`, so the
+/// client's kept offset (socket.io-client keeps the last event's until the
+/// next event) names the new positions and the next reconnect recovers.
+#[tokio::test]
+async fn an_unrecovered_reconnect_sends_the_new_positions() {
+    let server = TestServer::start().await;
+    let token = token("u-rec", &["acme"], &[]);
+    let stale = "1;workspace:acme,NOTTHEEPOCH,1";
+    let (mut ws, reply) = connect(
+        &server,
+        json!({"token": token, "pid": "pOLD.1;workspace:acme,NOTTHEEPOCH,1", "offset": stale}),
+    )
+    .await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    let pid = handshake["pid"].as_str().unwrap().to_owned();
+    assert_ne!(pid, "pOLD.1;workspace:acme,NOTTHEEPOCH,1", "not recovered");
+    let position = next_text(&mut ws).await;
+    let args: Value = serde_json::from_str(position.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(args[0], "tidings:position", "{position}");
+    let offset = args[2].as_str().unwrap().to_owned();
+    assert!(offset.contains("workspace:acme,"), "{offset}");
+    drop(ws);
+
+    // With the new pid and that offset, the next reconnect recovers: the
+    // server answers with the same pid.
+    let (_ws, reply) = connect(
+        &server,
+        json!({"token": token, "pid": pid, "offset": offset}),
+    )
+    .await;
+    let again: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(again["pid"], pid.as_str(), "recovered");
+}
+
+/// Every Engine.IO error is JSON, the wrong-method one included.
+#[tokio::test]
+async fn a_wrong_method_gets_the_json_error() {
+    let server = TestServer::start().await;
+    let response = server
+        .http
+        .put(server.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"code": 2, "message": "Bad handshake method"}));
+}
+
 #[tokio::test]
 async fn a_bad_token_gets_connect_error_with_our_code() {
     let server = TestServer::start().await;

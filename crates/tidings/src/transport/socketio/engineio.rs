@@ -290,7 +290,7 @@ pub struct EngineQuery {
 
 /// An Engine.IO error answer: `400 {"code":n,"message":"…"}` as the reference
 /// server writes them.
-fn engine_error(code: u8, message: &str) -> Response {
+pub(super) fn engine_error(code: u8, message: &str) -> Response {
     let body = serde_json::json!({ "code": code, "message": message }).to_string();
     (
         StatusCode::BAD_REQUEST,

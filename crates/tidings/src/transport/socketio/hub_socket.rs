@@ -456,6 +456,13 @@ impl HubSocket {
         if !replay.is_empty() {
             tracing::debug!(events = replay.len(), "socket.io connection recovered");
         }
+        // Not recovered although the client sent its last event's token: that
+        // token, which socket.io-client keeps until the next event, names the
+        // old positions and would fail the next reconnect too. A position
+        // event replaces it with the new pid's.
+        if !recovered && payload.offset.is_some() {
+            emit_position(session, &connected);
+        }
         self.connected = Some(Box::new(connected));
     }
 

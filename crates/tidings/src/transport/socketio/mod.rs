@@ -183,10 +183,7 @@ async fn handle(
     match method {
         Method::GET => engineio::get(endpoint, query, headers, upgrade.ok()).await,
         Method::POST => engineio::post(endpoint, query, body).await,
-        _ => {
-            let body = r#"{"code":2,"message":"Bad handshake method"}"#;
-            (axum::http::StatusCode::BAD_REQUEST, body).into_response()
-        }
+        _ => engineio::engine_error(2, "Bad handshake method"),
     }
 }
 
