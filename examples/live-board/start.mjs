@@ -41,11 +41,20 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const secret = randomBytes(32).toString('hex'); // ≥ 32 bytes
   const apiKey = randomBytes(16).toString('hex');
   const tidings = await startTidings({ port: Number(process.env.LIVE_BOARD_TIDINGS_PORT ?? 8787), secret, apiKey });
-  const backend = await startBackend({
-    port: Number(process.env.PORT ?? 5173),
-    tidings: { url: tidings.url, apiUrl: tidings.url, apiKey, secret },
-    staticDir: join(here, 'dist'),
-  });
+  let backend;
+  try {
+    backend = await startBackend({
+      port: Number(process.env.PORT ?? 5173),
+      tidings: { url: tidings.url, apiUrl: tidings.url, apiKey, secret },
+      staticDir: join(here, 'dist'),
+    });
+  } catch (err) {
+    // E.g. the port is taken (5173 is also Vite's default): do not leave
+    // Tidings running on its port behind us.
+    await tidings.stop();
+    console.error(`the backend could not start: ${err.message}`);
+    process.exit(1);
+  }
   console.log(`Tidings on ${tidings.url}\nOpen ${backend.url}/?user=alice (acme), ?user=bob (acme), ?user=carol (globex)`);
   const stop = async () => {
     await backend.close();
