@@ -131,23 +131,10 @@ async fn presence_and_api_actions_reach_every_node() {
         .await;
     assert_eq!(join["action"], "join");
 
-    let listed: Value = n[0]
-        .http
-        .get(n[0].url("/api/presence?channel=workspace:acme"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let users: Vec<&str> = listed["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["user"].as_str().unwrap())
-        .collect();
-    assert_eq!(users, ["other", "watcher"]);
+    assert_eq!(
+        listed_users(&n[0]).await.unwrap_or_default(),
+        ["other", "watcher"]
+    );
 
     let (status, _) = n[0].api("/api/disconnect", json!({"user": "other"})).await;
     assert_eq!(status, 200);
