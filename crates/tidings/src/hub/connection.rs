@@ -112,7 +112,7 @@ pub struct Connection {
     /// The user (`sub`).
     pub user: Arc<str>,
     /// Roles, for audience filtering: the connection's token's, replaced by
-    /// a `refresh`. Read only for events with an audience.
+    /// a `refresh`. Read only for events whose audience lists roles.
     roles: Mutex<Arc<[String]>>,
     queue: Mutex<QueueState>,
     queue_waker: AtomicWaker,
@@ -187,18 +187,22 @@ impl Connection {
     }
 
     /// Whether this connection may receive `publication` (its audience and
-    /// exclusion), with the roles in force now.
+    /// exclusion), with the roles in force now. The roles' lock is taken only
+    /// for an audience that lists roles: the fan-out calls this per recipient.
     pub fn admits(&self, publication: &Publication) -> bool {
-        if publication.filter.is_none() {
+        let Some(filter) = &publication.filter else {
             return true;
+        };
+        let by_role = filter
+            .audience
+            .as_ref()
+            .is_some_and(|audience| !audience.roles.is_empty());
+        if by_role {
+            let roles = lock(&self.roles);
+            publication.admits(&self.client_id, &self.user, &roles)
+        } else {
+            publication.admits(&self.client_id, &self.user, &[])
         }
-        let roles = lock(&self.roles).clone();
-        publication.admits(&self.client_id, &self.user, &roles)
-    }
-
-    /// The roles in force for audience filtering.
-    pub fn roles(&self) -> Arc<[String]> {
-        lock(&self.roles).clone()
     }
 
     /// Replaces the roles used for audience filtering (a refreshed token's).
