@@ -341,7 +341,6 @@ async fn nodes_killed_one_after_another_lose_and_double_nothing() {
     }
 }
 
-/// The first message within 8 s that `wanted` accepts, skipping the others.
 /// `GET` of a server API route on the node at `port`, as JSON.
 async fn api_get(port: u16, path: &str) -> Value {
     reqwest::Client::new()
@@ -355,6 +354,7 @@ async fn api_get(port: u16, path: &str) -> Value {
         .unwrap()
 }
 
+/// The first message within 8 s that `wanted` accepts, skipping the others.
 async fn wait_message(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     loop {

@@ -147,16 +147,7 @@ async fn presence_and_api_actions_reach_every_node() {
         .await;
     assert_eq!(leave["member"]["user"], "other");
 
-    let info: Value = n[1]
-        .http
-        .get(n[1].url("/api/info"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, info) = n[1].api_get("/api/info").await;
     assert_eq!(info["engine"], "redis");
     let names: Vec<&str> = info["nodes"]
         .as_array()
@@ -475,14 +466,7 @@ async fn a_presence_leave_that_failed_is_tried_again() {
 /// The users `GET /api/presence` lists on `workspace:acme`, or `None` while
 /// the engine does not answer.
 async fn listed_users(server: &TestServer) -> Option<Vec<String>> {
-    let response = server
-        .http
-        .get(server.url("/api/presence?channel=workspace:acme"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
-    let listed: Value = response.json().await.ok()?;
+    let (_, listed) = server.api_get("/api/presence?channel=workspace:acme").await;
     let members = listed["members"].as_array()?;
     Some(
         members

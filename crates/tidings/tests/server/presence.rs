@@ -174,14 +174,9 @@ async fn presence_needs_permission_and_does_not_leak_across_workspaces() {
 }
 
 async fn api_presence(server: &TestServer, channel: &str) -> (u16, serde_json::Value) {
-    let response = server
-        .http
-        .get(server.url(&format!("/api/presence?channel={channel}")))
-        .bearer_auth(API_KEY)
-        .send()
+    server
+        .api_get(&format!("/api/presence?channel={channel}"))
         .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 #[tokio::test]

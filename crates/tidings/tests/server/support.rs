@@ -275,6 +275,19 @@ impl TestServer {
         (status, body)
     }
 
+    /// GETs a server API route with the API key; returns (status, body).
+    pub async fn api_get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// `GET /events?{query}` with `token`; returns (status, body).
     pub async fn poll(&self, token: &str, query: &str) -> (u16, Value) {
         let response = self
