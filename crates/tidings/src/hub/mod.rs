@@ -108,6 +108,14 @@ impl SubscriberSet {
         }
     }
 
+    fn get_mut(&mut self, key: u64) -> Option<&mut Subscriber> {
+        match self {
+            Self::One(one, subscriber) if *one == key => Some(subscriber),
+            Self::One(..) => None,
+            Self::Many(map) => map.get_mut(&key),
+        }
+    }
+
     fn contains(&self, key: u64) -> bool {
         match self {
             Self::One(one, _) => *one == key,
@@ -461,6 +469,17 @@ impl Hub {
     }
 
     /// Whether the connection `key` is subscribed to `channel` here.
+    /// Whether connection `key` gets `channel`'s presence pushes from now
+    /// on (a refreshed token changed what it may see).
+    pub fn set_sees_presence(&self, channel: &ChannelName, key: u64, sees_presence: bool) {
+        if let Some(mut subs) = self.subscribers.get_mut(channel) {
+            if let Some(subscriber) = subs.get_mut(key) {
+                subscriber.sees_presence = sees_presence;
+            }
+        }
+    }
+
+    /// Whether connection `key` is on `channel`.
     pub fn is_subscribed(&self, channel: &ChannelName, key: u64) -> bool {
         self.subscribers
             .get(channel)

@@ -323,8 +323,10 @@ impl Subscriptions {
     /// After a `refresh`: takes the new token's roles for audience filtering
     /// and leaves every channel its claims no longer let the connection
     /// subscribe to, so a user removed from a workspace stops receiving it
-    /// without reconnecting. Returns the channels left, for the transport to
-    /// tell the client with an `unsubscribed` push ([`REVOKED_REASON`](crate::hub::REVOKED_REASON)).
+    /// without reconnecting; on the channels it keeps, presence pushes
+    /// follow the new claims' `presence` rule. Returns the channels left, for
+    /// the transport to tell the client with an `unsubscribed` push
+    /// ([`REVOKED_REASON`](crate::hub::REVOKED_REASON)).
     pub async fn apply_refresh(
         &mut self,
         state: &ServerState,
@@ -344,6 +346,14 @@ impl Subscriptions {
             .collect();
         for channel in &denied {
             self.unsubscribe(state, connection, channel).await;
+        }
+        for channel in self.channels() {
+            if let Ok(namespace) = state.access.namespace(channel) {
+                if namespace.config.presence_events {
+                    let sees = namespace.allows(identity, channel, Action::Presence);
+                    state.hub.set_sees_presence(channel, connection.key, sees);
+                }
+            }
         }
         denied
     }

@@ -209,3 +209,65 @@ async fn default_namespaces_list_members_without_pushing() {
         "no presence on user channels"
     );
 }
+
+/// Presence pushes follow the token in force: a refresh that drops the role
+/// the `presence` rule asks for stops them on the channels the connection
+/// keeps, and one that grants it starts them.
+#[tokio::test]
+async fn refresh_changes_which_presence_pushes_arrive() {
+    let mut config = base_config();
+    let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+        .remove("workspace")
+        .unwrap();
+    workspace.presence_events = true;
+    workspace.presence = vec![tidings::config::Rule {
+        role: Some("lead".into()),
+        ..Default::default()
+    }];
+    config.namespaces.insert("workspace".into(), workspace);
+    let server = TestServer::with_config(config).await;
+
+    let mut alice = server.connect(&token("alice", &["acme"], &["lead"])).await;
+    alice.subscribe("workspace:acme").await;
+    assert_eq!(alice.expect("presence").await["member"]["user"], "alice");
+    let mut bob = server.connect_user("bob", &["acme"]).await;
+    bob.subscribe("workspace:acme").await;
+    let push = alice.expect("presence").await;
+    assert_eq!(
+        (&push["action"], &push["member"]["user"]),
+        (&json!("join"), &json!("bob"))
+    );
+
+    // Without the role: bob's leave is not pushed, the channel's events are.
+    let reply = alice
+        .request(
+            json!({"type": "refresh", "token": token("alice", &["acme"], &[])}),
+            1,
+        )
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    drop(bob);
+    let mut carol = server.connect_user("carol", &["acme"]).await;
+    carol.subscribe("workspace:acme").await;
+    server.publish("workspace:acme", "marker", json!({})).await;
+    let next = alice.wait_for("the marker", |v| v["type"] != "pong").await;
+    assert_eq!(
+        next["event"], "marker",
+        "no presence push before it: {next}"
+    );
+
+    // With the role again: pushes resume.
+    let reply = alice
+        .request(
+            json!({"type": "refresh", "token": token("alice", &["acme"], &["lead"])}),
+            2,
+        )
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    drop(carol);
+    let push = alice.expect("presence").await;
+    assert_eq!(
+        (&push["action"], &push["member"]["user"]),
+        (&json!("leave"), &json!("carol"))
+    );
+}
