@@ -87,4 +87,47 @@ describe('shareAcrossTabs in Chromium', () => {
     await context.close();
     await waitFor(async () => (await suite.server.connections()) === 0, { message: 'no connection after all tabs closed' });
   });
+
+  test('the presence status set through the leader carries over to the next leader', async () => {
+    const context = await suite.browser.newContext();
+    const channel = 'room:status-handover';
+    const token = suite.server.token({ sub: 'u-away' });
+    const tabs = [];
+    for (let i = 0; i < 2; i++) {
+      const page = await suite.openPage(context, (p) => p.on('pageerror', (err) => console.error(`tab ${i} error:`, err)));
+      await page.evaluate((args) => window.startClient(args), { url: suite.server.url, token, channel });
+      tabs.push(page);
+    }
+    const isLeader = () => Promise.all(tabs.map((p) => p.evaluate(() => window.client.isLeader)));
+    await waitFor(async () => (await isLeader()).filter(Boolean).length === 1, { message: 'one leader' });
+    await waitFor(
+      async () => (await Promise.all(tabs.map((p) => p.evaluate(() => window.sub.state)))).every((s) => s === 'subscribed'),
+      { message: 'both tabs subscribed' },
+    );
+    const status = async () => (await suite.server.presence(channel)).members?.map((m) => `${m.user}:${m.status}`) ?? [];
+    assert.deepEqual(await status(), ['u-away:online']);
+    // Set by the leader itself: the follower learns it only from the leader's broadcast.
+    const leaderIndex = (await isLeader()).indexOf(true);
+    const [leader] = tabs.splice(leaderIndex, 1);
+    const reply = await leader.evaluate(() => window.client.setStatus('away'));
+    assert.equal(reply.status, 'away');
+    await waitFor(async () => (await status()).join() === 'u-away:away', { message: 'away before the handover' });
+    const before = await tabs[0].evaluate(() => window.client.clientId);
+    await leader.close();
+    let now = null;
+    await waitFor(
+      async () => {
+        const [lead, state, id] = await tabs[0].evaluate(() => [window.client.isLeader, window.client.state, window.client.clientId]);
+        now = id;
+        return lead && state === 'connected' && id !== before;
+      },
+      { message: 'the follower leads a new connection' },
+    );
+    // Only the new connection listed: its status is its own, not the old one's.
+    await waitFor(async () => JSON.stringify((await suite.server.presence(channel)).members?.[0]?.clients) === JSON.stringify([now]), {
+      message: 'the new connection alone in the listing',
+    });
+    assert.deepEqual(await status(), ['u-away:away'], 'still away on the new connection');
+    await context.close();
+  });
 });

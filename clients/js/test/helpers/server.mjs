@@ -29,6 +29,10 @@ subscribe = [{}]
 publish = [{}]
 history = [{}]
 history_size = 1000
+
+[namespaces.room]
+subscribe = [{}]
+presence = [{}]
 `;
 
 let configPath;

@@ -110,6 +110,8 @@ export interface ConnectionEvents {
   subscribeError: { channel: string; error: TidingsError };
   /** The server removed a subscription (`unsubscribed` push). */
   serverUnsubscribed: { channel: string; reason: string };
+  /** The server confirmed a new presence status for this connection. */
+  presenceStatus: PresenceStatus;
 }
 
 interface ChannelEntry {
@@ -193,6 +195,19 @@ export class Connection extends Emitter<ConnectionEvents> {
   #resume: { transport: TransportName; state: unknown } | null = null;
   /** The last presence status the server confirmed, sent again on each new connection. */
   #presenceStatus: PresenceStatus = 'online';
+
+  /** The presence status set on each new server connection. @internal */
+  get presenceStatus(): PresenceStatus {
+    return this.#presenceStatus;
+  }
+
+  /**
+   * Takes over the status set on another tab's connection (`shareAcrossTabs`:
+   * the leader tab changed), to be set on the next server connection. @internal
+   */
+  presetStatus(status: PresenceStatus): void {
+    this.#presenceStatus = status;
+  }
 
   constructor(options: ConnectionOptions) {
     super();
@@ -327,7 +342,10 @@ export class Connection extends Emitter<ConnectionEvents> {
       // Remembered for the next connections: the server starts each one online.
       reply.then(
         (answer) => {
-          if (answer.type === 'status') this.#presenceStatus = answer.status;
+          if (answer.type === 'status' && answer.status !== this.#presenceStatus) {
+            this.#presenceStatus = answer.status;
+            this.emit('presenceStatus', answer.status);
+          }
         },
         () => {},
       );

@@ -4,7 +4,7 @@
  */
 import type { Connection, RequestOptions, StateInfo, SubscribedInfo } from './connection.js';
 import type { TidingsError } from './errors.js';
-import type { ClientMessage, EventEnvelope, ServerMessage, StreamPosition } from './protocol.js';
+import type { ClientMessage, EventEnvelope, PresenceStatus, ServerMessage, StreamPosition } from './protocol.js';
 
 export type ControlOp = 'connect' | 'disconnect' | 'retry' | 'reauthenticate';
 
@@ -22,6 +22,8 @@ export interface HubSink {
   subscribed(info: SubscribedInfo, to?: string): void;
   subscribeError(channel: string, error: ErrorShape): void;
   serverUnsubscribed(channel: string, reason: string): void;
+  /** The connection's presence status changed (other tabs keep it for a handover). */
+  presenceStatus?(status: PresenceStatus): void;
 }
 
 /** What a client uses to reach the connection, locally or through the leader tab. */
@@ -59,6 +61,7 @@ export class Hub {
         this.#subscribed.delete(channel);
         this.#each((s) => s.serverUnsubscribed(channel, reason));
       }),
+      connection.on('presenceStatus', (status) => this.#each((s) => s.presenceStatus?.(status))),
     );
   }
 

@@ -11,7 +11,7 @@
 import type { RequestOptions, StateInfo, SubscribedInfo } from './connection.js';
 import { TidingsError } from './errors.js';
 import type { Backend, ControlOp, ErrorShape, Hub, HubSink } from './hub.js';
-import type { ClientMessage, EventEnvelope, ServerMessage, StreamPosition } from './protocol.js';
+import type { ClientMessage, EventEnvelope, PresenceStatus, ServerMessage, StreamPosition } from './protocol.js';
 
 /** The part of the client the coordinator drives. */
 interface TabClient {
@@ -34,7 +34,8 @@ type TabMessage =
   | { t: 'ctl'; from: string; op: ControlOp }
   | { t: 'bye'; from: string }
   // leader → followers
-  | { t: 'leader'; from: string; info: StateInfo }
+  | { t: 'leader'; from: string; info: StateInfo; status: PresenceStatus }
+  | { t: 'status'; from: string; status: PresenceStatus }
   | { t: 'state'; from: string; info: StateInfo }
   | { t: 'event'; from: string; event: EventEnvelope }
   | { t: 'subscribed'; from: string; info: SubscribedInfo; to?: string }
@@ -65,6 +66,8 @@ export class TabCoordinator {
   #remote: RemoteBackend | null = null;
   #unsinkBroadcast: (() => void) | null = null;
   #connectTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The shared connection's presence status, as the leader last reported it. */
+  #status: PresenceStatus = 'online';
   #onPageHide = (): void => this.stop();
 
   constructor(client: TabClient, name: string) {
@@ -103,6 +106,8 @@ export class TabCoordinator {
     this.#remote?.fail('the leader tab changed');
     this.#remote = null;
     const hub = this.#client.becomeLeader(false);
+    // The status set through the previous leader's connection carries over.
+    hub.connection.presetStatus(this.#status);
     const from = this.#client.consumerId;
     this.#unsinkBroadcast = hub.addSink({
       state: (info) => this.#post({ t: 'state', from, info }),
@@ -110,8 +115,9 @@ export class TabCoordinator {
       subscribed: (info, to) => this.#post(to === undefined ? { t: 'subscribed', from, info } : { t: 'subscribed', from, info, to }),
       subscribeError: (channel, error) => this.#post({ t: 'subError', from, channel, error }),
       serverUnsubscribed: (channel, reason) => this.#post({ t: 'serverUnsub', from, channel, reason }),
+      presenceStatus: (status) => this.#post({ t: 'status', from, status }),
     });
-    this.#post({ t: 'leader', from, info: hub.connection.info });
+    this.#post({ t: 'leader', from, info: hub.connection.info, status: hub.connection.presenceStatus });
     if (connect) {
       // Give the other tabs a moment to report their positions first.
       this.#connectTimer = setTimeout(() => {
@@ -144,7 +150,7 @@ export class TabCoordinator {
     const me = this.#client.consumerId;
     switch (message.t) {
       case 'hello':
-        this.#post({ t: 'leader', from: me, info: hub.connection.info });
+        this.#post({ t: 'leader', from: me, info: hub.connection.info, status: hub.connection.presenceStatus });
         break;
       case 'sync':
         hub.sync(message.from, message.subs);
@@ -187,8 +193,12 @@ export class TabCoordinator {
           // Requests sent to an earlier leader may be lost with it.
           this.#remote?.fail('the leader tab changed');
         }
+        this.#status = message.status;
         this.#post({ t: 'sync', from: this.#client.consumerId, subs: this.#client.subscriptions() });
         sink.state(message.info);
+        break;
+      case 'status':
+        this.#status = message.status;
         break;
       case 'state':
         sink.state(message.info);
