@@ -327,7 +327,8 @@ pub struct NamespaceConfig {
     /// Push `presence` join/leave/status messages to subscribers that may see
     /// presence. Off by default: on a busy channel every join reaches everyone.
     pub presence_events: bool,
-    /// Who may read history.
+    /// Who may send `history` requests (recovery on subscribe needs only
+    /// `subscribe`).
     pub history: Vec<Rule>,
     /// Events kept per channel for recovery and history (0 = none).
     pub history_size: usize,
