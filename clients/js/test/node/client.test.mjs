@@ -234,9 +234,16 @@ describe('giving up and stopping', () => {
     assert.ok(attempts.includes(1) && attempts.includes(2), `attempts ${attempts}`);
     await sleep(200);
     assert.equal(client.state, 'failed', 'no attempts after failed');
+    assert.equal(client.stateInfo.transport, 'polling', 'the last attempt ended on the last transport');
     server = await startServer({ port, secret, apiKey });
     try {
+      const seen = states.length;
       client.retry();
+      assert.deepEqual(
+        [states[seen]?.state, states[seen]?.transport],
+        ['connecting', 'websocket'],
+        'the fresh start names the transport it tries first',
+      );
       await waitFor(() => client.state === 'connected', { message: 'connected after retry' });
       client.close();
     } finally {

@@ -236,7 +236,15 @@ export class Connection extends Emitter<ConnectionEvents> {
   connect(): void {
     if (this.#info.state !== 'disconnected' && this.#info.state !== 'failed') return;
     this.#everConnected = false;
-    this.#setState({ state: 'connecting', attempt: 0, reason: undefined, nextAttemptAt: undefined });
+    // A restart tries the first transport: say so rather than name the last
+    // one used (the very first start names it when the attempt opens it).
+    this.#setState({
+      state: 'connecting',
+      attempt: 0,
+      reason: undefined,
+      nextAttemptAt: undefined,
+      ...(this.#info.transport !== null ? { transport: this.options.transports[0] ?? null } : {}),
+    });
     void this.#attempt();
   }
 
