@@ -58,9 +58,12 @@ pub fn print_banner(config: &Config, credentials: &DevCredentials, address: &str
          \n\
          \n  Connect with any WebSocket client:  ws://{address}/ws?token={token}\
          \n  then send:  {{\"type\":\"subscribe\",\"channel\":\"workspace:demo\"}}\
+         \n  and answer each {{\"type\":\"ping\"}} (every {heartbeat}) with {{\"type\":\"pong\"}} within {pong_timeout}, or be closed (4001)\
          \n\
          \n  More tokens:  TIDINGS_JWT_SECRET={secret} {command} gentoken --sub u1 --workspaces demo\n",
         command = own_command(),
+        heartbeat = humantime::format_duration(config.connection.heartbeat),
+        pong_timeout = humantime::format_duration(config.connection.pong_timeout),
     );
 }
 
