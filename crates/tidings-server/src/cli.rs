@@ -254,17 +254,30 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
     let config = config_loader::load(Some(&args.file))?;
     config.validate()?;
     let mut out = String::new();
-    if dev_mode::needed(&config) {
+    let dev = dev_mode::needed(&config);
+    let mut jwt = config.jwt.clone();
+    if dev {
         writeln!(
             out,
             "note: no jwt key configured; `serve` would run in dev mode"
         )?;
-    } else {
-        TokenVerifier::new(&config.jwt)?;
+        // What the generated secret will accept, checked with a stand-in.
+        jwt.secret = Some("x".repeat(32));
     }
+    let algorithms = TokenVerifier::new(&jwt)?
+        .algorithms()
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let namespaces = config.effective_namespaces();
     writeln!(out, "{}: ok", args.file.display())?;
     writeln!(out, "  listen     {}", config.listen)?;
+    writeln!(
+        out,
+        "  jwt        {}",
+        describe_jwt(&config.jwt, dev, &algorithms)
+    )?;
     let engine = &config.engine;
     match engine.kind {
         tidings::config::EngineKind::Memory => writeln!(out, "  engine     memory (one node)")?,
@@ -279,10 +292,10 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "  server API {}",
-        if config.api_key.is_some() {
-            "enabled"
-        } else {
-            "disabled (no api_key)"
+        match (&config.api_key, dev) {
+            (Some(_), _) => "enabled",
+            (None, true) => "enabled (dev mode generates an api_key)",
+            (None, false) => "disabled (no api_key)",
         }
     )?;
     for (name, ns) in &namespaces {
@@ -311,15 +324,47 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "  consumer   {}: {} {source}, {:?} mode, idempotency window {}{}",
+            "  consumer   {}: {} {source}, {} mode, idempotency window {}{}",
             consumer.name,
             consumer.kind.as_str(),
-            consumer.mode,
+            consumer.mode.as_str(),
             humantime::format_duration(consumer.idempotency_window),
             if consumer.enabled { "" } else { " (disabled)" }
         )?;
     }
     write_stdout(&out)
+}
+
+/// What verifies tokens, without the key itself: the key's source, the
+/// algorithms, and the `iss`/`aud` and claim names that are checked.
+fn describe_jwt(jwt: &tidings::config::JwtSettings, dev: bool, algorithms: &str) -> String {
+    let key = if dev {
+        "a generated HMAC secret (dev mode)".to_owned()
+    } else if let Some(path) = &jwt.jwks_file {
+        format!("JWKS file {}", path.display())
+    } else if let Some(path) = &jwt.public_key_file {
+        format!("public key file {}", path.display())
+    } else {
+        "HMAC secret".to_owned()
+    };
+    let mut text = format!("{key}; algorithms {algorithms}");
+    if let Some(issuer) = &jwt.issuer {
+        text.push_str(&format!("; iss {issuer}"));
+    }
+    if let Some(audience) = &jwt.audience {
+        text.push_str(&format!("; aud {audience}"));
+    }
+    text.push_str(&format!(
+        "; claims {}/{}; exp {}",
+        jwt.workspaces_claim,
+        jwt.roles_claim,
+        if jwt.require_exp {
+            "required"
+        } else {
+            "optional"
+        }
+    ));
+    text
 }
 
 /// Prints the outbox DDL.

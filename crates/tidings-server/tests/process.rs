@@ -442,6 +442,12 @@ fn checkconfig_accepts_the_example_and_names_mistakes() {
         text.contains("namespace  workspace") && text.contains("namespace  user"),
         "{text}"
     );
+    // No key in the example: dev mode, whose generated key and API key it names.
+    assert!(
+        text.contains("jwt        a generated HMAC secret (dev mode); algorithms HS256")
+            && text.contains("server API enabled (dev mode generates an api_key)"),
+        "{text}"
+    );
 
     let dir = std::env::temp_dir().join(format!("tidings-checkconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

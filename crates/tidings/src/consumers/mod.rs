@@ -66,6 +66,16 @@ pub enum MessageMode {
     Mapping,
 }
 
+impl MessageMode {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Command => "command",
+            Self::Mapping => "mapping",
+        }
+    }
+}
+
 /// Where a new consumer group starts reading a stream.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
