@@ -91,7 +91,8 @@ pub struct ConnectionSettings {
     pub max_connections: usize,
     /// Most messages waiting in one connection's send queue (4002 beyond).
     pub send_queue_messages: usize,
-    /// Most bytes waiting in one connection's send queue (4002 beyond).
+    /// Most bytes waiting in one connection's send queue (4002 beyond; one
+    /// event larger than this closes even a client that keeps up).
     pub send_queue_bytes: usize,
     /// Bad requests in a row before close 4501.
     pub max_bad_requests: u32,
@@ -219,9 +220,9 @@ pub struct WebSocketSettings {
     /// is compressed once, without context takeover, and the same frame goes
     /// to every connection that negotiated it.
     pub compression: bool,
-    /// Events (and replies) smaller than this many bytes go uncompressed even
-    /// on a connection that negotiated compression: deflate saves nothing on
-    /// them.
+    /// Events smaller than this many bytes go uncompressed even on a
+    /// connection that negotiated compression: deflate saves nothing on them.
+    /// Replies and other messages always go plain.
     pub compression_min_size: usize,
 }
 

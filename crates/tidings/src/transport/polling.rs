@@ -14,10 +14,11 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tidings_auth::Identity;
+use tokio::time::Instant;
 
 use super::http::{authenticate_client, ApiError};
 use super::subscriptions::{parse_channel, recovery};
-use super::{duration_ms, push_events, reply_capacity};
+use super::{duration_ms, expiry_instant, push_events, reply_capacity};
 use crate::access::Action;
 use crate::engine::{HistoryPage, HistoryQuery, Publication};
 use crate::hub::{Connection, QueueLimits};
@@ -119,6 +120,12 @@ async fn answer(
                 "`wait` must be a number of seconds",
             ))
         }
+    };
+    // A wait ends when the token does, as a WebSocket or SSE stream would:
+    // nothing published after `exp` goes to its bearer.
+    let wait = match expiry_instant(&identity) {
+        Some(expiry) => wait.min(expiry.saturating_duration_since(Instant::now())),
+        None => wait,
     };
     let poll = Poll {
         state,

@@ -1229,3 +1229,25 @@ async fn a_channel_only_polled_keeps_its_epoch_while_it_is_polled() {
         "unread for 2.5 s: forgotten: {reply}"
     );
 }
+
+/// A long poll is held no longer than its token is valid: it is answered
+/// (empty) when the token expires, as a WebSocket or SSE stream is closed
+/// then; within the leeway after `exp` a poll is still answered, at once.
+#[tokio::test]
+async fn long_poll_ends_when_its_token_expires() {
+    let server = TestServer::start().await;
+    let short = token_with_ttl("u1", &["acme"], &[], Duration::from_secs(2));
+    let started = Instant::now();
+    let (status, reply) = server.poll(&short, "channel=workspace:acme&wait=20").await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["events"], json!([]));
+    assert!(waited < Duration::from_secs(4), "held {waited:?} past exp");
+    let started = Instant::now();
+    let (status, again) = server.poll(&short, "channel=workspace:acme&wait=20").await;
+    assert_eq!((status, &again["events"]), (200, &json!([])), "{again}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "an expired token waits for nothing"
+    );
+}
