@@ -88,9 +88,9 @@ pub enum Request {
         /// At most this many events.
         #[serde(default)]
         limit: Option<u32>,
-        /// Oldest first (default) or newest first.
+        /// Oldest first (absent or `null`: the default) or newest first.
         #[serde(default)]
-        order: HistoryOrder,
+        order: Option<HistoryOrder>,
     },
     /// List a channel's members.
     Presence {

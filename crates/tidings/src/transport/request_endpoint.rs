@@ -91,6 +91,7 @@ async fn dispatch(
             order,
         } => {
             let reader = Reader { client, identity };
+            let order = order.unwrap_or_default();
             requests::history(state, reader, id, &channel, since, limit, order).await
         }
         Request::Presence { channel } => requests::presence(state, identity, id, &channel)

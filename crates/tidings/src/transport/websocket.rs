@@ -897,7 +897,7 @@ impl Session {
                     &channel,
                     since,
                     limit,
-                    order,
+                    order.unwrap_or_default(),
                 )
                 .await;
                 self.reply(reply).await

@@ -79,6 +79,12 @@ async fn history_limit_counts_the_events_the_reader_may_see() {
         .request(json!({"type": "history", "channel": "workspace:acme", "since": {"offset": 5, "epoch": epoch}, "limit": 2}), 2)
         .await;
     assert_eq!(offsets(&page), [6, 8], "{page}");
+    // `null` fields are absent ones: oldest first, no limit.
+    let nulls = client
+        .request(json!({"type": "history", "channel": "workspace:acme", "since": {"offset": 5, "epoch": epoch},
+            "limit": null, "order": null}), 4)
+        .await;
+    assert_eq!(offsets(&nulls)[..2], [6, 8], "{nulls}");
     let u2 = server
         .connect_user("u2", &["acme"])
         .await
