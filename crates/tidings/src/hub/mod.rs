@@ -468,7 +468,6 @@ impl Hub {
         OpeningSocket(self.clone())
     }
 
-    /// Whether the connection `key` is subscribed to `channel` here.
     /// Whether connection `key` gets `channel`'s presence pushes from now
     /// on (a refreshed token changed what it may see).
     pub fn set_sees_presence(&self, channel: &ChannelName, key: u64, sees_presence: bool) {
@@ -479,7 +478,7 @@ impl Hub {
         }
     }
 
-    /// Whether connection `key` is on `channel`.
+    /// Whether the connection `key` is subscribed to `channel` here.
     pub fn is_subscribed(&self, channel: &ChannelName, key: u64) -> bool {
         self.subscribers
             .get(channel)
