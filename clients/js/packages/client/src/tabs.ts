@@ -193,7 +193,8 @@ export class TabCoordinator {
           // Requests sent to an earlier leader may be lost with it.
           this.#remote?.fail('the leader tab changed');
         }
-        this.#status = message.status;
+        // A tab of an older release (mid-deploy) sends no status.
+        if (message.status) this.#status = message.status;
         this.#post({ t: 'sync', from: this.#client.consumerId, subs: this.#client.subscriptions() });
         sink.state(message.info);
         break;
