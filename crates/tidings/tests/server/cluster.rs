@@ -227,7 +227,24 @@ async fn publishing_while_redis_is_down_answers_503_and_clients_learn_what_they_
     let epoch = &subscribed["epoch"];
     let reply = client.subscribe_since("workspace:acme", 1, epoch, 77).await;
     assert_eq!(reply["recovered"], false, "{reply}");
-    n[1].publish("workspace:acme", "after", json!({})).await;
+    // The publishing node reconnects on its own, on its own schedule: a
+    // publisher retries its 503s until then, as this one does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = n[1]
+            .api(
+                "/api/publish",
+                json!({"channel": "workspace:acme", "event": "after", "data": {},
+                       "idempotency_key": "after-outage"}),
+            )
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "still {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let events = client.drain_events(Duration::from_millis(500)).await;
     assert_eq!(
         offsets(&events),
