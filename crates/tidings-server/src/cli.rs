@@ -124,18 +124,30 @@ fn log_filter(level: Option<&str>) -> anyhow::Result<tracing_subscriber::EnvFilt
         .map_err(|err| anyhow::anyhow!("invalid log filter {filter:?} in {source}: {err}"))
 }
 
+/// Whether an event may be logged whatever the filter asks: tungstenite's
+/// TRACE lines carry whole WebSocket messages, and so a client's `auth` and
+/// `refresh` tokens, which must never reach a log.
+fn never_logs_message_bodies(meta: &tracing::Metadata<'_>) -> bool {
+    !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("tungstenite"))
+}
+
 fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let registry =
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::filter::filter_fn(
+                never_logs_message_bodies,
+            ));
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never into a file or a pipe.
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_current_span(true))
             .init(),
     }
 }

@@ -273,8 +273,10 @@ async fn sigterm_sends_1012_to_every_client_and_exits() {
 
 #[tokio::test]
 async fn json_logs_carry_ids_and_never_tokens_or_keys() {
+    // At TRACE too: the WebSocket library logs whole messages at that level,
+    // and an `auth` or `refresh` message holds a token.
     let mut server = start(
-        &["--log-format", "json", "--log-level", "debug"],
+        &["--log-format", "json", "--log-level", "trace"],
         &[("TIDINGS_JWT_SECRET", SECRET), ("TIDINGS_API_KEY", API_KEY)],
     );
     let good = token("loguser", &["acme"]);
@@ -285,6 +287,20 @@ async fn json_logs_carry_ids_and_never_tokens_or_keys() {
     .await
     .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let (mut by_message, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    for (request, reply) in [
+        (json!({"type": "auth", "token": good}), "connected"),
+        (json!({"type": "refresh", "token": good}), "refreshed"),
+    ] {
+        by_message
+            .send(Message::Text(request.to_string().into()))
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut by_message).await["type"], reply);
+    }
+    drop(by_message);
     let bad = format!("{good}tampered");
     let refused =
         tokio_tungstenite::connect_async(format!("ws://{}/ws?token={bad}", server.addr)).await;
