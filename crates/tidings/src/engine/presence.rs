@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use serde_json::Value;
 
-use super::EngineError;
+use super::{Broker, EngineError};
 use crate::protocol::messages::PresenceMember;
 use crate::protocol::{ChannelName, PresenceStatus};
 
@@ -70,6 +71,20 @@ pub trait PresenceStore: Send + Sync + 'static {
     ) -> Result<Option<PresenceChange>, EngineError>;
     /// The channel's members, one per user, sorted by user id.
     async fn members(&self, channel: &ChannelName) -> Result<Vec<PresenceMember>, EngineError>;
+    /// Sends `change`'s push, `text`, to the channel's subscribers on every
+    /// node. The default hands it to `broker`; an engine whose changes can be
+    /// announced out of order (by several nodes) drops a push that a later
+    /// change of the same user overtook instead of publishing it after that.
+    async fn announce(
+        &self,
+        broker: &dyn Broker,
+        channel: &ChannelName,
+        change: &PresenceChange,
+        text: Utf8Bytes,
+    ) -> Result<(), EngineError> {
+        let _ = change;
+        broker.publish_presence(channel, text).await
+    }
 }
 
 fn rank(status: PresenceStatus) -> u8 {
@@ -100,6 +115,7 @@ pub(crate) fn member_of(user: &str, clients: &UserClients) -> Option<PresenceMem
             .min_by(|a, b| a.client.cmp(&b.client))
             .and_then(|c| c.info.clone()),
         clients: ids,
+        order: 0,
     })
 }
 
@@ -167,6 +183,7 @@ impl PresenceStore for MemoryPresence {
                             status: gone.status,
                             info: gone.info,
                             clients: Vec::new(),
+                            order: 0,
                         }));
                     } else if let Some(before) = before {
                         change = status_change(before, member_of(user, clients));

@@ -222,6 +222,11 @@ pub struct PresenceMember {
     pub info: Option<Value>,
     /// Connection ids of this user on the channel.
     pub clients: Vec<String>,
+    /// Which of the user's pushed changes on the channel this view follows,
+    /// for an engine that must not publish an overtaken push (0: unordered).
+    /// Engine bookkeeping, never sent.
+    #[serde(skip)]
+    pub order: u64,
 }
 
 /// A server → client message other than `event` (which is pre-encoded).

@@ -11,7 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 use tidings_auth::Identity;
 
 use crate::access::{AccessError, Action};
-use crate::engine::presence::{ClientPresence, PresenceChange};
+use crate::engine::presence::{ClientPresence, PresenceChange, PresenceStore};
 use crate::engine::{ChannelPosition, HistoryPage, HistoryQuery, Publication};
 use crate::hub::{Connection, Hub};
 use crate::metrics::RecoveryFailure;
@@ -292,7 +292,7 @@ impl Subscriptions {
                 info: identity.info.clone(),
             };
             match state.presence.join(&channel, me).await {
-                Ok(Some(change)) => announce(&state.hub, &channel, change).await,
+                Ok(Some(change)) => announce(&state.hub, &*state.presence, &channel, change).await,
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
             }
@@ -442,7 +442,7 @@ impl Subscriptions {
                 .set_status(channel, &connection.user, &connection.client_id, status)
                 .await
             {
-                Ok(Some(change)) => announce(&state.hub, channel, change).await,
+                Ok(Some(change)) => announce(&state.hub, &*state.presence, channel, change).await,
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
             }
@@ -481,7 +481,7 @@ const LEAVE_RETRY_DELAYS: [Duration; 5] = [
 async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: &Connection) {
     let (user, client) = (&connection.user, &connection.client_id);
     match state.presence.leave(channel, user, client).await {
-        Ok(Some(change)) => announce(&state.hub, channel, change).await,
+        Ok(Some(change)) => announce(&state.hub, &*state.presence, channel, change).await,
         Ok(None) => {}
         Err(err) => {
             tracing::warn!(%channel, error = %err, "presence leave failed; trying again in the background");
@@ -496,7 +496,7 @@ async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: 
                     }
                     if let Ok(change) = presence.leave(&channel, &user, &client).await {
                         if let Some(change) = change {
-                            announce(&hub, &channel, change).await;
+                            announce(&hub, &*presence, &channel, change).await;
                         }
                         return;
                     }
@@ -508,8 +508,13 @@ async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: 
 }
 
 /// Pushes a presence change to the channel's subscribers that may see presence.
-async fn announce(hub: &Hub, channel: &ChannelName, change: PresenceChange) {
-    let (action, member) = match change {
+async fn announce(
+    hub: &Hub,
+    presence: &dyn PresenceStore,
+    channel: &ChannelName,
+    change: PresenceChange,
+) {
+    let (action, member) = match &change {
         PresenceChange::Join(m) => ("join", m),
         PresenceChange::Leave(m) => ("leave", m),
         PresenceChange::Status(m) => ("status", m),
@@ -517,10 +522,13 @@ async fn announce(hub: &Hub, channel: &ChannelName, change: PresenceChange) {
     let push = ServerMessage::PresenceChanged {
         channel: channel.to_string(),
         action,
-        member,
+        member: member.clone(),
     };
     let text = Utf8Bytes::from(push.to_json());
-    if let Err(err) = hub.broker().publish_presence(channel, text).await {
+    if let Err(err) = presence
+        .announce(&**hub.broker(), channel, &change, text)
+        .await
+    {
         tracing::warn!(%channel, error = %err, "presence push failed");
     }
 }

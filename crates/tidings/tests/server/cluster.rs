@@ -349,6 +349,11 @@ async fn a_redis_cluster_shards_channels_and_delivers_across_nodes() {
         config.engine.redis_url = cluster.urls();
         config.engine.redis_prefix = prefix.clone();
         config.node = Some(format!("node-{i}"));
+        let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+            .remove("workspace")
+            .unwrap();
+        workspace.presence_events = true;
+        config.namespaces.insert("workspace".into(), workspace);
         n.push(TestServer::with_config(config).await);
     }
     // Channels whose hash tags land on different shards.
@@ -401,6 +406,33 @@ async fn a_redis_cluster_shards_channels_and_delivers_across_nodes() {
     }
     assert_eq!(per_master.iter().sum::<usize>(), 12, "{per_master:?}");
     assert!(per_master.iter().all(|&k| k > 0), "{per_master:?}");
+
+    // Presence pushes go out through each channel's shard too (a function
+    // publishes them), from either node.
+    for channel in &channels[..3] {
+        let mut watcher = n[0].connect_user("watcher", &["acme"]).await;
+        watcher.subscribe(channel).await;
+        let mut tab1 = n[1].connect_user("alice", &["acme"]).await;
+        tab1.subscribe(channel).await;
+        let mut tab2 = n[0].connect_user("alice", &["acme"]).await;
+        tab2.subscribe(channel).await;
+        tab1.request(json!({"type": "status", "status": "away"}), 1)
+            .await;
+        tab2.request(json!({"type": "status", "status": "busy"}), 1)
+            .await;
+        drop((tab1, tab2));
+        let pushes = presence_pushes(&mut watcher, "alice").await;
+        // The tabs close together: which leaves last decides the leave's status.
+        assert_eq!(
+            pushes[..2],
+            ["join:online", "status:busy"],
+            "{channel}: {pushes:?}"
+        );
+        assert!(
+            pushes.last().is_some_and(|p| p.starts_with("leave:")),
+            "{channel}: {pushes:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -491,4 +523,82 @@ async fn listed_users(server: &TestServer) -> Option<Vec<String>> {
             .filter_map(|m| m["user"].as_str().map(str::to_owned))
             .collect(),
     )
+}
+
+/// Presence pushes of `user` that `watcher` receives until it has been quiet
+/// for a while, as `action:status`.
+async fn presence_pushes(watcher: &mut Client, user: &str) -> Vec<String> {
+    let mut pushes = Vec::new();
+    while let Some(v) = watcher.next(Duration::from_millis(400)).await {
+        if v["type"] == "presence" && v["member"]["user"] == user {
+            pushes.push(format!(
+                "{}:{}",
+                v["action"].as_str().unwrap_or_default(),
+                v["member"]["status"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    pushes
+}
+
+/// Two tabs of one user, on two nodes, changing at the same moment: an
+/// observer's last push for the user says what a listing says. (A push
+/// computed from a view read around the other tab's change, or published
+/// after a later one, left observers wrong: a user shown away while online,
+/// or back after their `leave`.)
+#[tokio::test]
+async fn simultaneous_changes_of_two_tabs_end_in_the_listed_state() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 2, |config| {
+        let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+            .remove("workspace")
+            .unwrap();
+        workspace.presence_events = true;
+        config.namespaces.insert("workspace".into(), workspace);
+    })
+    .await;
+    let mut watcher = n[0].connect_user("watcher", &["acme"]).await;
+    watcher.subscribe("workspace:acme").await;
+    let status = |status: &str| json!({"type": "status", "status": status});
+    for round in 0..6 {
+        let mut tab1 = n[0].connect_user("alice", &["acme"]).await;
+        let mut tab2 = n[1].connect_user("alice", &["acme"]).await;
+        tab1.subscribe("workspace:acme").await;
+        tab2.subscribe("workspace:acme").await;
+        tab2.request(status("away"), 1).await;
+        presence_pushes(&mut watcher, "alice").await;
+
+        // They swap: alice stays online, through the other tab.
+        let (one, two) = tokio::join!(
+            tab1.request(status("away"), 2),
+            tab2.request(status("online"), 2)
+        );
+        assert_eq!(
+            (&one["status"], &two["status"]),
+            (&json!("away"), &json!("online"))
+        );
+        let pushes = presence_pushes(&mut watcher, "alice").await;
+        let (_, listed) = n[0].api_get("/api/presence?channel=workspace:acme").await;
+        let alice = listed["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["user"] == "alice")
+            .cloned()
+            .unwrap();
+        assert_eq!(alice["status"], "online", "round {round}: {listed}");
+        assert!(
+            pushes.last().is_none_or(|last| last == "status:online"),
+            "round {round}: the watcher last heard {pushes:?}, the listing says online"
+        );
+
+        // Both close at once: the last push is the leave.
+        drop(tab1);
+        drop(tab2);
+        let pushes = presence_pushes(&mut watcher, "alice").await;
+        assert!(
+            pushes.last().is_some_and(|last| last.starts_with("leave:")),
+            "round {round}: after both tabs closed the watcher last heard {pushes:?}"
+        );
+    }
 }

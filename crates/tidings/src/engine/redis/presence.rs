@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::SemaphorePermit;
 
 use super::Shared;
 use crate::engine::presence::{member_of, ClientPresence, PresenceChange, PresenceStore};
-use crate::engine::EngineError;
+use crate::engine::{Broker, EngineError};
 use crate::protocol::messages::PresenceMember;
 use crate::protocol::{ChannelName, PresenceStatus};
 
@@ -64,6 +65,7 @@ impl Entry {
             status: self.status,
             info: self.info,
             clients: Vec::new(),
+            order: 0,
         }
     }
 }
@@ -90,49 +92,35 @@ fn status_named(name: &str) -> Option<PresenceStatus> {
 }
 
 impl RedisPresence {
-    /// The `Status` change a join or leave caused, from the functions' reply
-    /// tail `[status before, status after, client ids…]`: the member as a
-    /// listing shows it (its connections' entries are read to get its `info`).
-    /// None when the status did not change, or is not known: a user with no
+    /// The `Status` change a join, leave or status change caused, from the
+    /// functions' reply tail `[push count, status before, status after, then
+    /// each client id and its entry]`: the member as a listing showed it at
+    /// that instant, in the push count's place among the user's pushes. None
+    /// when the status did not change, or is not known: a user with no
     /// connections recorded there (they joined through a node of an older
     /// release) is left alone.
-    async fn tab_change(
-        &self,
-        channel: &ChannelName,
-        user: &str,
-        tail: &[String],
-    ) -> Result<Option<PresenceChange>, EngineError> {
-        let (Some(before), Some(after)) = (
-            tail.first().and_then(|s| status_named(s)),
-            tail.get(1).and_then(|s| status_named(s)),
-        ) else {
-            return Ok(None);
+    fn tab_change(user: &str, tail: &[redis::Value]) -> Option<PresenceChange> {
+        let order = tail.first().and_then(super::number)?;
+        let status = |i: usize| {
+            tail.get(i)
+                .and_then(super::text)
+                .and_then(|s| status_named(&s))
         };
-        let ids = &tail[2..];
-        if before == after || ids.is_empty() {
-            return Ok(None);
+        let (before, after) = (status(1)?, status(2)?);
+        if before == after {
+            return None;
         }
-        let link = &self.shared.link;
-        let slot = self.slot().await?;
-        let entries: Vec<Option<String>> = link
-            .query(
-                redis::cmd("HMGET")
-                    .arg(link.keys.presence(channel))
-                    .arg(ids),
-            )
-            .await?;
-        drop(slot);
-        let clients: Vec<ClientPresence> = ids
-            .iter()
-            .zip(entries)
-            .filter_map(|(id, entry)| {
-                let entry: Entry = serde_json::from_str(&entry?).ok()?;
-                Some(entry.client(id))
+        let clients: Vec<ClientPresence> = tail[3..]
+            .chunks_exact(2)
+            .filter_map(|pair| {
+                let id = super::text(&pair[0])?;
+                let entry: Entry = serde_json::from_str(&super::text(&pair[1])?).ok()?;
+                Some(entry.client(&id))
             })
             .collect();
-        Ok(member_of(user, &clients)
-            .filter(|m| m.status != before)
-            .map(PresenceChange::Status))
+        let mut member = member_of(user, &clients).filter(|m| m.status != before)?;
+        member.order = order;
+        Some(PresenceChange::Status(member))
     }
 
     /// The channel's entries of live nodes, by user.
@@ -211,10 +199,13 @@ impl PresenceStore for RedisPresence {
             .ok_or_else(bad_entry)?;
         if count == 1 {
             let user = client.user.clone();
-            return Ok(member_of(&user, &vec![client]).map(PresenceChange::Join));
+            return Ok(member_of(&user, &vec![client]).map(|mut member| {
+                // The user's first push on the channel.
+                member.order = 1;
+                PresenceChange::Join(member)
+            }));
         }
-        let tail: Vec<String> = reply[1..].iter().filter_map(super::text).collect();
-        self.tab_change(channel, &client.user, &tail).await
+        Ok(Self::tab_change(&client.user, &reply[1..]))
     }
 
     async fn leave(
@@ -249,10 +240,10 @@ impl PresenceStore for RedisPresence {
         let entry = reply.get(1).and_then(super::text).ok_or_else(bad_entry)?;
         let entry: Entry = serde_json::from_str(&entry).map_err(|_| bad_entry())?;
         if left == 0 {
+            // Order 0: published once the user has no tab left.
             return Ok(Some(PresenceChange::Leave(entry.gone_member())));
         }
-        let tail: Vec<String> = reply[2..].iter().filter_map(super::text).collect();
-        self.tab_change(channel, user, &tail).await
+        Ok(Self::tab_change(user, &reply[2..]))
     }
 
     async fn set_status(
@@ -263,48 +254,40 @@ impl PresenceStore for RedisPresence {
         status: PresenceStatus,
     ) -> Result<Option<PresenceChange>, EngineError> {
         let link = &self.shared.link;
-        let users = self.users(channel).await?;
-        let Some(mine) = users.get(user) else {
+        let keys = &link.keys;
+        // Only this connection writes its own entry: reading it first is
+        // safe. Everything about the user's other tabs comes from the
+        // function, in the same atomic step as the change.
+        let slot = self.slot().await?;
+        let entry: Option<String> = link
+            .query(redis::cmd("HGET").arg(keys.presence(channel)).arg(client))
+            .await?;
+        let Some(entry) = entry.and_then(|e| serde_json::from_str::<Entry>(&e).ok()) else {
             return Ok(None);
         };
-        let Some(entry) = mine.iter().find(|c| &*c.client == client) else {
-            return Ok(None);
-        };
-        let before = member_of(user, mine).map(|m| m.status);
         let stored = Entry {
-            user: user.to_owned(),
             status,
-            info: entry.info.clone(),
             node: link.node.clone(),
+            ..entry
         };
         let stored = serde_json::to_string(&stored).map_err(|_| bad_entry())?;
-        let slot = self.slot().await?;
-        let keys = &link.keys;
-        link.call::<i64>(
-            "presence_status",
-            &[&keys.presence(channel), &keys.presence_tabs(channel)],
-            &[
-                client.as_bytes(),
-                user.as_bytes(),
-                stored.as_bytes(),
-                status_name(status).as_bytes(),
-            ],
-        )
-        .await?;
+        let reply: Vec<redis::Value> = link
+            .call(
+                "presence_status",
+                &[&keys.presence(channel), &keys.presence_tabs(channel)],
+                &[
+                    client.as_bytes(),
+                    user.as_bytes(),
+                    stored.as_bytes(),
+                    status_name(status).as_bytes(),
+                ],
+            )
+            .await?;
         drop(slot);
-        let after: Vec<ClientPresence> = mine
-            .iter()
-            .map(|c| {
-                let mut c = c.clone();
-                if &*c.client == client {
-                    c.status = status;
-                }
-                c
-            })
-            .collect();
-        Ok(member_of(user, &after)
-            .filter(|m| Some(m.status) != before)
-            .map(PresenceChange::Status))
+        if reply.first().and_then(super::number) != Some(1) {
+            return Ok(None);
+        }
+        Ok(Self::tab_change(user, &reply[1..]))
     }
 
     async fn members(&self, channel: &ChannelName) -> Result<Vec<PresenceMember>, EngineError> {
@@ -313,5 +296,40 @@ impl PresenceStore for RedisPresence {
             .iter()
             .filter_map(|(user, clients)| member_of(user, clients))
             .collect())
+    }
+
+    async fn announce(
+        &self,
+        _broker: &dyn Broker,
+        channel: &ChannelName,
+        change: &PresenceChange,
+        text: Utf8Bytes,
+    ) -> Result<(), EngineError> {
+        let member = match change {
+            PresenceChange::Join(m) | PresenceChange::Leave(m) | PresenceChange::Status(m) => m,
+        };
+        let link = &self.shared.link;
+        let mut message = Vec::with_capacity(text.len() + 1);
+        message.push(b'P');
+        message.extend_from_slice(text.as_bytes());
+        let order = member.order.to_string();
+        let pubsub = link.keys.pubsub(channel);
+        let sharded = if link.sharded() { "1" } else { "0" };
+        // A mass disconnect sends a push per leaving user: capped with the
+        // leaves themselves.
+        let _slot = self.shared.presence_slot().await?;
+        link.call::<i64>(
+            "presence_push",
+            &[&link.keys.presence_tabs(channel)],
+            &[
+                member.user.as_bytes(),
+                order.as_bytes(),
+                pubsub.as_bytes(),
+                &message,
+                sharded.as_bytes(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 }

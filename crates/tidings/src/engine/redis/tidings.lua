@@ -1,7 +1,7 @@
-#!lua name=tidings_v3
+#!lua name=tidings_v4
 -- The Redis engine's functions. Each call is one atomic step on one channel's
 -- keys (all hash-tagged with the channel, so in a Redis Cluster they live on
--- one shard), except tidings_v3_publish_many, which places several channels
+-- one shard), except tidings_v4_publish_many, which places several channels
 -- and is used outside Redis Cluster only. Loaded with FUNCTION LOAD REPLACE by every node; the name carries
 -- a version so nodes of different releases can share one Redis.
 
@@ -47,7 +47,7 @@ end
 -- Places one event in one channel: the body of both publish functions, so a
 -- batch places each channel exactly as a single publish does.
 -- The channel's arguments are `args[base + 1]` to `args[base + 12]` (see
--- tidings_v3_publish).
+-- tidings_v4_publish).
 local function place(meta, stream, idem, args, base)
   local function a(n) return args[base + n] end
   local size, ttl, position_ttl = tonumber(a(2)), tonumber(a(3)), tonumber(a(4))
@@ -87,17 +87,17 @@ end
 --       window ms (0 = no key), now ms, pub/sub channel, header, envelope prefix,
 --       envelope suffix, '1' for SPUBLISH, event id.
 -- Returns {'ok', offset, epoch} or {'dup', offset, epoch, id}.
-redis.register_function('tidings_v3_publish', function(keys, args)
+redis.register_function('tidings_v4_publish', function(keys, args)
   return place(keys[1], keys[2], keys[3], args, 0)
 end)
 
 -- Several channels in one call (a broadcast), outside Redis Cluster only: the
 -- channels' keys hash to different slots. Saves a round trip and a script
--- call per channel; each channel is placed as by tidings_v3_publish.
+-- call per channel; each channel is placed as by tidings_v4_publish.
 -- KEYS: meta, stream, idempotency key of each channel, in order.
--- ARGV: the 12 arguments of tidings_v3_publish for each channel, in order.
--- Returns one reply of tidings_v3_publish per channel.
-redis.register_function('tidings_v3_publish_many', function(keys, args)
+-- ARGV: the 12 arguments of tidings_v4_publish for each channel, in order.
+-- Returns one reply of tidings_v4_publish per channel.
+redis.register_function('tidings_v4_publish_many', function(keys, args)
   local out = {}
   for c = 0, #keys / 3 - 1 do
     out[c + 1] = place(keys[c * 3 + 1], keys[c * 3 + 2], keys[c * 3 + 3], args, c * 12)
@@ -112,7 +112,7 @@ end)
 -- after, limit, '1' for newest first, now ms.
 -- Returns {epoch, top, complete (0/1), entries, history ttl ms}; each entry
 -- {id, {field, value…}}.
-redis.register_function('tidings_v3_read', function(keys, args)
+redis.register_function('tidings_v4_read', function(keys, args)
   local meta, stream = keys[1], keys[2]
   local epoch, created = channel_epoch(meta, stream, args[1])
   if created then
@@ -155,24 +155,28 @@ end)
 
 -- Presence. KEYS: the channel's connections hash (client -> entry JSON), its
 -- users hash (user -> connection count) and its tabs hash (user -> "client
--- status client status …", the user's connections and their statuses: what a
--- user's status, the most available of their connections', is computed from
--- without reading the whole channel).
+-- status client status … #N", the user's connections and their statuses: what
+-- a user's status, the most available of their connections', is computed from
+-- without reading the whole channel; N counts the user's changes that are
+-- pushed, so a push overtaken by a later one is not published after it).
 
 local rank = {online = 1, busy = 2, away = 3}
 
+-- The user's tabs, and their push count (0 when none is recorded).
 local function tabs_of(tabs, user)
   local list = {}
   local stored = redis.call('HGET', tabs, user)
+  local pushed = 0
   if stored then
     for client, status in string.gmatch(stored, '(%S+) (%S+)') do
       table.insert(list, {client, status})
     end
+    pushed = tonumber(string.match(stored, '#(%d+)$') or '0')
   end
-  return list
+  return list, pushed
 end
 
-local function store_tabs(tabs, user, list)
+local function store_tabs(tabs, user, list, pushed)
   if #list == 0 then
     redis.call('HDEL', tabs, user)
     return
@@ -180,6 +184,9 @@ local function store_tabs(tabs, user, list)
   local parts = {}
   for _, tab in ipairs(list) do
     table.insert(parts, tab[1] .. ' ' .. tab[2])
+  end
+  if pushed > 0 then
+    table.insert(parts, '#' .. pushed)
   end
   redis.call('HSET', tabs, user, table.concat(parts, ' '))
 end
@@ -196,9 +203,12 @@ local function status_of(list)
 end
 
 -- Sets (status given) or removes (status nil) `client` among the user's tabs.
--- Returns the user's status before and after, and the tabs' client ids.
-local function change_tab(tabs, user, client, status)
-  local list = tabs_of(tabs, user)
+-- Returns {the user's push count, status before, status after, then each
+-- remaining client id and its entry}: when the status changed (a push), the
+-- count went up by one, and the entries give the member as a listing shows it
+-- at this instant (read here, not after: another tab may leave meanwhile).
+local function change_tab(conns, tabs, user, client, status)
+  local list, pushed = tabs_of(tabs, user)
   local before = status_of(list)
   local kept = {}
   for _, tab in ipairs(list) do
@@ -209,18 +219,23 @@ local function change_tab(tabs, user, client, status)
   if status then
     table.insert(kept, {client, status})
   end
-  store_tabs(tabs, user, kept)
-  local out = {before, status_of(kept)}
+  local after = status_of(kept)
+  if before ~= '' and after ~= '' and before ~= after then
+    pushed = pushed + 1
+  end
+  store_tabs(tabs, user, kept, pushed)
+  local out = {pushed, before, after}
   for _, tab in ipairs(kept) do
     table.insert(out, tab[1])
+    table.insert(out, redis.call('HGET', conns, tab[1]) or '')
   end
   return out
 end
 
 -- ARGV: client, user, entry, status. Returns {the user's connection count
 -- after the join (1 = the user joined; 0 = the client was already there),
--- the user's status before, after, then the user's client ids}.
-redis.register_function('tidings_v3_presence_join', function(keys, args)
+-- then what change_tab returns}.
+redis.register_function('tidings_v4_presence_join', function(keys, args)
   local existed = redis.call('HEXISTS', keys[1], args[1])
   redis.call('HSET', keys[1], args[1], args[3])
   local count = 0
@@ -229,23 +244,24 @@ redis.register_function('tidings_v3_presence_join', function(keys, args)
   end
   if count == 1 then
     -- The user's first connection (most joins): no list to read.
-    redis.call('HSET', keys[3], args[2], args[1] .. ' ' .. args[4])
-    return {1, '', args[4], args[1]}
+    -- Its push (a join) is the user's first here.
+    redis.call('HSET', keys[3], args[2], args[1] .. ' ' .. args[4] .. ' #1')
+    return {1, 1, '', args[4], args[1], args[3]}
   end
   local out = {count}
-  for _, v in ipairs(change_tab(keys[3], args[2], args[1], args[4])) do
+  for _, v in ipairs(change_tab(keys[1], keys[3], args[2], args[1], args[4])) do
     table.insert(out, v)
   end
   return out
 end)
 
 -- ARGV: client, user. Returns {connections left for the user (-1 = the client
--- was not there), the removed entry, the user's status before, after, then
--- the user's remaining client ids}.
-redis.register_function('tidings_v3_presence_leave', function(keys, args)
+-- was not there), the removed entry, then what change_tab returns (nothing
+-- when the user left: a leave's push is published once no tab is left)}.
+redis.register_function('tidings_v4_presence_leave', function(keys, args)
   local entry = redis.call('HGET', keys[1], args[1])
   if not entry then
-    return {-1, '', '', ''}
+    return {-1, ''}
   end
   redis.call('HDEL', keys[1], args[1])
   local left = redis.call('HINCRBY', keys[2], args[2], -1)
@@ -253,37 +269,60 @@ redis.register_function('tidings_v3_presence_leave', function(keys, args)
     -- The user's last connection (most leaves): the list goes with it.
     redis.call('HDEL', keys[2], args[2])
     redis.call('HDEL', keys[3], args[2])
-    return {left, entry, '', ''}
+    return {left, entry}
   end
   local out = {left, entry}
-  for _, v in ipairs(change_tab(keys[3], args[2], args[1], nil)) do
+  for _, v in ipairs(change_tab(keys[1], keys[3], args[2], args[1], nil)) do
     table.insert(out, v)
   end
   return out
 end)
 
 -- A connection's new status. KEYS: connections hash, tabs hash.
--- ARGV: client, user, entry with the new status, status. Returns 0 when the
--- client is not there, else 1.
-redis.register_function('tidings_v3_presence_status', function(keys, args)
+-- ARGV: client, user, entry with the new status, status. Returns {0} when the
+-- client is not there, else {1, then what change_tab returns}.
+redis.register_function('tidings_v4_presence_status', function(keys, args)
   if redis.call('HEXISTS', keys[1], args[1]) == 0 then
-    return 0
+    return {0}
   end
   redis.call('HSET', keys[1], args[1], args[3])
-  change_tab(keys[2], args[2], args[1], args[4])
-  return 1
+  local out = {1}
+  for _, v in ipairs(change_tab(keys[1], keys[2], args[2], args[1], args[4])) do
+    table.insert(out, v)
+  end
+  return out
+end)
+
+-- Publishes a presence push unless a later pushed change of the same user on
+-- the channel overtook it (pushes are published after their change, by
+-- whichever node made it, so two can cross). KEYS: tabs hash. ARGV: user, the
+-- push count its change returned ('0' for a leave: published once the user
+-- has no tab left), pub/sub channel, message, '1' for SPUBLISH. Returns
+-- whether it was published.
+redis.register_function('tidings_v4_presence_push', function(keys, args)
+  local stored = redis.call('HGET', keys[1], args[1])
+  local current = stored and (string.match(stored, '#(%d+)$') or '0')
+  if (args[2] == '0' and not stored) or current == args[2] then
+    if args[5] == '1' then
+      redis.call('SPUBLISH', args[3], args[4])
+    else
+      redis.call('PUBLISH', args[3], args[4])
+    end
+    return 1
+  end
+  return 0
 end)
 
 -- Removes every entry of a node that died. ARGV: node id.
 -- Returns the entries of users who have no connection left.
-redis.register_function('tidings_v3_presence_reap', function(keys, args)
+redis.register_function('tidings_v4_presence_reap', function(keys, args)
   local all = redis.call('HGETALL', keys[1])
   local gone = {}
   for i = 1, #all, 2 do
     local entry = cjson.decode(all[i + 1])
     if entry['n'] == args[1] then
       redis.call('HDEL', keys[1], all[i])
-      change_tab(keys[3], entry['u'], all[i], nil)
+      change_tab(keys[1], keys[3], entry['u'], all[i], nil)
       local left = redis.call('HINCRBY', keys[2], entry['u'], -1)
       if left <= 0 then
         redis.call('HDEL', keys[2], entry['u'])
@@ -297,7 +336,7 @@ end)
 -- A node's heartbeat: records its entry and returns every node's entry with
 -- the milliseconds since its last heartbeat, on Redis's clock.
 -- KEYS: nodes hash, heartbeat times hash. ARGV: node, entry JSON.
-redis.register_function('tidings_v3_heartbeat', function(keys, args)
+redis.register_function('tidings_v4_heartbeat', function(keys, args)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if args[1] ~= '' then
