@@ -227,6 +227,28 @@ pub struct Publisher {
     access: AccessPolicy,
     metrics: Arc<Metrics>,
     idempotency_window: Duration,
+    limits: PublishLimits,
+}
+
+/// What one publish may carry: the server API's limits, applied to every way
+/// in (HTTP, consumers, a Rust caller) alike.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishLimits {
+    /// Most bytes of `data` (`api.max_body_size`): a larger event would not
+    /// fit a long poll's reply, and may close subscribers as slow consumers.
+    pub max_data_size: usize,
+    /// Most channels of one broadcast (`api.max_broadcast_channels`).
+    pub max_broadcast_channels: usize,
+}
+
+impl PublishLimits {
+    /// The limits `config` sets.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            max_data_size: config.api.max_body_size,
+            max_broadcast_channels: config.api.max_broadcast_channels,
+        }
+    }
 }
 
 /// The event fields shared by every channel of a multi-channel publish.
@@ -249,7 +271,9 @@ fn check_name(what: &str, value: &str) -> Result<(), PublishError> {
 }
 
 impl Publisher {
-    /// A publisher over `broker`, placing events per the namespaces of `access`.
+    /// A publisher over `broker`, placing events per the namespaces of
+    /// `access`, within the default configuration's limits (see
+    /// [`with_limits`](Self::with_limits)).
     pub fn new(
         broker: Arc<dyn Broker>,
         access: AccessPolicy,
@@ -261,7 +285,14 @@ impl Publisher {
             access,
             metrics,
             idempotency_window,
+            limits: PublishLimits::of(&crate::config::Config::default()),
         }
+    }
+
+    /// The same publisher refusing what is over `limits` with
+    /// [`PublishError::LimitExceeded`].
+    pub fn with_limits(self, limits: PublishLimits) -> Self {
+        Self { limits, ..self }
     }
 
     /// The same publisher remembering idempotency keys for `window` instead
@@ -302,6 +333,7 @@ impl Publisher {
         if request.channels.is_empty() {
             return Err(PublishError::BadRequest("`channels` is empty".into()));
         }
+        request.check_channel_count(self.limits.max_broadcast_channels)?;
         let resolved = request
             .channels
             .iter()
@@ -394,6 +426,12 @@ impl Publisher {
 
     fn check_template(&self, template: &EventTemplate) -> Result<(), PublishError> {
         check_name("event", &template.event)?;
+        let max = self.limits.max_data_size;
+        if template.data.get().len() > max {
+            return Err(PublishError::LimitExceeded(format!(
+                "`data` is over {max} bytes (api.max_body_size)"
+            )));
+        }
         if let Some(key) = &template.idempotency_key {
             check_name("idempotency_key", key)?;
         }
@@ -517,6 +555,45 @@ mod tests {
             exclude_client: None,
             idempotency_key: key.map(str::to_owned),
         }
+    }
+
+    /// A Rust caller gets the server API's limits: `data` within
+    /// `api.max_body_size`, a broadcast within `api.max_broadcast_channels`.
+    #[tokio::test]
+    async fn publishes_over_the_configured_limits_are_refused() {
+        let publisher = Publisher::new(
+            Arc::new(MemoryBroker::new(Duration::from_secs(60))),
+            AccessPolicy::new(&Config::default()),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(60),
+        )
+        .with_limits(PublishLimits {
+            max_data_size: 8,
+            max_broadcast_channels: 2,
+        });
+        let request = |data: &str| {
+            PublishRequest::new(
+                "user:u1",
+                "notice.sent",
+                RawValue::from_string(data.to_owned()).unwrap(),
+            )
+        };
+        assert!(publisher.publish(request("[1,2,3]")).await.is_ok());
+        let big = publisher.publish(request("[1,2,3,4,5]")).await;
+        assert!(
+            matches!(big, Err(PublishError::LimitExceeded(_))),
+            "{big:?}"
+        );
+        let channels = |n: usize| -> Vec<String> { (0..n).map(|i| format!("user:u{i}")).collect() };
+        assert!(publisher
+            .broadcast(broadcast_to(&channels(2), None))
+            .await
+            .is_ok());
+        let wide = publisher.broadcast(broadcast_to(&channels(3), None)).await;
+        assert!(
+            matches!(wide, Err(PublishError::LimitExceeded(_))),
+            "{wide:?}"
+        );
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use crate::engine::{Engine, EngineError};
 use crate::hub::{ConnectionLimits, Hub, HubControl};
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
-use crate::publisher::{PublishError, PublishRequest, Published, Publisher};
+use crate::publisher::{PublishError, PublishLimits, PublishRequest, Published, Publisher};
 use crate::transport;
 use crate::transport::http::client_cors;
 use crate::transport::http::UserRequestLimits;
@@ -115,7 +115,8 @@ impl Tidings {
             access.clone(),
             metrics.clone(),
             config.api.idempotency_window,
-        );
+        )
+        .with_limits(PublishLimits::of(&config));
         let node = config
             .node
             .clone()
