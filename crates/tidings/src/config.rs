@@ -510,6 +510,27 @@ impl Config {
                 return Err(invalid("api_key", "must be at least 16 bytes"));
             }
         }
+        if self.engine.kind == EngineKind::Redis {
+            // Checked here too, so `checkconfig` refuses what `serve` would.
+            let urls: Vec<&str> = self
+                .engine
+                .redis_url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.is_empty() {
+                return Err(invalid("engine.redis_url", "no Redis address given"));
+            }
+            for url in urls {
+                if let Err(err) = redis::IntoConnectionInfo::into_connection_info(url) {
+                    return Err(invalid(
+                        "engine.redis_url",
+                        format!("not a Redis URL ({err})"),
+                    ));
+                }
+            }
+        }
         if self.api.max_broadcast_channels == 0 {
             return Err(invalid(
                 "api.max_broadcast_channels",

@@ -25,7 +25,7 @@ pub struct StreamPosition {
 }
 
 /// A presence status a client can set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     /// Active.
@@ -34,6 +34,21 @@ pub enum PresenceStatus {
     Away,
     /// Do not disturb.
     Busy,
+}
+
+/// From its name only: the derived form would also take `{"away":null}`.
+impl<'de> Deserialize<'de> for PresenceStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        match &*name {
+            "online" => Ok(Self::Online),
+            "away" => Ok(Self::Away),
+            "busy" => Ok(Self::Busy),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown status `{other}`: expected \"online\", \"away\" or \"busy\""
+            ))),
+        }
+    }
 }
 
 /// Which end of history a read starts from.

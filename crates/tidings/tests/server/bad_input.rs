@@ -44,6 +44,14 @@ async fn malformed_requests_get_bad_request_and_the_connection_lives() {
             Some(json!(8)),
         ),
         (
+            r#"{"type": "status", "id": 12, "status": {"away": null}}"#,
+            Some(json!(12)),
+        ),
+        (
+            r#"{"type": "status", "id": 13, "status": null}"#,
+            Some(json!(13)),
+        ),
+        (
             r#"{"type": "auth", "id": 9, "token": "again"}"#,
             Some(json!(9)),
         ),
