@@ -273,6 +273,17 @@ pub struct EngineSettings {
     pub sweep_interval: Duration,
 }
 
+impl EngineSettings {
+    /// The addresses in `redis_url` (one, or a cluster's comma-separated seeds).
+    pub fn redis_urls(&self) -> Vec<&str> {
+        self.redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+}
+
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
@@ -512,13 +523,7 @@ impl Config {
         }
         if self.engine.kind == EngineKind::Redis {
             // Checked here too, so `checkconfig` refuses what `serve` would.
-            let urls: Vec<&str> = self
-                .engine
-                .redis_url
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .collect();
+            let urls = self.engine.redis_urls();
             if urls.is_empty() {
                 return Err(invalid("engine.redis_url", "no Redis address given"));
             }

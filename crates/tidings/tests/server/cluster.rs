@@ -29,6 +29,15 @@ async fn nodes(
     servers
 }
 
+/// The builtin `workspace` namespace with presence pushes on.
+fn with_presence_events(config: &mut tidings::config::Config) {
+    let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
+        .remove("workspace")
+        .unwrap();
+    workspace.presence_events = true;
+    config.namespaces.insert("workspace".into(), workspace);
+}
+
 #[tokio::test]
 async fn an_event_published_on_one_node_reaches_every_node_once_with_one_offset() {
     let redis = RedisServer::start().await;
@@ -112,14 +121,7 @@ async fn a_client_that_leaves_one_node_recovers_on_another() {
 #[tokio::test]
 async fn presence_and_api_actions_reach_every_node() {
     let redis = RedisServer::start().await;
-    let n = nodes(&redis, 2, |config| {
-        let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
-            .remove("workspace")
-            .unwrap();
-        workspace.presence_events = true;
-        config.namespaces.insert("workspace".into(), workspace);
-    })
-    .await;
+    let n = nodes(&redis, 2, with_presence_events).await;
     let mut watcher = n[0].connect_user("watcher", &["acme"]).await;
     watcher.subscribe("workspace:acme").await;
     let mut other = n[1].connect_user("other", &["acme"]).await;
@@ -349,11 +351,7 @@ async fn a_redis_cluster_shards_channels_and_delivers_across_nodes() {
         config.engine.redis_url = cluster.urls();
         config.engine.redis_prefix = prefix.clone();
         config.node = Some(format!("node-{i}"));
-        let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
-            .remove("workspace")
-            .unwrap();
-        workspace.presence_events = true;
-        config.namespaces.insert("workspace".into(), workspace);
+        with_presence_events(&mut config);
         n.push(TestServer::with_config(config).await);
     }
     // Channels whose hash tags land on different shards.
@@ -549,14 +547,7 @@ async fn presence_pushes(watcher: &mut Client, user: &str) -> Vec<String> {
 #[tokio::test]
 async fn simultaneous_changes_of_two_tabs_end_in_the_listed_state() {
     let redis = RedisServer::start().await;
-    let n = nodes(&redis, 2, |config| {
-        let mut workspace = tidings::config::builtin_namespaces(&config.jwt)
-            .remove("workspace")
-            .unwrap();
-        workspace.presence_events = true;
-        config.namespaces.insert("workspace".into(), workspace);
-    })
-    .await;
+    let n = nodes(&redis, 2, with_presence_events).await;
     let mut watcher = n[0].connect_user("watcher", &["acme"]).await;
     watcher.subscribe("workspace:acme").await;
     let status = |status: &str| json!({"type": "status", "status": status});

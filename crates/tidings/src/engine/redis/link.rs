@@ -208,12 +208,7 @@ impl RedisLink {
     /// `push` receives the pub/sub connection's messages and disconnections.
     pub fn new(settings: &EngineSettings, node: &str, push: PushSink) -> Result<Self, ConfigError> {
         let timeout = settings.redis_timeout;
-        let urls: Vec<&str> = settings
-            .redis_url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .collect();
+        let urls = settings.redis_urls();
         if urls.is_empty() {
             return Err(config_error("no Redis address given"));
         }

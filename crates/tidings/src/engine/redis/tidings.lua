@@ -202,6 +202,14 @@ local function status_of(list)
   return best
 end
 
+-- Appends the values of `list` to `out`; returns `out`.
+local function extend(out, list)
+  for _, v in ipairs(list) do
+    table.insert(out, v)
+  end
+  return out
+end
+
 -- Sets (status given) or removes (status nil) `client` among the user's tabs.
 -- Returns {the user's push count, status before, status after, then each
 -- remaining client id and its entry}: when the status changed (a push), the
@@ -248,11 +256,7 @@ redis.register_function('tidings_v4_presence_join', function(keys, args)
     redis.call('HSET', keys[3], args[2], args[1] .. ' ' .. args[4] .. ' #1')
     return {1, 1, '', args[4], args[1], args[3]}
   end
-  local out = {count}
-  for _, v in ipairs(change_tab(keys[1], keys[3], args[2], args[1], args[4])) do
-    table.insert(out, v)
-  end
-  return out
+  return extend({count}, change_tab(keys[1], keys[3], args[2], args[1], args[4]))
 end)
 
 -- ARGV: client, user. Returns {connections left for the user (-1 = the client
@@ -271,11 +275,7 @@ redis.register_function('tidings_v4_presence_leave', function(keys, args)
     redis.call('HDEL', keys[3], args[2])
     return {left, entry}
   end
-  local out = {left, entry}
-  for _, v in ipairs(change_tab(keys[1], keys[3], args[2], args[1], nil)) do
-    table.insert(out, v)
-  end
-  return out
+  return extend({left, entry}, change_tab(keys[1], keys[3], args[2], args[1], nil))
 end)
 
 -- A connection's new status. KEYS: connections hash, tabs hash.
@@ -286,11 +286,7 @@ redis.register_function('tidings_v4_presence_status', function(keys, args)
     return {0}
   end
   redis.call('HSET', keys[1], args[1], args[3])
-  local out = {1}
-  for _, v in ipairs(change_tab(keys[1], keys[2], args[2], args[1], args[4])) do
-    table.insert(out, v)
-  end
-  return out
+  return extend({1}, change_tab(keys[1], keys[2], args[2], args[1], args[4]))
 end)
 
 -- Publishes a presence push unless a later pushed change of the same user on
