@@ -292,8 +292,10 @@ impl Subscriptions {
                 info: identity.info.clone(),
             };
             match state.presence.join(&channel, me).await {
-                Ok(Some(change)) => announce(&state.hub, &*state.presence, &channel, change).await,
-                Ok(None) => {}
+                Ok(Some(change)) if namespace.config.presence_events => {
+                    announce(&state.hub, &*state.presence, &channel, change).await
+                }
+                Ok(_) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
             }
         }
@@ -442,8 +444,10 @@ impl Subscriptions {
                 .set_status(channel, &connection.user, &connection.client_id, status)
                 .await
             {
-                Ok(Some(change)) => announce(&state.hub, &*state.presence, channel, change).await,
-                Ok(None) => {}
+                Ok(Some(change)) if pushes_presence(state, channel) => {
+                    announce(&state.hub, &*state.presence, channel, change).await
+                }
+                Ok(_) => {}
                 Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
             }
         }
@@ -481,11 +485,14 @@ const LEAVE_RETRY_DELAYS: [Duration; 5] = [
 async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: &Connection) {
     let (user, client) = (&connection.user, &connection.client_id);
     match state.presence.leave(channel, user, client).await {
-        Ok(Some(change)) => announce(&state.hub, &*state.presence, channel, change).await,
-        Ok(None) => {}
+        Ok(Some(change)) if pushes_presence(state, channel) => {
+            announce(&state.hub, &*state.presence, channel, change).await
+        }
+        Ok(_) => {}
         Err(err) => {
             tracing::warn!(%channel, error = %err, "presence leave failed; trying again in the background");
             let (presence, hub) = (state.presence.clone(), state.hub.clone());
+            let pushes = pushes_presence(state, channel);
             let (channel, user, client) = (channel.clone(), user.clone(), client.clone());
             let key = connection.key;
             tokio::spawn(async move {
@@ -495,7 +502,7 @@ async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: 
                         return;
                     }
                     if let Ok(change) = presence.leave(&channel, &user, &client).await {
-                        if let Some(change) = change {
+                        if let Some(change) = change.filter(|_| pushes) {
                             announce(&hub, &*presence, &channel, change).await;
                         }
                         return;
@@ -505,6 +512,16 @@ async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: 
             });
         }
     }
+}
+
+/// Whether `channel`'s namespace pushes presence changes (`presence_events`):
+/// without it no subscriber gets them, and they are not sent at all (on Redis
+/// each would cost a call and a message to every node on the channel).
+fn pushes_presence(state: &ServerState, channel: &ChannelName) -> bool {
+    state
+        .access
+        .namespace(channel)
+        .is_ok_and(|namespace| namespace.config.presence_events)
 }
 
 /// Pushes a presence change to the channel's subscribers that may see presence.
