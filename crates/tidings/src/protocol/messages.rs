@@ -75,8 +75,8 @@ pub enum Request {
     Subscribe {
         /// Channel name.
         channel: String,
-        /// Where the client stopped.
-        #[serde(default)]
+        /// Where the client stopped (an object: `[offset, epoch]` is refused).
+        #[serde(default, deserialize_with = "super::json_object::optional_object")]
         since: Option<StreamPosition>,
     },
     /// Leave a channel.
@@ -97,8 +97,8 @@ pub enum Request {
     History {
         /// Channel name.
         channel: String,
-        /// Return events after this position.
-        #[serde(default)]
+        /// Return events after this position (an object).
+        #[serde(default, deserialize_with = "super::json_object::optional_object")]
         since: Option<StreamPosition>,
         /// At most this many events.
         #[serde(default)]

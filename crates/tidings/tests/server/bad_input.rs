@@ -44,6 +44,14 @@ async fn malformed_requests_get_bad_request_and_the_connection_lives() {
             Some(json!(8)),
         ),
         (
+            r#"{"type": "subscribe", "id": 14, "channel": "workspace:acme", "since": [1, "e"]}"#,
+            Some(json!(14)),
+        ),
+        (
+            r#"{"type": "history", "id": 15, "channel": "workspace:acme", "since": [1, "e"]}"#,
+            Some(json!(15)),
+        ),
+        (
             r#"{"type": "status", "id": 12, "status": {"away": null}}"#,
             Some(json!(12)),
         ),
