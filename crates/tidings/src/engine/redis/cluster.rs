@@ -253,9 +253,13 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut control_subscribed = false;
-    let mut last_touch = tokio::time::Instant::now();
+    // On the ticks' schedule, not the time a beat ends: measured after a
+    // beat, a touch one heartbeat later looked a hair early and was put off
+    // to the next tick, so positions were extended every two heartbeats, the
+    // very lifetime they get.
+    let mut last_touch: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        let ticked = tick.tick().await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -286,8 +290,8 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
                 tracing::warn!(node = %dead, error = %err, "could not clean up after a dead node");
             }
         }
-        if last_touch.elapsed() >= touch_every {
-            last_touch = tokio::time::Instant::now();
+        if last_touch.is_none_or(|last| ticked.saturating_duration_since(last) >= touch_every) {
+            last_touch = Some(ticked);
             shared.tell(Incoming::Touch);
         }
     }
