@@ -348,6 +348,7 @@ impl SseSession {
                 self.delivered.set(channel, epoch, *offset);
             }
         }
+        let mut engine_down = false;
         for channel in channels {
             let since = resume.position(&channel);
             let connection = self.connection.clone();
@@ -367,6 +368,7 @@ impl SseSession {
             let subscribed = match result {
                 Ok(subscribed) => subscribed,
                 Err(refusal) => {
+                    engine_down |= refusal.code == ErrorCode::EngineUnavailable;
                     self.delivered.positions.remove(&channel);
                     let error = json!({
                         "type": "error",
@@ -407,6 +409,16 @@ impl SseSession {
                 self.delivered
                     .set(&channel, &position.epoch, position.offset);
             }
+        }
+        if engine_down {
+            // A stream cannot subscribe again: end it so that the client
+            // (EventSource after `retry:`, the SDK with backoff) opens a new one,
+            // resuming what it got, instead of staying open deaf to a channel.
+            self.push_end(
+                &mut out,
+                CloseCode::Reconnect,
+                Some("the engine is unavailable; reconnect".to_owned()),
+            );
         }
         Bytes::from(out)
     }
@@ -461,6 +473,13 @@ impl SseSession {
 
     /// The `disconnect` message; the body ends after it.
     fn end(&mut self, code: CloseCode, reason: Option<String>) -> Bytes {
+        let mut out = String::new();
+        self.push_end(&mut out, code, reason);
+        Bytes::from(out)
+    }
+
+    /// Writes the `disconnect` message to `out`; the body ends after it.
+    fn push_end(&mut self, out: &mut String, code: CloseCode, reason: Option<String>) {
         self.phase = Phase::Done;
         if code == CloseCode::SlowConsumer {
             self.state.metrics.slow_consumer_closed();
@@ -470,9 +489,7 @@ impl SseSession {
             reason: reason.unwrap_or_else(|| code.default_reason().to_owned()),
             reconnect: code.reconnect(),
         };
-        let mut out = String::new();
-        push_message(&mut out, None, "disconnect", &notice.to_json());
-        Bytes::from(out)
+        push_message(out, None, "disconnect", &notice.to_json());
     }
 
     async fn write_queued(&mut self, first: Outbound) -> Bytes {

@@ -1193,6 +1193,56 @@ async fn an_sse_stream_whose_redis_lost_its_state_ends_and_resumes_as_unrecovera
     assert_eq!(lost["reason"], "epoch_changed", "{lost}");
 }
 
+/// An SSE stream opened while Redis is away tells which channels failed, then
+/// ends asking for a reconnect (it cannot subscribe again by itself; left
+/// open it stayed deaf to those channels after Redis came back), and the
+/// reconnect after Redis returned is subscribed.
+#[tokio::test]
+async fn an_sse_stream_opened_while_redis_is_away_ends_asking_for_a_reconnect() {
+    let mut redis = RedisServer::start().await;
+    let mut config = base_config();
+    config.engine.kind = tidings::config::EngineKind::Redis;
+    config.engine.redis_url = redis.url();
+    config.engine.redis_prefix = unique_prefix();
+    config.engine.redis_timeout = Duration::from_millis(500);
+    let server = TestServer::with_config(config).await;
+    let token = token("u1", &["acme"], &[]);
+    redis.kill();
+    let mut stream = SseStream::open(&server, "channel=workspace:acme", &token).await;
+    stream.expect("connected").await;
+    let failed = stream.expect("error").await.json();
+    assert_eq!(failed["code"], "engine_unavailable", "{failed}");
+    let disconnect = stream.expect("disconnect").await.json();
+    assert_eq!(
+        (
+            disconnect["code"].as_u64(),
+            disconnect["reconnect"].as_bool()
+        ),
+        (Some(4000), Some(true)),
+        "{disconnect}"
+    );
+    assert!(
+        stream.next(Duration::from_secs(2)).await.is_none(),
+        "the body ends"
+    );
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = SseStream::open(&server, "channel=workspace:acme", &token).await;
+        again.expect("connected").await;
+        let next = again.next(WAIT).await.expect("a message after connected");
+        if next.event == "subscribed" {
+            break;
+        }
+        assert_eq!(next.event, "error", "{}", next.data);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A short poller on a channel nobody publishes to or subscribes to keeps its
 /// epoch while it keeps polling, though such a channel is kept only briefly
 /// (here `position_ttl`, 1 s) after its last read: then it is forgotten.
