@@ -601,27 +601,29 @@ async fn simultaneous_changes_of_two_tabs_end_in_the_listed_state() {
 #[tokio::test]
 async fn a_followed_position_is_extended_every_touch_interval() {
     let redis = RedisServer::start().await;
-    let prefix_holder = std::sync::Mutex::new(String::new());
     let n = nodes(&redis, 1, |config| {
         config.engine.position_ttl = Duration::from_millis(1000);
         config.engine.node_ttl = Duration::from_secs(3);
-        *prefix_holder.lock().unwrap() = config.engine.redis_prefix.clone();
     })
     .await;
-    let prefix = prefix_holder.lock().unwrap().clone();
     let mut client = n[0].connect_user("u1", &["acme"]).await;
     // No event, so no history keeps the key longer than the touches do.
     client.subscribe("workspace:acme").await;
     // Heartbeat 1 s, so a touch every 1 s giving 2 s to live.
-    let key = format!("{prefix}:{{workspace:acme}}:m");
+    let redis_cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let key = redis_cli(&["--scan", "--pattern", "*:{workspace:acme}:m"]);
+    assert!(key.ends_with(":{workspace:acme}:m"), "{key:?}");
     let mut lowest = i64::MAX;
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < until {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string(), "PTTL", &key])
-            .output()
-            .unwrap();
-        let pttl: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let pttl: i64 = redis_cli(&["PTTL", &key]).parse().unwrap();
         lowest = lowest.min(pttl);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -92,6 +92,24 @@ impl SseStream {
         }
     }
 
+    /// Waits for `disconnect` 4000 with `reconnect: true`, then the end of
+    /// the body: the stream cannot subscribe again by itself.
+    async fn expect_reconnect_end(&mut self) {
+        let disconnect = self.expect("disconnect").await.json();
+        assert_eq!(
+            (
+                disconnect["code"].as_u64(),
+                disconnect["reconnect"].as_bool()
+            ),
+            (Some(4000), Some(true)),
+            "{disconnect}"
+        );
+        assert!(
+            self.next(Duration::from_secs(2)).await.is_none(),
+            "the body ends"
+        );
+    }
+
     /// The next message, or `None` if the stream ends or `wait` passes.
     async fn next(&mut self, wait: Duration) -> Option<SseMessage> {
         let deadline = tokio::time::Instant::now() + wait;
@@ -1152,15 +1170,20 @@ async fn an_sse_reader_that_stops_reading_is_dropped_after_heartbeat_and_pong_ti
     drop(stream);
 }
 
-#[tokio::test]
-async fn an_sse_stream_whose_redis_lost_its_state_ends_and_resumes_as_unrecoverable() {
-    let mut redis = RedisServer::start().await;
+/// One node on `redis`, with a short `redis_timeout`.
+async fn node_on(redis: &RedisServer) -> TestServer {
     let mut config = base_config();
     config.engine.kind = tidings::config::EngineKind::Redis;
     config.engine.redis_url = redis.url();
     config.engine.redis_prefix = unique_prefix();
     config.engine.redis_timeout = Duration::from_millis(500);
-    let server = TestServer::with_config(config).await;
+    TestServer::with_config(config).await
+}
+
+#[tokio::test]
+async fn an_sse_stream_whose_redis_lost_its_state_ends_and_resumes_as_unrecoverable() {
+    let mut redis = RedisServer::start().await;
+    let server = node_on(&redis).await;
     let token = token("u1", &["acme"], &[]);
     let mut stream = SseStream::open(&server, "channel=workspace:acme", &token).await;
     stream.expect("connected").await;
@@ -1171,19 +1194,7 @@ async fn an_sse_stream_whose_redis_lost_its_state_ends_and_resumes_as_unrecovera
 
     redis.restart().await;
     // The stream cannot resubscribe by itself: it ends, asking for a reconnect.
-    let disconnect = stream.expect("disconnect").await.json();
-    assert_eq!(
-        (
-            disconnect["code"].as_u64(),
-            disconnect["reconnect"].as_bool()
-        ),
-        (Some(4000), Some(true)),
-        "{disconnect}"
-    );
-    assert!(
-        stream.next(Duration::from_secs(2)).await.is_none(),
-        "the body ends"
-    );
+    stream.expect_reconnect_end().await;
     let mut again = SseStream::open_with(&server, "channel=workspace:acme", |r| {
         r.bearer_auth(&token).header("Last-Event-ID", &last_id)
     })
@@ -1200,31 +1211,14 @@ async fn an_sse_stream_whose_redis_lost_its_state_ends_and_resumes_as_unrecovera
 #[tokio::test]
 async fn an_sse_stream_opened_while_redis_is_away_ends_asking_for_a_reconnect() {
     let mut redis = RedisServer::start().await;
-    let mut config = base_config();
-    config.engine.kind = tidings::config::EngineKind::Redis;
-    config.engine.redis_url = redis.url();
-    config.engine.redis_prefix = unique_prefix();
-    config.engine.redis_timeout = Duration::from_millis(500);
-    let server = TestServer::with_config(config).await;
+    let server = node_on(&redis).await;
     let token = token("u1", &["acme"], &[]);
     redis.kill();
     let mut stream = SseStream::open(&server, "channel=workspace:acme", &token).await;
     stream.expect("connected").await;
     let failed = stream.expect("error").await.json();
     assert_eq!(failed["code"], "engine_unavailable", "{failed}");
-    let disconnect = stream.expect("disconnect").await.json();
-    assert_eq!(
-        (
-            disconnect["code"].as_u64(),
-            disconnect["reconnect"].as_bool()
-        ),
-        (Some(4000), Some(true)),
-        "{disconnect}"
-    );
-    assert!(
-        stream.next(Duration::from_secs(2)).await.is_none(),
-        "the body ends"
-    );
+    stream.expect_reconnect_end().await;
     redis.restart().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
