@@ -15,8 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{
-    free_port, next_json, start_redis, start_redis_with, wait_listening, Process, Redis,
-    ScratchFile, Ws,
+    next_json, spawn_tidings, start_redis, start_redis_with, Process, Redis, ScratchFile, Ws,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
@@ -41,17 +40,14 @@ async fn start_node_with(
     config: &std::path::Path,
     env: &[(&str, &str)],
 ) -> Node {
-    let port = free_port();
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars() {
         if key.starts_with("TIDINGS_") || key == "RUST_LOG" {
             cmd.env_remove(key);
         }
     }
-    let child = cmd
-        .arg("--config")
+    cmd.arg("--config")
         .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("TIDINGS_JWT_SECRET", SECRET)
         .env("TIDINGS_API_KEY", API_KEY)
         .env("TIDINGS_NODE", name)
@@ -63,16 +59,9 @@ async fn start_node_with(
         .env("TIDINGS_ENGINE_NODE_TTL", "2s")
         .env("TIDINGS_LOG_LEVEL", "warn")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tidings");
-    let node = Node {
-        process: Process(child),
-        port,
-    };
-    wait_listening(port).await;
-    node
+        .stderr(Stdio::null());
+    let (process, port) = spawn_tidings(cmd).await;
+    Node { process, port }
 }
 
 fn write_config(history_size: usize, presence_events: bool) -> ScratchFile {
@@ -425,7 +414,7 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl_even_if_it_restarts_at_
 #[tokio::test]
 async fn a_refused_password_is_an_outage() {
     const PASSWORD: &str = "the-right-password-0123";
-    let redis = start_redis_with(free_port(), &["--requirepass", PASSWORD]).await;
+    let redis = start_redis_with(&["--requirepass", PASSWORD]).await;
     let config = write_config(100, false);
     let none = start_node(&redis, "none", &config).await;
     let wrong = start_node_with(

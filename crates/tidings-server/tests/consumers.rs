@@ -21,8 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{
-    free_port, next_json, start_redis, start_redis_on, temp_dir, wait_listening, Process, Redis,
-    ScratchDir, ScratchFile, Ws,
+    free_port, next_json, spawn_tidings, start_redis, start_redis_on, temp_dir, wait_listening,
+    Process, Redis, ScratchDir, ScratchFile, Ws,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
@@ -239,7 +239,6 @@ channels = ["workspace:{tenantId}", "{source}:{tenantId}"]
 "#;
 
 async fn start_node(config: &Path, name: &str, redis_engine: Option<&Redis>) -> Node {
-    let port = free_port();
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars() {
         if key.starts_with("TIDINGS_") || key == "RUST_LOG" {
@@ -251,24 +250,15 @@ async fn start_node(config: &Path, name: &str, redis_engine: Option<&Redis>) -> 
             .env("TIDINGS_ENGINE_REDIS_URL", redis.url());
     }
     let log = std::env::var("TEST_TIDINGS_LOG").is_ok();
-    let child = cmd
-        .arg("--config")
+    cmd.arg("--config")
         .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("TIDINGS_JWT_SECRET", SECRET)
         .env("TIDINGS_API_KEY", API_KEY)
         .env("TIDINGS_NODE", name)
         .env("TIDINGS_LOG_LEVEL", if log { "info" } else { "warn" })
-        .stdout(Stdio::null())
-        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .expect("spawn tidings");
-    let node = Node {
-        process: Process(child),
-        port,
-    };
-    wait_listening(port).await;
-    node
+        .stderr(if log { Stdio::inherit() } else { Stdio::null() });
+    let (process, port) = spawn_tidings(cmd).await;
+    Node { process, port }
 }
 
 fn token() -> String {

@@ -89,6 +89,43 @@ pub async fn wait_listening(port: u16) {
     }
 }
 
+/// Spawns `tidings` (a command with its arguments, without `--listen`) on a
+/// port the kernel picks, and returns it once it listens there, with the port.
+/// The port is read from its `listening on` line: a port found free
+/// beforehand could be taken (by another test's outgoing connection) before
+/// the server binds it, and the server would exit.
+pub async fn spawn_tidings(mut cmd: Command) -> (Process, u16) {
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tidings");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let process = Process(child);
+    let address = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let address = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            line.strip_prefix("listening on ")
+                .map(|address| address.trim().to_owned())
+        });
+        // Drained to the end, so the server never blocks writing to stdout.
+        std::thread::spawn(move || lines.for_each(drop));
+        address
+    });
+    let address = tokio::time::timeout(Duration::from_secs(30), address)
+        .await
+        .expect("tidings said it is listening within 30 s")
+        .expect("stdout reader")
+        .expect("tidings printed `listening on` before exiting");
+    let port = address
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("a port in {address:?}"));
+    (process, port)
+}
+
 /// A process stopped with SIGKILL on drop.
 pub struct Process(pub Child);
 
@@ -124,16 +161,30 @@ impl Redis {
 
 /// A `redis-server` on a free port.
 pub async fn start_redis() -> Redis {
-    start_redis_on(free_port()).await
+    start_redis_with(&[]).await
+}
+
+/// A `redis-server` on a free port with `extra` arguments (`--requirepass …`).
+/// A port found free can be taken (by another test's outgoing connection)
+/// before redis-server binds it; it then exits and another port is tried.
+pub async fn start_redis_with(extra: &[&str]) -> Redis {
+    for _ in 0..5 {
+        if let Some(redis) = try_start_redis(free_port(), extra).await {
+            return redis;
+        }
+    }
+    panic!("redis-server exited before listening, on 5 ports in a row")
 }
 
 /// A `redis-server` on `port` (a restart on the port a stopped one had).
 pub async fn start_redis_on(port: u16) -> Redis {
-    start_redis_with(port, &[]).await
+    try_start_redis(port, &[])
+        .await
+        .unwrap_or_else(|| panic!("redis-server exited before listening on {port}"))
 }
 
-/// A `redis-server` on `port` with `extra` arguments (`--requirepass …`).
-pub async fn start_redis_with(port: u16, extra: &[&str]) -> Redis {
+/// A `redis-server` on `port` once it listens; None if it exited first.
+async fn try_start_redis(port: u16, extra: &[&str]) -> Option<Redis> {
     let dir = temp_dir("redis");
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -145,13 +196,26 @@ pub async fn start_redis_with(port: u16, extra: &[&str]) -> Redis {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
-    let redis = Redis {
+    let mut redis = Redis {
         _process: Process(child),
         port,
         _dir: dir,
     };
-    wait_listening(port).await;
-    redis
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listening = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok();
+        // Something else may listen there: the server must still be running.
+        if !matches!(redis._process.0.try_wait(), Ok(None)) {
+            return None;
+        }
+        if listening {
+            return Some(redis);
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub type Ws =

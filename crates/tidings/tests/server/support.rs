@@ -75,24 +75,32 @@ impl RedisServer {
 
     /// Starts a Redis; `persistent` turns on the append-only file (fsync always).
     pub async fn start_with(persistent: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = std::env::temp_dir().join(format!("tidings-redis-{}", unique_prefix()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
             child: None,
-            port,
+            port: 0,
             dir,
             persistent,
         };
-        server.spawn().await;
-        server
+        // A port found free can be taken (by another test's outgoing
+        // connection) before redis-server binds it: it exits, and another
+        // port is tried.
+        for _ in 0..5 {
+            server.port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("redis-server exited before listening, on 5 ports in a row")
     }
 
-    async fn spawn(&mut self) {
+    /// Starts redis-server on `self.port`; false if it exited before listening.
+    async fn spawn(&mut self) -> bool {
         let mut cmd = std::process::Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -105,16 +113,25 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .expect("redis-server (Debian package redis-server; scripts/test.sh installs it)");
-        self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
+        loop {
+            let listening = TcpStream::connect(("127.0.0.1", self.port)).await.is_ok();
+            // Something else may listen there: the server must still be running.
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+            if listening {
+                self.child = Some(child);
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not start");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -134,7 +151,11 @@ impl RedisServer {
     /// Starts it again on the same port and directory.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "redis-server exited before listening on {}",
+            self.port
+        );
     }
 }
 
