@@ -16,10 +16,11 @@ use crate::access::AccessPolicy;
 use crate::config::{Config, ConfigError, EngineKind};
 use crate::engine::cluster::{Cluster, NodeInfo};
 use crate::engine::presence::PresenceStore;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, HistoryPage, HistoryQuery};
 use crate::hub::{ConnectionLimits, Hub, HubControl};
 use crate::metrics::Metrics;
-use crate::protocol::CloseCode;
+use crate::protocol::messages::PresenceMember;
+use crate::protocol::{ChannelName, CloseCode};
 use crate::publisher::{PublishError, PublishLimits, PublishRequest, Published, Publisher};
 use crate::transport;
 use crate::transport::http::client_cors;
@@ -182,6 +183,58 @@ impl Tidings {
     /// Publishes one event, as `POST /api/publish` does.
     pub async fn publish(&self, request: PublishRequest) -> Result<Published, PublishError> {
         self.state.publisher.publish(request).await
+    }
+
+    /// Closes `user`'s connections on every node with `code` and `reason`
+    /// (each code's default reason when `None`), as `POST /api/disconnect`
+    /// does; returns how many this node closed.
+    pub async fn disconnect_user(
+        &self,
+        user: &str,
+        code: CloseCode,
+        reason: Option<String>,
+    ) -> Result<usize, EngineError> {
+        self.state.cluster.disconnect_user(user, code, reason).await
+    }
+
+    /// Ends `user`'s subscriptions to `channel` on every node (each
+    /// connection gets an `unsubscribed` push with `reason`), as
+    /// `POST /api/unsubscribe` does; returns how many this node ended.
+    pub async fn unsubscribe_user(
+        &self,
+        user: &str,
+        channel: &ChannelName,
+        reason: &str,
+    ) -> Result<usize, EngineError> {
+        self.state
+            .cluster
+            .unsubscribe_user(user, channel, reason)
+            .await
+    }
+
+    /// Who is on `channel`, on every node, as `GET /api/presence` lists them.
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<PresenceMember>, EngineError> {
+        self.state.presence.members(channel).await
+    }
+
+    /// A page of `channel`'s history with its current position, as
+    /// `GET /api/history` reads it (every event: audience and exclusion do
+    /// not apply).
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        self.state.hub.broker().history(channel, query).await
+    }
+
+    /// Every live node of the cluster, this one first, as `GET /api/info`
+    /// lists them.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        self.state.nodes().await
     }
 
     /// Shared state, for transports and tests.

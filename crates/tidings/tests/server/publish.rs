@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use tidings::engine::HistoryQuery;
+use tidings::protocol::{ChannelName, CloseCode};
+
 use crate::support::*;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -523,4 +526,68 @@ async fn api_disconnect_and_unsubscribe_by_user() {
     let closed = carol.closed(WAIT).await;
     assert_eq!(closed.code, 4000);
     assert_eq!(closed.disconnect.unwrap()["reason"], reason.as_str());
+}
+
+/// What the server API does for backends, an embedding Rust backend does
+/// through `Tidings` directly.
+#[tokio::test]
+async fn an_embedding_backend_reads_presence_and_history_and_ends_connections() {
+    let server = TestServer::start().await;
+    let tidings = &server.tidings;
+    let channel = ChannelName::parse("workspace:acme").unwrap();
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    client.subscribe("workspace:acme").await;
+    let mut other = server.connect_user("u2", &["acme"]).await;
+    other.subscribe("workspace:acme").await;
+
+    let members = tidings.presence(&channel).await.unwrap();
+    let mut users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    users.sort_unstable();
+    assert_eq!(users, ["u1", "u2"]);
+
+    for i in 1..=3 {
+        server
+            .publish("workspace:acme", "e", json!({ "i": i }))
+            .await;
+    }
+    let page = tidings
+        .history(
+            &channel,
+            &HistoryQuery {
+                after: Some(1),
+                limit: None,
+                newest_first: false,
+            },
+        )
+        .await
+        .unwrap();
+    let read: Vec<u64> = page.events.iter().map(|e| e.offset).collect();
+    assert_eq!(read, [2, 3]);
+    assert_eq!(page.position.offset, 3);
+    assert!(page.complete);
+    assert_eq!(tidings.nodes().await.unwrap().len(), 1);
+
+    let ended = tidings
+        .unsubscribe_user("u1", &channel, "moved out")
+        .await
+        .unwrap();
+    assert_eq!(ended, 1);
+    let push = client
+        .wait_for("unsubscribed", |m| m["type"] == "unsubscribed")
+        .await;
+    assert_eq!(push["channel"], "workspace:acme");
+    assert_eq!(push["reason"], "moved out");
+
+    let closed = tidings
+        .disconnect_user("u2", CloseCode::DisconnectedByApi, Some("bye".into()))
+        .await
+        .unwrap();
+    assert_eq!(closed, 1);
+    let closed = other.closed(Duration::from_secs(5)).await;
+    assert_eq!(closed.code, CloseCode::DisconnectedByApi.code());
+    assert_eq!(closed.disconnect.unwrap()["reason"], "bye");
+    // u1 stays connected, off the channel: it has the three events from
+    // before and no more.
+    server.publish("workspace:acme", "e", json!({})).await;
+    assert_eq!(offsets(&client.drain_events(QUIET).await), [1, 2, 3]);
 }
