@@ -298,16 +298,23 @@ class FlakyFront:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 front.bodies.append(body)
+                encoding = None
                 if front.failures:
                     status, reply = front.failures.pop(0)
-                    raw = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
-                    kind = "text/html" if isinstance(reply, str) else "application/json"
+                    if isinstance(reply, bytes):
+                        # A body that claims gzip and is not: an answer no client can decode.
+                        raw, kind, encoding = reply, "application/json", "gzip"
+                    else:
+                        raw = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
+                        kind = "text/html" if isinstance(reply, str) else "application/json"
                 else:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                     upstream = httpx.request(self.command, front.target + self.path, headers=headers, content=body or None)
                     status, raw, kind = upstream.status_code, upstream.content, "application/json"
                 self.send_response(status)
                 self.send_header("content-type", kind)
+                if encoding:
+                    self.send_header("content-encoding", encoding)
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)

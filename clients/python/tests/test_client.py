@@ -209,6 +209,18 @@ def test_5xx_and_engine_unavailable_are_retried_with_one_key(make_client: MakeCl
         front.close()
 
 
+def test_an_answer_that_cannot_be_decoded_is_a_connection_failure(make_client: MakeClient, server: Server) -> None:
+    front = FlakyFront(server.url, [(200, b"not gzip at all")] * 10)
+    try:
+        client = make_client(front.url, server.api_key, retries=1, min_backoff=0.01)
+        with pytest.raises(TidingsConnectionError) as caught:
+            client.info()
+        assert (caught.value.code, caught.value.attempts) == ("connection_failed", 2)
+        assert len(front.bodies) == 2, "retried like a dropped connection"
+    finally:
+        front.close()
+
+
 def test_503_for_good_carries_engine_unavailable(make_client: MakeClient, server: Server) -> None:
     front = FlakyFront(server.url, [(503, {"error": {"code": "engine_unavailable", "message": "down"}})] * 10)
     try:

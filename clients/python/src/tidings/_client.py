@@ -270,7 +270,7 @@ def _read(operation: _Operation[T], response: httpx.Response) -> Union[T, _Failu
     )
 
 
-def _transport_failure(operation: _Operation[Any], err: httpx.TransportError, timeout: float) -> _Failure:
+def _transport_failure(operation: _Operation[Any], err: httpx.RequestError, timeout: float) -> _Failure:
     where = f"{operation.method} {operation.path}"
     if isinstance(err, httpx.TimeoutException):
         return _Failure(
@@ -431,7 +431,9 @@ class Tidings:
             try:
                 response = self._http.request(**settings.request(operation), timeout=timeout)
                 outcome = _read(operation, response)
-            except httpx.TransportError as err:
+            # Transport errors, and an answer that cannot be decoded (a
+            # broken Content-Encoding) or redirects without end.
+            except httpx.RequestError as err:
                 outcome = _transport_failure(operation, err, timeout)
             if not isinstance(outcome, _Failure):
                 return outcome
@@ -583,7 +585,9 @@ class AsyncTidings:
             try:
                 response = await self._http.request(**settings.request(operation), timeout=timeout)
                 outcome = _read(operation, response)
-            except httpx.TransportError as err:
+            # Transport errors, and an answer that cannot be decoded (a
+            # broken Content-Encoding) or redirects without end.
+            except httpx.RequestError as err:
                 outcome = _transport_failure(operation, err, timeout)
             if not isinstance(outcome, _Failure):
                 return outcome
