@@ -251,6 +251,57 @@ describe('giving up and stopping', () => {
     }
   });
 
+  test('retry() while the first connect is failing attempts at once instead of waiting', async () => {
+    let server = await startServer();
+    const { port, secret, apiKey } = server;
+    await server.stop();
+    const { client, states } = makeClient(server, { reconnect: { minDelay: 8000, maxDelay: 8000, maxAttempts: 5 } });
+    try {
+      await waitFor(() => client.state === 'connecting' && client.stateInfo.nextAttemptAt, {
+        message: 'waiting before the next attempt',
+      });
+      assert.ok(client.stateInfo.nextAttemptAt - Date.now() > 4000, 'a long wait is scheduled');
+      server = await startServer({ port, secret, apiKey });
+      const started = Date.now();
+      client.retry();
+      await waitFor(() => client.state === 'connected', { timeout: 4000, message: 'connected right after retry()' });
+      assert.ok(Date.now() - started < 4000);
+      assert.ok(!states.some((s) => s.state === 'failed' || s.state === 'reconnecting'), 'no restart, no reconnecting');
+    } finally {
+      client.close();
+      await server.stop();
+    }
+  });
+
+  test('close() ends in disconnected with one state event, clientId null', async () => {
+    const server = await startServer();
+    try {
+      const { client, states } = makeClient(server);
+      collect(client, 'workspace:acme:closing');
+      await waitFor(() => client.state === 'connected');
+      assert.match(client.clientId, /^c_/);
+      const seen = states.length;
+      client.close();
+      assert.equal(client.state, 'disconnected');
+      assert.equal(client.clientId, null);
+      assert.equal(client.stateInfo.previous, 'connected');
+      assert.deepEqual(client.stateInfo.reason, { code: 1000, message: 'client closed' });
+      assert.equal(client.stateInfo.nextAttemptAt, undefined);
+      assert.deepEqual(
+        states.slice(seen).map((s) => s.state),
+        ['disconnected'],
+        'one state event',
+      );
+      client.close();
+      await sleep(100);
+      assert.equal(states.length, seen + 1, 'a second close() emits nothing');
+      await waitFor(async () => (await server.connections()) === 0, { message: 'socket closed' });
+      await assert.rejects(client.publish('chat:r', 'e', {}), { code: 'disconnected' });
+    } finally {
+      await server.stop();
+    }
+  });
+
   test('close 4500 (and 4502) stop: disconnected, no reconnect', async () => {
     const server = await startServer();
     try {

@@ -12,6 +12,7 @@ import {
   useConnectionState,
   useEntitySubscription,
   useSubscription,
+  useTidings,
 } from '@tidings/react';
 import { useTidingsQueryBridge } from '@tidings/react/query';
 import { startServer, waitFor, type Server } from './server';
@@ -101,7 +102,9 @@ describe('provider, connection state, status indicator', () => {
   });
 
   test('a provider given options creates the client and closes it on unmount', async () => {
+    let created: TidingsClient | null = null;
     function Grab() {
+      created = useTidings();
       const info = useConnectionState();
       return <p>{info.state}</p>;
     }
@@ -118,7 +121,15 @@ describe('provider, connection state, status indicator', () => {
       </TidingsProvider>,
     );
     await screen.findByText('connected');
+    const client = created as TidingsClient | null;
+    if (!client) throw new Error('no client');
+    const states: string[] = [];
+    client.on('state', (info) => states.push(info.state));
     unmount();
+    expect(client.state).toBe('disconnected');
+    expect(client.clientId).toBeNull();
+    expect(client.stateInfo.reason).toEqual({ code: 1000, message: 'client closed' });
+    expect(states).toEqual(['disconnected']);
   });
 });
 

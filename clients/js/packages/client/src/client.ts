@@ -275,10 +275,16 @@ export class TidingsClient extends Emitter<ClientEvents> {
     this.#control('reauthenticate');
   }
 
-  /** Releases everything: subscriptions, the connection (or this tab's share of it). */
+  /**
+   * Releases everything: subscriptions, the connection (or this tab's share of
+   * it). Ends in `disconnected` (reason `{code: 1000, message: 'client closed'}`,
+   * `clientId` null), with one `state` event unless it already was.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    // The connection's own end state (`disconnect('client closed')`) when this tab holds it.
+    const connection = this.#hub?.connection ?? null;
     for (const entry of this.#channels.values()) for (const sub of entry.subs) sub.deactivate();
     this.#channels.clear();
     this.#backend?.close();
@@ -286,6 +292,20 @@ export class TidingsClient extends Emitter<ClientEvents> {
     this.#tabs?.stop();
     this.#tabs = null;
     this.#dropHub();
+    if (this.#info.state === 'disconnected') return;
+    let end = connection?.info;
+    if (end?.state !== 'disconnected') {
+      // A follower tab (the leader keeps the shared connection): the same end state.
+      const { nextAttemptAt: _, ...rest } = this.#info;
+      end = {
+        ...rest,
+        state: 'disconnected',
+        previous: this.#info.state,
+        clientId: null,
+        reason: { code: 1000, message: 'client closed' },
+      };
+    }
+    this.#onState(end);
   }
 
   #control(op: ControlOp): void {

@@ -248,13 +248,18 @@ export class Connection extends Emitter<ConnectionEvents> {
     void this.#attempt();
   }
 
-  /** After `failed`: starts over with a fresh attempt budget. */
+  /**
+   * After `failed` (or `disconnected`): starts over with a fresh attempt budget.
+   * While waiting before the next attempt (`connecting` or `reconnecting`):
+   * attempts at once.
+   */
   retry(): void {
-    if (this.#info.state === 'failed' || this.#info.state === 'disconnected') {
+    const state = this.#info.state;
+    if (state === 'failed' || state === 'disconnected') {
       this.connect();
       return;
     }
-    if (this.#info.state === 'reconnecting' && (this.#retryTimer || this.#waitingForNetwork)) {
+    if ((state === 'reconnecting' || state === 'connecting') && (this.#retryTimer || this.#waitingForNetwork)) {
       this.#clearRetry();
       void this.#attempt();
     }
