@@ -408,11 +408,12 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl_even_if_it_restarts_at_
     drop(doomed);
 }
 
-/// A Redis that refuses the node's password (or its lack of one) refuses every
-/// command: `/health` says `degraded` and a publish answers 503, as in any
-/// other outage, rather than `ok` with every publish failing.
+/// A Redis that refuses the node's password (or its lack of one), or its
+/// cluster commands, refuses every command: `/health` says `degraded` and a
+/// publish answers 503, as in any other outage, rather than `ok` with every
+/// publish failing.
 #[tokio::test]
-async fn a_refused_password_is_an_outage() {
+async fn a_refused_password_or_cluster_mode_is_an_outage() {
     const PASSWORD: &str = "the-right-password-0123";
     let redis = start_redis_with(&["--requirepass", PASSWORD]).await;
     let config = write_config(100, false);
@@ -431,8 +432,24 @@ async fn a_refused_password_is_an_outage() {
         &[("TIDINGS_ENGINE_REDIS_PASSWORD", PASSWORD)],
     )
     .await;
+    // Cluster commands to a Redis without cluster support fail the same way.
+    let not_a_cluster = start_node_with(
+        &redis,
+        "not-a-cluster",
+        &config,
+        &[
+            ("TIDINGS_ENGINE_REDIS_PASSWORD", PASSWORD),
+            ("TIDINGS_ENGINE_REDIS_CLUSTER", "true"),
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
-    for (node, healthy) in [(&none, false), (&wrong, false), (&right, true)] {
+    for (node, healthy) in [
+        (&none, false),
+        (&wrong, false),
+        (&not_a_cluster, false),
+        (&right, true),
+    ] {
         let publish = http
             .post(format!("http://127.0.0.1:{}/api/publish", node.port))
             .bearer_auth(API_KEY)

@@ -410,12 +410,19 @@ impl RedisLink {
     fn unavailable(&self, err: &redis::RedisError) -> EngineError {
         // Errors Redis itself answered (a script error) are not outages, but
         // those that refuse every command are: a password it does not accept,
-        // a dataset still loading, a cluster without a quorum.
-        let refuses_everything = err.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(
-                err.code(),
-                Some("NOAUTH" | "WRONGPASS" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN")
-            );
+        // a dataset still loading, a cluster without a quorum, cluster
+        // commands sent to a Redis without cluster support. So are the
+        // client's own failures to reach it: a TLS handshake refused (an
+        // untrusted certificate), no connection to any cluster node.
+        let refuses_everything = matches!(
+            err.kind(),
+            redis::ErrorKind::AuthenticationFailed
+                | redis::ErrorKind::Client
+                | redis::ErrorKind::ClusterConnectionNotFound
+        ) || matches!(
+            err.code(),
+            Some("NOAUTH" | "WRONGPASS" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN")
+        ) || err.to_string().contains("cluster support disabled");
         if err.is_io_error()
             || err.is_timeout()
             || err.is_connection_dropped()
