@@ -1,6 +1,7 @@
 -- The Tidings transactional outbox (printed by `tidings outbox-ddl`).
 -- Insert a row in the same transaction as your change; Tidings publishes it
--- once, in `id` order per `partition_key`, then sets `processed_at` (or
+-- once, in `id` order per `partition_key` (among the rows committed when it
+-- reads), then sets `processed_at` (or
 -- deletes the row with delete_published = true). A row that cannot be
 -- published keeps its message and gets `dead_letter_reason`.
 CREATE TABLE IF NOT EXISTS tidings_outbox (

@@ -432,7 +432,7 @@ class Tidings:
                 response = self._http.request(**settings.request(operation), timeout=timeout)
                 outcome = _read(operation, response)
             # Transport errors, and an answer that cannot be decoded (a
-            # broken Content-Encoding) or redirects without end.
+            # broken Content-Encoding).
             except httpx.RequestError as err:
                 outcome = _transport_failure(operation, err, timeout)
             if not isinstance(outcome, _Failure):
@@ -586,7 +586,7 @@ class AsyncTidings:
                 response = await self._http.request(**settings.request(operation), timeout=timeout)
                 outcome = _read(operation, response)
             # Transport errors, and an answer that cannot be decoded (a
-            # broken Content-Encoding) or redirects without end.
+            # broken Content-Encoding).
             except httpx.RequestError as err:
                 outcome = _transport_failure(operation, err, timeout)
             if not isinstance(outcome, _Failure):

@@ -55,6 +55,20 @@ impl FieldPath {
             .filter(|value| !value.is_null())
     }
 
+    /// The text of the value at this path in `message` (JSON text), exactly
+    /// as the message has it: a value taken through [`Value`] would lose its
+    /// spacing, escapes and the precision of large numbers.
+    fn find_raw<'a>(&self, message: &'a str) -> Option<&'a RawValue> {
+        let mut value: &'a RawValue = serde_json::from_str(message).ok()?;
+        for segment in &self.0 {
+            // A repeated key: the last one, as `Value` takes it.
+            let mut object: std::collections::HashMap<String, &'a RawValue> =
+                serde_json::from_str(value.get()).ok()?;
+            value = object.remove(segment)?;
+        }
+        (value.get() != "null").then_some(value)
+    }
+
     fn text(&self) -> String {
         self.0.join(".")
     }
@@ -186,7 +200,8 @@ impl Mapping {
         })
     }
 
-    fn apply(&self, message: &Value) -> Result<BroadcastRequest, String> {
+    /// The request for `message`, parsed from `raw` (its text).
+    fn apply(&self, message: &Value, raw: &str) -> Result<BroadcastRequest, String> {
         let id = scalar(&self.id, message)?;
         let event = scalar(&self.event, message)?;
         let workspace = optional_scalar(self.workspace.as_ref(), message)?;
@@ -224,7 +239,10 @@ impl Mapping {
                 ("entity id", &entity.id),
             ] {
                 if value.is_empty() || value.contains(':') {
-                    return Err(format!("{what} must be non-empty and contain no ':'"));
+                    // As the publish path words it for `/api/events`.
+                    return Err(format!(
+                        "bad_request: {what} must be non-empty and contain no ':'"
+                    ));
                 }
             }
             let base = format!("workspace:{workspace}");
@@ -237,11 +255,15 @@ impl Mapping {
                 .map(|t| t.render(message))
                 .collect::<Result<_, _>>()?
         };
-        let data = match &self.data {
-            Some(path) => path.find(message).cloned().unwrap_or(Value::Null),
-            None => message.clone(),
-        };
-        let data = serde_json::value::to_raw_value(&data).map_err(|e| e.to_string())?;
+        // `data` is passed through byte for byte, as from the server API.
+        let data: Box<RawValue> = match &self.data {
+            Some(path) => path.find_raw(raw).map_or_else(
+                || RawValue::from_string("null".to_owned()),
+                |value| RawValue::from_string(value.get().to_owned()),
+            ),
+            None => RawValue::from_string(raw.trim().to_owned()),
+        }
+        .map_err(|e| e.to_string())?;
         let audience = match &self.audience {
             Some(path) => match path.find(message) {
                 Some(value) => Some(
@@ -289,6 +311,12 @@ impl Mapping {
             Some(_) => Err(format!("field `{}` must be a whole number", path.text())),
         }
     }
+}
+
+/// A dead-letter reason for what the publish path refuses: its error code
+/// and message, as the server API answers them.
+pub(super) fn refusal(error: &crate::publisher::PublishError) -> String {
+    format!("{}: {error}", error.code().as_str())
 }
 
 /// Turns messages of one consumer into publish actions.
@@ -350,6 +378,8 @@ impl MessageReader {
             Some(mapping) => {
                 let value: Value =
                     serde_json::from_slice(message).map_err(|e| format!("invalid JSON: {e}"))?;
+                // Valid JSON is valid UTF-8.
+                let raw = std::str::from_utf8(message).map_err(|e| format!("invalid JSON: {e}"))?;
                 if !value.is_object() {
                     return Err("the message is not a JSON object".into());
                 }
@@ -360,10 +390,10 @@ impl MessageReader {
                         return Ok(PublishAction::Skip);
                     }
                 }
-                let request = mapping.apply(&value)?;
+                let request = mapping.apply(&value, raw)?;
                 request
                     .check_channel_count(self.max_broadcast_channels)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| refusal(&e))?;
                 Ok(PublishAction::Broadcast(request))
             }
             None => self.command(message, source_id),
@@ -389,7 +419,7 @@ impl MessageReader {
                     parse_request(payload).map_err(|e| e.to_string())?;
                 request
                     .check_channel_count(self.max_broadcast_channels)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| refusal(&e))?;
                 request.idempotency_key = request.idempotency_key.or_else(key);
                 if !self.wanted(&request.event) {
                     return Ok(PublishAction::Skip);
@@ -466,6 +496,54 @@ mod tests {
         assert_eq!(
             request.data.get(),
             r#"{"entityType":"invoice","id":"42","amount":5}"#
+        );
+    }
+
+    #[test]
+    fn mapping_passes_data_through_byte_for_byte() {
+        let reader = mapping_reader(&["workspace:{tenantId}"]);
+        let data = r#"{"entityType": "invoice", "id": "42", "a": 1.0e2, "s": "\u00e9", "big": 12345678901234567890123}"#;
+        let message =
+            format!(r#"{{"id":"e1","type":"approval.granted","tenantId":"acme","data": {data} }}"#);
+        let PublishAction::Broadcast(request) = reader.read(message.as_bytes(), "x").unwrap()
+        else {
+            panic!("not a broadcast");
+        };
+        assert_eq!(request.data.get(), data);
+        // The last of a repeated key, as the mapped fields read it.
+        let message =
+            r#"{"id":"e1","type":"approval.granted","tenantId":"acme","data":1,"data":[2]}"#;
+        let PublishAction::Broadcast(request) = reader.read(message.as_bytes(), "x").unwrap()
+        else {
+            panic!("not a broadcast");
+        };
+        assert_eq!(request.data.get(), "[2]");
+        // Without a `data` path, the whole message is the payload, as sent.
+        let mut config = mapping_reader(&[]);
+        if let Some(mapping) = config.mapping.as_mut() {
+            mapping.data = None;
+        }
+        let message = "  {\"id\":\"e1\", \"type\":\"approval.granted\",\"tenantId\":\"acme\",\n \"data\":{\"entityType\":\"i\",\"id\":\"1\"}}\n";
+        let PublishAction::Broadcast(request) = config.read(message.as_bytes(), "x").unwrap()
+        else {
+            panic!("not a broadcast");
+        };
+        assert_eq!(request.data.get(), message.trim());
+    }
+
+    #[test]
+    fn refusals_carry_the_error_code_of_the_publish_path() {
+        let mut reader = mapping_reader(&[]);
+        let message = r#"{"id":"e1","type":"approval.granted","tenantId":"acme","data":{"entityType":"a:b","id":"1"}}"#;
+        assert_eq!(
+            reader.read(message.as_bytes(), "x").unwrap_err(),
+            "bad_request: entity type must be non-empty and contain no ':'"
+        );
+        reader.max_broadcast_channels = 2;
+        let message = r#"{"id":"e1","type":"approval.granted","tenantId":"acme","data":{"entityType":"a","id":"1"}}"#;
+        assert_eq!(
+            reader.read(message.as_bytes(), "x").unwrap_err(),
+            "limit_exceeded: at most 2 channels per broadcast"
         );
     }
 

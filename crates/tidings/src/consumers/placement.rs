@@ -119,10 +119,7 @@ impl Placer {
                     backoff = (backoff * 2).min(self.max_backoff);
                 }
                 Err(refused) => {
-                    return Ok(Placement::DeadLetter(format!(
-                        "{}: {refused}",
-                        refused.code().as_str()
-                    )))
+                    return Ok(Placement::DeadLetter(super::message::refusal(&refused)))
                 }
             }
         }
