@@ -49,8 +49,7 @@ pub fn print_banner(config: &Config, credentials: &DevCredentials, address: &str
          \n  Token      : {token}\
          \n               (sub=dev, workspaces=[demo], roles=[admin], valid 24h)\
          \n\
-         \n  Watch events live:  http://{address}/#token={token}&channel=workspace:demo\
-         \n\
+         {console}\
          \n  Publish one:\
          \n    curl -s -X POST http://{address}/api/publish -H 'Authorization: Bearer {api_key}' \\\
          \n      -H 'Content-Type: application/json' \\\
@@ -61,6 +60,12 @@ pub fn print_banner(config: &Config, credentials: &DevCredentials, address: &str
          \n  and answer each {{\"type\":\"ping\"}} (every {heartbeat}) with {{\"type\":\"pong\"}} within {pong_timeout}, or be closed (4001)\
          \n\
          \n  More tokens:  TIDINGS_JWT_SECRET={secret} {command} gentoken --sub u1 --workspaces demo\n",
+        // The console page is served only when `console` is on.
+        console = if config.console {
+            format!("\n  Watch events live:  http://{address}/#token={token}&channel=workspace:demo\n")
+        } else {
+            String::new()
+        },
         command = own_command(),
         heartbeat = humantime::format_duration(config.connection.heartbeat),
         pong_timeout = humantime::format_duration(config.connection.pong_timeout),
