@@ -1,7 +1,7 @@
 // @tidings/react against a real Tidings server, rendered with React Testing Library (jsdom).
 import { QueryClient, QueryClientProvider, useQuery } from '@tanstack/react-query';
 import { act, cleanup, fireEvent, render, screen, waitFor as rtlWaitFor } from '@testing-library/react';
-import { useState, version as reactVersion } from 'react';
+import { StrictMode, useState, version as reactVersion } from 'react';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import WebSocket from 'ws';
 import { TidingsClient, type TidingsClientOptions } from '@tidings/client';
@@ -126,10 +126,60 @@ describe('provider, connection state, status indicator', () => {
     const states: string[] = [];
     client.on('state', (info) => states.push(info.state));
     unmount();
+    // Closed in a microtask after the unmount (see the StrictMode test below).
+    await Promise.resolve();
     expect(client.state).toBe('disconnected');
     expect(client.clientId).toBeNull();
     expect(client.stateInfo.reason).toEqual({ code: 1000, message: 'client closed' });
     expect(states).toEqual(['disconnected']);
+  });
+
+  test('under StrictMode a provider given options keeps one live client and closes it on unmount', async () => {
+    // Its own server, so that the connection count is this test's alone.
+    const own = (await startServer()) as Server;
+    try {
+      const seen = new Set<TidingsClient>();
+      const got: string[] = [];
+      function Grab() {
+        const client = useTidings();
+        seen.add(client);
+        const info = useConnectionState();
+        useSubscription('chat:strict:room', (event) => got.push(String(event.data)));
+        return <p data-testid="state">{info.state}</p>;
+      }
+      const { unmount } = render(
+        <StrictMode>
+          <TidingsProvider
+            options={{
+              url: own.url,
+              WebSocket: WebSocket as unknown as TidingsClientOptions['WebSocket'],
+              getToken: async () => own.token({}),
+              reconnect: { minDelay: 50, maxDelay: 200 },
+              watchNetwork: false,
+            }}
+          >
+            <Grab />
+          </TidingsProvider>
+        </StrictMode>,
+      );
+      await screen.findByText('connected');
+      // StrictMode's simulated unmount did not close it: it stays connected.
+      await new Promise((r) => setTimeout(r, 300));
+      expect(screen.getByTestId('state').textContent).toBe('connected');
+      expect(seen.size).toBe(1);
+      const [client] = [...seen] as [TidingsClient];
+      expect(client.state).toBe('connected');
+      expect(await own.connections()).toBe(1);
+      await waitFor(() => client.channelState('chat:strict:room').state === 'subscribed', { message: 'subscribed' });
+      await own.publish('chat:strict:room', 'msg', 'hello');
+      await rtlWaitFor(() => expect(got).toEqual(['hello']));
+      unmount();
+      await waitFor(() => client.state === 'disconnected', { message: 'closed after unmount' });
+      expect(client.stateInfo.reason).toEqual({ code: 1000, message: 'client closed' });
+      await waitFor(async () => (await own.connections()) === 0, { message: 'server connection gone' });
+    } finally {
+      await own.stop();
+    }
   });
 });
 

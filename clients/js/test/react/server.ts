@@ -11,6 +11,8 @@ export interface Server {
   token(claims?: object): string;
   publish(channel: string, event: string, data: unknown, extra?: object): Promise<{ offset: number }>;
   entityEvent(body: object): Promise<unknown>;
+  /** Open connections (the server's `tidings_connections` metric). */
+  connections(): Promise<number>;
   stop(): Promise<void>;
 }
 

@@ -167,6 +167,8 @@ const DEFAULTS = {
 };
 
 let consumerCounter = 0;
+/** Set while `TidingsClient.deferred()` constructs. */
+let deferring = false;
 
 export class TidingsClient extends Emitter<ClientEvents> {
   readonly options: TidingsClientOptions;
@@ -179,6 +181,8 @@ export class TidingsClient extends Emitter<ClientEvents> {
   #unsink: (() => void) | null = null;
   #tabs: TabCoordinator | null = null;
   #closed = false;
+  /** Made by `deferred()` and not started yet. */
+  #pending = false;
   /** Where the (local or remote) hub delivers to this client. @internal */
   readonly sink: HubSink = {
     state: (info) => this.#onState(info),
@@ -193,6 +197,33 @@ export class TidingsClient extends Emitter<ClientEvents> {
     this.options = options;
     this.consumerId = `t_${Date.now().toString(36)}_${(consumerCounter++).toString(36)}_${Math.random().toString(36).slice(2, 10)}`;
     this.#info = initialStateInfo();
+    if (deferring) this.#pending = true;
+    else this.#start();
+  }
+
+  /**
+   * A client whose constructor has no side effects (no connection, listeners,
+   * BroadcastChannel or lock): it starts, as the constructor would, on `start()`
+   * or on first use (`connect()`, `publish()`, …). For `<TidingsProvider
+   * options>`, which creates the client while rendering. @internal
+   */
+  static deferred(options: TidingsClientOptions): TidingsClient {
+    deferring = true;
+    try {
+      return new TidingsClient(options);
+    } finally {
+      deferring = false;
+    }
+  }
+
+  /** Starts a client made by `deferred()`; no-op otherwise and once closed. @internal */
+  start(): void {
+    if (this.#pending && !this.#closed) this.#start();
+  }
+
+  #start(): void {
+    this.#pending = false;
+    const options = this.options;
     if (options.shareAcrossTabs && TabCoordinator.supported()) {
       this.#tabs = new TabCoordinator(this, options.tabChannelName ?? `tidings:${options.url}`);
       this.#tabs.start(options.autoConnect !== false);
@@ -309,6 +340,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
   }
 
   #control(op: ControlOp): void {
+    this.start();
     this.#backend?.control(op);
   }
 
@@ -395,6 +427,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
 
   #request(message: ClientMessage, options: RequestOptions = {}): Promise<ServerMessage> {
     if (this.#closed) return Promise.reject(new TidingsError('disconnected', 'the client is closed'));
+    this.start();
     const timeout = options.timeout ?? this.options.requestTimeout ?? DEFAULTS.requestTimeout;
     if (!this.#backend) return Promise.reject(new TidingsError('not_connected', 'no connection'));
     return this.#backend.request(message, { timeout });
