@@ -1,9 +1,9 @@
 // The demo's backend: items in memory, a login that mints Tidings tokens, and
 // every change published to Tidings (POST /api/events, with the actor).
 import { createHmac, randomUUID } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { extname, join, normalize } from 'node:path';
+import { extname, join, resolve, sep } from 'node:path';
 
 /** Demo users and the workspace each belongs to. */
 export const USERS = { alice: 'acme', bob: 'acme', carol: 'globex' };
@@ -47,21 +47,29 @@ export async function startBackend({ port = 0, tidings, staticDir }) {
       }
     }
   }
-  const server = createServer(async (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://x');
+  async function handle(req, res) {
+    const url = new URL(req.url ?? '/', 'http://x'); // resolves `..` and `%2e%2e` segments
     const send = (status, body) => {
       res.writeHead(status, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body));
     };
     if (!url.pathname.startsWith('/api/')) return serveStatic(staticDir, url.pathname, res);
     const user = req.headers['x-user'];
-    const workspace = USERS[user];
+    const workspace = Object.hasOwn(USERS, user) ? USERS[user] : undefined; // not `__proto__` & co.
     if (!workspace) return send(401, { error: 'unknown user' });
     let body = {};
     if (req.method === 'POST' || req.method === 'PUT') {
       let text = '';
-      for await (const chunk of req) text += chunk;
-      body = text ? JSON.parse(text) : {};
+      for await (const chunk of req) {
+        text += chunk;
+        if (text.length > 64 * 1024) return send(413, { error: 'body too large' });
+      }
+      try {
+        body = text ? JSON.parse(text) : {};
+      } catch {
+        return send(400, { error: 'invalid JSON body' });
+      }
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) return send(400, { error: 'the body must be a JSON object' });
     }
     const [, , route, id] = url.pathname.split('/'); // /api/{route}/{id}
     if (route === 'session') return send(200, { user, workspace, token: mintToken(tidings.secret, user), tidingsUrl: tidings.url });
@@ -87,6 +95,16 @@ export async function startBackend({ port = 0, tidings, staticDir }) {
       return send(200, { id });
     }
     send(405, { error: 'method not allowed' });
+  }
+  // Whatever goes wrong in one request answers 500 (or drops that request) and
+  // never takes the process — and with it `npm start`'s Tidings — down.
+  const server = createServer((req, res) => {
+    handle(req, res).catch((err) => {
+      console.error(`${req.method} ${req.url}: ${err?.stack ?? err}`);
+      if (res.headersSent) return res.destroy();
+      res.writeHead(500, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: 'internal error' }));
+    });
   });
   await new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -99,12 +117,18 @@ export async function startBackend({ port = 0, tidings, staticDir }) {
 }
 
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.svg': 'image/svg+xml' };
+/** Regular files under `dir` only: directories, missing files and anything outside answer 404. */
 function serveStatic(dir, path, res) {
-  const file = normalize(join(dir, path === '/' ? 'index.html' : path));
-  if (!file.startsWith(dir) || !existsSync(file)) {
-    res.writeHead(404);
-    return res.end();
+  const root = resolve(dir);
+  const file = resolve(join(root, path === '/' ? 'index.html' : path));
+  let content;
+  try {
+    if (!file.startsWith(root + sep) || !statSync(file).isFile()) throw new Error('not a file');
+    content = readFileSync(file);
+  } catch {
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    return res.end('not found');
   }
   res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
-  res.end(readFileSync(file));
+  res.end(content);
 }

@@ -10,14 +10,18 @@ import { startBackend } from './server.mjs';
 const here = dirname(fileURLToPath(import.meta.url));
 export const TIDINGS_BIN = process.env.LIVE_BOARD_TIDINGS_BIN ?? resolve(here, '../../target/debug/tidings');
 
-/** Starts the Tidings server; resolves `{url, port, stop()}` once it listens. */
+/** Starts the Tidings server; resolves `{url, port, stop(), kill()}` once it listens. */
 export async function startTidings({ port = 0, secret, apiKey, env = {} }) {
   if (!existsSync(TIDINGS_BIN)) throw new Error(`${TIDINGS_BIN} missing: run cargo build -p tidings-server in the repository root`);
   const child = spawn(TIDINGS_BIN, ['--listen', `127.0.0.1:${port}`], {
     env: { PATH: process.env.PATH, TIDINGS_JWT_SECRET: secret, TIDINGS_API_KEY: apiKey, TIDINGS_CONSOLE: 'false', TIDINGS_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const exited = new Promise((r) => child.once('exit', r));
+  // 'error' (e.g. the binary cannot be executed) may come without 'exit'.
+  const exited = new Promise((r) => {
+    child.once('exit', (code, signal) => r(code ?? signal));
+    child.once('error', r);
+  });
   const address = await new Promise((resolveAddress, reject) => {
     let out = '';
     child.stdout.on('data', (d) => {
@@ -25,22 +29,48 @@ export async function startTidings({ port = 0, secret, apiKey, env = {} }) {
       const m = /listening on (\S+)/.exec(out);
       if (m) resolveAddress(m[1]);
     });
-    child.once('exit', (code) => reject(new Error(`tidings exited with ${code}`)));
+    exited.then((how) => reject(new Error(`tidings exited with ${how?.message ?? how}`)));
   });
+  const kill = (signal = 'SIGTERM') => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+  };
   return {
     url: `http://${address}`,
     port: Number(address.split(':').pop()),
     async stop(signal = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      kill(signal);
       await exited;
     },
+    kill, // synchronous, for process 'exit' handlers
   };
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const secret = randomBytes(32).toString('hex'); // ≥ 32 bytes
   const apiKey = randomBytes(16).toString('hex');
-  const tidings = await startTidings({ port: Number(process.env.LIVE_BOARD_TIDINGS_PORT ?? 8787), secret, apiKey });
+  const tidingsPort = Number(process.env.LIVE_BOARD_TIDINGS_PORT ?? 8787);
+  let tidings;
+  try {
+    tidings = await startTidings({ port: tidingsPort, secret, apiKey });
+  } catch (err) {
+    // Tidings has printed its own reason on stderr (e.g. "Address already in use").
+    const hint = /exited with 1$/.test(err.message) ? `: is port ${tidingsPort} taken? (set LIVE_BOARD_TIDINGS_PORT)` : '';
+    console.error(`${err.message}${hint}`);
+    process.exit(1);
+  }
+  // However this process ends (an uncaught error in the backend, process.exit),
+  // Tidings must not stay behind holding its port.
+  process.on('exit', () => tidings.kill());
+  let dying = false;
+  const die = async (what, err) => {
+    if (dying) return;
+    dying = true;
+    console.error(`live-board backend died (${what}): ${err?.stack ?? err}`);
+    await tidings.stop();
+    process.exit(1);
+  };
+  process.on('uncaughtException', (err) => die('uncaught exception', err));
+  process.on('unhandledRejection', (err) => die('unhandled rejection', err));
   let backend;
   try {
     backend = await startBackend({
@@ -63,4 +93,5 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+  process.on('SIGHUP', stop);
 }
