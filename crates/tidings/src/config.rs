@@ -117,6 +117,11 @@ pub struct ConnectionSettings {
     /// reading within a heartbeat still reads its 4002.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// How long a client may take to send an HTTP request's headers, and
+    /// then its body; an idle keep-alive connection is closed after it too.
+    /// A client that stops mid-request must not hold its socket forever.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ConnectionSettings {
@@ -138,6 +143,7 @@ impl Default for ConnectionSettings {
             write_buffer_size: 4 * 1024,
             shutdown_drain: Duration::from_secs(10),
             close_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -469,6 +475,7 @@ impl Config {
             ("connection.pong_timeout", c.pong_timeout),
             ("connection.auth_timeout", c.auth_timeout),
             ("connection.close_timeout", c.close_timeout),
+            ("connection.request_timeout", c.request_timeout),
             ("engine.sweep_interval", self.engine.sweep_interval),
         ] {
             if value.is_zero() {

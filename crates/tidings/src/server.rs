@@ -9,8 +9,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tidings_auth::{ApiKey, TokenVerifier};
 use tokio::net::TcpListener;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::access::AccessPolicy;
 use crate::config::{Config, ConfigError, EngineKind};
@@ -278,34 +282,67 @@ impl Tidings {
 
     /// Serves on `listener` until `signal` resolves, then stops accepting, sends
     /// every client 1012 and drains for `connection.shutdown_drain`.
+    ///
+    /// A client must send each request's headers, then its body, within
+    /// `connection.request_timeout` (an idle keep-alive connection is closed
+    /// after it too): a client that stops mid-request must not hold its
+    /// socket forever.
     pub async fn serve(
         self,
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let app = self.router();
-        let mut server_stop = stop_rx.clone();
+        let request_timeout = self.state.config.connection.request_timeout;
+        let app = self
+            .router()
+            .layer(RequestBodyTimeoutLayer::new(request_timeout));
         let tuning = self.clone();
-        let listener = listener.tap_io(move |tcp| tuning.tune_socket(tcp));
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
-        signal.await;
+        let mut listener = listener.tap_io(move |tcp| tuning.tune_socket(tcp));
+        // HTTP/1 only (as axum::serve without its http2 feature): the
+        // version sniffing of hyper-util's auto builder waits for a first
+        // byte with no timeout.
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(request_timeout);
+        // Connection tasks stop on `stop` and hold `open` until they end.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            // `Listener::accept` waits out accept errors (EMFILE) as axum::serve does.
+            let (io, _) = tokio::select! {
+                accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+                () = &mut signal => break,
+            };
+            let service = TowerToHyperService::new(app.clone().into_service::<Incoming>());
+            let connection = http
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let mut stopping = stopping.clone();
+            let open = open.clone();
+            tokio::spawn(async move {
+                let mut connection = std::pin::pin!(connection);
+                let stopped = tokio::select! {
+                    _ = connection.as_mut() => false,
+                    _ = stopping.wait_for(|stop| *stop) => true,
+                };
+                if stopped {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+                drop(open);
+            });
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        drop(open);
         tracing::info!("shutting down: closing connections with 1012");
-        let _ = stop_tx.send(true);
         self.shutdown(self.state.config.connection.shutdown_drain)
             .await;
-        match tokio::time::timeout(Duration::from_secs(1), server).await {
-            Ok(Ok(result)) => result,
-            // The HTTP side only waits on plain requests; upgraded sockets are
-            // already drained above, so stop waiting after a short grace.
-            Ok(Err(_)) | Err(_) => Ok(()),
-        }
+        // The HTTP side only waits on plain requests; upgraded sockets are
+        // already drained above, so stop waiting after a short grace.
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_closed.recv()).await;
+        Ok(())
     }
 }
 

@@ -285,3 +285,48 @@ async fn request_floods_are_rate_limited_then_closed_with_4004() {
     assert_eq!(closed.code, 4004);
     assert_eq!(closed.disconnect.unwrap()["reconnect"], true);
 }
+
+/// A client that stops mid-request does not hold its socket forever: the
+/// headers, then the body, must come within `connection.request_timeout`,
+/// and an idle keep-alive connection is closed after it too.
+#[tokio::test]
+async fn a_request_left_unfinished_is_dropped_after_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = base_config();
+    config.connection.request_timeout = Duration::from_millis(500);
+    let server = TestServer::with_config(config).await;
+    let post = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{}}"
+    );
+    let cases: [(&str, &[u8]); 4] = [
+        ("nothing sent", b""),
+        ("headers unfinished", b"GET /health HTTP/1.1\r\nHost: x\r\n"),
+        ("body unfinished", post.as_bytes()),
+        (
+            "idle after a request",
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+    ];
+    for (case, sent) in cases {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut received))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: still open after 5 s"));
+        assert!(read.is_ok(), "{case}: {read:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(400),
+            "{case}: closed after {took:?}"
+        );
+        let text = String::from_utf8_lossy(&received);
+        match case {
+            "body unfinished" => assert!(text.starts_with("HTTP/1.1 400"), "{case}: {text}"),
+            "idle after a request" => assert!(text.starts_with("HTTP/1.1 200"), "{case}: {text}"),
+            _ => assert!(text.is_empty(), "{case}: {text}"),
+        }
+    }
+}
