@@ -523,3 +523,101 @@ async fn a_node_stopped_cleanly_leaves_the_node_list_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Presence outlives a Redis outage longer than `node_ttl` (no node could
+/// beat, so none is dead), and a node that stalled that long, taken for dead
+/// by the others, has its subscribers enter again.
+#[tokio::test]
+async fn presence_outlives_a_redis_outage_and_a_stall_longer_than_node_ttl() {
+    let redis = start_redis().await;
+    let config = write_config(100, true);
+    let a = start_node(&redis, "a", &config).await;
+    let b = start_node(&redis, "b", &config).await;
+    let mut on_a = connect(a.port, "on-a").await.unwrap();
+    let mut on_b = connect(b.port, "on-b").await.unwrap();
+    for ws in [&mut on_a, &mut on_b] {
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "id": 1, "channel": CHANNEL})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let reply = wait_message(ws, "the subscribe reply", |m| m["id"] == 1).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+    let listed = || async {
+        let listed = api_get(a.port, &format!("/api/presence?channel={CHANNEL}")).await;
+        let mut users: Vec<String> = listed["members"]
+            .as_array()
+            .map(|members| {
+                members
+                    .iter()
+                    .filter_map(|m| m["user"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        users.sort();
+        users
+    };
+    let both = ["on-a", "on-b"];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listed().await != both {
+        assert!(Instant::now() < deadline, "both users never listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Redis away for 5 s; node_ttl is 2 s.
+    signal(redis.pid(), "-STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal(redis.pid(), "-CONT");
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(listed().await, both, "after Redis came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Node b stalls for 3.5 s: a takes it for dead and removes its entry…
+    signal(b.process.0.id(), "-STOP");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while listed().await != ["on-a"] {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled node was never reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(b.process.0.id(), "-CONT");
+    // …b finds out and has its subscriber subscribe again, which enters it again.
+    let push = wait_message(&mut on_b, "the resubscribe push", |m| {
+        m["type"] == "unsubscribed"
+    })
+    .await;
+    assert_eq!(push["reason"], "resubscribe", "{push}");
+    on_b.send(Message::Text(
+        json!({"type": "subscribe", "id": 2, "channel": CHANNEL})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let reply = wait_message(&mut on_b, "the subscribe reply", |m| m["id"] == 2).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listed().await != both {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled node's user never listed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -146,6 +146,11 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// The redis-server's process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self._process.0.id()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }

@@ -258,6 +258,12 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
     // to the next tick, so positions were extended every two heartbeats, the
     // very lifetime they get.
     let mut last_touch: Option<tokio::time::Instant> = None;
+    // When the last beat that reached Redis returned, and the first one
+    // after a gap (failed beats, a beat held up by Redis, or this process
+    // stalled). Real time, not the ticks': a beat can wait out a whole
+    // outage in Redis's input and land when it ends.
+    let mut last_beat: Option<tokio::time::Instant> = None;
+    let mut resumed: Option<tokio::time::Instant> = None;
     loop {
         let ticked = tick.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -276,6 +282,25 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
             let _ = shared.link.ping_subscriber().await;
             continue;
         };
+        // A gap long enough for this node to look dead (its age over
+        // node_ttl when the next beat would have come).
+        let gap = settings.node_ttl.saturating_sub(interval);
+        let beaten = tokio::time::Instant::now();
+        if last_beat.is_some_and(|last| beaten.saturating_duration_since(last) > gap) {
+            resumed = Some(beaten);
+            // Nodes that beat on meanwhile may have taken this one for dead
+            // and removed its presence entries.
+            check_not_reaped(&shared).await;
+        }
+        last_beat = Some(beaten);
+        // The other nodes may not have been able to beat either (Redis was
+        // away): judge none dead until each has had a whole interval after
+        // this beat to be heard, or a Redis outage longer than node_ttl
+        // would remove everyone's presence.
+        if resumed.is_some_and(|at| beaten.saturating_duration_since(at) <= interval * 3 / 2) {
+            continue_touching(&shared, ticked, touch_every, &mut last_touch);
+            continue;
+        }
         let ttl = millis(settings.node_ttl);
         let dead: Vec<String> = nodes
             .iter()
@@ -290,10 +315,45 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
                 tracing::warn!(node = %dead, error = %err, "could not clean up after a dead node");
             }
         }
-        if last_touch.is_none_or(|last| ticked.saturating_duration_since(last) >= touch_every) {
-            last_touch = Some(ticked);
-            shared.tell(Incoming::Touch);
-        }
+        continue_touching(&shared, ticked, touch_every, &mut last_touch);
+    }
+}
+
+/// Extends the followed channels' positions when a touch is due at `ticked`.
+fn continue_touching(
+    shared: &Shared,
+    ticked: tokio::time::Instant,
+    touch_every: Duration,
+    last_touch: &mut Option<tokio::time::Instant>,
+) {
+    if last_touch.is_none_or(|last| ticked.saturating_duration_since(last) >= touch_every) {
+        *last_touch = Some(ticked);
+        shared.tell(Incoming::Touch);
+    }
+}
+
+/// After an outage: if another node reaped this one (its reaper lock is
+/// set), its presence entries are gone although its clients are connected.
+/// Its subscribers then subscribe again, which enters them again, once the
+/// reaper has had a beat to finish.
+async fn check_not_reaped(shared: &Arc<Shared>) {
+    let link = &shared.link;
+    let removed: Result<i64, EngineError> = link
+        .query(redis::cmd("DEL").arg(link.keys.reaper(&link.node)))
+        .await;
+    if removed.is_ok_and(|n| n > 0) {
+        tracing::warn!(
+            "other nodes took this one for dead while Redis was unreachable from it and \
+             removed its presence entries: its subscribers resubscribe"
+        );
+        let shared = Arc::downgrade(shared);
+        let wait = heartbeat_interval(&link.settings);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.tell(Incoming::ResubscribeAll);
+            }
+        });
     }
 }
 

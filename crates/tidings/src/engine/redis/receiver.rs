@@ -44,6 +44,9 @@ pub(crate) enum Incoming {
     Unfollow(ChannelName),
     /// Extend the remembered position of every followed channel.
     Touch,
+    /// Other nodes took this one for dead and removed its presence entries:
+    /// every subscriber subscribes again, which enters it again.
+    ResubscribeAll,
 }
 
 /// One message of a channel's pub/sub channel.
@@ -111,6 +114,11 @@ pub(crate) async fn run(shared: Weak<Shared>, mut queue: UnboundedReceiver<Incom
                 followed.remove(&channel);
             }
             Incoming::Touch => touch(&shared, &followed).await,
+            Incoming::ResubscribeAll => {
+                for channel in followed.keys() {
+                    shared.lost_continuity(channel);
+                }
+            }
             Incoming::Push(push) => match push.kind {
                 PushKind::Message | PushKind::SMessage => {
                     on_message(&shared, &mut followed, push.data).await;
