@@ -63,14 +63,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The token of an `Authorization: Bearer …` header.
+/// The token of an `Authorization: Bearer …` header. A Bearer header whose
+/// token is empty or not text is present all the same, as `""` (a malformed
+/// token): the first token source present is the one checked, with no
+/// fallback to the next. Another scheme (`Basic`) is no token.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = match value.iter().position(|&b| b == b' ') {
+        Some(space) => (&value[..space], &value[space + 1..]),
+        None => (value, &[][..]),
+    };
     scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| std::str::from_utf8(token).map_or("", str::trim))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -245,6 +250,13 @@ mod tests {
         assert_eq!(bearer_token(&h), Some("abc"));
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(bearer_token(&h), None);
+        for present_but_malformed in [&b"Bearer "[..], b"Bearer", b"bearer \xff\xfe"] {
+            h.insert(
+                header::AUTHORIZATION,
+                header::HeaderValue::from_bytes(present_but_malformed).unwrap(),
+            );
+            assert_eq!(bearer_token(&h), Some(""));
+        }
     }
 
     #[test]

@@ -160,21 +160,21 @@ fn parse_stream_request(
             format!("at most {max_channels} channels per stream"),
         ));
     }
+    let unreadable = || {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            "last_event_id is not a resume token of this server",
+        )
+    };
     // The browser's own reconnect sends the header; an explicit query wins.
-    let last_event_id = last_event_id.or_else(|| {
-        headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    });
+    let last_event_id = match (last_event_id, headers.get("last-event-id")) {
+        (Some(query), _) => Some(query),
+        (None, Some(header)) => Some(header.to_str().map_err(|_| unreadable())?.to_owned()),
+        (None, None) => None,
+    };
     let resume = match last_event_id.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(text) => Some(ResumeToken::parse(text, max_channels).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                "last_event_id is not a resume token of this server",
-            )
-        })?),
+        Some(text) => Some(ResumeToken::parse(text, max_channels).ok_or_else(unreadable)?),
     };
     Ok(StreamRequest {
         channels,

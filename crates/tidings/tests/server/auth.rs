@@ -274,3 +274,82 @@ async fn origins_outside_the_allow_list_are_refused() {
         }
     }
 }
+
+/// An `Authorization: Bearer` header is a token source even when its token is
+/// empty or not text: it is checked (a malformed token), with no fallback to
+/// `?token=`; another scheme is not a token source.
+#[tokio::test]
+async fn an_empty_or_unreadable_bearer_header_is_a_malformed_token() {
+    use reqwest::header::{HeaderValue, AUTHORIZATION};
+    let server = TestServer::start().await;
+    let good = token("u1", &["acme"], &[]);
+    let http = reqwest::Client::new();
+    for (value, expected) in [
+        (&b"Bearer "[..], 401),
+        (b"Bearer \xff\xfe", 401),
+        (b"Basic dTE6cA==", 200),
+    ] {
+        for path in ["/events", "/request"] {
+            let request = if path == "/events" {
+                http.get(server.url(&format!("/events?token={good}")))
+            } else {
+                http.post(server.url(&format!("/request?token={good}")))
+                    .body(r#"{"type":"presence","channel":"workspace:acme"}"#)
+            };
+            let response = request
+                .header(AUTHORIZATION, HeaderValue::from_bytes(value).unwrap())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if expected == 401 {
+                assert_eq!(status, 401, "{path} {value:?}: {body}");
+                // /request answers in the WebSocket error form.
+                let message = if path == "/events" {
+                    &body["error"]["message"]
+                } else {
+                    &body["message"]
+                };
+                assert_eq!(message, "token is malformed", "{body}");
+            } else {
+                assert_ne!(status, 401, "{path} {value:?}: {body}");
+            }
+        }
+    }
+    // The same on /ws, before the upgrade.
+    let mut request = format!("{}?token={good}", server.ws_url())
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        AUTHORIZATION,
+        HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401);
+        }
+        other => panic!("connected: {:?}", other.map(|_| ())),
+    }
+}
+
+/// An SSE `Last-Event-ID` header that is not text is refused like an
+/// unreadable `?last_event_id=`.
+#[tokio::test]
+async fn an_unreadable_last_event_id_header_is_refused() {
+    use reqwest::header::HeaderValue;
+    let server = TestServer::start().await;
+    let good = token("u1", &["acme"], &[]);
+    let response = reqwest::Client::new()
+        .get(server.url(&format!("/sse?channel=workspace:acme&token={good}")))
+        .header(
+            "last-event-id",
+            HeaderValue::from_bytes(b"1;workspace:acme:e,\xff,1").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+}
