@@ -632,3 +632,32 @@ async fn a_followed_position_is_extended_every_touch_interval() {
         "the position came within {lowest} ms of expiring"
     );
 }
+
+/// With Redis unreachable, `/api/unsubscribe` and `/api/disconnect` answer
+/// 503 (no other node was told) but act on the answering node's own
+/// connections, which need no Redis.
+#[tokio::test]
+async fn api_actions_during_an_outage_still_act_on_the_local_connections() {
+    let mut redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    client.subscribe("workspace:acme").await;
+    redis.kill();
+    let (status, body) = n[0]
+        .api(
+            "/api/unsubscribe",
+            json!({"user": "u1", "channel": "workspace:acme", "reason": "gone"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let push = client
+        .wait_for("unsubscribed", |m| m["type"] == "unsubscribed")
+        .await;
+    assert_eq!(push["reason"], "gone");
+    let (status, body) = n[0].api("/api/disconnect", json!({"user": "u1"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(client.closed(Duration::from_secs(5)).await.code, 4502);
+}

@@ -119,17 +119,20 @@ impl Cluster for RedisCluster {
         code: CloseCode,
         reason: Option<String>,
     ) -> Result<usize, EngineError> {
-        self.broadcast(&ControlAction::Disconnect {
-            user: user.to_owned(),
-            code: code.code(),
-            reason: reason.clone(),
-        })
-        .await?;
-        Ok(self
+        // This node's connections first: they need no Redis, and stay acted
+        // on when telling the others fails (503; a retry finds them gone).
+        let closed = self
             .shared
             .control
             .get()
-            .map_or(0, |h| h.disconnect_user(user, code, reason)))
+            .map_or(0, |h| h.disconnect_user(user, code, reason.clone()));
+        self.broadcast(&ControlAction::Disconnect {
+            user: user.to_owned(),
+            code: code.code(),
+            reason,
+        })
+        .await?;
+        Ok(closed)
     }
 
     async fn unsubscribe_user(
@@ -138,16 +141,18 @@ impl Cluster for RedisCluster {
         channel: &ChannelName,
         reason: &str,
     ) -> Result<usize, EngineError> {
+        // This node's connections first, as for a disconnect.
+        let removed = match self.shared.control.get() {
+            Some(h) => h.unsubscribe_user(user, channel, reason).await,
+            None => 0,
+        };
         self.broadcast(&ControlAction::Unsubscribe {
             user: user.to_owned(),
             channel: channel.to_string(),
             reason: reason.to_owned(),
         })
         .await?;
-        match self.shared.control.get() {
-            Some(h) => Ok(h.unsubscribe_user(user, channel, reason).await),
-            None => Ok(0),
-        }
+        Ok(removed)
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
