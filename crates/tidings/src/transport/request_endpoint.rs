@@ -26,9 +26,18 @@ pub async fn handle(
     body: Result<String, StringRejection>,
 ) -> Response {
     state.metrics.http_request();
-    let query_token = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-        .find(|(key, _)| key == "token")
+    let raw = raw.unwrap_or_default();
+    let mut query_tokens = form_urlencoded::parse(raw.as_bytes())
+        .filter(|(key, _)| key == "token")
         .map(|(_, value)| value.into_owned());
+    let query_token = query_tokens.next();
+    // Given twice, as on /ws and /events: a 400, not one of the two.
+    if query_tokens.next().is_some() {
+        return reply_error(
+            None,
+            Refusal::new(ErrorCode::BadRequest, "`token` given twice".to_owned()),
+        );
+    }
     let identity = match authenticate_client(&state, &headers, query_token.as_deref()) {
         Ok(identity) => identity,
         Err(err) => return reply_error(None, Refusal::new(err.code, err.message)),

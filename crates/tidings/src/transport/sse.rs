@@ -143,8 +143,20 @@ fn parse_stream_request(
                     channels.push(channel);
                 }
             }
-            "last_event_id" => last_event_id = Some(value.into_owned()),
-            "token" => token = Some(value.into_owned()),
+            // Given twice, as on /ws and /events: a 400, not one of the two.
+            "last_event_id" | "token" => {
+                let slot = if key == "token" {
+                    &mut token
+                } else {
+                    &mut last_event_id
+                };
+                if slot.replace(value.into_owned()).is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("`{key}` given twice"),
+                    ));
+                }
+            }
             _ => {}
         }
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -64,12 +65,20 @@ pub struct ConnectQuery {
 pub async fn upgrade(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
-    Query(query): Query<ConnectQuery>,
+    query: Result<Query<ConnectQuery>, QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if let Err(err) = check_origin(&state.config.allowed_origins, &headers) {
         return err.into_response();
     }
+    // The API's JSON errors rather than axum's plain-text rejections.
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            return ApiError::new(ErrorCode::BadRequest, rejection.body_text()).into_response()
+        }
+    };
+
     let token = bearer_token(&headers).or(query.token.as_deref());
     let identity = match token {
         Some(token) => match state.verifier.verify(token) {

@@ -69,7 +69,10 @@ impl IntoResponse for UpgradeRejection {
             Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
             _ => StatusCode::BAD_REQUEST,
         };
-        (status, self.to_string()).into_response()
+        // The API's error shape, as every other refusal before the upgrade.
+        let body =
+            serde_json::json!({"error": {"code": "bad_request", "message": self.to_string()}});
+        (status, axum::Json(body)).into_response()
     }
 }
 

@@ -330,3 +330,59 @@ async fn a_request_left_unfinished_is_dropped_after_request_timeout() {
         }
     }
 }
+
+/// Refusals before a WebSocket upgrade, and of Socket.IO's Engine.IO
+/// requests, come in their documented JSON shapes, never axum's plain text.
+#[tokio::test]
+async fn refused_upgrades_and_repeated_parameters_answer_in_json() {
+    let server = TestServer::start().await;
+    let good = token("u1", &["acme"], &[]);
+    let http = reqwest::Client::new();
+    let upgrade = |url: String| {
+        http.get(url)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    };
+    let cases = [
+        (
+            upgrade(server.url(&format!("/ws?token={good}&token={good}"))),
+            400,
+        ),
+        (http.get(server.url(&format!("/ws?token={good}"))), 400),
+    ];
+    for (request, status) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    }
+    // A token given twice is refused on every transport.
+    let twice = format!("token={good}&token={good}");
+    let response = http
+        .get(server.url(&format!("/sse?channel=workspace:acme&{twice}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "`token` given twice", "{body}");
+    let response = http
+        .post(server.url(&format!("/request?{twice}")))
+        .body(r#"{"type":"presence","channel":"workspace:acme"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request", "{body}");
+    let response = http
+        .get(server.url("/socket.io/?EIO=4&EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], 3, "{body}");
+}

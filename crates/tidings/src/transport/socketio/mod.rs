@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
@@ -171,7 +172,7 @@ struct Mounted {
 async fn handle(
     State(mounted): State<Arc<Mounted>>,
     method: Method,
-    Query(query): Query<EngineQuery>,
+    query: Result<Query<EngineQuery>, QueryRejection>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     body: Bytes,
@@ -179,6 +180,10 @@ async fn handle(
     if let Err(err) = check_origin(&mounted.origins, &headers) {
         return err.into_response();
     }
+    // A parameter given twice: Engine.IO's error shape, not axum's text.
+    let Ok(Query(query)) = query else {
+        return engineio::engine_error(3, "Bad request");
+    };
     let endpoint = mounted.endpoint.clone();
     match method {
         Method::GET => engineio::get(endpoint, query, headers, upgrade.ok()).await,
