@@ -293,10 +293,11 @@ pub(crate) async fn heartbeat(shared: Weak<Shared>) {
         let beaten = tokio::time::Instant::now();
         if last_beat.is_some_and(|last| beaten.saturating_duration_since(last) > gap) {
             resumed = Some(beaten);
-            // Nodes that beat on meanwhile may have taken this one for dead
-            // and removed its presence entries.
-            check_not_reaped(&shared).await;
         }
+        // Nodes that beat on while this one could not may have taken it for
+        // dead and removed its presence entries. Checked at every beat: a
+        // reap decided just before this beat can end after it.
+        check_not_reaped(&shared).await;
         last_beat = Some(beaten);
         // The other nodes may not have been able to beat either (Redis was
         // away): judge none dead until each has had a whole interval after
@@ -337,19 +338,19 @@ fn continue_touching(
     }
 }
 
-/// After an outage: if another node reaped this one (its reaper lock is
-/// set), its presence entries are gone although its clients are connected.
-/// Its subscribers then subscribe again, which enters them again, once the
-/// reaper has had a beat to finish.
+/// If another node reaped this one (it left its mark), this node's presence
+/// entries are gone although its clients are connected: its subscribers
+/// subscribe again, which enters them again, once the reaper has had a beat
+/// to finish.
 async fn check_not_reaped(shared: &Arc<Shared>) {
     let link = &shared.link;
     let removed: Result<i64, EngineError> = link
-        .query(redis::cmd("DEL").arg(link.keys.reaper(&link.node)))
+        .query(redis::cmd("DEL").arg(link.keys.reaped(&link.node)))
         .await;
     if removed.is_ok_and(|n| n > 0) {
         tracing::warn!(
-            "other nodes took this one for dead while Redis was unreachable from it and \
-             removed its presence entries: its subscribers resubscribe"
+            "other nodes took this one for dead (no heartbeat of it reached Redis for \
+             node_ttl) and removed its presence entries: its subscribers resubscribe"
         );
         let shared = Arc::downgrade(shared);
         let wait = heartbeat_interval(&link.settings);
@@ -361,6 +362,10 @@ async fn check_not_reaped(shared: &Arc<Shared>) {
         });
     }
 }
+
+/// How long a reaped node's mark stays: a node that stalls or is cut off
+/// longer than this is surely disconnected from every client anyway.
+const REAPED_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Removes a dead node's presence entries (if this node wins the reaper lock),
 /// telling each channel's subscribers who left.
@@ -381,6 +386,17 @@ async fn reap(shared: &Shared, dead: &str) -> Result<(), EngineError> {
         return Ok(());
     }
     remove_node(shared, dead).await?;
+    // Marked once the entries are gone: a node that was alive after all
+    // finds the mark at its next beat, and its subscribers enter again
+    // after the removal, not during it.
+    link.query::<()>(
+        redis::cmd("SET")
+            .arg(keys.reaped(dead))
+            .arg(1)
+            .arg("PX")
+            .arg(millis(REAPED_MARK_TTL)),
+    )
+    .await?;
     tracing::info!(node = %dead, "cleaned up after a dead node");
     Ok(())
 }

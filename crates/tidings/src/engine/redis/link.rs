@@ -88,6 +88,10 @@ impl Keys {
     pub fn reaper(&self, node: &str) -> String {
         format!("{}:node:{node}:reaper", self.prefix)
     }
+    /// Set when `node` was reaped: if it was alive after all, it finds out.
+    pub fn reaped(&self, node: &str) -> String {
+        format!("{}:node:{node}:reaped", self.prefix)
+    }
     /// Control messages between nodes (API actions).
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)
