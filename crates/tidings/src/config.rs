@@ -118,8 +118,9 @@ pub struct ConnectionSettings {
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
     /// How long a client may take to send an HTTP request's headers, and
-    /// then its body; an idle keep-alive connection is closed after it too.
-    /// A client that stops mid-request must not hold its socket forever.
+    /// how long its body may pause between pieces; an idle keep-alive
+    /// connection is closed after it too. A client that stops mid-request
+    /// must not hold its socket forever.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }

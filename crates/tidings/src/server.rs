@@ -283,10 +283,10 @@ impl Tidings {
     /// Serves on `listener` until `signal` resolves, then stops accepting, sends
     /// every client 1012 and drains for `connection.shutdown_drain`.
     ///
-    /// A client must send each request's headers, then its body, within
-    /// `connection.request_timeout` (an idle keep-alive connection is closed
-    /// after it too): a client that stops mid-request must not hold its
-    /// socket forever.
+    /// A client must send each request's headers within
+    /// `connection.request_timeout`, and its body without pausing longer
+    /// than that (an idle keep-alive connection is closed after it too): a
+    /// client that stops mid-request must not hold its socket forever.
     pub async fn serve(
         self,
         listener: TcpListener,

@@ -299,8 +299,11 @@ async fn a_request_left_unfinished_is_dropped_after_request_timeout() {
         "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{}}"
     );
-    let cases: [(&str, &[u8]); 4] = [
+    let socketio_post = b"POST /socket.io/?EIO=4&transport=polling&sid=x HTTP/1.1\r\nHost: x\r\n\
+        Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n4";
+    let cases: [(&str, &[u8]); 5] = [
         ("nothing sent", b""),
+        ("socket.io body unfinished", socketio_post),
         ("headers unfinished", b"GET /health HTTP/1.1\r\nHost: x\r\n"),
         ("body unfinished", post.as_bytes()),
         (
@@ -325,6 +328,10 @@ async fn a_request_left_unfinished_is_dropped_after_request_timeout() {
         let text = String::from_utf8_lossy(&received);
         match case {
             "body unfinished" => assert!(text.starts_with("HTTP/1.1 400"), "{case}: {text}"),
+            "socket.io body unfinished" => assert!(
+                text.starts_with("HTTP/1.1 400") && text.contains(r#""code":3"#),
+                "{case}: {text}"
+            ),
             "idle after a request" => assert!(text.starts_with("HTTP/1.1 200"), "{case}: {text}"),
             _ => assert!(text.is_empty(), "{case}: {text}"),
         }
