@@ -355,6 +355,35 @@ async fn wait_message(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) 
     }
 }
 
+/// Subscribes to `CHANNEL` with request `id`; panics unless subscribed.
+async fn subscribe(ws: &mut Ws, id: u64) {
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "id": id, "channel": CHANNEL})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let reply = wait_message(ws, "the subscribe reply", |m| m["id"] == id).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+}
+
+/// The users `/api/presence` lists on `CHANNEL` through the node on `port`, sorted.
+async fn listed_users(port: u16) -> Vec<String> {
+    let listed = api_get(port, &format!("/api/presence?channel={CHANNEL}")).await;
+    let mut users: Vec<String> = listed["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|m| m["user"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    users.sort();
+    users
+}
+
 /// Waits for a presence push about `doomed` with `action`.
 async fn wait_presence(ws: &mut Ws, action: &str) {
     wait_message(ws, "a presence push", |message| {
@@ -377,15 +406,7 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl_even_if_it_restarts_at_
     // doomed user joins: a join that comes first reaches the watcher as no
     // push (only a `presence` request would list it).
     for ws in [&mut watcher, &mut doomed] {
-        ws.send(Message::Text(
-            json!({"type": "subscribe", "id": 1, "channel": CHANNEL})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-        let reply = wait_message(ws, "the subscribe reply", |m| m["id"] == 1).await;
-        assert_eq!(reply["type"], "subscribed", "{reply}");
+        subscribe(ws, 1).await;
     }
     wait_presence(&mut watcher, "join").await;
     let killed = Instant::now();
@@ -397,14 +418,7 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl_even_if_it_restarts_at_
     let took = killed.elapsed();
     // node_ttl is 2 s; heartbeats every third of it, so the bound is ~2.7 s.
     assert!(took < Duration::from_secs(4), "leave after {took:?}");
-    let listed = api_get(a.port, &format!("/api/presence?channel={CHANNEL}")).await;
-    let users: Vec<&str> = listed["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["user"].as_str().unwrap())
-        .collect();
-    assert_eq!(users, ["watcher"]);
+    assert_eq!(listed_users(a.port).await, ["watcher"]);
     drop(doomed);
 }
 
@@ -545,30 +559,9 @@ async fn presence_outlives_a_redis_outage_and_a_stall_longer_than_node_ttl() {
     let mut on_a = connect(a.port, "on-a").await.unwrap();
     let mut on_b = connect(b.port, "on-b").await.unwrap();
     for ws in [&mut on_a, &mut on_b] {
-        ws.send(Message::Text(
-            json!({"type": "subscribe", "id": 1, "channel": CHANNEL})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-        let reply = wait_message(ws, "the subscribe reply", |m| m["id"] == 1).await;
-        assert_eq!(reply["type"], "subscribed", "{reply}");
+        subscribe(ws, 1).await;
     }
-    let listed = || async {
-        let listed = api_get(a.port, &format!("/api/presence?channel={CHANNEL}")).await;
-        let mut users: Vec<String> = listed["members"]
-            .as_array()
-            .map(|members| {
-                members
-                    .iter()
-                    .filter_map(|m| m["user"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        users.sort();
-        users
-    };
+    let listed = || listed_users(a.port);
     let both = ["on-a", "on-b"];
     let deadline = Instant::now() + Duration::from_secs(5);
     while listed().await != both {
@@ -603,15 +596,7 @@ async fn presence_outlives_a_redis_outage_and_a_stall_longer_than_node_ttl() {
     })
     .await;
     assert_eq!(push["reason"], "resubscribe", "{push}");
-    on_b.send(Message::Text(
-        json!({"type": "subscribe", "id": 2, "channel": CHANNEL})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let reply = wait_message(&mut on_b, "the subscribe reply", |m| m["id"] == 2).await;
-    assert_eq!(reply["type"], "subscribed", "{reply}");
+    subscribe(&mut on_b, 2).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while listed().await != both {
         assert!(
