@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dashmap::DashMap;
 use serde_json::json;
-use tidings_auth::Identity;
+use tidings_auth::{Identity, TokenError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::request_quota;
@@ -117,14 +117,20 @@ pub fn authenticate_client(
         Err(err) => {
             state.metrics.auth_failed();
             tracing::info!(reason = %err, "client token refused");
-            let code = if err.is_expired() {
-                ErrorCode::TokenExpired
-            } else {
-                ErrorCode::Unauthorized
-            };
-            Err(ApiError::new(code, err.to_string()))
+            Err(token_refused(&err))
         }
     }
+}
+
+/// The 401 for a client token that failed verification: `token_expired`
+/// when it only expired (the client may get a fresh one), else `unauthorized`.
+pub fn token_refused(err: &TokenError) -> ApiError {
+    let code = if err.is_expired() {
+        ErrorCode::TokenExpired
+    } else {
+        ErrorCode::Unauthorized
+    };
+    ApiError::new(code, err.to_string())
 }
 
 /// CORS for the browser-facing HTTP transports: the allowed origins (any when

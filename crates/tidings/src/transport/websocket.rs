@@ -28,7 +28,7 @@ use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, Utf8Bytes};
 
-use super::http::{bearer_token, check_origin, ApiError};
+use super::http::{bearer_token, check_origin, token_refused, ApiError};
 use super::permessage_deflate::{self, InflateError};
 use super::requests::{self, Reader};
 use super::subscriptions::{parse_channel, Refusal, Subscriptions};
@@ -86,7 +86,7 @@ pub async fn upgrade(
             Err(err) => {
                 state.metrics.auth_failed();
                 tracing::info!(reason = %err, "websocket token refused");
-                return ApiError::new(ErrorCode::Unauthorized, err.to_string()).into_response();
+                return token_refused(&err).into_response();
             }
         },
         None => None,
