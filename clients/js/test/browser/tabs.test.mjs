@@ -7,7 +7,7 @@ import { sleep, waitFor } from '../helpers/server.mjs';
 const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>tab</title></head><body>
 <script type="module">
   import { TidingsClient } from '/client/index.js';
-  window.log = { events: [], states: [], subscribed: [] };
+  window.log = { events: [], states: [], infos: [], subscribed: [] };
   window.startClient = ({ url, token, channel }) => {
     const client = new TidingsClient({
       url,
@@ -16,7 +16,10 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>tab</title
       tabChannelName: 'tidings-test',
       reconnect: { minDelay: 100, maxDelay: 300 },
     });
-    client.on('state', (s) => window.log.states.push(s.state));
+    client.on('state', (s) => {
+      window.log.states.push(s.state);
+      window.log.infos.push(s);
+    });
     const sub = client.subscribe(channel, (e) => window.log.events.push(e.offset));
     sub.on('subscribed', (i) => window.log.subscribed.push(i));
     window.client = client;
@@ -86,6 +89,90 @@ describe('shareAcrossTabs in Chromium', () => {
     await waitFor(async () => (await suite.server.connections()) === 1, { message: 'one connection after the handover' });
     await context.close();
     await waitFor(async () => (await suite.server.connections()) === 0, { message: 'no connection after all tabs closed' });
+  });
+
+  test('states during a handover: reconnecting then connected, no disconnected; resubscribed; no repeats when a tab joins', async () => {
+    const context = await suite.browser.newContext();
+    const channel = 'workspace:acme:handover-states';
+    const token = suite.server.token({ sub: 'u-handover' });
+    const tabs = [];
+    const open = async (i) => {
+      const page = await suite.openPage(context, (p) => p.on('pageerror', (err) => console.error(`tab ${i} error:`, err)));
+      await page.evaluate((args) => window.startClient(args), { url: suite.server.url, token, channel });
+      tabs.push(page);
+      return page;
+    };
+    const read = (page) => page.evaluate(() => ({ leader: window.client.isLeader, state: window.client.state, sub: window.sub.state, log: window.log }));
+    const allReady = async () => (await Promise.all(tabs.map(read))).every((t) => t.state === 'connected' && t.sub === 'subscribed');
+    await open(0);
+    await open(1);
+    await waitFor(allReady, { message: 'two tabs connected and subscribed' });
+    for (const page of tabs) {
+      const { log } = await read(page);
+      assert.ok(!log.states.includes('disconnected'), `no disconnected on start: ${JSON.stringify(log.infos)}`);
+    }
+    const [first, second] = await Promise.all(tabs.map(read));
+    assert.equal([first, second].filter((t) => t.leader).length, 1, 'one leader');
+    const follower = tabs[first.leader ? 1 : 0];
+    const before = (await read(follower)).log.infos.length;
+
+    // (c) A tab joining: the leader answers its hello to every tab; the others repeat nothing.
+    await open(2);
+    await waitFor(allReady, { message: 'the third tab connected and subscribed' });
+    await sleep(300);
+    const joined = (await read(follower)).log.infos;
+    assert.deepEqual(joined.slice(before), [], `no state event in a follower when a tab joins: ${JSON.stringify(joined)}`);
+    for (let i = 0; i < joined.length - 1; i++) {
+      assert.notDeepEqual(joined[i + 1], joined[i], `consecutive state events differ: ${JSON.stringify(joined)}`);
+    }
+
+    await suite.server.publish(channel, 'tick', { i: 1 });
+    for (const page of tabs) await page.waitForFunction(() => window.log.events.length >= 1);
+
+    // Handover: close the leader.
+    const infos = await Promise.all(tabs.map(read));
+    const leaderIndex = infos.findIndex((t) => t.leader);
+    const [leader] = tabs.splice(leaderIndex, 1);
+    const marks = await Promise.all(tabs.map((p) => p.evaluate(() => [window.log.infos.length, window.log.subscribed.length])));
+    const oldClientId = infos[leaderIndex === 0 ? 1 : 0].log.infos.at(-1).clientId;
+    await leader.close();
+    await suite.server.publish(channel, 'tick', { i: 2 });
+    await waitFor(async () => (await Promise.all(tabs.map(read))).filter((t) => t.leader).length === 1, { message: 'a new leader' });
+    await waitFor(
+      async () =>
+        (await Promise.all(tabs.map((p) => p.evaluate(() => [window.client.state, window.client.clientId, window.log.events.length])))).every(
+          ([state, id, n]) => state === 'connected' && id !== oldClientId && n >= 2,
+        ),
+      { message: 'every tab connected through the new leader' },
+    );
+    await sleep(300);
+    for (const [k, page] of tabs.entries()) {
+      const { leader: isLeader, log } = await read(page);
+      const who = isLeader ? 'new leader' : 'follower';
+      const after = log.infos.slice(marks[k][0]);
+      const seq = after.map((s) => s.state);
+      assert.ok(!seq.includes('disconnected'), `${who}: no disconnected during the handover: ${JSON.stringify(after)}`);
+      assert.equal(seq[0], 'reconnecting', `${who}: reconnecting first: ${JSON.stringify(after)}`);
+      assert.equal(seq.at(-1), 'connected', `${who}: connected at the end: ${JSON.stringify(after)}`);
+      assert.ok(seq.slice(0, -1).every((s) => s === 'reconnecting'), `${who}: reconnecting until connected: ${JSON.stringify(after)}`);
+      assert.equal(seq.filter((s) => s === 'connected').length, 1, `${who}: one connected: ${JSON.stringify(after)}`);
+      assert.equal(after[0].previous, 'connected', `${who}: from connected: ${JSON.stringify(after[0])}`);
+      assert.equal(after[0].clientId, null, `${who}: no client id while reconnecting`);
+      assert.ok(after[0].reason?.message, `${who}: a reason: ${JSON.stringify(after[0])}`);
+      assert.equal(after[0].reason.error, 'connection_lost', `${who}: reason: ${JSON.stringify(after[0])}`);
+      assert.equal(after[0].user, 'u-handover', `${who}: the user stays known`);
+      for (let i = 0; i < after.length - 1; i++) {
+        assert.notDeepEqual(after[i + 1], after[i], `${who}: consecutive state events differ: ${JSON.stringify(after)}`);
+      }
+      const subscribed = log.subscribed.slice(marks[k][1]);
+      assert.ok(subscribed.length >= 1, `${who}: subscribed again after the handover`);
+      for (const info of subscribed) {
+        assert.equal(info.resubscribed, true, `${who}: a resubscription: ${JSON.stringify(subscribed)}`);
+        assert.equal(info.recovered, true, `${who}: recovered: ${JSON.stringify(subscribed)}`);
+      }
+      assert.deepEqual(log.events, [1, 2], `${who}: every event once`);
+    }
+    await context.close();
   });
 
   test('the presence status set through the leader carries over to the next leader', async () => {

@@ -7,6 +7,7 @@ import {
   type ConnectionState,
   type RequestOptions,
   type StateInfo,
+  type StateReason,
   type SubscribedInfo,
   type TokenRequest,
 } from './connection.js';
@@ -435,8 +436,11 @@ export class TidingsClient extends Emitter<ClientEvents> {
 
   // ---- leader / follower wiring (used by TabCoordinator) ---------------------
 
-  /** Holds the connection in this tab. @internal */
-  becomeLeader(connect: boolean): Hub {
+  /**
+   * Holds the connection in this tab. `announce`: the attempt the tab
+   * coordinator will start (see `Connection.announce`). @internal
+   */
+  becomeLeader(connect: boolean, announce?: { state: 'connecting' | 'reconnecting'; reason?: StateReason }): Hub {
     if (this.#hub) return this.#hub;
     const o = this.options;
     const factories: Partial<Record<TransportName, TransportFactory>> = {
@@ -461,6 +465,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
       random: o.random ?? Math.random,
       watchNetwork: o.watchNetwork ?? true,
     });
+    if (announce) connection.announce(announce.state, this.#info, announce.reason);
     const hub = new Hub(connection);
     this.#hub = hub;
     this.#unsink = hub.addSink(this.sink);
@@ -490,6 +495,8 @@ export class TidingsClient extends Emitter<ClientEvents> {
   // ---- HubSink ---------------------------------------------------------
 
   #onState(info: StateInfo): void {
+    // The leader repeats its state to every tab when one joins: report changes only.
+    if (sameStateInfo(info, this.#info)) return;
     this.#info = info;
     this.emit('state', info);
   }
@@ -515,6 +522,9 @@ export class TidingsClient extends Emitter<ClientEvents> {
     if (to !== undefined && to !== this.consumerId) return;
     const entry = this.#channels.get(info.channel);
     if (!entry) return;
+    // A channel this client had subscribed before is resubscribed, also on
+    // another connection (`shareAcrossTabs`: the leader tab changed).
+    if (!info.resubscribed && entry.last !== undefined) info = { ...info, resubscribed: true };
     const known = entry.position;
     entry.epoch = info.epoch;
     if (info.recovered !== true) {
@@ -554,4 +564,19 @@ export class TidingsClient extends Emitter<ClientEvents> {
     this.#dropHub();
     this.emit('leader', false);
   }
+}
+
+function sameStateInfo(a: StateInfo, b: StateInfo): boolean {
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)] as (keyof StateInfo)[]);
+  for (const key of keys) {
+    if (key === 'reason') {
+      const x = a.reason;
+      const y = b.reason;
+      if (x === y) continue;
+      if (!x || !y || x.code !== y.code || x.error !== y.error || x.message !== y.message) return false;
+    } else if (a[key] !== b[key]) {
+      return false;
+    }
+  }
+  return true;
 }

@@ -33,7 +33,7 @@ export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'dis
 export interface StateReason {
   /** Close code, when a close caused it. */
   code?: number;
-  /** Server error code or SDK code (`offline`, `heartbeat_timeout`, `max_attempts`, …). */
+  /** Server error code or SDK code (`offline`, `connection_lost`, `max_attempts`, …). */
   error?: string;
   message: string;
 }
@@ -232,8 +232,44 @@ export class Connection extends Emitter<ConnectionEvents> {
 
   // ---- lifecycle -------------------------------------------------------
 
-  /** Starts connecting (no-op unless disconnected or failed). */
+  /**
+   * `shareAcrossTabs`: a new leader tab's connection, before its `connect()`
+   * (which waits for the other tabs' positions). Reports that attempt already:
+   * `reconnecting` when it takes over a shared connection that was up (`from`:
+   * what the tab last knew of it; `reason` says why), else `connecting`, so that
+   * no tab sees this connection's initial `disconnected`. No-op unless it is
+   * still in that initial state. @internal
+   */
+  announce(state: 'connecting' | 'reconnecting', from: StateInfo, reason?: StateReason): void {
+    if (this.#info.state !== 'disconnected' || this.#info.previous !== null) return;
+    this.#announced = true;
+    // Attempts that fail before `connected` stay `reconnecting`.
+    this.#everConnected = state === 'reconnecting';
+    const next: StateInfo = {
+      ...this.#info,
+      state,
+      previous: from.state,
+      transport: state === 'reconnecting' && from.transport !== null ? (this.options.transports[0] ?? null) : null,
+      clientId: null,
+      user: from.user,
+      attempt: 0,
+    };
+    delete next.nextAttemptAt;
+    delete next.reason;
+    if (reason) next.reason = reason;
+    this.#info = next;
+    this.emit('state', next);
+  }
+  /** Set by `announce()` until `connect()` (or anything else) starts or ends the attempt. */
+  #announced = false;
+
+  /** Starts connecting (no-op unless disconnected or failed, or announced). */
   connect(): void {
+    if (this.#announced) {
+      this.#announced = false;
+      void this.#attempt();
+      return;
+    }
     if (this.#info.state !== 'disconnected' && this.#info.state !== 'failed') return;
     this.#everConnected = false;
     // A restart tries the first transport: say so rather than name the last
@@ -255,7 +291,7 @@ export class Connection extends Emitter<ConnectionEvents> {
    */
   retry(): void {
     const state = this.#info.state;
-    if (state === 'failed' || state === 'disconnected') {
+    if (state === 'failed' || state === 'disconnected' || this.#announced) {
       this.connect();
       return;
     }
@@ -267,6 +303,7 @@ export class Connection extends Emitter<ConnectionEvents> {
 
   /** Closes for good (until `connect()`); queued requests are rejected. */
   disconnect(reason = 'client disconnected'): void {
+    this.#announced = false;
     this.#abandon(1000, reason);
     this.#setState({ state: 'disconnected', reason: { code: 1000, message: reason }, nextAttemptAt: undefined });
     this.#rejectQueue('disconnected', 'the client disconnected');
@@ -277,6 +314,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.#token = null;
     this.#needNewToken = true;
     this.#reauthReason = true;
+    this.#announced = false;
     const state = this.#info.state;
     this.#abandon(1000, 'reauthenticating');
     this.#setState({

@@ -8,7 +8,7 @@
  * connection resubscribes from the earliest of them (recovery fills the gap; each
  * tab drops what it already has).
  */
-import type { RequestOptions, StateInfo, SubscribedInfo } from './connection.js';
+import type { RequestOptions, StateInfo, StateReason, SubscribedInfo } from './connection.js';
 import { TidingsError } from './errors.js';
 import type { Backend, ControlOp, ErrorShape, Hub, HubSink } from './hub.js';
 import type { ClientMessage, EventEnvelope, PresenceStatus, ServerMessage, StreamPosition } from './protocol.js';
@@ -19,7 +19,7 @@ interface TabClient {
   readonly sink: HubSink;
   readonly stateInfo: StateInfo;
   subscriptions(): [string, StreamPosition | undefined][];
-  becomeLeader(connect: boolean): Hub;
+  becomeLeader(connect: boolean, announce?: { state: 'connecting' | 'reconnecting'; reason?: StateReason }): Hub;
   useBackend(backend: Backend): void;
   leaderLost(): void;
 }
@@ -49,6 +49,9 @@ interface LockManagerLike {
 
 /** How long a new leader waits for the other tabs' positions before connecting. */
 const SYNC_WINDOW_MS = 150;
+
+/** Why the tabs are `reconnecting` while a new leader takes over. */
+const LEADER_LOST: StateReason = { error: 'connection_lost', message: 'the leader tab closed' };
 
 export class TabCoordinator {
   static supported(): boolean {
@@ -86,7 +89,7 @@ export class TabCoordinator {
     const remote = new RemoteBackend(this.#client.consumerId, (m) => this.#post(m));
     this.#remote = remote;
     this.#client.useBackend(remote);
-    this.#client.sink.state({ ...this.#client.stateInfo, state: 'connecting', previous: this.#client.stateInfo.state });
+    if (connect) this.#client.sink.state({ ...this.#client.stateInfo, state: 'connecting', previous: this.#client.stateInfo.state });
     this.#post({ t: 'hello', from: this.#client.consumerId });
     const g = globalThis as { addEventListener?: (n: string, f: () => void) => void };
     g.addEventListener?.('pagehide', this.#onPageHide);
@@ -100,12 +103,24 @@ export class TabCoordinator {
     });
   }
 
-  #becomeLeader(connect: boolean): void {
+  #becomeLeader(autoConnect: boolean): void {
+    // What this tab last knew of the shared connection (from the previous leader).
+    const known = this.#client.stateInfo.state;
+    const handover = this.#leaderId !== null && this.#leaderId !== this.#client.consumerId;
+    // A handover keeps a connection that was wanted going (also without autoConnect).
+    const connect = autoConnect || (handover && (known === 'connected' || known === 'reconnecting' || known === 'connecting'));
     this.#leader = true;
     this.#leaderId = this.#client.consumerId;
     this.#remote?.fail('the leader tab changed');
     this.#remote = null;
-    const hub = this.#client.becomeLeader(false);
+    // Report the attempt the timer below starts from the start (every tab gets
+    // it in the `leader` message): a shared connection that was up is
+    // `reconnecting` until the new one is `connected`, never `disconnected`.
+    const up = known === 'connected' || known === 'reconnecting';
+    const hub = this.#client.becomeLeader(
+      false,
+      !connect ? undefined : up ? { state: 'reconnecting', reason: LEADER_LOST } : { state: 'connecting' },
+    );
     // The status set through the previous leader's connection carries over.
     hub.connection.presetStatus(this.#status);
     const from = this.#client.consumerId;
@@ -122,7 +137,8 @@ export class TabCoordinator {
       // Give the other tabs a moment to report their positions first.
       this.#connectTimer = setTimeout(() => {
         this.#connectTimer = null;
-        if (this.#leader) hub.control('connect');
+        // Not if this tab's app called `disconnect()` in the meantime.
+        if (this.#leader && hub.connection.info.state !== 'disconnected') hub.control('connect');
       }, SYNC_WINDOW_MS);
     }
   }
