@@ -661,3 +661,84 @@ async fn api_actions_during_an_outage_still_act_on_the_local_connections() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(client.closed(Duration::from_secs(5)).await.code, 4502);
 }
+
+/// A Redis Cluster master that crashes and comes back empty: its channels'
+/// subscribers are told to resubscribe, and the channels of the masters that
+/// never went down keep delivering (the cluster client's own resubscription
+/// lost their sharded subscriptions, silently, on a node seeded with the
+/// other masters).
+#[tokio::test]
+async fn after_a_cluster_master_restarts_every_shard_keeps_delivering() {
+    let mut cluster = RedisCluster::start().await;
+    let mut config = base_config();
+    config.engine.kind = tidings::config::EngineKind::Redis;
+    config.engine.redis_cluster = true;
+    // Seeded with the masters that stay up, as the node that lost them was.
+    config.engine.redis_url = cluster.masters[1..]
+        .iter()
+        .map(|m| format!("redis://127.0.0.1:{}", m.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    config.engine.redis_prefix = unique_prefix();
+    config.engine.redis_timeout = Duration::from_millis(500);
+    let server = TestServer::with_config(config).await;
+    let channels: Vec<String> = (0..12).map(|i| format!("workspace:acme:r{i}")).collect();
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    for channel in &channels {
+        client.subscribe(channel).await;
+    }
+    for channel in &channels {
+        server.publish(channel, "before", json!({})).await;
+    }
+    assert_eq!(
+        client.drain_events(Duration::from_millis(500)).await.len(),
+        12
+    );
+
+    cluster.restart_master(0, Duration::from_secs(2)).await;
+    // Publishes succeed again on every shard (the cluster client has
+    // reconnected), and the restarted master's channels said `resubscribe`.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for channel in &channels {
+        loop {
+            let (status, _) = server
+                .api(
+                    "/api/publish",
+                    json!({"channel": channel, "event": "probe", "data": {}}),
+                )
+                .await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{channel}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Some(message) = client.next(Duration::from_millis(300)).await {
+        if message["type"] == "unsubscribed" {
+            assert_eq!(message["reason"], "resubscribe", "{message}");
+            let channel = message["channel"].as_str().unwrap().to_owned();
+            client.subscribe(&channel).await;
+        }
+    }
+    for channel in &channels {
+        server.publish(channel, "after", json!({})).await;
+    }
+    let after: Vec<String> = client
+        .drain_events(Duration::from_millis(1000))
+        .await
+        .iter()
+        .filter(|e| e["event"] == "after")
+        .map(|e| e["channel"].as_str().unwrap().to_owned())
+        .collect();
+    let mut missing: Vec<&String> = channels.iter().filter(|c| !after.contains(c)).collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "no event after the restart on {missing:?}"
+    );
+}

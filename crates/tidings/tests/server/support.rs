@@ -178,6 +178,37 @@ fn cluster_port() -> u16 {
     }
 }
 
+/// A cluster-enabled redis-server on `port` in `dir`, once it listens.
+async fn spawn_cluster_master(port: u16, dir: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--cluster-config-file")
+        .arg(dir.join("nodes.conf"))
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
 impl RedisCluster {
     pub async fn start() -> Self {
         let mut masters = Vec::new();
@@ -185,32 +216,7 @@ impl RedisCluster {
             let port = cluster_port();
             let dir = std::env::temp_dir().join(format!("tidings-redis-{}", unique_prefix()));
             std::fs::create_dir_all(&dir).unwrap();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--cluster-config-file")
-                .arg(dir.join("nodes.conf"))
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server");
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "redis-server did not start"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let child = spawn_cluster_master(port, &dir).await;
             masters.push(RedisServer {
                 child: Some(child),
                 port,
@@ -245,6 +251,30 @@ impl RedisCluster {
             }
         }
         Self { masters }
+    }
+
+    /// Kills master `i` (as a crash would: its data is lost) and starts it
+    /// again on its port with its cluster config file; returns once the
+    /// cluster is ok again.
+    pub async fn restart_master(&mut self, i: usize, down: Duration) {
+        let master = &mut self.masters[i];
+        master.kill();
+        tokio::time::sleep(down).await;
+        master.child = Some(spawn_cluster_master(master.port, &master.dir).await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for master in &self.masters {
+            loop {
+                let info = std::process::Command::new("redis-cli")
+                    .args(["-p", &master.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "cluster not ok");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// The seed list for `engine.redis_url` with `redis_cluster = true`.

@@ -242,6 +242,22 @@ async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) 
     if shared.link.ping_subscriber().await.is_err() {
         return false;
     }
+    // On Redis Cluster, the client's own resubscription after one shard's
+    // connection dropped can lose the subscriptions held on the other
+    // shards (found by an audit: a master restarted, and a node stopped
+    // hearing channels of the masters that never went down). Subscribing
+    // again is harmless where the subscription survived; the reads below
+    // then fill what was missed meanwhile.
+    if shared.link.sharded() {
+        if shared.link.subscribe_control().await.is_err() {
+            return false;
+        }
+        for channel in followed.keys() {
+            if shared.link.subscribe(channel).await.is_err() {
+                return false;
+            }
+        }
+    }
     let channels: Vec<ChannelName> = followed.keys().cloned().collect();
     for channel in channels {
         let Some(state) = followed.get_mut(&channel) else {
