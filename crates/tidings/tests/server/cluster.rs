@@ -742,3 +742,82 @@ async fn after_a_cluster_master_restarts_every_shard_keeps_delivering() {
         "no event after the restart on {missing:?}"
     );
 }
+
+/// `/health`'s `status`.
+async fn health_status(server: &TestServer) -> String {
+    let health: Value = server
+        .http
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// With one Redis Cluster master down, publishes on its channels answer 503
+/// and those on the other masters 200, and `/health` stays `degraded` (a call
+/// that reaches a master still up does not end the outage: before, it said
+/// `ok` and `degraded` in turn, logging each change) until every master
+/// answers again.
+#[tokio::test]
+async fn with_one_cluster_master_down_health_stays_degraded_until_it_returns() {
+    let mut cluster = RedisCluster::start().await;
+    let mut config = base_config();
+    config.engine.kind = tidings::config::EngineKind::Redis;
+    config.engine.redis_cluster = true;
+    config.engine.redis_url = cluster.urls();
+    config.engine.redis_prefix = unique_prefix();
+    config.engine.redis_timeout = Duration::from_millis(500);
+    let server = TestServer::with_config(config).await;
+    // `redis-cli --cluster create` gives the first master slots 0 to 5460.
+    let up_port = cluster.masters[1].port.to_string();
+    let slot = |channel: &str| -> u16 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &up_port, "CLUSTER", "KEYSLOT", channel])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let channel_where = |on_first: bool| {
+        (0..1000)
+            .map(|i| format!("workspace:acme:s{i}"))
+            .find(|c| (slot(c) <= 5460) == on_first)
+            .unwrap()
+    };
+    let (on_down, on_up) = (channel_where(true), channel_where(false));
+    let publish = |channel: &str| {
+        server.api(
+            "/api/publish",
+            json!({"channel": channel, "event": "e", "data": {}}),
+        )
+    };
+    assert_eq!(publish(&on_down).await.0, 200);
+    assert_eq!(publish(&on_up).await.0, 200);
+    assert_eq!(health_status(&server).await, "ok");
+
+    cluster.masters[0].kill();
+    let (status, body) = publish(&on_down).await;
+    assert_eq!(status, 503, "{body}");
+    // Well within the cluster's node timeout (15 s), after which the other
+    // masters refuse every command too (full coverage required).
+    for _ in 0..6 {
+        let (status, body) = publish(&on_up).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(health_status(&server).await, "degraded");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    cluster.start_master(0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while health_status(&server).await != "ok" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health still degraded after every master answers again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(publish(&on_down).await.0, 200);
+}

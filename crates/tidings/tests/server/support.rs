@@ -257,9 +257,15 @@ impl RedisCluster {
     /// again on its port with its cluster config file; returns once the
     /// cluster is ok again.
     pub async fn restart_master(&mut self, i: usize, down: Duration) {
-        let master = &mut self.masters[i];
-        master.kill();
+        self.masters[i].kill();
         tokio::time::sleep(down).await;
+        self.start_master(i).await;
+    }
+
+    /// Starts master `i` again (after `kill`) on its port with its cluster
+    /// config file; returns once the cluster is ok again.
+    pub async fn start_master(&mut self, i: usize) {
+        let master = &mut self.masters[i];
         master.child = Some(spawn_cluster_master(master.port, &master.dir).await);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         for master in &self.masters {

@@ -96,6 +96,65 @@ impl Keys {
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)
     }
+
+    /// Redis Cluster: one key (never written) in the slots of each shard,
+    /// given as the slot ranges of each master.
+    fn one_per_shard(&self, shards: &[Vec<(u16, u16)>]) -> Vec<String> {
+        use redis::cluster_routing::Slot;
+        let mut shard_of = std::collections::HashMap::new();
+        for (shard, ranges) in shards.iter().enumerate() {
+            for &(start, end) in ranges {
+                for slot in start..=end {
+                    if let Some(slot) = Slot::new(slot) {
+                        shard_of.insert(slot, shard);
+                    }
+                }
+            }
+        }
+        let mut keys: Vec<Option<String>> = vec![None; shards.len()];
+        // 16,384 slots: a few hundred tries find every shard of a cluster
+        // that is not absurdly uneven; the bound keeps a bad reply cheap.
+        for i in 0..100_000u32 {
+            if keys.iter().all(Option::is_some) {
+                break;
+            }
+            let key = format!("{}:probe:{{{i}}}", self.prefix);
+            if let Some(&shard) = shard_of.get(&Slot::for_key(&key)) {
+                if keys[shard].is_none() {
+                    keys[shard] = Some(key);
+                }
+            }
+        }
+        keys.into_iter().flatten().collect()
+    }
+}
+
+/// The slot ranges of each master in a `CLUSTER SLOTS` reply (entries
+/// `[start, end, [host, port, id, …], replicas…]`), grouped by master.
+fn shard_slots(reply: &Value) -> Vec<Vec<(u16, u16)>> {
+    let mut masters: Vec<(String, Vec<(u16, u16)>)> = Vec::new();
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    for entry in entries {
+        let Value::Array(fields) = entry else {
+            continue;
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(master)) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else {
+            continue;
+        };
+        let name = format!("{master:?}");
+        match masters.iter_mut().find(|(known, _)| *known == name) {
+            Some((_, ranges)) => ranges.push((start, end)),
+            None => masters.push((name, vec![(start, end)])),
+        }
+    }
+    masters.into_iter().map(|(_, ranges)| ranges).collect()
 }
 
 /// The command connection: one multiplexed connection to a single Redis, or a
@@ -146,17 +205,25 @@ enum Target {
 pub(crate) type PushSink = Arc<dyn Fn(PushInfo) + Send + Sync>;
 
 /// Whether Redis answers, with one log line per change (not per request).
+///
+/// On Redis Cluster one call reaches one shard, so a call that succeeds says
+/// nothing of a shard that is down: there, only a check of every shard
+/// ([`RedisLink::check_every_shard`]) ends an outage. Otherwise, with one
+/// master down, `/health` alternated with whichever shard the last call
+/// reached, logging each time.
 #[derive(Debug)]
 pub(crate) struct Availability {
     up: AtomicBool,
     outages: AtomicU64,
+    sharded: bool,
 }
 
 impl Availability {
-    fn new() -> Self {
+    fn new(sharded: bool) -> Self {
         Self {
             up: AtomicBool::new(true),
             outages: AtomicU64::new(0),
+            sharded,
         }
     }
 
@@ -177,7 +244,11 @@ impl Availability {
     fn failed(&self, err: &redis::RedisError) {
         if self.up.swap(false, Ordering::Relaxed) {
             self.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %err, "Redis is unreachable: publishes answer 503 until it is back");
+            if self.sharded {
+                tracing::warn!(error = %err, "Redis is unreachable (one shard or the whole cluster): requests on its channels answer 503 until it is back");
+            } else {
+                tracing::warn!(error = %err, "Redis is unreachable: publishes answer 503 until it is back");
+            }
         }
     }
 }
@@ -272,7 +343,7 @@ impl RedisLink {
             target,
             lazy: OnceCell::new(),
             push,
-            availability: Availability::new(),
+            availability: Availability::new(settings.redis_cluster),
         })
     }
 
@@ -359,6 +430,26 @@ impl RedisLink {
         self.observe(result)
     }
 
+    /// Redis Cluster: checks that every shard answers, and ends an outage if
+    /// so. Reads one key of each master's slots (found from `CLUSTER SLOTS`):
+    /// a command routed by key reaches its master or fails, whereas `PING`
+    /// to all masters skips one the client has dropped its connection to.
+    pub async fn check_every_shard(&self) -> Result<(), EngineError> {
+        let mut conn = self.commands().await?;
+        let slots: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        for key in self.keys.one_per_shard(&shard_slots(&slots)) {
+            let exists: redis::RedisResult<bool> =
+                redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await;
+            exists.map_err(|e| self.unavailable(&e))?;
+        }
+        self.availability.succeeded();
+        Ok(())
+    }
+
     /// Calls library function `name` (without its version prefix), loading the
     /// library first when this Redis does not have it (a new or flushed Redis).
     pub async fn call<T: redis::FromRedisValue>(
@@ -404,7 +495,9 @@ impl RedisLink {
     pub fn observe<T>(&self, result: redis::RedisResult<T>) -> Result<T, EngineError> {
         match result {
             Ok(value) => {
-                self.availability.succeeded();
+                if !self.availability.sharded {
+                    self.availability.succeeded();
+                }
                 Ok(value)
             }
             Err(err) => Err(self.unavailable(&err)),
@@ -417,7 +510,10 @@ impl RedisLink {
         // a dataset still loading, a cluster without a quorum, cluster
         // commands sent to a Redis without cluster support. So are the
         // client's own failures to reach it: a TLS handshake refused (an
-        // untrusted certificate), no connection to any cluster node.
+        // untrusted certificate), no connection to any cluster node. On a
+        // Redis Cluster, a redirect the client hands back (MOVED, ASK) or a
+        // TRYAGAIN means the shard that owns the slot could not be reached
+        // or cannot serve it now: an outage of that shard.
         let refuses_everything = matches!(
             err.kind(),
             redis::ErrorKind::AuthenticationFailed
@@ -425,7 +521,16 @@ impl RedisLink {
                 | redis::ErrorKind::ClusterConnectionNotFound
         ) || matches!(
             err.code(),
-            Some("NOAUTH" | "WRONGPASS" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN")
+            Some(
+                "NOAUTH"
+                    | "WRONGPASS"
+                    | "LOADING"
+                    | "MASTERDOWN"
+                    | "CLUSTERDOWN"
+                    | "MOVED"
+                    | "ASK"
+                    | "TRYAGAIN"
+            )
         ) || err.to_string().contains("cluster support disabled");
         if err.is_io_error()
             || err.is_timeout()
@@ -462,4 +567,65 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500))
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::Slot;
+    use redis::Value;
+
+    use super::{shard_slots, Keys};
+
+    fn master(port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(b"127.0.0.1".to_vec()),
+            Value::Int(port),
+            Value::BulkString(format!("id{port}").into_bytes()),
+        ])
+    }
+
+    fn range(start: i64, end: i64, port: i64) -> Value {
+        Value::Array(vec![Value::Int(start), Value::Int(end), master(port)])
+    }
+
+    #[test]
+    fn one_key_lands_in_each_shard_of_a_cluster_slots_reply() {
+        // The second master holds two ranges; a malformed entry is skipped.
+        let reply = Value::Array(vec![
+            range(0, 5460, 7000),
+            range(5461, 8000, 7001),
+            Value::Int(3),
+            range(8001, 10922, 7001),
+            range(10923, 16383, 7002),
+        ]);
+        let shards = shard_slots(&reply);
+        assert_eq!(
+            shards,
+            vec![
+                vec![(0, 5460)],
+                vec![(5461, 8000), (8001, 10922)],
+                vec![(10923, 16383)]
+            ]
+        );
+        let keys = Keys {
+            prefix: "tidings".to_owned(),
+        }
+        .one_per_shard(&shards);
+        assert_eq!(keys.len(), 3);
+        for (key, ranges) in keys.iter().zip(&shards) {
+            let slot = Slot::for_key(key);
+            assert!(
+                ranges
+                    .iter()
+                    .any(|&(start, end)| (start..=end).any(|s| Slot::new(s) == Some(slot))),
+                "{key} is not in {ranges:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reply_that_is_not_a_list_of_ranges_gives_no_shard() {
+        assert!(shard_slots(&Value::Nil).is_empty());
+        assert!(shard_slots(&Value::Array(vec![range(0, 70000, 7000)])).is_empty());
+    }
 }

@@ -61,6 +61,29 @@ impl Engine {
 /// drain at the rate Redis answers.
 pub const PRESENCE_CALLS_IN_FLIGHT: usize = 64;
 
+/// How often a node on Redis Cluster checks every master during an outage.
+const SHARD_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// On Redis Cluster, checks every master while Redis is taken as
+/// unreachable, and ends the outage once all answer (a call that reaches
+/// one shard does not; see `Availability`). Runs until the engine is dropped.
+async fn watch_shards(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(SHARD_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.left.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if !shared.link.availability.is_up() {
+            let _ = shared.link.check_every_shard().await;
+        }
+    }
+}
+
 /// What the broker, presence, cluster and delivery task of one node share.
 pub(crate) struct Shared {
     link: RedisLink,
@@ -117,6 +140,9 @@ impl Shared {
         });
         tokio::spawn(receiver::run(Arc::downgrade(&shared), queue));
         tokio::spawn(cluster::heartbeat(Arc::downgrade(&shared)));
+        if shared.link.sharded() {
+            tokio::spawn(watch_shards(Arc::downgrade(&shared)));
+        }
         Ok(shared)
     }
 
