@@ -422,6 +422,59 @@ async fn a_killed_nodes_presence_is_gone_within_node_ttl_even_if_it_restarts_at_
     drop(doomed);
 }
 
+/// A user with an away tab on A and an online tab on B is online; when B is
+/// killed and its entries reaped, observers get a `status` push: the user is
+/// away now, with the one tab left (no `leave`: a tab is still there).
+#[tokio::test]
+async fn a_killed_nodes_tab_is_reaped_with_a_status_push() {
+    let redis = start_redis().await;
+    let config = write_config(100, true);
+    let a = start_node(&redis, "a", &config).await;
+    let b = start_node(&redis, "b", &config).await;
+    let mut watcher = connect(a.port, "watcher").await.unwrap();
+    subscribe(&mut watcher, 1).await;
+    let mut away_tab = connect(a.port, "doomed").await.unwrap();
+    away_tab
+        .send(Message::Text(
+            json!({"type": "status", "status": "away"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    wait_message(&mut away_tab, "the status reply", |m| m["type"] == "status").await;
+    subscribe(&mut away_tab, 1).await;
+    wait_presence(&mut watcher, "join").await;
+    let mut online_tab = connect(b.port, "doomed").await.unwrap();
+    subscribe(&mut online_tab, 1).await;
+    let online = wait_message(&mut watcher, "the online push", |m| {
+        m["type"] == "presence" && m["member"]["user"] == "doomed"
+    })
+    .await;
+    assert_eq!(
+        (&online["action"], &online["member"]["status"]),
+        (&json!("status"), &json!("online")),
+        "{online}"
+    );
+    drop(b.process);
+    let reaped = wait_message(&mut watcher, "the push after the reap", |m| {
+        m["type"] == "presence" && m["member"]["user"] == "doomed"
+    })
+    .await;
+    assert_eq!(
+        (&reaped["action"], &reaped["member"]["status"]),
+        (&json!("status"), &json!("away")),
+        "{reaped}"
+    );
+    assert_eq!(
+        reaped["member"]["clients"].as_array().map(Vec::len),
+        Some(1),
+        "{reaped}"
+    );
+    assert_eq!(listed_users(a.port).await, ["doomed", "watcher"]);
+    drop(online_tab);
+}
+
 /// A Redis that refuses the node's password (or its lack of one), or its
 /// cluster commands, refuses every command: `/health` says `degraded` and a
 /// publish answers 503, as in any other outage, rather than `ok` with every

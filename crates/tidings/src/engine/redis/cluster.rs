@@ -16,10 +16,11 @@ use axum::extract::ws::Utf8Bytes;
 use redis::Value;
 use serde::{Deserialize, Serialize};
 
-use super::presence::Entry;
+use super::presence::{push_change, Entry, RedisPresence};
 use super::receiver::Incoming;
 use super::{millis, number, text, Shared};
 use crate::engine::cluster::{local_node, Cluster, ControlHandler, EngineStatus, NodeInfo};
+use crate::engine::presence::PresenceChange;
 use crate::engine::EngineError;
 use crate::protocol::{ChannelName, CloseCode, ServerMessage};
 
@@ -402,7 +403,8 @@ async fn reap(shared: &Shared, dead: &str) -> Result<(), EngineError> {
 }
 
 /// Removes `node`'s presence entries, telling each channel's subscribers who
-/// left, and takes it off the node list.
+/// left and whose status changed (a user whose online tab was on the dead
+/// node and whose other tab is away), and takes it off the node list.
 async fn remove_node(shared: &Shared, node: &str) -> Result<(), EngineError> {
     let link = &shared.link;
     let keys = &link.keys;
@@ -410,7 +412,7 @@ async fn remove_node(shared: &Shared, node: &str) -> Result<(), EngineError> {
         .query(redis::cmd("SMEMBERS").arg(keys.node_presence(node)))
         .await?;
     for channel in channels.iter().filter_map(|c| ChannelName::parse(c).ok()) {
-        let gone: Vec<String> = link
+        let reply: Vec<Value> = link
             .call(
                 "presence_reap",
                 &[
@@ -421,6 +423,10 @@ async fn remove_node(shared: &Shared, node: &str) -> Result<(), EngineError> {
                 &[node.as_bytes()],
             )
             .await?;
+        let gone = match reply.first() {
+            Some(Value::Array(gone)) => gone.iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        };
         for entry in gone {
             let Ok(entry) = serde_json::from_str::<Entry>(&entry) else {
                 continue;
@@ -433,6 +439,25 @@ async fn remove_node(shared: &Shared, node: &str) -> Result<(), EngineError> {
             shared
                 .publish_presence(&channel, Utf8Bytes::from(push.to_json()))
                 .await?;
+        }
+        for change in reply.iter().skip(1) {
+            let Value::Array(change) = change else {
+                continue;
+            };
+            let Some(user) = change.first().and_then(text) else {
+                continue;
+            };
+            let Some(PresenceChange::Status(member)) =
+                RedisPresence::tab_change(&user, &change[1..])
+            else {
+                continue;
+            };
+            let push = ServerMessage::PresenceChanged {
+                channel: channel.to_string(),
+                action: "status",
+                member: member.clone(),
+            };
+            push_change(shared, &channel, &member, Utf8Bytes::from(push.to_json())).await?;
         }
     }
     link.query::<()>(redis::cmd("DEL").arg(keys.node_presence(node)))

@@ -18,10 +18,10 @@ use crate::protocol::ChannelName;
 /// The function library, loaded into Redis by every node.
 const LIBRARY: &str = include_str!("tidings.lua");
 /// Its version: the library's name and its function names carry it
-/// (`tidings_v4_publish`), so a node loading this library (FUNCTION LOAD
+/// (`tidings_v5_publish`), so a node loading this library (FUNCTION LOAD
 /// REPLACE replaces a library of the same name only) leaves the functions an
 /// older node calls in place, and the reverse.
-const LIBRARY_PREFIX: &str = "tidings_v4_";
+const LIBRARY_PREFIX: &str = "tidings_v5_";
 
 /// Names of the keys and pub/sub channels, under the configured prefix.
 ///

@@ -99,7 +99,7 @@ impl RedisPresence {
     /// when the status did not change, or is not known: a user with no
     /// connections recorded there (they joined through a node of an older
     /// release) is left alone.
-    fn tab_change(user: &str, tail: &[redis::Value]) -> Option<PresenceChange> {
+    pub(super) fn tab_change(user: &str, tail: &[redis::Value]) -> Option<PresenceChange> {
         let order = tail.first().and_then(super::number)?;
         let status = |i: usize| {
             tail.get(i)
@@ -308,28 +308,39 @@ impl PresenceStore for RedisPresence {
         let member = match change {
             PresenceChange::Join(m) | PresenceChange::Leave(m) | PresenceChange::Status(m) => m,
         };
-        let link = &self.shared.link;
-        let mut message = Vec::with_capacity(text.len() + 1);
-        message.push(b'P');
-        message.extend_from_slice(text.as_bytes());
-        let order = member.order.to_string();
-        let pubsub = link.keys.pubsub(channel);
-        let sharded = if link.sharded() { "1" } else { "0" };
-        // A mass disconnect sends a push per leaving user: capped with the
-        // leaves themselves.
-        let _slot = self.shared.presence_slot().await?;
-        link.call::<i64>(
-            "presence_push",
-            &[&link.keys.presence_tabs(channel)],
-            &[
-                member.user.as_bytes(),
-                order.as_bytes(),
-                pubsub.as_bytes(),
-                &message,
-                sharded.as_bytes(),
-            ],
-        )
-        .await?;
-        Ok(())
+        push_change(&self.shared, channel, member, text).await
     }
+}
+
+/// Publishes the push `text` about `member` on `channel` unless a later
+/// pushed change of the same user overtook it (see `member.order`).
+pub(super) async fn push_change(
+    shared: &Shared,
+    channel: &ChannelName,
+    member: &PresenceMember,
+    text: Utf8Bytes,
+) -> Result<(), EngineError> {
+    let link = &shared.link;
+    let mut message = Vec::with_capacity(text.len() + 1);
+    message.push(b'P');
+    message.extend_from_slice(text.as_bytes());
+    let order = member.order.to_string();
+    let pubsub = link.keys.pubsub(channel);
+    let sharded = if link.sharded() { "1" } else { "0" };
+    // A mass disconnect sends a push per leaving user: capped with the
+    // leaves themselves.
+    let _slot = shared.presence_slot().await?;
+    link.call::<i64>(
+        "presence_push",
+        &[&link.keys.presence_tabs(channel)],
+        &[
+            member.user.as_bytes(),
+            order.as_bytes(),
+            pubsub.as_bytes(),
+            &message,
+            sharded.as_bytes(),
+        ],
+    )
+    .await?;
+    Ok(())
 }

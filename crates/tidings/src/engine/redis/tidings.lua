@@ -1,7 +1,7 @@
-#!lua name=tidings_v4
+#!lua name=tidings_v5
 -- The Redis engine's functions. Each call is one atomic step on one channel's
 -- keys (all hash-tagged with the channel, so in a Redis Cluster they live on
--- one shard), except tidings_v4_publish_many, which places several channels
+-- one shard), except tidings_v5_publish_many, which places several channels
 -- and is used outside Redis Cluster only. Loaded with FUNCTION LOAD REPLACE by every node; the name carries
 -- a version so nodes of different releases can share one Redis.
 
@@ -47,7 +47,7 @@ end
 -- Places one event in one channel: the body of both publish functions, so a
 -- batch places each channel exactly as a single publish does.
 -- The channel's arguments are `args[base + 1]` to `args[base + 12]` (see
--- tidings_v4_publish).
+-- tidings_v5_publish).
 local function place(meta, stream, idem, args, base)
   local function a(n) return args[base + n] end
   local size, ttl, position_ttl = tonumber(a(2)), tonumber(a(3)), tonumber(a(4))
@@ -87,17 +87,17 @@ end
 --       window ms (0 = no key), now ms, pub/sub channel, header, envelope prefix,
 --       envelope suffix, '1' for SPUBLISH, event id.
 -- Returns {'ok', offset, epoch} or {'dup', offset, epoch, id}.
-redis.register_function('tidings_v4_publish', function(keys, args)
+redis.register_function('tidings_v5_publish', function(keys, args)
   return place(keys[1], keys[2], keys[3], args, 0)
 end)
 
 -- Several channels in one call (a broadcast), outside Redis Cluster only: the
 -- channels' keys hash to different slots. Saves a round trip and a script
--- call per channel; each channel is placed as by tidings_v4_publish.
+-- call per channel; each channel is placed as by tidings_v5_publish.
 -- KEYS: meta, stream, idempotency key of each channel, in order.
--- ARGV: the 12 arguments of tidings_v4_publish for each channel, in order.
--- Returns one reply of tidings_v4_publish per channel.
-redis.register_function('tidings_v4_publish_many', function(keys, args)
+-- ARGV: the 12 arguments of tidings_v5_publish for each channel, in order.
+-- Returns one reply of tidings_v5_publish per channel.
+redis.register_function('tidings_v5_publish_many', function(keys, args)
   local out = {}
   for c = 0, #keys / 3 - 1 do
     out[c + 1] = place(keys[c * 3 + 1], keys[c * 3 + 2], keys[c * 3 + 3], args, c * 12)
@@ -112,7 +112,7 @@ end)
 -- after, limit, '1' for newest first, now ms.
 -- Returns {epoch, top, complete (0/1), entries, history ttl ms}; each entry
 -- {id, {field, value…}}.
-redis.register_function('tidings_v4_read', function(keys, args)
+redis.register_function('tidings_v5_read', function(keys, args)
   local meta, stream = keys[1], keys[2]
   local epoch, created = channel_epoch(meta, stream, args[1])
   if created then
@@ -243,7 +243,7 @@ end
 -- ARGV: client, user, entry, status. Returns {the user's connection count
 -- after the join (1 = the user joined; 0 = the client was already there),
 -- then what change_tab returns}.
-redis.register_function('tidings_v4_presence_join', function(keys, args)
+redis.register_function('tidings_v5_presence_join', function(keys, args)
   local existed = redis.call('HEXISTS', keys[1], args[1])
   redis.call('HSET', keys[1], args[1], args[3])
   local count = 0
@@ -262,7 +262,7 @@ end)
 -- ARGV: client, user. Returns {connections left for the user (-1 = the client
 -- was not there), the removed entry, then what change_tab returns (nothing
 -- when the user left: a leave's push is published once no tab is left)}.
-redis.register_function('tidings_v4_presence_leave', function(keys, args)
+redis.register_function('tidings_v5_presence_leave', function(keys, args)
   local entry = redis.call('HGET', keys[1], args[1])
   if not entry then
     return {-1, ''}
@@ -281,7 +281,7 @@ end)
 -- A connection's new status. KEYS: connections hash, tabs hash.
 -- ARGV: client, user, entry with the new status, status. Returns {0} when the
 -- client is not there, else {1, then what change_tab returns}.
-redis.register_function('tidings_v4_presence_status', function(keys, args)
+redis.register_function('tidings_v5_presence_status', function(keys, args)
   if redis.call('HEXISTS', keys[1], args[1]) == 0 then
     return {0}
   end
@@ -295,7 +295,7 @@ end)
 -- push count its change returned ('0' for a leave: published once the user
 -- has no tab left), pub/sub channel, message, '1' for SPUBLISH. Returns
 -- whether it was published.
-redis.register_function('tidings_v4_presence_push', function(keys, args)
+redis.register_function('tidings_v5_presence_push', function(keys, args)
   local stored = redis.call('HGET', keys[1], args[1])
   local current = stored and (string.match(stored, '#(%d+)$') or '0')
   if (args[2] == '0' and not stored) or current == args[2] then
@@ -310,29 +310,51 @@ redis.register_function('tidings_v4_presence_push', function(keys, args)
 end)
 
 -- Removes every entry of a node that died. ARGV: node id.
--- Returns the entries of users who have no connection left.
-redis.register_function('tidings_v4_presence_reap', function(keys, args)
+-- KEYS: connections hash, users hash, tabs hash. Returns {the entries of
+-- users who have no connection left, then for each user left with other
+-- connections whose status changed, what change_tab returns after the last
+-- of their removed connections, with the user first and the status before
+-- the first}.
+redis.register_function('tidings_v5_presence_reap', function(keys, args)
   local all = redis.call('HGETALL', keys[1])
   local gone = {}
+  local first_before = {}
+  local last = {}
+  local users = {}
   for i = 1, #all, 2 do
     local entry = cjson.decode(all[i + 1])
     if entry['n'] == args[1] then
+      local user = entry['u']
       redis.call('HDEL', keys[1], all[i])
-      change_tab(keys[1], keys[3], entry['u'], all[i], nil)
-      local left = redis.call('HINCRBY', keys[2], entry['u'], -1)
+      local change = change_tab(keys[1], keys[3], user, all[i], nil)
+      if first_before[user] == nil then
+        first_before[user] = change[2]
+        table.insert(users, user)
+      end
+      last[user] = change
+      local left = redis.call('HINCRBY', keys[2], user, -1)
       if left <= 0 then
-        redis.call('HDEL', keys[2], entry['u'])
+        redis.call('HDEL', keys[2], user)
         table.insert(gone, all[i + 1])
+        last[user] = nil
       end
     end
   end
-  return gone
+  local out = {gone}
+  for _, user in ipairs(users) do
+    local change = last[user]
+    if change and first_before[user] ~= change[3] then
+      change[2] = first_before[user]
+      table.insert(out, extend({user}, change))
+    end
+  end
+  return out
 end)
 
 -- A node's heartbeat: records its entry and returns every node's entry with
 -- the milliseconds since its last heartbeat, on Redis's clock.
 -- KEYS: nodes hash, heartbeat times hash. ARGV: node, entry JSON.
-redis.register_function('tidings_v4_heartbeat', function(keys, args)
+redis.register_function('tidings_v5_heartbeat', function(keys, args)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if args[1] ~= '' then
