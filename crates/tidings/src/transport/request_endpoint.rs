@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{FailedToBufferBody, StringRejection};
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tidings_auth::Identity;
 
@@ -21,9 +21,8 @@ use crate::server::ServerState;
 /// `POST /request`.
 pub async fn handle(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
-    body: Result<String, StringRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     state.metrics.http_request();
     let raw = raw.unwrap_or_default();
@@ -38,10 +37,19 @@ pub async fn handle(
             Refusal::new(ErrorCode::BadRequest, "`token` given twice".to_owned()),
         );
     }
-    let identity = match authenticate_client(&state, &headers, query_token.as_deref()) {
+    let identity = match authenticate_client(&state, request.headers(), query_token.as_deref()) {
         Ok(identity) => identity,
         Err(err) => return reply_error(None, Refusal::new(err.code, err.message)),
     };
+    // Read only once the token is good: a client without one gets its 401
+    // without the server buffering its body first.
+    let client = request
+        .headers()
+        .get(CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = String::from_request(request, &state).await;
     // The extractor's refusals are plain text; this endpoint answers in the
     // protocol's JSON errors.
     let body = match body {
@@ -68,11 +76,7 @@ pub async fn handle(
         let refusal = Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
         return reply_error(id, refusal);
     }
-    let client = headers
-        .get(CLIENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    match dispatch(&state, &identity, client, id.clone(), request).await {
+    match dispatch(&state, &identity, &client, id.clone(), request).await {
         Ok(text) => json_response(StatusCode::OK, text),
         Err(refusal) => reply_error(id, refusal),
     }

@@ -338,6 +338,32 @@ async fn a_request_left_unfinished_is_dropped_after_request_timeout() {
     }
 }
 
+/// `POST /request` checks the token before it reads the body: a client
+/// without a good token gets its 401 at once, however much body it promises
+/// (it was read first, up to `api.max_body_size`, waiting for all of it).
+#[tokio::test]
+async fn request_without_a_good_token_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = base_config();
+    config.connection.request_timeout = Duration::from_secs(10);
+    let server = TestServer::with_config(config).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /request HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\n\
+          Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n{\"type\"",
+    )
+    .await
+    .unwrap();
+    let mut received = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut received))
+        .await
+        .expect("no answer within 3 s: the body was awaited first")
+        .unwrap();
+    let text = String::from_utf8_lossy(&received[..read]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains(r#""code":"unauthorized""#), "{text}");
+}
+
 /// Refusals before a WebSocket upgrade, and of Socket.IO's Engine.IO
 /// requests, come in their documented JSON shapes, never axum's plain text.
 #[tokio::test]
