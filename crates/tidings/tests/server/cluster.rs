@@ -188,16 +188,7 @@ async fn publishing_while_redis_is_down_answers_503_and_clients_learn_what_they_
         (503, Some("engine_unavailable")),
         "{body}"
     );
-    let health: Value = n[1]
-        .http
-        .get(n[1].url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(n[1].health_status().await, "degraded");
     assert_eq!(n[1].metric("tidings_engine_available").await, 0.0);
     // Five seconds away, with a publisher retrying all along: the client stays
     // connected and nothing reaches it half-published.
@@ -253,16 +244,7 @@ async fn publishing_while_redis_is_down_answers_503_and_clients_learn_what_they_
         [1],
         "offsets start again in the new epoch"
     );
-    let health: Value = n[1]
-        .http
-        .get(n[1].url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(n[1].health_status().await, "ok");
 }
 
 #[tokio::test]
@@ -743,20 +725,6 @@ async fn after_a_cluster_master_restarts_every_shard_keeps_delivering() {
     );
 }
 
-/// `/health`'s `status`.
-async fn health_status(server: &TestServer) -> String {
-    let health: Value = server
-        .http
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    health["status"].as_str().unwrap_or_default().to_owned()
-}
-
 /// With one Redis Cluster master down, publishes on its channels answer 503
 /// and those on the other masters 200, and `/health` stays `degraded` (a call
 /// that reaches a master still up does not end the outage: before, it said
@@ -796,7 +764,7 @@ async fn with_one_cluster_master_down_health_stays_degraded_until_it_returns() {
     };
     assert_eq!(publish(&on_down).await.0, 200);
     assert_eq!(publish(&on_up).await.0, 200);
-    assert_eq!(health_status(&server).await, "ok");
+    assert_eq!(server.health_status().await, "ok");
 
     cluster.masters[0].kill();
     let (status, body) = publish(&on_down).await;
@@ -806,13 +774,13 @@ async fn with_one_cluster_master_down_health_stays_degraded_until_it_returns() {
     for _ in 0..6 {
         let (status, body) = publish(&on_up).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(health_status(&server).await, "degraded");
+        assert_eq!(server.health_status().await, "degraded");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     cluster.start_master(0).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while health_status(&server).await != "ok" {
+    while server.health_status().await != "ok" {
         assert!(
             tokio::time::Instant::now() < deadline,
             "/health still degraded after every master answers again"

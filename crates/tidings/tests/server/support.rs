@@ -235,9 +235,15 @@ impl RedisCluster {
             .output()
             .expect("redis-cli");
         assert!(created.status.success(), "cluster create: {created:?}");
-        // Wait until every master agrees the cluster is up.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        for master in &masters {
+        let cluster = Self { masters };
+        cluster.wait_until_ok(Duration::from_secs(15)).await;
+        cluster
+    }
+
+    /// Waits until every master agrees the cluster is up.
+    async fn wait_until_ok(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        for master in &self.masters {
             loop {
                 let info = std::process::Command::new("redis-cli")
                     .args(["-p", &master.port.to_string(), "cluster", "info"])
@@ -250,7 +256,6 @@ impl RedisCluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        Self { masters }
     }
 
     /// Kills master `i` (as a crash would: its data is lost) and starts it
@@ -267,20 +272,7 @@ impl RedisCluster {
     pub async fn start_master(&mut self, i: usize) {
         let master = &mut self.masters[i];
         master.child = Some(spawn_cluster_master(master.port, &master.dir).await);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        for master in &self.masters {
-            loop {
-                let info = std::process::Command::new("redis-cli")
-                    .args(["-p", &master.port.to_string(), "cluster", "info"])
-                    .output()
-                    .expect("redis-cli");
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "cluster not ok");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        self.wait_until_ok(Duration::from_secs(20)).await;
     }
 
     /// The seed list for `engine.redis_url` with `redis_cluster = true`.
@@ -367,6 +359,20 @@ impl TestServer {
             .await;
         assert_eq!(status, 200, "publish failed: {body}");
         body
+    }
+
+    /// `/health`'s `status`.
+    pub async fn health_status(&self) -> String {
+        let health: Value = self
+            .http
+            .get(self.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["status"].as_str().unwrap_or_default().to_owned()
     }
 
     pub async fn metrics(&self) -> String {
