@@ -725,11 +725,12 @@ async fn after_a_cluster_master_restarts_every_shard_keeps_delivering() {
     );
 }
 
-/// With one Redis Cluster master down, publishes on its channels answer 503
-/// and those on the other masters 200, and `/health` stays `degraded` (a call
-/// that reaches a master still up does not end the outage: before, it said
-/// `ok` and `degraded` in turn, logging each change) until every master
-/// answers again.
+/// With one Redis Cluster master down, `/health` says `degraded` within a
+/// check (every 2 s) even with no request reaching it, publishes on its
+/// channels answer 503 and those on the other masters 200, and `/health`
+/// stays `degraded` (a call that reaches a master still up does not end the
+/// outage: before, it said `ok` and `degraded` in turn, logging each change)
+/// until every master answers again.
 #[tokio::test]
 async fn with_one_cluster_master_down_health_stays_degraded_until_it_returns() {
     let mut cluster = RedisCluster::start().await;
@@ -767,6 +768,15 @@ async fn with_one_cluster_master_down_health_stays_degraded_until_it_returns() {
     assert_eq!(server.health_status().await, "ok");
 
     cluster.masters[0].kill();
+    // No request reaches the dead master: the node's own check finds it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.health_status().await != "degraded" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health still ok 5 s after a master went down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, body) = publish(&on_down).await;
     assert_eq!(status, 503, "{body}");
     // Well within the cluster's node timeout (15 s), after which the other

@@ -61,24 +61,31 @@ impl Engine {
 /// drain at the rate Redis answers.
 pub const PRESENCE_CALLS_IN_FLIGHT: usize = 64;
 
-/// How often a node on Redis Cluster checks every master during an outage.
+/// How often a node on Redis Cluster checks every shard during an outage.
 const SHARD_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often it checks them otherwise (in [`SHARD_CHECK_INTERVAL`]s): an idle
+/// node whose requests reach no shard that is down still finds it.
+const SHARD_CHECKS_WHEN_UP: u32 = 4;
 
-/// On Redis Cluster, checks every master while Redis is taken as
-/// unreachable, and ends the outage once all answer (a call that reaches
-/// one shard does not; see `Availability`). Runs until the engine is dropped.
+/// On Redis Cluster, checks every shard: every 500 ms while Redis is taken
+/// as unreachable, ending the outage once all answer (a call that reaches
+/// one shard does not; see `Availability`), and every 2 s otherwise, so
+/// `/health` finds a master that is down even when no request reaches it.
+/// Runs until the engine is dropped.
 async fn watch_shards(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(SHARD_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
     loop {
         tick.tick().await;
+        ticks = ticks.wrapping_add(1);
         let Some(shared) = shared.upgrade() else {
             return;
         };
         if shared.left.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        if !shared.link.availability.is_up() {
+        if !shared.link.availability.is_up() || ticks.is_multiple_of(SHARD_CHECKS_WHEN_UP) {
             let _ = shared.link.check_every_shard().await;
         }
     }
