@@ -41,14 +41,14 @@ pub async fn handle(
         Ok(identity) => identity,
         Err(err) => return reply_error(None, Refusal::new(err.code, err.message)),
     };
-    // Read only once the token is good: a client without one gets its 401
-    // without the server buffering its body first.
     let client = request
         .headers()
         .get(CLIENT_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    // Read only once the token is good: a client without one gets its 401
+    // without the server buffering its body first.
     let body = String::from_request(request, &state).await;
     // The extractor's refusals are plain text; this endpoint answers in the
     // protocol's JSON errors.

@@ -725,6 +725,18 @@ async fn after_a_cluster_master_restarts_every_shard_keeps_delivering() {
     );
 }
 
+/// Waits until `/health` says `wanted`; panics after `within`.
+async fn wait_for_health(server: &TestServer, wanted: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while server.health_status().await != wanted {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health not {wanted} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// With one Redis Cluster master down, `/health` says `degraded` within a
 /// check (every 2 s) even with no request reaching it, publishes on its
 /// channels answer 503 and those on the other masters 200, and `/health`
@@ -769,14 +781,7 @@ async fn with_one_cluster_master_down_health_stays_degraded_until_it_returns() {
 
     cluster.masters[0].kill();
     // No request reaches the dead master: the node's own check finds it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.health_status().await != "degraded" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health still ok 5 s after a master went down"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_health(&server, "degraded", Duration::from_secs(5)).await;
     let (status, body) = publish(&on_down).await;
     assert_eq!(status, 503, "{body}");
     // Well within the cluster's node timeout (15 s), after which the other
@@ -789,13 +794,6 @@ async fn with_one_cluster_master_down_health_stays_degraded_until_it_returns() {
     }
 
     cluster.start_master(0).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while server.health_status().await != "ok" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health still degraded after every master answers again"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_health(&server, "ok", Duration::from_secs(15)).await;
     assert_eq!(publish(&on_down).await.0, 200);
 }
