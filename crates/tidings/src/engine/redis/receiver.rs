@@ -20,6 +20,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::{stream, StreamExt};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -63,6 +64,11 @@ struct Followed {
 
 /// How long to wait before checking the channels again while Redis is away.
 const RESYNC_RETRY: Duration = Duration::from_millis(250);
+
+/// Subscriptions and history reads in flight while resyncing: a node
+/// following thousands of channels checks them in a few round trips' time
+/// rather than one round trip each.
+const RESYNC_IN_FLIGHT: usize = 64;
 
 /// Runs the delivery task until the engine is dropped.
 pub(crate) async fn run(shared: Weak<Shared>, mut queue: UnboundedReceiver<Incoming>) {
@@ -242,6 +248,7 @@ async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) 
     if shared.link.ping_subscriber().await.is_err() {
         return false;
     }
+    let started = std::time::Instant::now();
     // On Redis Cluster, the client's own resubscription after one shard's
     // connection dropped can lose the subscriptions held on the other
     // shards (found by an audit: a master restarted, and a node stopped
@@ -252,23 +259,39 @@ async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) 
         if shared.link.subscribe_control().await.is_err() {
             return false;
         }
-        for channel in followed.keys() {
-            if shared.link.subscribe(channel).await.is_err() {
-                return false;
-            }
+        let channels: Vec<ChannelName> = followed.keys().cloned().collect();
+        let subscribed: Vec<_> = stream::iter(channels)
+            .map(|channel| async move { shared.link.subscribe(&channel).await })
+            .buffer_unordered(RESYNC_IN_FLIGHT)
+            .collect()
+            .await;
+        if subscribed.iter().any(Result::is_err) {
+            return false;
         }
     }
-    let channels: Vec<ChannelName> = followed.keys().cloned().collect();
-    for channel in channels {
+    let positions: Vec<(ChannelName, Arc<str>, u64)> = followed
+        .iter()
+        .filter_map(|(channel, state)| {
+            let (epoch, last) = state.position.clone()?;
+            Some((channel.clone(), epoch, last))
+        })
+        .collect();
+    // Each channel's events are delivered by this task alone, so channels
+    // may be read in any order: only one channel's own events must stay in
+    // order, and each read is applied whole.
+    let mut reads = stream::iter(positions)
+        .map(|(channel, epoch, last)| async move {
+            let read = shared.read(&channel, last, 0, 0).await;
+            (channel, epoch, last, read)
+        })
+        .buffer_unordered(RESYNC_IN_FLIGHT);
+    while let Some((channel, epoch, last, read)) = reads.next().await {
+        let Ok(read) = read else {
+            // The rest is checked on the next try.
+            return false;
+        };
         let Some(state) = followed.get_mut(&channel) else {
             continue;
-        };
-        let Some((epoch, last)) = state.position.clone() else {
-            continue;
-        };
-        let read = match shared.read(&channel, last, 0, 0).await {
-            Ok(read) => read,
-            Err(_) => return false,
         };
         if read.epoch != epoch {
             tracing::info!(%channel, "channel state lost in Redis: subscribers resubscribe");
@@ -280,16 +303,16 @@ async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) 
                 for missed in &read.events {
                     shared.deliver(missed);
                 }
+                state.position = Some((epoch, read.top));
             } else {
-                state.position = Some((epoch.clone(), read.top));
+                state.position = Some((epoch, read.top));
                 shared.lost_continuity(&channel);
-                continue;
             }
-            state.position = Some((epoch, read.top));
         }
     }
     tracing::info!(
         channels = followed.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "channels checked after the Redis connection came back"
     );
     true
