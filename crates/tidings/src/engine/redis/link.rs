@@ -129,9 +129,12 @@ impl Keys {
     }
 }
 
+/// Each master's slot ranges, inclusive.
+type SlotLayout = Vec<Vec<(u16, u16)>>;
+
 /// The slot ranges of each master in a `CLUSTER SLOTS` reply (entries
 /// `[start, end, [host, port, id, …], replicas…]`), grouped by master.
-fn shard_slots(reply: &Value) -> Vec<Vec<(u16, u16)>> {
+fn shard_slots(reply: &Value) -> SlotLayout {
     let mut masters: Vec<(String, Vec<(u16, u16)>)> = Vec::new();
     let Value::Array(entries) = reply else {
         return Vec::new();
@@ -269,6 +272,9 @@ pub(crate) struct RedisLink {
     lazy: OnceCell<Commands>,
     push: PushSink,
     pub availability: Availability,
+    /// Cluster mode: the slot layout last read and one key in each of its
+    /// shards, found again only when the layout changes.
+    shard_probes: std::sync::Mutex<(SlotLayout, Vec<String>)>,
 }
 
 fn config_error(problem: impl Into<String>) -> ConfigError {
@@ -344,6 +350,7 @@ impl RedisLink {
             lazy: OnceCell::new(),
             push,
             availability: Availability::new(settings.redis_cluster),
+            shard_probes: std::sync::Mutex::default(),
         })
     }
 
@@ -441,7 +448,18 @@ impl RedisLink {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.unavailable(&e))?;
-        for key in self.keys.one_per_shard(&shard_slots(&slots)) {
+        let layout = shard_slots(&slots);
+        let keys = {
+            let mut probes = self
+                .shard_probes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if probes.0 != layout || probes.1.is_empty() {
+                *probes = (layout.clone(), self.keys.one_per_shard(&layout));
+            }
+            probes.1.clone()
+        };
+        for key in keys {
             let exists: redis::RedisResult<bool> =
                 redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await;
             exists.map_err(|e| self.unavailable(&e))?;
