@@ -186,6 +186,53 @@ async fn subscribe_is_acknowledged_and_refusals_carry_the_error_code() {
 }
 
 #[tokio::test]
+async fn too_many_bad_requests_in_a_row_end_the_socket_with_4501() {
+    let mut config = base_config();
+    config.connection.max_bad_requests = 3;
+    let server = TestServer::with_config(config).await;
+    let (mut ws, _) = connect(&server, json!({"token": token("u-bad", &["acme"], &[])})).await;
+    // A good request between bad ones starts the count again.
+    for id in 1..=3 {
+        ws.send(Message::text(format!(r#"42{id}["subscribe",42]"#)))
+            .await
+            .unwrap();
+        let ack = next_text(&mut ws).await;
+        assert!(ack.contains("bad_request"), "{ack}");
+    }
+    ws.send(Message::text(r#"424["subscribe","workspace:acme:orders"]"#))
+        .await
+        .unwrap();
+    let mut ack = next_text(&mut ws).await;
+    while !ack.starts_with("434") {
+        ack = next_text(&mut ws).await;
+    }
+    assert!(ack.contains(r#""ok":true"#), "{ack}");
+    for id in 5..=7 {
+        ws.send(Message::text(format!(r#"42{id}["subscribe",42]"#)))
+            .await
+            .unwrap();
+        let mut ack = next_text(&mut ws).await;
+        while !ack.starts_with(&format!("43{id}")) {
+            ack = next_text(&mut ws).await;
+        }
+        assert!(ack.contains("bad_request"), "{ack}");
+    }
+    // The fourth in a row: the disconnect notice, then the namespace's end.
+    ws.send(Message::text(r#"428["subscribe",42]"#))
+        .await
+        .unwrap();
+    let mut notice = next_text(&mut ws).await;
+    while !notice.starts_with("42[\"tidings:disconnect\"") {
+        assert!(!notice.starts_with("438"), "answered: {notice}");
+        notice = next_text(&mut ws).await;
+    }
+    let args: Value = serde_json::from_str(notice.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(args[1]["code"], 4501, "{notice}");
+    assert_eq!(args[1]["reason"], "too many bad requests in a row");
+    assert_eq!(next_text(&mut ws).await, "41");
+}
+
+#[tokio::test]
 async fn the_endpoint_can_be_switched_off() {
     let mut config = base_config();
     config.transports.socketio = false;

@@ -62,6 +62,9 @@ struct Connected {
     token_expiry: Option<Instant>,
     status: PresenceStatus,
     rate: Option<RequestRate>,
+    /// `bad_request` answers in a row: more than `max_bad_requests` end the
+    /// socket with 4501, as on `/ws`.
+    bad_requests: u32,
 }
 
 /// The `CONNECT` payload: socket.io-client's `auth`, plus `pid` and `offset`
@@ -272,6 +275,9 @@ impl HubSocket {
             }
             PacketKind::BinaryEvent => {
                 self.skip_attachments = packet.attachments;
+                if self.count_bad_request(true) {
+                    return Err(self.too_many_bad_requests(session));
+                }
                 if let Some(id) = packet.ack {
                     let refusal = error_json(
                         ErrorCode::BadRequest,
@@ -354,6 +360,7 @@ impl HubSocket {
             subscriptions: Subscriptions::default(),
             status: PresenceStatus::Online,
             rate: RequestRate::new(&state.config.connection),
+            bad_requests: 0,
         };
         // What the client last saw: its offset (the token of its last event),
         // else the positions its pid was issued with.
@@ -577,6 +584,13 @@ impl HubSocket {
                 )),
             },
         };
+        let bad = matches!(&answer, Err(refusal) if refusal.code == ErrorCode::BadRequest);
+        if self.count_bad_request(bad) {
+            return Err(self.too_many_bad_requests(session));
+        }
+        let Some(connected) = self.connected.as_mut() else {
+            return Ok(());
+        };
         if let Some(id) = packet.ack {
             let text = match answer {
                 Ok(text) => text,
@@ -593,6 +607,24 @@ impl HubSocket {
             emit_position(session, connected);
         }
         Ok(())
+    }
+
+    /// Counts a `bad_request` answer (`bad`) or resets the count (any other
+    /// answer); true when the count passed `max_bad_requests`.
+    fn count_bad_request(&mut self, bad: bool) -> bool {
+        let Some(connected) = self.connected.as_mut() else {
+            return false;
+        };
+        connected.bad_requests = if bad { connected.bad_requests + 1 } else { 0 };
+        connected.bad_requests > self.state.config.connection.max_bad_requests
+    }
+
+    fn too_many_bad_requests(&mut self, session: &Session) -> End {
+        self.close(
+            session,
+            CloseCode::ProtocolViolation,
+            "too many bad requests in a row",
+        )
     }
 
     /// Leaves the hub once the session is over.
