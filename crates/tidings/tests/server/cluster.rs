@@ -278,6 +278,22 @@ async fn a_restart_with_persistence_still_never_reuses_offsets_in_an_epoch() {
     assert_ne!(reply["epoch"], subscribed["epoch"]);
 }
 
+/// Sets Redis's `client-output-buffer-limit` for pub/sub clients. With
+/// `"64 64 0"` a subscriber whose output buffer passes 64 bytes beyond its
+/// fixed 16 KiB is disconnected, so each 20 KiB message cuts every node's
+/// pub/sub connection; `"32mb 8mb 60"` is Redis's default.
+async fn set_pubsub_output_limit(redis: &RedisServer, value: &str) {
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg(format!("pubsub {value}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn messages_lost_between_nodes_are_filled_from_history_in_order() {
     let redis = RedisServer::start().await;
@@ -289,27 +305,15 @@ async fn messages_lost_between_nodes_are_filled_from_history_in_order() {
         offsets(&client.events_through(1, Duration::from_millis(100)).await),
         [1]
     );
-    // Make Redis drop every pub/sub message (a subscriber whose output buffer
-    // passes 64 bytes beyond its fixed 16 KiB is disconnected, so each 20 KiB
-    // event cuts it): what is published meanwhile never reaches node 0 over
-    // pub/sub.
-    let admin = redis::Client::open(redis.url()).unwrap();
-    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
-    let limit = |value: &str| {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("client-output-buffer-limit")
-            .arg(format!("pubsub {value}"))
-            .to_owned()
-    };
-    let _: () = limit("64 64 0").query_async(&mut conn).await.unwrap();
+    // What is published meanwhile never reaches node 0 over pub/sub.
+    set_pubsub_output_limit(&redis, "64 64 0").await;
     let pad = "x".repeat(20_000);
     for _ in 0..29 {
         n[1].publish("workspace:acme", "x", json!({ "pad": pad }))
             .await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let _: () = limit("32mb 8mb 60").query_async(&mut conn).await.unwrap();
+    set_pubsub_output_limit(&redis, "32mb 8mb 60").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     n[1].publish("workspace:acme", "x", json!({})).await;
     let events = client.events_through(31, Duration::from_millis(500)).await;
@@ -340,17 +344,7 @@ async fn after_a_cut_pubsub_connection_every_followed_channel_is_filled_in_order
         client.drain_events(Duration::from_millis(300)).await.len(),
         channels.len()
     );
-    let admin = redis::Client::open(redis.url()).unwrap();
-    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
-    let limit = |value: &str| {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("client-output-buffer-limit")
-            .arg(format!("pubsub {value}"))
-            .to_owned()
-    };
-    // As above: each 20 KiB message cuts node 0's pub/sub connection.
-    let _: () = limit("64 64 0").query_async(&mut conn).await.unwrap();
+    set_pubsub_output_limit(&redis, "64 64 0").await;
     let pad = "x".repeat(20_000);
     for round in 0..2 {
         for channel in &channels {
@@ -358,7 +352,7 @@ async fn after_a_cut_pubsub_connection_every_followed_channel_is_filled_in_order
                 .await;
         }
     }
-    let _: () = limit("32mb 8mb 60").query_async(&mut conn).await.unwrap();
+    set_pubsub_output_limit(&redis, "32mb 8mb 60").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for channel in &channels {
         n[1].publish(channel, "x", json!({})).await;
