@@ -80,8 +80,11 @@ async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented =
-        bearer_token(&headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    // An empty `Bearer` is ignored here (unlike a client token's, which it
+    // refuses): a proxy may add one, and the X-API-Key beside it still counts.
+    let presented = bearer_token(&headers)
+        .filter(|key| !key.is_empty())
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     let Some(key) = &state.api_key else {
         return ApiError::new(
             ErrorCode::Unauthorized,

@@ -413,6 +413,19 @@ async fn api_key_is_required_and_errors_are_json() {
         .await
         .unwrap();
     assert_eq!(right.status().as_u16(), 200);
+    // Another scheme, or an empty Bearer, leaves X-API-Key to decide.
+    for authorization in ["Bearer", "Bearer ", "Basic eHl6"] {
+        let beside = server
+            .http
+            .post(server.url("/api/publish"))
+            .header("authorization", authorization)
+            .header("x-api-key", API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(beside.status().as_u16(), 200, "{authorization:?}");
+    }
 
     for (bad, code) in [
         (json!({"channel": "workspace:acme", "event": "e"}), 400),
