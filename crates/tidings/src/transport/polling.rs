@@ -43,6 +43,19 @@ pub struct PollQuery {
     token: Option<String>,
 }
 
+/// The message of a query that does not parse; a parameter given twice is
+/// named as `/sse` and `/request` name it.
+fn query_problem(rejection: &QueryRejection) -> String {
+    let text = rejection.body_text();
+    match text
+        .split_once("duplicate field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+    {
+        Some((name, _)) => format!("`{name}` given twice"),
+        None => text,
+    }
+}
+
 /// `GET /events`.
 pub async fn poll(
     State(state): State<Arc<ServerState>>,
@@ -71,7 +84,8 @@ async fn answer(
     headers: &HeaderMap,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<String, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::BadRequest, query_problem(&e)))?;
     let identity = authenticate_client(state, headers, query.token.as_deref())?;
     if !state.user_request_limits.admit(&identity.user) {
         return Err(ApiError::new(

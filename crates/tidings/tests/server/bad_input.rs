@@ -401,6 +401,20 @@ async fn refused_upgrades_and_repeated_parameters_answer_in_json() {
     assert_eq!(response.status().as_u16(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["message"], "`token` given twice", "{body}");
+    for query in [
+        twice.clone(),
+        format!("token={good}&channel=workspace:acme&since=1&since=2"),
+    ] {
+        let response = http
+            .get(server.url(&format!("/events?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        let body: serde_json::Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.ends_with("` given twice"), "{body}");
+    }
     let response = http
         .post(server.url(&format!("/request?{twice}")))
         .body(r#"{"type":"presence","channel":"workspace:acme"}"#)
