@@ -604,3 +604,50 @@ async fn an_embedding_backend_reads_presence_and_history_and_ends_connections() 
     server.publish("workspace:acme", "e", json!({})).await;
     assert_eq!(offsets(&client.drain_events(QUIET).await), [1, 2, 3]);
 }
+
+/// README: an embedding backend builds broadcasts and entity changes from
+/// the server API's JSON bodies.
+#[tokio::test]
+async fn an_embedding_backend_broadcasts_and_publishes_entity_changes_from_json() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &["acme"]).await;
+    client.subscribe("workspace:acme").await;
+    client.subscribe("workspace:acme:applications").await;
+    let publisher = server.tidings.publisher();
+
+    let broadcast: tidings::publisher::BroadcastRequest = serde_json::from_value(json!({
+        "channels": ["workspace:acme", "workspace:acme:applications"],
+        "event": "notice", "data": {"text": "maintenance at 18:00"}
+    }))
+    .unwrap();
+    let results = publisher.broadcast(broadcast).await.unwrap();
+    assert_eq!(results.len(), 2);
+    let change: tidings::publisher::EntityChange = serde_json::from_value(json!({
+        "workspace": "acme", "entity": {"type": "applications", "id": "app123", "version": 7},
+        "action": "approved", "data": {"status": "approved"}, "actor": "u7"
+    }))
+    .unwrap();
+    publisher.publish_entity_change(change).await.unwrap();
+
+    let events = client.drain_events(QUIET).await;
+    let names: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["channel"].as_str().unwrap_or_default(),
+                e["event"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("workspace:acme", "notice"),
+            ("workspace:acme:applications", "notice"),
+            ("workspace:acme", "applications.approved"),
+            ("workspace:acme:applications", "applications.approved"),
+        ]
+    );
+    assert_eq!(events[3]["meta"]["entity"]["id"], "app123");
+    assert_eq!(events[3]["meta"]["actor"], "u7");
+}
