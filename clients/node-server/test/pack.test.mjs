@@ -29,6 +29,7 @@ test('the packed tarball installs, imports, type-checks and works', async () => 
   const { stdout: listing } = await run('tar', ['-tzf', join(dir, tarball)]);
   assert.match(listing, /package\/dist\/index\.js/);
   assert.match(listing, /package\/dist\/index\.d\.ts/);
+  assert.match(listing, /package\/LICENSE/);
   assert.doesNotMatch(listing, /package\/src\/|package\/test\//);
 
   const project = join(dir, 'app');
