@@ -101,6 +101,42 @@ async fn events_arrive_as_name_data_meta_and_position() {
     }
 }
 
+/// A polling client's close packet ends the session at once: it is no longer
+/// counted, though its next poll still gets the reference server's `noop`.
+#[tokio::test]
+async fn a_polling_close_packet_ends_the_count_at_once() {
+    let server = TestServer::start().await;
+    let url = |sid: &str| server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let open = server
+        .http
+        .get(server.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let auth = json!({"token": token("u-close", &["acme"], &[])});
+    let post = |body: String| server.http.post(url(&sid)).body(body).send();
+    assert_eq!(
+        post(format!("40{auth}")).await.unwrap().status().as_u16(),
+        200
+    );
+    let connected = server.http.get(url(&sid)).send().await.unwrap();
+    assert!(connected.text().await.unwrap().starts_with("40"));
+    assert_eq!(server.metric("tidings_socketio_sessions").await, 1.0);
+
+    assert_eq!(post("1".to_owned()).await.unwrap().status().as_u16(), 200);
+    assert_eq!(server.metric("tidings_socketio_sessions").await, 0.0);
+    let last = server.http.get(url(&sid)).send().await.unwrap();
+    assert_eq!(last.text().await.unwrap(), "6");
+    let after = server.http.get(url(&sid)).send().await.unwrap();
+    assert_eq!(after.status().as_u16(), 400, "the sid is gone");
+    assert_eq!(server.metric("tidings_socketio_sessions").await, 0.0);
+}
+
 /// A reconnect that cannot recover is followed by `tidings:position`, so the
 /// client's kept offset (socket.io-client keeps the last event's until the
 /// next event) names the new positions and the next reconnect recovers.

@@ -216,6 +216,10 @@ impl Session {
         state.closed = true;
         let linger = last.is_some() && polling && !state.outbox.is_empty();
         drop(state);
+        // Ended now, though a polling session lingers for its last poll.
+        if let Some(metrics) = &registry.metrics {
+            metrics.socketio_session_closed();
+        }
         if linger {
             let registry = registry.clone();
             let sid = self.sid.clone();
@@ -237,8 +241,8 @@ pub struct Sessions {
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// How long a closed polling session waits for its last poll.
     linger: Duration,
-    /// Counts open sessions (`tidings_socketio_sessions`); none for the
-    /// conformance endpoint.
+    /// Counts open sessions (`tidings_socketio_sessions`), from opened to
+    /// closed; none for the conformance endpoint.
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -271,11 +275,9 @@ impl Sessions {
         lock(&self.map).get(sid).cloned()
     }
 
+    /// Forgets a closed session (counted as ended when it closed).
     fn remove(&self, sid: &str) {
-        let removed = lock(&self.map).remove(sid).is_some();
-        if let (true, Some(metrics)) = (removed, &self.metrics) {
-            metrics.socketio_session_closed();
-        }
+        lock(&self.map).remove(sid);
     }
 }
 
