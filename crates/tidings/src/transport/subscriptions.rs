@@ -296,7 +296,17 @@ impl Subscriptions {
                     announce(&state.hub, &*state.presence, &channel, change).await
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(%channel, error = %err, "presence join failed"),
+                Err(err) => {
+                    // Subscribed but unlisted would last until the client
+                    // left: refuse the subscribe instead (the client retries,
+                    // as after any engine error) and take back a join that
+                    // may have reached the engine before the error.
+                    tracing::warn!(%channel, error = %err, "presence join failed: the subscribe is refused");
+                    self.channels.remove(&channel);
+                    hub.remove_subscription(&channel, connection).await;
+                    leave_presence(state, &channel, connection).await;
+                    return Err(Refusal::engine_unavailable());
+                }
             }
         }
         Ok(Subscribed {

@@ -162,6 +162,46 @@ async fn presence_and_api_actions_reach_every_node() {
 }
 
 #[tokio::test]
+async fn a_subscribe_whose_presence_join_fails_is_refused_and_can_be_retried() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |_| {}).await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    // Redis refuses the presence keys' writes (an ACL: everything may be
+    // read, every other key also written), so the subscribe's reads pass and its
+    // presence join fails: the subscribe must not succeed with the user
+    // left unlisted.
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("resetkeys")
+        .arg("%R~*")
+        .arg("~*:m")
+        .arg("~*:h")
+        .arg("~*:i:*")
+        .arg("~*:node:*")
+        .arg("~*{nodes}*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let reply = client
+        .request(json!({"type": "subscribe", "channel": "workspace:acme"}), 1)
+        .await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "engine_unavailable", "{reply}");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("allkeys")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    client.subscribe("workspace:acme").await;
+    assert_eq!(listed_users(&n[0]).await.unwrap_or_default(), ["u1"]);
+}
+
+#[tokio::test]
 async fn publishing_while_redis_is_down_answers_503_and_clients_learn_what_they_missed() {
     let mut redis = RedisServer::start().await;
     let n = nodes(&redis, 2, |config| {
