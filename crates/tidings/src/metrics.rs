@@ -111,7 +111,7 @@ impl Metrics {
         );
         let slow_consumer_closes = counter(
             "tidings_slow_consumer_closes_total",
-            "Connections closed because their send queue overflowed (4002).",
+            "Connections whose send queue overflowed, counted when it did; each is closed with 4002.",
         );
         let auth_failures = counter(
             "tidings_auth_failures_total",

@@ -137,9 +137,10 @@ pub enum PushOutcome {
     Queued,
     /// Audience or exclusion filtered it out.
     Filtered,
-    /// The queue is full: the connection was asked to close with 4002.
+    /// The queue is full: this push asked the connection to close with
+    /// 4002 (once per connection; a later push finds it `Closed`).
     Overflow,
-    /// The connection is gone.
+    /// The connection is gone, or asked to close.
     Closed,
 }
 
@@ -222,9 +223,9 @@ impl Connection {
     }
 
     /// Queues a presence push. Subject to the same bounds as events.
-    pub fn push_presence(&self, channel: ChannelName, text: Utf8Bytes) {
+    pub fn push_presence(&self, channel: ChannelName, text: Utf8Bytes) -> PushOutcome {
         let push = PresencePush { channel, text };
-        self.enqueue(Outbound::Presence(Box::new(push)), true);
+        self.enqueue(Outbound::Presence(Box::new(push)), true)
     }
 
     fn enqueue(&self, item: Outbound, bounded: bool) -> PushOutcome {
@@ -237,8 +238,11 @@ impl Connection {
             && (queue.items.len() >= self.limits.messages || queue.bytes + size > self.limits.bytes)
         {
             drop(queue);
-            self.request_close(CloseCode::SlowConsumer, None);
-            return PushOutcome::Overflow;
+            return if self.request_close(CloseCode::SlowConsumer, None) {
+                PushOutcome::Overflow
+            } else {
+                PushOutcome::Closed
+            };
         }
         let was_empty = queue.items.is_empty();
         queue.items.push_back(item);
@@ -251,10 +255,14 @@ impl Connection {
         PushOutcome::Queued
     }
 
-    /// Asks the transport task to send `disconnect` and close. The first request wins.
-    pub fn request_close(&self, code: CloseCode, reason: Option<String>) {
+    /// Asks the transport task to send `disconnect` and close. The first
+    /// request wins; returns whether this one was it.
+    pub fn request_close(&self, code: CloseCode, reason: Option<String>) -> bool {
         let mut close = lock(&self.close);
-        if close.is_none() {
+        if close.is_some() {
+            return false;
+        }
+        {
             *close = Some(CloseRequest {
                 code,
                 reason: reason.unwrap_or_else(|| code.default_reason().to_owned()),
@@ -266,6 +274,7 @@ impl Connection {
             self.close_notify.notify_waiters();
             self.queue_waker.wake();
         }
+        true
     }
 
     /// The pending close request, if any.

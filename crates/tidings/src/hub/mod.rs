@@ -352,8 +352,12 @@ impl Hub {
         publication.encoded();
         let mut delivered = 0u64;
         for subscriber in subs.values() {
-            if subscriber.connection.push(publication) == PushOutcome::Queued {
-                delivered += 1;
+            match subscriber.connection.push(publication) {
+                PushOutcome::Queued => delivered += 1,
+                // Counted here, when the queue overflows: a reader that stopped
+                // may never let its transport write the close.
+                PushOutcome::Overflow => self.metrics.slow_consumer_closed(),
+                PushOutcome::Filtered | PushOutcome::Closed => {}
             }
         }
         drop(subs);
@@ -367,9 +371,12 @@ impl Hub {
             return;
         };
         for subscriber in subs.values().filter(|s| s.sees_presence) {
-            subscriber
+            let pushed = subscriber
                 .connection
                 .push_presence(channel.clone(), text.clone());
+            if pushed == PushOutcome::Overflow {
+                self.metrics.slow_consumer_closed();
+            }
         }
     }
 

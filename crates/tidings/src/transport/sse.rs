@@ -493,9 +493,6 @@ impl SseSession {
     /// Writes the `disconnect` message to `out`; the body ends after it.
     fn push_end(&mut self, out: &mut String, code: CloseCode, reason: Option<String>) {
         self.phase = Phase::Done;
-        if code == CloseCode::SlowConsumer {
-            self.state.metrics.slow_consumer_closed();
-        }
         let notice = ServerMessage::Disconnect {
             code: code.code(),
             reason: reason.unwrap_or_else(|| code.default_reason().to_owned()),

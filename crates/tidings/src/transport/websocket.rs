@@ -647,9 +647,6 @@ impl Session {
                 "closed by the client".to_owned()
             }
             Stop::Close(code, reason) => {
-                if code == CloseCode::SlowConsumer {
-                    state.metrics.slow_consumer_closed();
-                }
                 close_socket(
                     &mut socket,
                     ServerClose::notified(code, &reason),

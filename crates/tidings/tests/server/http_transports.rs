@@ -1153,6 +1153,12 @@ async fn an_sse_reader_that_stops_reading_is_dropped_after_heartbeat_and_pong_ti
             .publish("workspace:acme", "big", json!({"i": i, "pad": padding}))
             .await;
     }
+    // Counted when the queue overflowed, though the stream can never write
+    // its `disconnect`.
+    assert_eq!(
+        server.metric("tidings_slow_consumer_closes_total").await,
+        1.0
+    );
     let started = Instant::now();
     while server.metric("tidings_sse_streams").await > 0.0 {
         assert!(

@@ -193,9 +193,6 @@ impl HubSocket {
     /// must not reconnect after (token expired, disconnected by the API, …)
     /// is a Socket.IO `DISCONNECT` ("io server disconnect").
     fn close(&mut self, session: &Session, code: CloseCode, reason: &str) -> End {
-        if code == CloseCode::SlowConsumer {
-            self.state.metrics.slow_consumer_closed();
-        }
         if code == CloseCode::TokenExpired || !code.reconnect() {
             let notice = serde_json::json!({ "code": code.code(), "reason": reason });
             emit(session, DISCONNECT_EVENT, &[&notice.to_string()]);
