@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::http::{bearer_token, ApiError};
+use super::http::{bearer_token, declares_more_than, ApiError};
 use crate::engine::{HistoryQuery, Publication};
 use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
 use crate::publisher::{
@@ -93,7 +93,12 @@ async fn require_api_key(
         .into_response();
     };
     match presented {
-        Some(presented) if key.matches(presented) => next.run(request).await,
+        Some(presented) if key.matches(presented) => {
+            if declares_more_than(&headers, state.config.api.max_body_size) {
+                return body_too_large().into_response();
+            }
+            next.run(request).await
+        }
         _ => {
             state.metrics.auth_failed();
             ApiError::new(ErrorCode::Unauthorized, "missing or invalid API key").into_response()
@@ -101,15 +106,19 @@ async fn require_api_key(
     }
 }
 
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::LimitExceeded,
+        "request body exceeds api.max_body_size",
+    )
+}
+
 /// Parses a JSON body, answering malformed or oversized bodies with the
 /// contract's error shape.
 fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::LimitExceeded,
-                "request body exceeds api.max_body_size",
-            )
+            body_too_large()
         } else {
             ApiError::new(ErrorCode::BadRequest, e.body_text())
         }

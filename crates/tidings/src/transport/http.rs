@@ -78,6 +78,17 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .then(|| std::str::from_utf8(token).map_or("", str::trim))
 }
 
+/// Whether the request's `Content-Length` already says its body is longer
+/// than `limit`: refused before reading, rather than after `limit` bytes (or
+/// after `request_timeout`, for a client that declares more than it sends).
+pub fn declares_more_than(headers: &HeaderMap, limit: usize) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit as u64)
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tidings_auth::Identity;
 
-use super::http::{authenticate_client, ApiError, CLIENT_HEADER};
+use super::http::{authenticate_client, declares_more_than, ApiError, CLIENT_HEADER};
 use super::requests::{self, Reader};
 use super::subscriptions::Refusal;
 use crate::hub::ControlRequest;
@@ -49,6 +49,10 @@ pub async fn handle(
         .to_owned();
     // Read only once the token is good: a client without one gets its 401
     // without the server buffering its body first.
+    if declares_more_than(request.headers(), state.config.connection.max_message_size) {
+        let refusal = Refusal::new(ErrorCode::LimitExceeded, "request over max_message_size");
+        return reply_error(None, refusal);
+    }
     let body = String::from_request(request, &state).await;
     // The extractor's refusals are plain text; this endpoint answers in the
     // protocol's JSON errors.
