@@ -242,11 +242,16 @@ pub fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiEr
     if allowed.is_empty() {
         return Ok(());
     }
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         // Non-browser clients send no Origin; the token still guards them.
-        None => Ok(()),
-        Some(origin) if allowed.iter().any(|a| a == origin || a == "*") => Ok(()),
-        Some(_) => Err(ApiError::new(
+        return Ok(());
+    };
+    // An Origin that is not text matches no listed one: refused, not absent.
+    let origin = origin.to_str().ok();
+    match origin {
+        _ if allowed.iter().any(|a| a == "*") => Ok(()),
+        Some(origin) if allowed.iter().any(|a| a == origin) => Ok(()),
+        _ => Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "origin not allowed",
         )),
@@ -256,6 +261,25 @@ pub fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_outside_the_list_are_refused() {
+        let allowed = ["https://app.example.com".to_owned()];
+        let mut h = HeaderMap::new();
+        assert!(
+            check_origin(&allowed, &h).is_ok(),
+            "no Origin: not a browser"
+        );
+        h.insert(header::ORIGIN, "https://app.example.com".parse().unwrap());
+        assert!(check_origin(&allowed, &h).is_ok());
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(check_origin(&allowed, &h).is_err());
+        let not_text = HeaderValue::from_bytes(b"https://app.example.com\xff").unwrap();
+        h.insert(header::ORIGIN, not_text);
+        assert!(check_origin(&allowed, &h).is_err());
+        assert!(check_origin(&["*".to_owned()], &h).is_ok());
+        assert!(check_origin(&[], &h).is_ok());
+    }
 
     #[test]
     fn bearer_parsing() {
