@@ -137,6 +137,39 @@ async fn a_polling_close_packet_ends_the_count_at_once() {
     assert_eq!(server.metric("tidings_socketio_sessions").await, 0.0);
 }
 
+/// A polling body over `maxPayload` ends the session with 413, also when it
+/// is over the server's own body limit too.
+#[tokio::test]
+async fn a_polling_body_over_max_payload_ends_the_session() {
+    let server = TestServer::start().await;
+    for size in [70 * 1024, 2 * 1024 * 1024] {
+        let open = server
+            .http
+            .get(server.url("/socket.io/?EIO=4&transport=polling"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        let url = server.url(&format!(
+            "/socket.io/?EIO=4&transport=polling&sid={}",
+            open["sid"].as_str().unwrap()
+        ));
+        let big = format!("4{}", "x".repeat(size));
+        let answer = server.http.post(&url).body(big).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 413, "{size}");
+        assert_eq!(answer.text().await.unwrap(), "payload too large");
+        let last = server.http.get(&url).send().await.unwrap();
+        assert_eq!(
+            last.text().await.unwrap(),
+            "1",
+            "{size}: the session's close"
+        );
+    }
+}
+
 /// A reconnect that cannot recover is followed by `tidings:position`, so the
 /// client's kept offset (socket.io-client keeps the last event's until the
 /// next event) names the new positions and the next reconnect recovers.

@@ -558,9 +558,7 @@ pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> R
         }
     }
     if body.len() > endpoint.settings.max_payload {
-        session.close(&endpoint.sessions, true);
-        let _ = session.inbound.try_send(Inbound::Close);
-        return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
+        return end_too_large(&endpoint, &session);
     }
     let Ok(text) = std::str::from_utf8(&body) else {
         return bad_packet(&endpoint, &session).await;
@@ -586,6 +584,26 @@ pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> R
         }
     }
     ok_response()
+}
+
+/// A polling body over `maxPayload` ends the session: 413.
+fn end_too_large(endpoint: &Arc<Endpoint>, session: &Session) -> Response {
+    session.close(&endpoint.sessions, true);
+    let _ = session.inbound.try_send(Inbound::Close);
+    (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response()
+}
+
+/// `POST` with a body over the server's own limit (and so over
+/// `maxPayload`): answered, and the session ended, as over `maxPayload`.
+pub fn post_too_large(endpoint: &Arc<Endpoint>, query: &EngineQuery) -> Response {
+    match query
+        .sid
+        .as_deref()
+        .and_then(|sid| endpoint.sessions.get(sid))
+    {
+        Some(session) => end_too_large(endpoint, &session),
+        None => (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response(),
+    }
 }
 
 fn ok_response() -> Response {

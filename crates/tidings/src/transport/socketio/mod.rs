@@ -191,7 +191,7 @@ async fn handle(
             Ok(body) => engineio::post(endpoint, query, body).await,
             // Over the server's body limit: as over maxPayload.
             Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                rejection.into_response()
+                engineio::post_too_large(&endpoint, &query)
             }
             // A body that stalled past `request_timeout`, in Engine.IO's shape.
             Err(_) => engineio::engine_error(3, "Bad request"),
