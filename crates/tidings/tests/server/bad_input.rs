@@ -343,32 +343,38 @@ async fn a_request_left_unfinished_is_dropped_after_request_timeout() {
 /// (it was read first, up to `api.max_body_size`, waiting for all of it).
 #[tokio::test]
 async fn request_without_a_good_token_is_refused_before_its_body_is_read() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = base_config();
     config.connection.request_timeout = Duration::from_secs(10);
     let server = TestServer::with_config(config).await;
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(
-        b"POST /request HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\n\
-          Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n{\"type\"",
+    let text = first_answer(
+        &server,
+        "POST /request HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\n\
+         Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n{\"type\"",
     )
-    .await
-    .unwrap();
+    .await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains(r#""code":"unauthorized""#), "{text}");
+}
+
+/// Sends `request` on a new connection and returns the first bytes of the
+/// answer, which must come within 3 s: nothing waits for the body the
+/// request promised.
+async fn first_answer(server: &TestServer, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
     let mut received = vec![0u8; 4096];
     let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut received))
         .await
         .expect("no answer within 3 s: the body was awaited first")
         .unwrap();
-    let text = String::from_utf8_lossy(&received[..read]);
-    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
-    assert!(text.contains(r#""code":"unauthorized""#), "{text}");
+    String::from_utf8_lossy(&received[..read]).into_owned()
 }
 
 /// A body whose `Content-Length` is over the limit is refused before it is
 /// read: at once, even from a client that sends none of it.
 #[tokio::test]
 async fn a_declared_body_over_the_limit_is_refused_before_it_is_read() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = base_config();
     config.connection.request_timeout = Duration::from_secs(10);
     let server = TestServer::with_config(config).await;
@@ -384,28 +390,17 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_read() {
         ),
     ];
     for request in requests {
-        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut received = vec![0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut received))
-            .await
-            .expect("no answer within 3 s: the body was awaited first")
-            .unwrap();
-        let text = String::from_utf8_lossy(&received[..read]);
+        let text = first_answer(&server, &request).await;
         assert!(text.starts_with("HTTP/1.1 413"), "{text}");
         assert!(text.contains(r#""code":"limit_exceeded""#), "{text}");
     }
     // Without the API key, the key is what is refused.
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
-        .await
-        .unwrap();
-    let mut received = vec![0u8; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut received))
-        .await
-        .expect("an answer")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&received[..read]).starts_with("HTTP/1.1 401"));
+    let text = first_answer(
+        &server,
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
 }
 
 /// Refusals before a WebSocket upgrade, and of Socket.IO's Engine.IO

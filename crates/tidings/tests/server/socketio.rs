@@ -43,12 +43,8 @@ async fn connect(server: &TestServer, auth: Value) -> (Ws, String) {
     (ws, reply)
 }
 
-#[tokio::test]
-async fn polling_handshake_announces_the_configured_heartbeat() {
-    let mut config = base_config();
-    config.connection.heartbeat = Duration::from_secs(7);
-    config.connection.pong_timeout = Duration::from_secs(3);
-    let server = TestServer::with_config(config).await;
+/// Opens an Engine.IO long-polling session; returns its `open` packet.
+async fn polling_handshake(server: &TestServer) -> Value {
     let text = server
         .http
         .get(server.url("/socket.io/?EIO=4&transport=polling"))
@@ -58,7 +54,16 @@ async fn polling_handshake_announces_the_configured_heartbeat() {
         .text()
         .await
         .unwrap();
-    let open: Value = serde_json::from_str(text.strip_prefix('0').unwrap()).unwrap();
+    serde_json::from_str(text.strip_prefix('0').unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn polling_handshake_announces_the_configured_heartbeat() {
+    let mut config = base_config();
+    config.connection.heartbeat = Duration::from_secs(7);
+    config.connection.pong_timeout = Duration::from_secs(3);
+    let server = TestServer::with_config(config).await;
+    let open = polling_handshake(&server).await;
     assert_eq!(open["pingInterval"], 7000);
     assert_eq!(open["pingTimeout"], 3000);
     assert_eq!(open["upgrades"], json!(["websocket"]));
@@ -107,17 +112,10 @@ async fn events_arrive_as_name_data_meta_and_position() {
 async fn a_polling_close_packet_ends_the_count_at_once() {
     let server = TestServer::start().await;
     let url = |sid: &str| server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
-    let open = server
-        .http
-        .get(server.url("/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
+    let sid = polling_handshake(&server).await["sid"]
+        .as_str()
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
-    let sid = open["sid"].as_str().unwrap().to_owned();
+        .to_owned();
     let auth = json!({"token": token("u-close", &["acme"], &[])});
     let post = |body: String| server.http.post(url(&sid)).body(body).send();
     assert_eq!(
@@ -143,16 +141,7 @@ async fn a_polling_close_packet_ends_the_count_at_once() {
 async fn a_polling_body_over_max_payload_ends_the_session() {
     let server = TestServer::start().await;
     for size in [70 * 1024, 2 * 1024 * 1024] {
-        let open = server
-            .http
-            .get(server.url("/socket.io/?EIO=4&transport=polling"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        let open = polling_handshake(&server).await;
         let url = server.url(&format!(
             "/socket.io/?EIO=4&transport=polling&sid={}",
             open["sid"].as_str().unwrap()
