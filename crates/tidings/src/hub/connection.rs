@@ -262,18 +262,16 @@ impl Connection {
         if close.is_some() {
             return false;
         }
-        {
-            *close = Some(CloseRequest {
-                code,
-                reason: reason.unwrap_or_else(|| code.default_reason().to_owned()),
-            });
-            drop(close);
-            self.close_pending.store(true, Ordering::Release);
-            // Every waiter (the request loop, a blocked write) must see it:
-            // those of `close_requested` and the queue's reader.
-            self.close_notify.notify_waiters();
-            self.queue_waker.wake();
-        }
+        *close = Some(CloseRequest {
+            code,
+            reason: reason.unwrap_or_else(|| code.default_reason().to_owned()),
+        });
+        drop(close);
+        self.close_pending.store(true, Ordering::Release);
+        // Every waiter (the request loop, a blocked write) must see it:
+        // those of `close_requested` and the queue's reader.
+        self.close_notify.notify_waiters();
+        self.queue_waker.wake();
         true
     }
 
