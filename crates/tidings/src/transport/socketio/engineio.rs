@@ -601,6 +601,10 @@ pub fn post_too_large(endpoint: &Arc<Endpoint>, query: &EngineQuery) -> Response
         .as_deref()
         .and_then(|sid| endpoint.sessions.get(sid))
     {
+        // As `post`: only a polling session takes POSTs.
+        Some(session) if lock(&session.state).transport != Transport::Polling => {
+            engine_error(3, "Bad request")
+        }
         Some(session) => end_too_large(endpoint, &session),
         None => (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response(),
     }
