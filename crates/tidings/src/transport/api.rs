@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::http::{bearer_token, declares_more_than, ApiError};
+use super::http::{bearer_bytes, declares_more_than, ApiError};
 use crate::engine::{HistoryQuery, Publication};
 use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
 use crate::publisher::{
@@ -82,9 +82,12 @@ async fn require_api_key(
 ) -> Response {
     // An empty `Bearer` is ignored here (unlike a client token's, which it
     // refuses): a proxy may add one, and the X-API-Key beside it still counts.
-    let presented = bearer_token(&headers)
-        .filter(|key| !key.is_empty())
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    // A non-empty one is the key checked, text or not (not text: refused).
+    let presented = match bearer_bytes(&headers).filter(|key| !key.is_empty()) {
+        Some(bearer) => Some(bearer),
+        None => headers.get("x-api-key").map(|v| v.as_bytes()),
+    }
+    .map(std::str::from_utf8);
     let Some(key) = &state.api_key else {
         return ApiError::new(
             ErrorCode::Unauthorized,
@@ -93,7 +96,7 @@ async fn require_api_key(
         .into_response();
     };
     match presented {
-        Some(presented) if key.matches(presented) => {
+        Some(Ok(presented)) if key.matches(presented) => {
             if declares_more_than(&headers, state.config.api.max_body_size) {
                 return body_too_large().into_response();
             }

@@ -68,6 +68,12 @@ impl IntoResponse for ApiError {
 /// token): the first token source present is the one checked, with no
 /// fallback to the next. Another scheme (`Basic`) is no token.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    bearer_bytes(headers).map(|token| std::str::from_utf8(token).unwrap_or(""))
+}
+
+/// The bytes after `Bearer ` in the `Authorization` header, without the
+/// surrounding spaces; `None` without one or with another scheme.
+pub fn bearer_bytes(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let (scheme, token) = match value.iter().position(|&b| b == b' ') {
         Some(space) => (&value[..space], &value[space + 1..]),
@@ -75,7 +81,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     };
     scheme
         .eq_ignore_ascii_case(b"bearer")
-        .then(|| std::str::from_utf8(token).map_or("", str::trim))
+        .then(|| token.trim_ascii())
 }
 
 /// Whether the request's `Content-Length` already says its body is longer

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -43,26 +43,30 @@ pub struct PollQuery {
     token: Option<String>,
 }
 
-/// The message of a query that does not parse; a parameter given twice is
-/// named as `/sse` and `/request` name it.
-fn query_problem(rejection: &QueryRejection) -> String {
-    let text = rejection.body_text();
-    match text
-        .split_once("duplicate field `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-    {
-        Some((name, _)) => format!("`{name}` given twice"),
-        None => text,
+/// The first parameter of `GET /events` given twice in `raw`, checked before
+/// the query is parsed (whose error would name the first value that does not
+/// parse instead).
+fn repeated_parameter(raw: &str) -> Option<String> {
+    const NAMES: [&str; 6] = ["channel", "since", "epoch", "limit", "wait", "token"];
+    let mut seen = [false; NAMES.len()];
+    for (key, _) in form_urlencoded::parse(raw.as_bytes()) {
+        if let Some(i) = NAMES.iter().position(|name| *name == key) {
+            if std::mem::replace(&mut seen[i], true) {
+                return Some(NAMES[i].to_owned());
+            }
+        }
     }
+    None
 }
 
 /// `GET /events`.
 pub async fn poll(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Response {
-    match answer(&state, &headers, query).await {
+    match answer(&state, &headers, raw.as_deref(), query).await {
         Ok(body) => {
             state.metrics.poll_answered();
             let mut response = body.into_response();
@@ -82,10 +86,16 @@ pub async fn poll(
 async fn answer(
     state: &ServerState,
     headers: &HeaderMap,
+    raw: Option<&str>,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<String, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(ErrorCode::BadRequest, query_problem(&e)))?;
+    if let Some(name) = repeated_parameter(raw.unwrap_or_default()) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("`{name}` given twice"),
+        ));
+    }
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let identity = authenticate_client(state, headers, query.token.as_deref())?;
     if !state.user_request_limits.admit(&identity.user) {
         return Err(ApiError::new(

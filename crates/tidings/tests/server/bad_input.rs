@@ -443,6 +443,9 @@ async fn refused_upgrades_and_repeated_parameters_answer_in_json() {
     for query in [
         twice.clone(),
         format!("token={good}&channel=workspace:acme&since=1&since=2"),
+        // The first value does not parse: still named as given twice.
+        format!("token={good}&channel=workspace:acme&limit=abc&limit=1"),
+        format!("token={good}&wait=x&wait=x"),
     ] {
         let response = http
             .get(server.url(&format!("/events?{query}")))

@@ -426,6 +426,23 @@ async fn api_key_is_required_and_errors_are_json() {
             .unwrap();
         assert_eq!(beside.status().as_u16(), 200, "{authorization:?}");
     }
+    // A Bearer that is not empty is the key checked, even one that is not text.
+    let not_text = reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap();
+    for authorization in [
+        reqwest::header::HeaderValue::from_static("Bearer wrong"),
+        not_text,
+    ] {
+        let beside = server
+            .http
+            .post(server.url("/api/publish"))
+            .header("authorization", authorization.clone())
+            .header("x-api-key", API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(beside.status().as_u16(), 401, "{authorization:?}");
+    }
 
     for (bad, code) in [
         (json!({"channel": "workspace:acme", "event": "e"}), 400),
