@@ -413,24 +413,15 @@ async fn api_key_is_required_and_errors_are_json() {
         .await
         .unwrap();
     assert_eq!(right.status().as_u16(), 200);
-    // Another scheme, or an empty Bearer, leaves X-API-Key to decide.
-    for authorization in ["Bearer", "Bearer ", "Basic eHl6"] {
-        let beside = server
-            .http
-            .post(server.url("/api/publish"))
-            .header("authorization", authorization)
-            .header("x-api-key", API_KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(beside.status().as_u16(), 200, "{authorization:?}");
-    }
-    // A Bearer that is not empty is the key checked, even one that is not text.
-    let not_text = reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap();
-    for authorization in [
-        reqwest::header::HeaderValue::from_static("Bearer wrong"),
-        not_text,
+    // Another scheme, or an empty Bearer, leaves X-API-Key to decide; a
+    // Bearer that is not empty is the key checked, even one that is not text.
+    use reqwest::header::HeaderValue;
+    for (authorization, status) in [
+        (HeaderValue::from_static("Bearer"), 200),
+        (HeaderValue::from_static("Bearer "), 200),
+        (HeaderValue::from_static("Basic eHl6"), 200),
+        (HeaderValue::from_static("Bearer wrong"), 401),
+        (HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(), 401),
     ] {
         let beside = server
             .http
@@ -441,7 +432,7 @@ async fn api_key_is_required_and_errors_are_json() {
             .send()
             .await
             .unwrap();
-        assert_eq!(beside.status().as_u16(), 401, "{authorization:?}");
+        assert_eq!(beside.status().as_u16(), status, "{authorization:?}");
     }
 
     for (bad, code) in [
