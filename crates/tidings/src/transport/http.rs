@@ -95,6 +95,28 @@ pub fn declares_more_than(headers: &HeaderMap, limit: usize) -> bool {
         .is_some_and(|length| length > limit as u64)
 }
 
+/// The first of `names` given twice in the query string `raw`. A parameter
+/// given twice is a 400 on every transport, not one of the two, and is found
+/// before the query is parsed (whose error would name the first value that
+/// does not parse instead).
+pub fn repeated_parameter(raw: &str, names: &[&'static str]) -> Option<&'static str> {
+    let mut seen = Vec::with_capacity(names.len());
+    form_urlencoded::parse(raw.as_bytes()).find_map(|(key, _)| {
+        let name = *names.iter().find(|name| **name == key)?;
+        if seen.contains(&name) {
+            Some(name)
+        } else {
+            seen.push(name);
+            None
+        }
+    })
+}
+
+/// The 400 for a parameter given twice.
+pub fn given_twice(name: &str) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, format!("`{name}` given twice"))
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tidings_auth::Identity;
 use tokio::time::Instant;
 
-use super::http::{authenticate_client, ApiError};
+use super::http::{authenticate_client, given_twice, repeated_parameter, ApiError};
 use super::subscriptions::{parse_channel, recovery};
 use super::{duration_ms, expiry_instant, push_events, reply_capacity};
 use crate::access::Action;
@@ -43,21 +43,8 @@ pub struct PollQuery {
     token: Option<String>,
 }
 
-/// The first parameter of `GET /events` given twice in `raw`, checked before
-/// the query is parsed (whose error would name the first value that does not
-/// parse instead).
-fn repeated_parameter(raw: &str) -> Option<String> {
-    const NAMES: [&str; 6] = ["channel", "since", "epoch", "limit", "wait", "token"];
-    let mut seen = [false; NAMES.len()];
-    for (key, _) in form_urlencoded::parse(raw.as_bytes()) {
-        if let Some(i) = NAMES.iter().position(|name| *name == key) {
-            if std::mem::replace(&mut seen[i], true) {
-                return Some(NAMES[i].to_owned());
-            }
-        }
-    }
-    None
-}
+/// The parameters of `GET /events`.
+const PARAMETERS: [&str; 6] = ["channel", "since", "epoch", "limit", "wait", "token"];
 
 /// `GET /events`.
 pub async fn poll(
@@ -89,11 +76,8 @@ async fn answer(
     raw: Option<&str>,
     query: Result<Query<PollQuery>, QueryRejection>,
 ) -> Result<String, ApiError> {
-    if let Some(name) = repeated_parameter(raw.unwrap_or_default()) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("`{name}` given twice"),
-        ));
+    if let Some(name) = repeated_parameter(raw.unwrap_or_default(), &PARAMETERS) {
+        return Err(given_twice(name));
     }
     let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let identity = authenticate_client(state, headers, query.token.as_deref())?;

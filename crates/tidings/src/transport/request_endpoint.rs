@@ -10,7 +10,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tidings_auth::Identity;
 
-use super::http::{authenticate_client, declares_more_than, ApiError, CLIENT_HEADER};
+use super::http::{
+    authenticate_client, declares_more_than, given_twice, repeated_parameter, ApiError,
+    CLIENT_HEADER,
+};
 use super::requests::{self, Reader};
 use super::subscriptions::Refusal;
 use crate::hub::ControlRequest;
@@ -26,17 +29,13 @@ pub async fn handle(
 ) -> Response {
     state.metrics.http_request();
     let raw = raw.unwrap_or_default();
-    let mut query_tokens = form_urlencoded::parse(raw.as_bytes())
-        .filter(|(key, _)| key == "token")
-        .map(|(_, value)| value.into_owned());
-    let query_token = query_tokens.next();
-    // Given twice, as on /ws and /events: a 400, not one of the two.
-    if query_tokens.next().is_some() {
-        return reply_error(
-            None,
-            Refusal::new(ErrorCode::BadRequest, "`token` given twice".to_owned()),
-        );
+    if let Some(name) = repeated_parameter(&raw, &["token"]) {
+        let twice = given_twice(name);
+        return reply_error(None, Refusal::new(twice.code, twice.message));
     }
+    let query_token = form_urlencoded::parse(raw.as_bytes())
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value.into_owned());
     let identity = match authenticate_client(&state, request.headers(), query_token.as_deref()) {
         Ok(identity) => identity,
         Err(err) => return reply_error(None, Refusal::new(err.code, err.message)),
@@ -47,12 +46,12 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    // Read only once the token is good: a client without one gets its 401
-    // without the server buffering its body first.
     if declares_more_than(request.headers(), state.config.connection.max_message_size) {
         let refusal = Refusal::new(ErrorCode::LimitExceeded, "request over max_message_size");
         return reply_error(None, refusal);
     }
+    // Read only once the token is good: a client without one gets its 401
+    // without the server buffering its body first.
     let body = String::from_request(request, &state).await;
     // The extractor's refusals are plain text; this endpoint answers in the
     // protocol's JSON errors.

@@ -19,7 +19,7 @@ use serde_json::json;
 use tidings_auth::Identity;
 use tokio::time::Instant;
 
-use super::http::{authenticate_client, ApiError, CLIENT_HEADER};
+use super::http::{authenticate_client, given_twice, ApiError, CLIENT_HEADER};
 use super::subscriptions::{parse_channel, Subscriptions};
 use super::{duration_ms, expiry_instant, open_client_connection};
 use crate::engine::{push_sse_data, Publication};
@@ -151,10 +151,7 @@ fn parse_stream_request(
                     &mut last_event_id
                 };
                 if slot.replace(value.into_owned()).is_some() {
-                    return Err(ApiError::new(
-                        ErrorCode::BadRequest,
-                        format!("`{key}` given twice"),
-                    ));
+                    return Err(given_twice(&key));
                 }
             }
             _ => {}

@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,7 +28,9 @@ use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, Utf8Bytes};
 
-use super::http::{bearer_token, check_origin, token_refused, ApiError};
+use super::http::{
+    bearer_token, check_origin, given_twice, repeated_parameter, token_refused, ApiError,
+};
 use super::permessage_deflate::{self, InflateError};
 use super::requests::{self, Reader};
 use super::subscriptions::{parse_channel, Refusal, Subscriptions};
@@ -65,11 +67,15 @@ pub struct ConnectQuery {
 pub async fn upgrade(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     query: Result<Query<ConnectQuery>, QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if let Err(err) = check_origin(&state.config.allowed_origins, &headers) {
         return err.into_response();
+    }
+    if let Some(name) = repeated_parameter(raw.as_deref().unwrap_or_default(), &["token"]) {
+        return given_twice(name).into_response();
     }
     // The API's JSON errors rather than axum's plain-text rejections.
     let query = match query {

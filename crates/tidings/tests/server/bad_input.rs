@@ -440,6 +440,12 @@ async fn refused_upgrades_and_repeated_parameters_answer_in_json() {
     assert_eq!(response.status().as_u16(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["message"], "`token` given twice", "{body}");
+    let response = upgrade(server.url(&format!("/ws?{twice}")))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "`token` given twice", "{body}");
     for query in [
         twice.clone(),
         format!("token={good}&channel=workspace:acme&since=1&since=2"),
