@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
@@ -193,9 +193,12 @@ fn parse_stream_request(
 }
 
 /// `GET /sse`: opens a stream on the named channels, resuming from
-/// `Last-Event-ID` / `?last_event_id=` when given.
+/// `Last-Event-ID` / `?last_event_id=` when given. `HEAD` checks the request
+/// and the token the same way and answers the same headers without opening
+/// a stream.
 pub async fn stream(
     State(state): State<Arc<ServerState>>,
+    method: Method,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -208,6 +211,11 @@ pub async fn stream(
         Ok(identity) => identity,
         Err(err) => return err.into_response(),
     };
+    if method == Method::HEAD {
+        // A HEAD response has no body: opening a connection here would only
+        // count it, join presence and leave again.
+        return stream_response(Body::empty(), None);
+    }
     let settings = &state.config.connection;
     let client_id: Arc<str> = Arc::from(new_client_id().as_str());
     let (connection, queue) = match open_client_connection(&state, client_id.clone(), &identity) {
@@ -240,7 +248,12 @@ pub async fn stream(
         let chunk = session.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), session))
     });
-    let mut response = Body::from_stream(body).into_response();
+    stream_response(Body::from_stream(body), Some(&client_id))
+}
+
+/// An event stream's response: its headers around `body`.
+fn stream_response(body: Body, client_id: Option<&str>) -> Response {
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -252,7 +265,7 @@ pub async fn stream(
     );
     // Tells nginx-style proxies not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(value) = HeaderValue::from_str(&client_id) {
+    if let Some(Ok(value)) = client_id.map(HeaderValue::from_str) {
         headers.insert(CLIENT_HEADER, value);
     }
     response

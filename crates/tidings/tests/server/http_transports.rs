@@ -432,6 +432,35 @@ async fn sse_refuses_bad_requests_before_the_stream() {
 }
 
 #[tokio::test]
+async fn head_sse_answers_the_stream_headers_without_opening_a_stream() {
+    let server = TestServer::with_config(config_with_workspace(|workspace| {
+        workspace.presence_events = true;
+    }))
+    .await;
+    let mut watcher = server.connect_user("w", &["acme"]).await;
+    watcher.subscribe("workspace:acme").await;
+    assert_eq!(watcher.expect("presence").await["member"]["user"], "w");
+    let token = token("u1", &["acme"], &[]);
+    let head = |query: &str| server.http.head(server.url(&format!("/sse?{query}")));
+    let response = head("channel=workspace:acme")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(response.headers().get("x-tidings-client").is_none());
+    // Checked like GET: a missing token or a bad channel is refused.
+    let refused = head("channel=workspace:acme").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = head("channel=bad%20name").bearer_auth(&token).send().await;
+    assert_eq!(refused.unwrap().status(), 400);
+    // Nothing was opened: u1 never joined the channel's presence.
+    let pushed = watcher.next(Duration::from_millis(300)).await;
+    assert_eq!(pushed, None);
+}
+
+#[tokio::test]
 async fn sse_data_with_line_breaks_arrives_intact() {
     let server = TestServer::start().await;
     let token = token("u1", &["acme"], &[]);
