@@ -359,7 +359,7 @@ async fn request_without_a_good_token_is_refused_before_its_body_is_read() {
 /// Sends `request` on a new connection and returns the first bytes of the
 /// answer, which must come within 3 s: nothing waits for the body the
 /// request promised.
-async fn first_answer(server: &TestServer, request: &str) -> String {
+pub(crate) async fn first_answer(server: &TestServer, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::bad_input::first_answer;
 use crate::support::{base_config, token, TestServer, WAIT};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -157,6 +158,20 @@ async fn a_polling_body_over_max_payload_ends_the_session() {
             "{size}: the session's close"
         );
     }
+    // Declared over maxPayload: refused before the body is read, at once
+    // even from a client that sends none of it.
+    let open = polling_handshake(&server).await;
+    let sid = open["sid"].as_str().unwrap();
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let text = first_answer(
+        &server,
+        &format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n4"),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.ends_with("payload too large"), "{text}");
+    let last = server.http.get(server.url(&path)).send().await.unwrap();
+    assert_eq!(last.text().await.unwrap(), "1");
 }
 
 /// A reconnect that cannot recover is followed by `tidings:position`, so the

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::FromRequest;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -24,6 +26,7 @@ use tokio::time::Instant;
 
 use super::App;
 use crate::metrics::Metrics;
+use crate::transport::http::declares_more_than;
 
 /// The Engine.IO protocol revision served.
 const PROTOCOL: &str = "4";
@@ -534,7 +537,14 @@ fn parse_text(text: &str) -> Option<Inbound> {
 }
 
 /// `POST`: packets from a polling client.
-pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> Response {
+/// `POST`: packets for a polling session. The body is read only once the
+/// session is known to take it, and not at all when it declares more than
+/// `maxPayload`.
+pub async fn post(
+    endpoint: Arc<Endpoint>,
+    query: EngineQuery,
+    request: axum::extract::Request,
+) -> Response {
     let transport = match Endpoint::validate(&query) {
         Ok(t) => t,
         Err(response) => return *response,
@@ -557,9 +567,19 @@ pub async fn post(endpoint: Arc<Endpoint>, query: EngineQuery, body: Bytes) -> R
             return ok_response();
         }
     }
-    if body.len() > endpoint.settings.max_payload {
+    if declares_more_than(request.headers(), endpoint.settings.max_payload) {
         return end_too_large(&endpoint, &session);
     }
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) if body.len() <= endpoint.settings.max_payload => body,
+        // Over `maxPayload`, or over the server's own body limit.
+        Ok(_)
+        | Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            return end_too_large(&endpoint, &session)
+        }
+        // A body that stalled past `request_timeout`, in Engine.IO's shape.
+        Err(_) => return engine_error(3, "Bad request"),
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return bad_packet(&endpoint, &session).await;
     };
@@ -591,23 +611,6 @@ fn end_too_large(endpoint: &Arc<Endpoint>, session: &Session) -> Response {
     session.close(&endpoint.sessions, true);
     let _ = session.inbound.try_send(Inbound::Close);
     (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response()
-}
-
-/// `POST` with a body over the server's own limit (and so over
-/// `maxPayload`): answered, and the session ended, as over `maxPayload`.
-pub fn post_too_large(endpoint: &Arc<Endpoint>, query: &EngineQuery) -> Response {
-    match query
-        .sid
-        .as_deref()
-        .and_then(|sid| endpoint.sessions.get(sid))
-    {
-        // As `post`: only a polling session takes POSTs.
-        Some(session) if lock(&session.state).transport != Transport::Polling => {
-            engine_error(3, "Bad request")
-        }
-        Some(session) => end_too_large(endpoint, &session),
-        None => (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response(),
-    }
 }
 
 fn ok_response() -> Response {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
@@ -175,7 +175,7 @@ async fn handle(
     query: Result<Query<EngineQuery>, QueryRejection>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     if let Err(err) = check_origin(&mounted.origins, &headers) {
         return err.into_response();
@@ -187,15 +187,7 @@ async fn handle(
     let endpoint = mounted.endpoint.clone();
     match method {
         Method::GET => engineio::get(endpoint, query, headers, upgrade.ok()).await,
-        Method::POST => match body {
-            Ok(body) => engineio::post(endpoint, query, body).await,
-            // Over the server's body limit: as over maxPayload.
-            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                engineio::post_too_large(&endpoint, &query)
-            }
-            // A body that stalled past `request_timeout`, in Engine.IO's shape.
-            Err(_) => engineio::engine_error(3, "Bad request"),
-        },
+        Method::POST => engineio::post(endpoint, query, request).await,
         _ => engineio::engine_error(2, "Bad handshake method"),
     }
 }
