@@ -29,6 +29,7 @@ use crate::publisher::{PublishError, PublishLimits, PublishRequest, Published, P
 use crate::transport;
 use crate::transport::http::client_cors;
 use crate::transport::http::UserRequestLimits;
+use crate::transport::lingering_close::LingeringClose;
 
 /// Everything the transports share.
 pub struct ServerState {
@@ -259,7 +260,8 @@ impl Tidings {
     }
 
     /// Sets the options [`Tidings::serve`] gives every accepted socket; call it
-    /// from your own accept loop when you serve [`Tidings::router`] yourself.
+    /// from your own accept loop when you serve [`Tidings::router`] yourself
+    /// (and wrap the socket in [`LingeringClose`] as `serve` does).
     ///
     /// - `TCP_NODELAY`: events are small writes that must not wait for Nagle.
     /// - `TCP_USER_TIMEOUT` of `heartbeat + pong_timeout` (Linux): data the peer
@@ -287,6 +289,8 @@ impl Tidings {
     /// `connection.request_timeout`, and its body without pausing longer
     /// than that (an idle keep-alive connection is closed after it too): a
     /// client that stops mid-request must not hold its socket forever.
+    /// Connections close lingering ([`LingeringClose`]): a body refused
+    /// before it was read is drained, so its client reads the answer.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -315,6 +319,7 @@ impl Tidings {
                 () = &mut signal => break,
             };
             let service = TowerToHyperService::new(app.clone().into_service::<Incoming>());
+            let io = LingeringClose::new(io);
             let connection = http
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod http;
+pub mod lingering_close;
 pub mod ops;
 pub mod permessage_deflate;
 pub mod polling;

@@ -299,11 +299,16 @@ async fn a_request_left_unfinished_is_dropped_after_request_timeout() {
         "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{}}"
     );
-    let socketio_post = b"POST /socket.io/?EIO=4&transport=polling&sid=x HTTP/1.1\r\nHost: x\r\n\
-        Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n4";
+    // A polling session's POST: its body is read once the session is known.
+    let open = crate::socketio::polling_handshake(&server).await;
+    let socketio_post = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n4",
+        open["sid"].as_str().unwrap()
+    );
     let cases: [(&str, &[u8]); 5] = [
         ("nothing sent", b""),
-        ("socket.io body unfinished", socketio_post),
+        ("socket.io body unfinished", socketio_post.as_bytes()),
         ("headers unfinished", b"GET /health HTTP/1.1\r\nHost: x\r\n"),
         ("body unfinished", post.as_bytes()),
         (
@@ -401,6 +406,39 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_read() {
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+}
+
+/// A client that sends the whole of a body the server refused without
+/// reading it (413 on its `Content-Length`) can finish sending it and reads
+/// the answer: the server closes only after draining it, so the client sees
+/// no reset (Node's `fetch` reported one as a dropped connection and retried).
+#[tokio::test]
+async fn a_refused_body_is_drained_before_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let size = 8 * 1024 * 1024;
+    for attempt in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let body = vec![b' '; size];
+        let sent = tokio::time::timeout(WAIT, tcp.write_all(&body)).await;
+        assert!(
+            matches!(sent, Ok(Ok(()))),
+            "attempt {attempt}: the body could not be sent: {sent:?}"
+        );
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+            .await
+            .expect("the server closes once the body is drained")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains(r#""code":"limit_exceeded""#), "{text}");
+    }
 }
 
 /// Refusals before a WebSocket upgrade, and of Socket.IO's Engine.IO

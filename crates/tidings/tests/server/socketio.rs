@@ -45,7 +45,7 @@ async fn connect(server: &TestServer, auth: Value) -> (Ws, String) {
 }
 
 /// Opens an Engine.IO long-polling session; returns its `open` packet.
-async fn polling_handshake(server: &TestServer) -> Value {
+pub(crate) async fn polling_handshake(server: &TestServer) -> Value {
     let text = server
         .http
         .get(server.url("/socket.io/?EIO=4&transport=polling"))
