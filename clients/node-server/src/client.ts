@@ -124,6 +124,7 @@ export class Tidings {
       '/api/broadcast',
       { channels: input.channels, ...publishFields(input) },
       options,
+      (answer) => Array.isArray(answer.results),
     );
     return reply.results;
   }
@@ -153,13 +154,23 @@ export class Tidings {
 
   /** Closes every connection of a user; resolves to how many were closed. */
   async disconnect(input: DisconnectInput, options?: CallOptions): Promise<number> {
-    const reply = await this.#post<{ disconnected: number }>('/api/disconnect', compact({ ...input }), options);
+    const reply = await this.#post<{ disconnected: number }>(
+      '/api/disconnect',
+      compact({ ...input }),
+      options,
+      (answer) => typeof answer.disconnected === 'number',
+    );
     return reply.disconnected;
   }
 
   /** Removes a user's connections from a channel; resolves to how many were removed. */
   async unsubscribe(input: UnsubscribeInput, options?: CallOptions): Promise<number> {
-    const reply = await this.#post<{ unsubscribed: number }>('/api/unsubscribe', compact({ ...input }), options);
+    const reply = await this.#post<{ unsubscribed: number }>(
+      '/api/unsubscribe',
+      compact({ ...input }),
+      options,
+      (answer) => typeof answer.unsubscribed === 'number',
+    );
     return reply.unsubscribed;
   }
 
@@ -179,8 +190,8 @@ export class Tidings {
     return this.#request('GET', '/api/info', {}, undefined, options);
   }
 
-  #post<T>(path: string, body: Record<string, unknown>, options?: CallOptions): Promise<T> {
-    return this.#request('POST', path, {}, JSON.stringify(body), options);
+  #post<T>(path: string, body: Record<string, unknown>, options?: CallOptions, expect?: Expect): Promise<T> {
+    return this.#request('POST', path, {}, JSON.stringify(body), options, expect);
   }
 
   /**
@@ -193,6 +204,7 @@ export class Tidings {
     query: Query,
     body: string | undefined,
     options: CallOptions = {},
+    expect?: Expect,
   ): Promise<T> {
     const url = new URL(this.#base + path);
     for (const [key, value] of Object.entries(query)) {
@@ -201,7 +213,7 @@ export class Tidings {
     const retries = options.retries ?? this.#retries;
     const timeoutMs = options.timeoutMs ?? this.#timeoutMs;
     for (let attempt = 1; ; attempt++) {
-      const outcome = await this.#attempt<T>(method, url, body, timeoutMs, options.signal);
+      const outcome = await this.#attempt<T>(method, url, body, timeoutMs, options.signal, expect);
       if ('value' in outcome) return outcome.value;
       if (!outcome.retry || attempt > retries) throw outcome.error(attempt);
       await sleep(backoffDelay(attempt - 1, this.#minBackoffMs, this.#maxBackoffMs), options.signal);
@@ -214,6 +226,7 @@ export class Tidings {
     body: string | undefined,
     timeoutMs: number,
     signal: AbortSignal | undefined,
+    expect: Expect | undefined,
   ): Promise<{ value: T } | Failure> {
     signal?.throwIfAborted();
     const controller = new AbortController();
@@ -231,8 +244,22 @@ export class Tidings {
       if (body !== undefined) init.body = body;
       const response = await fetch(url, init);
       const text = await response.text();
-      if (response.ok) return { value: JSON.parse(text) as T };
-      return apiFailure(response.status, text);
+      if (!response.ok) return apiFailure(response.status, text);
+      const answer = parseObject(text);
+      if (answer !== undefined && (expect?.(answer) ?? true)) return { value: answer as T };
+      // A 2xx that is not the API's answer (a proxy's page): not retried,
+      // since the request may have been carried out.
+      const status = response.status;
+      return {
+        retry: false,
+        error: (attempts) =>
+          new TidingsApiError(
+            `${method} ${url.pathname}: the answer is not the API's (HTTP ${status})`,
+            'unexpected_response',
+            status,
+            attempts,
+          ),
+      };
     } catch (err) {
       if (signal?.aborted) throw signal.reason;
       const where = `${method} ${url.pathname}`;
@@ -240,12 +267,6 @@ export class Tidings {
         return {
           retry: true,
           error: (attempts) => new TidingsTimeoutError(`${where}: no answer within ${timeoutMs} ms`, attempts),
-        };
-      }
-      if (err instanceof SyntaxError) {
-        return {
-          retry: false,
-          error: (attempts) => new TidingsError(`${where}: the answer is not JSON`, 'unexpected_response', attempts),
         };
       }
       const reason = describe(err);
@@ -275,6 +296,22 @@ function publishFields(input: PublishCommon): Record<string, unknown> {
 /** Drops `undefined` fields (the API refuses nothing for absent optionals). */
 function compact(fields: Record<string, unknown>): Record<string, unknown> {
   return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+}
+
+/** Checks the fields a method reads from a successful answer. */
+type Expect = (answer: Record<string, unknown>) => boolean;
+
+/** `text` as a JSON object, or `undefined` when it is not one. */
+function parseObject(text: string): Record<string, unknown> | undefined {
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) {
+      return parsed as Record<string, unknown>;
+    }
+  } catch {
+    // Not JSON.
+  }
+  return undefined;
 }
 
 function apiFailure(status: number, text: string): Failure {

@@ -260,6 +260,44 @@ describe('retries and idempotency', () => {
     }
     counting.close();
   });
+
+  test('a body over the server limit is a 413, not a dropped connection, and is not retried', async () => {
+    // The server refuses it on its Content-Length and drains the rest, so
+    // fetch reads the answer instead of failing on a reset while sending.
+    const client = new Tidings({ url: server.url, apiKey: server.apiKey, retries: 3, minBackoffMs: 10 });
+    for (let i = 0; i < 3; i++) {
+      const error = await client.publish({ channel: 'workspace:acme', event: 'x', data: 'x'.repeat(8 * 1024 * 1024) }).then(
+        () => assert.fail('published'),
+        (e) => e,
+      );
+      assert.ok(error instanceof TidingsApiError, String(error));
+      assert.equal(error.code, 'limit_exceeded');
+      assert.equal(error.status, 413);
+      assert.equal(error.attempts, 1);
+    }
+  });
+
+  test('a 2xx that is not the API answer is unexpected_response with its status, not retried', async () => {
+    const front = await flakyFront(server.url, [
+      [200, '<html>portal</html>'],
+      [200, { foo: 1 }],
+      [200, [1, 2]],
+    ]);
+    const client = new Tidings({ url: front.url, apiKey: server.apiKey, retries: 5, minBackoffMs: 10 });
+    const calls = [() => client.info(), () => client.disconnect({ user: 'u1' }), () => client.publish({ channel: 'workspace:acme', event: 'x' })];
+    for (const call of calls) {
+      const error = await call().then(
+        (value) => assert.fail(`resolved to ${JSON.stringify(value)}`),
+        (e) => e,
+      );
+      assert.ok(error instanceof TidingsApiError, String(error));
+      assert.equal(error.code, 'unexpected_response');
+      assert.equal(error.status, 200);
+      assert.equal(error.attempts, 1);
+    }
+    assert.equal(front.requests.length, 3, 'one request each');
+    front.close();
+  });
 });
 
 describe('timeouts and cancellation', () => {

@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Generic, Iterable, Optional, TypeVar, Union, cast
+from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, TypeVar, Union, cast
 
 import httpx
 
@@ -96,6 +96,13 @@ def _publish_fields(
     return fields
 
 
+def _list(value: Any) -> List[Any]:
+    """``value`` when it is a JSON array."""
+    if not isinstance(value, list):
+        raise TypeError("not a JSON array")
+    return value
+
+
 class _Operations:
     """Builds the request of each API method (shared by both clients)."""
 
@@ -129,7 +136,7 @@ class _Operations:
             "POST",
             "/api/broadcast",
             body=json.dumps(body).encode(),
-            read=lambda reply: cast("list[Published]", reply["results"]),
+            read=lambda reply: cast("list[Published]", _list(reply["results"])),
         )
 
     @staticmethod
@@ -243,17 +250,25 @@ class _Settings:
 
 def _read(operation: _Operation[T], response: httpx.Response) -> Union[T, _Failure]:
     where = f"{operation.method} {operation.path}"
+    status = response.status_code
     if response.is_success:
         try:
-            return operation.read(response.json())
-        except ValueError:
+            reply = response.json()
+            if not isinstance(reply, dict):
+                raise TypeError("not a JSON object")
+            return operation.read(reply)
+        except (ValueError, KeyError, TypeError):
+            # Not the API's answer (a proxy's page): not retried, since the
+            # request may have been carried out.
             return _Failure(
                 False,
-                lambda attempts: TidingsError(
-                    f"{where}: the answer is not JSON", "unexpected_response", attempts
+                lambda attempts: TidingsApiError(
+                    f"{where}: the answer is not the API's (HTTP {status})",
+                    "unexpected_response",
+                    status,
+                    attempts,
                 ),
             )
-    status = response.status_code
     code = "unexpected_response"
     message = f"HTTP {status}"
     try:
