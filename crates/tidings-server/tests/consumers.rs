@@ -606,6 +606,58 @@ async fn poison_stream_messages_are_dead_lettered_and_counted() {
         5.0
     );
     assert_eq!(metric(&text, "tidings_consumer_lag", "bus"), 0.0);
+
+    // A dead letter that cannot be written leaves its entry pending, to be
+    // read again, and it counts as processed once, when it is written.
+    let _: () = redis::cmd("RENAME")
+        .arg("commands:dead-letter")
+        .arg("earlier-dead-letters")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("commands:dead-letter")
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    xadd(&mut conn, "commands", "{still not json").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = metrics(node.port).await;
+    assert_eq!(
+        metric(&text, "tidings_consumer_processed_total", "bus"),
+        6.0,
+        "not finished while its dead letter fails"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg("commands:dead-letter")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut written = false;
+    for _ in 0..200 {
+        let len: u64 = redis::cmd("XLEN")
+            .arg("commands:dead-letter")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if len == 1 {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(written, "the dead letter is written once the key is free");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let text = metrics(node.port).await;
+    assert_eq!(
+        metric(&text, "tidings_consumer_processed_total", "bus"),
+        7.0
+    );
+    assert_eq!(
+        metric(&text, "tidings_consumer_dead_lettered_total", "bus"),
+        4.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1102,6 +1154,52 @@ async fn outbox_row_committed_arrives_within_100ms_and_a_rollback_publishes_noth
         .await
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 11));
+}
+
+/// A notify channel with capitals wakes the consumer too: the trigger's
+/// `pg_notify` names it case-sensitively, so the consumer's LISTEN must not
+/// fold it to lower case (it did, and every row waited for the next poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_channel_with_capitals_wakes_the_consumer() {
+    let pg = start_postgres().await;
+    let ddl = Command::new(BIN)
+        .args([
+            "outbox-ddl",
+            "--table",
+            "app_events",
+            "--notify-channel",
+            "AppEvents",
+        ])
+        .output()
+        .unwrap();
+    assert!(ddl.status.success());
+    let client = pg.client().await;
+    client
+        .batch_execute(&String::from_utf8(ddl.stdout).unwrap())
+        .await
+        .unwrap();
+    let config = write_config(&outbox_config(
+        &pg,
+        "table = \"app_events\"\nnotify_channel = \"AppEvents\"\npoll_interval = \"30s\"",
+    ));
+    let node = start_node(&config, "n1", None).await;
+    let channels = vec!["workspace:acme".to_owned()];
+    let mut ws = subscribe(node.port, &channels, &BTreeMap::new())
+        .await
+        .unwrap();
+    await_subscribed(&mut ws, 1).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client
+        .execute(
+            "INSERT INTO app_events (partition_key, message) VALUES ('a', $1::text::jsonb)",
+            &[&outbox_publish("workspace:acme", 1).to_string()],
+        )
+        .await
+        .unwrap();
+    let event = next_json(&mut ws, Duration::from_secs(5))
+        .await
+        .expect("woken by NOTIFY, well before the 30 s poll");
+    assert_eq!(event["data"]["seq"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

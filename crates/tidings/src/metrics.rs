@@ -413,8 +413,10 @@ pub struct ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
-    pub(crate) fn processed(&self) {
-        self.processed.increment(1);
+    /// `count` messages finished: acknowledged or committed as placed,
+    /// skipped or dead-lettered.
+    pub(crate) fn processed(&self, count: usize) {
+        self.processed.increment(count as u64);
     }
     pub(crate) fn published(&self) {
         self.published.increment(1);

@@ -66,22 +66,9 @@ impl Placer {
         }
     }
 
-    /// Reads and publishes `message`; counts it.
+    /// Reads and publishes `message`. It is counted as processed, and its
+    /// dead-lettering logged, by the consumer once that is recorded.
     pub async fn place(
-        &self,
-        message: &[u8],
-        source_id: &str,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Placement, Stopped> {
-        let placement = self.place_uncounted(message, source_id, stop).await?;
-        self.metrics.processed();
-        if let Placement::DeadLetter(reason) = &placement {
-            tracing::warn!(source_id, %reason, "message dead-lettered");
-        }
-        Ok(placement)
-    }
-
-    async fn place_uncounted(
         &self,
         message: &[u8],
         source_id: &str,

@@ -114,7 +114,10 @@ async fn session(
     }));
     let config = &context.config;
     if let Err(err) = client
-        .batch_execute(&format!("LISTEN {}", config.notify_channel))
+        // Quoted: `pg_notify` names the channel case-sensitively, and an
+        // unquoted LISTEN would fold it to lower case. The name is letters,
+        // digits and `_` (checked with the configuration).
+        .batch_execute(&format!("LISTEN \"{}\"", config.notify_channel))
         .await
     {
         return err.into();
@@ -270,6 +273,7 @@ async fn drain_once(
         tx.execute(&statements.dead_letter, &[id, reason]).await?;
     }
     tx.commit().await?;
+    context.metrics.processed(done.len() + dead.len());
     for (id, reason) in &dead {
         context.metrics.dead_lettered();
         tracing::warn!(consumer = %config.name, %table, id, %reason, "outbox row dead-lettered");

@@ -254,23 +254,33 @@ async fn handle(
     let mut count = 0;
     for key in reply.keys {
         let mut done: Vec<String> = Vec::with_capacity(key.ids.len());
+        // Of `done`, the entries that were messages (not deleted ones).
+        let mut messages = 0;
         let mut stopped = false;
         for entry in &key.ids {
             count += 1;
             match place(context, conn, &key.key, entry, stop).await {
-                Ok(()) => done.push(entry.id.clone()),
+                Ok(was_message) => {
+                    done.push(entry.id.clone());
+                    messages += usize::from(was_message);
+                }
                 Err(SessionEnd::Stopped) => {
                     stopped = true;
                     break;
                 }
                 Err(lost) => {
                     // Acknowledge what is done, so a reconnect does not redo it.
-                    let _ = ack(context, conn, &key.key, &done).await;
+                    if ack(context, conn, &key.key, &done).await.is_ok() {
+                        context.metrics.processed(messages);
+                    }
                     return Err(lost);
                 }
             }
         }
         ack(context, conn, &key.key, &done).await?;
+        // Counted once acknowledged: an entry read again (a failed
+        // dead-letter write, a lost acknowledgement) is not counted twice.
+        context.metrics.processed(messages);
         if stopped {
             return Err(SessionEnd::Stopped);
         }
@@ -305,25 +315,24 @@ fn bytes(value: &Value) -> Option<Vec<u8>> {
     }
 }
 
+/// Places one entry, dead-lettering it where it cannot be; `false` for an
+/// entry deleted from the stream, which holds no message.
 async fn place(
     context: &ConsumerContext,
     conn: &mut MultiplexedConnection,
     stream: &str,
     entry: &StreamId,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), SessionEnd> {
+) -> Result<bool, SessionEnd> {
     if entry.map.is_empty() {
         // A pending entry deleted from the stream (XDEL, trimming): nothing to place.
-        return Ok(());
+        return Ok(false);
     }
     let field = &context.config.message_field;
     let source_id = format!("{stream}:{}", entry.id);
     let placement = match entry.map.get(field).and_then(bytes) {
         Some(message) => context.placer.place(&message, &source_id, stop).await?,
-        None => {
-            context.metrics.processed();
-            Placement::DeadLetter(format!("the entry has no `{field}` field"))
-        }
+        None => Placement::DeadLetter(format!("the entry has no `{field}` field")),
     };
     if let Placement::DeadLetter(reason) = placement {
         let original = match entry.map.get(field).and_then(bytes) {
@@ -361,7 +370,7 @@ async fn place(
         context.metrics.dead_lettered();
         tracing::warn!(consumer = %context.config.name, %stream, id = %entry.id, dead_letter = %target, %reason, "stream entry dead-lettered");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Updates the lag and oldest-age gauges every second and logs when the
