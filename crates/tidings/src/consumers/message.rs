@@ -129,6 +129,18 @@ impl ChannelTemplate {
         }
     }
 
+    /// The channel name with every placeholder as `x`: what the template
+    /// gives for a message whose values are plain, for checking it at start.
+    pub fn sample(&self) -> String {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                TemplatePart::Literal(text) => text.as_str(),
+                TemplatePart::Field(_) => "x",
+            })
+            .collect()
+    }
+
     /// The channel name for `message`.
     pub fn render(&self, message: &Value) -> Result<String, String> {
         let mut channel = String::new();

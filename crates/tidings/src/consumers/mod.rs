@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::NamespaceConfig;
 use crate::metrics::ConsumerMetrics;
+use crate::protocol::ChannelName;
 use crate::Tidings;
 
 pub mod message;
@@ -253,6 +254,13 @@ pub fn is_sql_name(name: &str) -> bool {
 }
 
 impl ConsumerConfig {
+    /// redis_stream: where the dead letters of `stream` go.
+    pub fn dead_letter_stream_of(&self, stream: &str) -> String {
+        self.dead_letter_stream
+            .clone()
+            .unwrap_or_else(|| format!("{stream}:dead-letter"))
+    }
+
     /// Checks the settings against the namespaces in force; the error names
     /// the field (e.g. `mapping.channels[1]`) and the reason.
     pub fn validate(
@@ -314,6 +322,21 @@ impl ConsumerConfig {
                         "applies to kind = \"postgres_outbox\" only",
                     ));
                 }
+                // Dead letters written to a consumed stream would be read
+                // back, dead-lettered again, and so on without end.
+                if let Some(looping) = self
+                    .streams
+                    .iter()
+                    .find(|stream| self.streams.contains(&self.dead_letter_stream_of(stream)))
+                {
+                    return Err(problem(
+                        "dead_letter_stream",
+                        format!(
+                            "`{}` (for `{looping}`) is a consumed stream: its dead letters would be read again",
+                            self.dead_letter_stream_of(looping)
+                        ),
+                    ));
+                }
                 // Caught here, not when the consumer starts: a bad URL would
                 // otherwise leave the consumer off behind one log line.
                 if let Some(url) = &self.redis_url {
@@ -329,9 +352,15 @@ impl ConsumerConfig {
                         "required for kind = \"postgres_outbox\"",
                     ));
                 };
-                url.parse::<tokio_postgres::Config>().map_err(|e| {
+                let pg = url.parse::<tokio_postgres::Config>().map_err(|e| {
                     problem("postgres_url", format!("not a connection string ({e})"))
                 })?;
+                if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                    return Err(problem(
+                        "postgres_url",
+                        "`sslmode=require` cannot be met: the consumer connects without TLS",
+                    ));
+                }
                 if !is_sql_name(&self.table) {
                     return Err(problem(
                         "table",
@@ -424,11 +453,30 @@ fn validate_mapping(
     for (i, template) in mapping.channels.iter().enumerate() {
         let field = format!("mapping.channels[{i}]");
         let parsed = ChannelTemplate::parse(template).map_err(|r| problem(&field, r))?;
+        // A template whose channels could never be valid would dead-letter
+        // every message: refuse it here instead.
+        let sample = parsed.sample();
+        let channel = ChannelName::parse(&sample).map_err(|err| {
+            problem(
+                &field,
+                format!("`{template}` gives channels like `{sample}`: {err}"),
+            )
+        })?;
         if let Some(namespace) = parsed.literal_namespace() {
-            if !namespaces.contains_key(namespace) {
+            let Some(config) = namespaces.get(namespace) else {
                 return Err(problem(
                     field,
                     format!("namespace `{namespace}` is not configured"),
+                ));
+            };
+            let segments = channel.segments().count();
+            if !(config.min_segments..=config.max_segments).contains(&segments) {
+                return Err(problem(
+                    field,
+                    format!(
+                        "`{template}` has {segments} segments; namespace `{namespace}` takes {} to {}",
+                        config.min_segments, config.max_segments
+                    ),
                 ));
             }
         }
@@ -626,6 +674,65 @@ mod tests {
             }),
             "consumers[0].table: must be a table name of letters, digits and `_` \
              (optionally `schema.table`)"
+        );
+        assert_eq!(
+            with_consumer(ConsumerConfig {
+                dead_letter_stream: Some("events".into()),
+                ..stream.clone()
+            }),
+            "consumers[0].dead_letter_stream: `events` (for `events`) is a consumed stream: \
+             its dead letters would be read again"
+        );
+        assert_eq!(
+            with_consumer(ConsumerConfig {
+                streams: vec!["events".into(), "events:dead-letter".into()],
+                ..stream.clone()
+            }),
+            "consumers[0].dead_letter_stream: `events:dead-letter` (for `events`) is a consumed \
+             stream: its dead letters would be read again"
+        );
+        let mapped = |template: &str| ConsumerConfig {
+            mode: MessageMode::Mapping,
+            mapping: Some(MappingConfig {
+                id: "id".into(),
+                event: "type".into(),
+                channels: vec![template.into()],
+                ..MappingConfig::default()
+            }),
+            ..stream.clone()
+        };
+        assert_eq!(with_consumer(mapped("workspace:{tenant}:{kind}")), "");
+        for (template, reason) in [
+            (
+                "workspace:a b",
+                "`workspace:a b` gives channels like `workspace:a b`: ",
+            ),
+            (
+                "workspace:{t}:a:b:c",
+                "`workspace:{t}:a:b:c` has 5 segments; namespace `workspace` takes 2 to 4",
+            ),
+            (
+                "user:{t}:x",
+                "`user:{t}:x` has 3 segments; namespace `user` takes 2 to 2",
+            ),
+        ] {
+            let error = with_consumer(mapped(template));
+            assert!(
+                error.starts_with(&format!("consumers[0].mapping.channels[0]: {reason}")),
+                "{template}: {error}"
+            );
+        }
+        let outbox_at = |url: &str| ConsumerConfig {
+            name: "outbox".into(),
+            kind: ConsumerKind::PostgresOutbox,
+            postgres_url: Some(url.into()),
+            ..ConsumerConfig::default()
+        };
+        assert_eq!(with_consumer(outbox_at("postgres://u@h/db")), "");
+        assert_eq!(
+            with_consumer(outbox_at("postgres://u@h/db?sslmode=require")),
+            "consumers[0].postgres_url: `sslmode=require` cannot be met: the consumer connects \
+             without TLS"
         );
         let twice = Config {
             consumers: vec![stream.clone(), stream],

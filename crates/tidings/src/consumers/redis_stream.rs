@@ -103,14 +103,6 @@ async fn connect(
         .await
 }
 
-fn dead_letter_stream(context: &ConsumerContext, stream: &str) -> String {
-    context
-        .config
-        .dead_letter_stream
-        .clone()
-        .unwrap_or_else(|| format!("{stream}:dead-letter"))
-}
-
 async fn session(
     context: &ConsumerContext,
     client: &redis::Client,
@@ -351,7 +343,7 @@ async fn place(
                 serde_json::Value::Object(fields).to_string().into_bytes()
             }
         };
-        let target = dead_letter_stream(context, stream);
+        let target = context.config.dead_letter_stream_of(stream);
         redis::cmd("XADD")
             .arg(&target)
             .arg("*")
