@@ -973,6 +973,50 @@ async fn two_nodes_in_one_group_publish_each_event_once() {
     assert_eq!(published_a + published_b, EVENTS as f64);
 }
 
+/// The source Redis restarts without its data: the consumer's group is gone.
+/// Made again at the stream's beginning (not at `start = "new"`'s end), so a
+/// message written before the consumer reconnected is not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_lost_with_redis_data_is_made_again_without_skipping() {
+    let source = start_redis().await;
+    let port = source.port;
+    let config = write_config(&format!(
+        "{}\nredis_url = \"{}\"\n",
+        stream_config("commands", ""),
+        source.url()
+    ));
+    let node = start_node(&config, "n1", None).await;
+    let channels = vec!["workspace:acme".to_owned()];
+    let mut ws = subscribe(node.port, &channels, &BTreeMap::new())
+        .await
+        .unwrap();
+    await_subscribed(&mut ws, 1).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let tick = |seq: u64| {
+        json!({"method": "publish", "payload": {"channel": "workspace:acme", "event": "tick", "data": {"seq": seq}}})
+            .to_string()
+    };
+    let mut conn = source.conn().await;
+    xadd(&mut conn, "commands", &tick(1)).await;
+    let first = next_json(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first["data"]["seq"], 1);
+    // Restarted empty; a producer writes at once, before the consumer is back.
+    drop(conn);
+    drop(source);
+    let source = start_redis_on(port).await;
+    let mut conn = source.conn().await;
+    xadd(&mut conn, "commands", &tick(2)).await;
+    xadd(&mut conn, "commands", &tick(3)).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let event = next_json(&mut ws, Duration::from_secs(15))
+            .await
+            .expect("the messages written while the group was gone");
+        got.push(event);
+    }
+    assert_eq!(seqs(&got), [2, 3]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_engine_is_retried_not_dead_lettered() {
     let source = start_redis().await;

@@ -9,6 +9,7 @@
 //! the dead-letter stream. Stopped by the [`super::ConsumerSet`]'s stop signal,
 //! between batches or during a retry.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
@@ -53,9 +54,10 @@ pub(crate) async fn run(context: ConsumerContext, mut stop: watch::Receiver<bool
         }
     };
     let monitor = tokio::spawn(monitor(context.clone(), client.clone()));
-    let (context_ref, client_ref) = (&context, &client);
+    let groups_seen = GroupsSeen::new(context.config.streams.len());
+    let (context_ref, client_ref, seen_ref) = (&context, &client, &groups_seen);
     reconnect_until_stopped(&name, "Redis", &mut stop, move |mut stop| async move {
-        match session(context_ref, client_ref, &mut stop).await {
+        match session(context_ref, client_ref, seen_ref, &mut stop).await {
             SessionEnd::Stopped => None,
             SessionEnd::Lost(err) => Some(err.to_string()),
         }
@@ -103,12 +105,35 @@ async fn connect(
         .await
 }
 
+/// For each consumed stream, whether this consumer has found its group (made
+/// or already there) in an earlier session.
+struct GroupsSeen(Vec<AtomicBool>);
+
+impl GroupsSeen {
+    fn new(streams: usize) -> Self {
+        Self((0..streams).map(|_| AtomicBool::new(false)).collect())
+    }
+
+    fn mark(&self, index: usize) {
+        if let Some(seen) = self.0.get(index) {
+            seen.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn before(&self, index: usize) -> bool {
+        self.0
+            .get(index)
+            .is_some_and(|seen| seen.load(Ordering::Relaxed))
+    }
+}
+
 async fn session(
     context: &ConsumerContext,
     client: &redis::Client,
+    groups_seen: &GroupsSeen,
     stop: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    match session_inner(context, client, stop).await {
+    match session_inner(context, client, groups_seen, stop).await {
         Ok(()) => SessionEnd::Stopped,
         Err(end) => end,
     }
@@ -117,6 +142,7 @@ async fn session(
 async fn session_inner(
     context: &ConsumerContext,
     client: &redis::Client,
+    groups_seen: &GroupsSeen,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionEnd> {
     let config = &context.config;
@@ -126,22 +152,31 @@ async fn session_inner(
         super::StreamStart::New => "$",
         super::StreamStart::Beginning => "0",
     };
-    for stream in &config.streams {
+    for (index, stream) in config.streams.iter().enumerate() {
+        // A group this consumer had before and that is gone now was lost
+        // with Redis's data (a restart without persistence) or deleted:
+        // made again at the stream's beginning, so that nothing written
+        // since is skipped, whatever `start` says.
+        let lost = groups_seen.before(index);
         let created: Result<(), RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(stream)
             .arg(&config.group)
-            .arg(start)
+            .arg(if lost { "0" } else { start })
             .arg("MKSTREAM")
             .query_async(&mut conn)
             .await;
         match created {
+            Ok(()) if lost => {
+                tracing::warn!(consumer = %config.name, %stream, group = %config.group, "consumer group was gone (Redis lost its data?); made again, reading the stream from its beginning")
+            }
             Ok(()) => {
                 tracing::info!(consumer = %config.name, %stream, group = %config.group, "consumer group created")
             }
             Err(err) if err.code() == Some("BUSYGROUP") => {}
             Err(err) => return Err(err.into()),
         }
+        groups_seen.mark(index);
     }
     let me = context.tidings.state().node.clone();
     tracing::info!(consumer = %config.name, consumer_name = %me, streams = ?config.streams, group = %config.group, "consumer reading");
