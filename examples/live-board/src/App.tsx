@@ -1,4 +1,4 @@
-import { useEffect, useState, type FormEvent } from 'react';
+import { useEffect, useRef, useState, type FormEvent } from 'react';
 import { useQuery } from '@tanstack/react-query';
 import {
   ConnectionStatus,
@@ -125,12 +125,16 @@ function Detail({ session, id }: { session: Session; id: string }) {
   const item = useQuery({ queryKey: ['item', id], queryFn: () => api<Item>(session.user, 'GET', `/api/items/${id}`) });
   const refetch = () => item.refetch();
   const [gone, setGone] = useState<string | null>(null);
+  // This tab's own Delete goes back to the list by itself.
+  const deletingHere = useRef(false);
   const live = useLiveEntity<Item>(
     { workspace: session.workspace, type: 'items', id },
     {
       onDeleted: (c) => {
-        setGone(`“${item.data?.title}” was deleted by ${c.actor}.`);
-        sessionStorage.setItem('flash', `“${item.data?.title}” was deleted by ${c.actor}.`);
+        if (deletingHere.current) return;
+        const by = c.actor === session.user ? 'you, in another tab' : c.actor;
+        setGone(`“${item.data?.title}” was deleted by ${by}.`);
+        sessionStorage.setItem('flash', `“${item.data?.title}” was deleted by ${by}.`);
         setTimeout(() => (location.hash = '#/'), 1500);
       },
       onOwnChange: () => void refetch(), // saved in another tab of mine: no notice, fresh data
@@ -179,7 +183,13 @@ function Detail({ session, id }: { session: Session; id: string }) {
           <button type="button" onClick={() => setEditing({ base: data.version, title: data.title })}>
             Edit
           </button>{' '}
-          <button type="button" onClick={() => void api(session.user, 'DELETE', `/api/items/${id}`).then(() => (location.hash = '#/'))}>
+          <button
+            type="button"
+            onClick={() => {
+              deletingHere.current = true;
+              void api(session.user, 'DELETE', `/api/items/${id}`).then(() => (location.hash = '#/'));
+            }}
+          >
             Delete
           </button>
         </p>

@@ -187,6 +187,10 @@ for (const transport of ['websocket', 'sse']) {
       await b.waitForURL(/#\/$/, { timeout: 10_000 });
       await expectText(b.locator('.flash'), 'was deleted by alice');
       await expectTitles(b, ['Beta']);
+      // alice's own deletion also takes her other tab, on that item, back to the list.
+      // (Its message was shown while bob's was checked; the list repeats it.)
+      await a1.waitForURL(/#\/$/, { timeout: 10_000 });
+      await expectText(a1.locator('.flash'), 'was deleted by you, in another tab');
       await expectText(rows(a2), 'Beta');
       await expectTitles(a2, ['Beta']);
 

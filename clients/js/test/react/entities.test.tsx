@@ -151,6 +151,29 @@ describe.each([['websocket'], ['sse'], ['polling']] as [TransportName][])('over 
   });
 });
 
+describe('own deletions', () => {
+  test('useLiveEntity: a deletion in another tab of the same user is a deletion, not a quiet own change', async () => {
+    const client = makeClient('alice');
+    const queryClient = newQueryClient();
+    const deleted: string[] = [];
+    const own: string[] = [];
+    function Detail() {
+      const live = useLiveEntity<{ title: string }>(
+        { workspace: 'acme', type: 'owndel', id: 'o1' },
+        { onDeleted: (c) => deleted.push(c.actor ?? '?'), onOwnChange: (c) => own.push(c.action) },
+      );
+      return <p data-testid="deleted">{live.deleted ? `deleted by ${live.deleted.actor}` : 'here'}</p>;
+    }
+    wrap(client, queryClient, <Detail />);
+    await waitFor(() => client.channelState('workspace:acme:owndel:o1').state === 'subscribed');
+    await change('o1', 'updated', 2, 'alice', { title: 'renamed' }, 'owndel');
+    await change('o1', 'deleted', 3, 'alice', {}, 'owndel');
+    await screen.findByText('deleted by alice');
+    expect(deleted).toEqual(['alice']);
+    expect(own).toEqual(['updated']);
+  });
+});
+
 describe('notice, conflicts, unread count, status', () => {
   test('the notice goes by itself after autoDismissMs and Dismiss hides it', async () => {
     const client = makeClient('alice');

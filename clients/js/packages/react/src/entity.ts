@@ -9,11 +9,14 @@ import { entityChange, useConnectionState, useEntitySubscription, useSubscriptio
 
 export interface LiveEntityOptions<D> extends OwnChangeOptions {
   enabled?: boolean;
-  /** Another user deleted the entity (e.g. navigate to the list). */
+  /**
+   * The entity was deleted, by another user or in another tab of this user
+   * (`change.actor` tells which): either way it is gone, e.g. navigate to the list.
+   */
   onDeleted?: (change: EntityChange<D>) => void;
   /** Every change by another user (after `changedByOther` is set). */
   onChange?: (change: EntityChange<D>) => void;
-  /** Every own change (by `ownBy`), e.g. to refetch quietly. */
+  /** Every own change (by `ownBy`) but a deletion, e.g. to refetch quietly. */
   onOwnChange?: (change: EntityChange<D>) => void;
   /** A reconnect could not recover missed events: refetch here. */
   onResync?: () => void;
@@ -22,7 +25,7 @@ export interface LiveEntityOptions<D> extends OwnChangeOptions {
 export interface LiveEntity<D> {
   /** The latest change by another user not yet acknowledged (`acknowledge()`). */
   change: EntityChange<D> | null;
-  /** Another user deleted the entity (sticky until `acknowledge()`). */
+  /** The entity was deleted, by anyone (sticky until the scope changes). */
   deleted: EntityChange<D> | null;
   /** Forget `change` (after a refresh or a dismiss). */
   acknowledge(): void;
@@ -30,9 +33,9 @@ export interface LiveEntity<D> {
 
 /**
  * Follows one entity (`workspace:{w}:{type}:{id}`) for a detail page: changes
- * by others land in `change` (with actor and version), a deletion in `deleted`
- * and `onDeleted`. Own changes (by actor, client or both) are not reported as
- * someone else's.
+ * by others land in `change` (with actor and version), a deletion, own or
+ * another user's, in `deleted` and `onDeleted`. Other own changes (by actor,
+ * client or both) go to `onOwnChange`, not reported as someone else's.
  */
 export function useLiveEntity<D = unknown>(
   scope: { workspace: string; type: string; id: string } | null,
@@ -53,13 +56,15 @@ export function useLiveEntity<D = unknown>(
     (event) => {
       const o = optionsRef.current;
       const c = entityChange<D>(event);
-      if (client.isOwnChange(event, o.ownBy ?? 'actor', o.currentUser)) {
-        o.onOwnChange?.(c);
-        return;
-      }
+      // Gone is gone, whoever deleted it: another tab of this user that
+      // stays on the page would show an entity that no longer exists.
       if (c.action === 'deleted') {
         setDeleted(c);
         o.onDeleted?.(c);
+        return;
+      }
+      if (client.isOwnChange(event, o.ownBy ?? 'actor', o.currentUser)) {
+        o.onOwnChange?.(c);
         return;
       }
       setChange((prev) => (prev && prev.version !== undefined && c.version !== undefined && prev.version > c.version ? prev : c));
