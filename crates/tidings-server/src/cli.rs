@@ -170,14 +170,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        if config.api_key.is_none() {
-            tracing::warn!("no api_key configured: the server API (/api/publish …) is disabled");
-        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let address = listener.local_addr().context("reading the bound address")?;
         let tidings = Tidings::new(config.clone()).context("invalid configuration")?;
+        // Warned only once the start cannot fail: an error that stops it is
+        // the only line on stderr.
+        if config.api_key.is_none() {
+            tracing::warn!("no api_key configured: the server API (/api/publish …) is disabled");
+        }
         match (&dev, args.log_format) {
             (Some(dev), LogFormat::Text) => {
                 dev_mode::print_banner(&config, dev, &address.to_string())

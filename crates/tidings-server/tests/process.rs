@@ -728,6 +728,21 @@ fn config_errors_name_the_variable_or_the_file_and_the_format() {
     assert!(err.contains("heartbeat, pong_timeout"), "{err}");
     assert!(!err.contains("``") && !err.contains("`one of"), "{err}");
 
+    // A bad setting stops `serve` with its one line and nothing before it
+    // (the missing API key's warning waited until the start could not fail).
+    for format in ["text", "json"] {
+        let err = run(
+            &["--listen", "127.0.0.1:0", "--log-format", format],
+            &[("TIDINGS_JWT_SECRET", "short")],
+            &dir,
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{format}: {err}");
+        assert!(
+            err.starts_with("tidings: invalid configuration: jwt.secret"),
+            "{format}: {err}"
+        );
+    }
+
     // A missing file: one line.
     let err = run(&["checkconfig", "missing.toml"], &[], &dir);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
