@@ -517,3 +517,40 @@ describe('transport fallback order', () => {
     }
   });
 });
+
+describe('HTTP transports: requests in call order', () => {
+  for (const [name, env] of [
+    ['sse', NO_WEBSOCKET],
+    ['polling', POLLING_ONLY],
+  ]) {
+    test(`${name}: a burst of publishes, and publishes queued while reconnecting, are placed in call order`, async () => {
+      const server = await startServer({ env });
+      try {
+        const user = `u-order-${name}`;
+        const channel = `chat:order-${name}`;
+        const { client } = makeClient(server, { claims: { sub: user }, reconnect: { minDelay: 300, maxDelay: 400 } });
+        const { sub } = collect(client, channel);
+        await waitFor(() => client.state === 'connected' && sub.state === 'subscribed', { message: 'subscribed' });
+        assert.equal(client.transport, name);
+        // Each is its own POST /request: concurrent fetches placed them in any order.
+        const burst = await Promise.all(range(8).map((i) => client.publish(channel, 'm', { i })));
+        assert.deepEqual(
+          burst.map((r) => r.offset),
+          range(8),
+        );
+        if (name === 'sse') {
+          await server.disconnectUser(user, 4000);
+          await waitFor(() => client.state === 'reconnecting');
+          const queued = await Promise.all(range(5).map((i) => client.publish(channel, 'm', { i })));
+          assert.deepEqual(
+            queued.map((r) => r.offset),
+            range(5).map((k) => 8 + k),
+          );
+        }
+        client.close();
+      } finally {
+        await server.stop();
+      }
+    });
+  }
+});

@@ -65,6 +65,18 @@ function errorReply(id: RequestId | undefined, code: ErrorCode, message: string)
 }
 
 /**
+ * Runs tasks one after another, in call order. `POST /request`s go through
+ * one of these: over WebSocket the server takes a connection's requests in
+ * order, and concurrent fetches would let a later publish be placed first.
+ */
+export function inOrder(): (task: () => Promise<unknown>) => void {
+  let last: Promise<unknown> = Promise.resolve();
+  return (task) => {
+    last = last.then(task).catch(() => undefined);
+  };
+}
+
+/**
  * Sends `message` to `POST /request` and hands the reply (or the server's error
  * message) to `sink`; a request that never got an answer fails with
  * `connection_lost`, since it may or may not have been applied.

@@ -20,7 +20,7 @@
  *   channels than that, prefer SSE (one stream for every channel) or HTTP/2.
  */
 import type { ClientMessage, RequestId, ServerMessage, StreamPosition } from '../protocol.js';
-import { authHeaders, postRequest, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
+import { authHeaders, inOrder, postRequest, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
 import type { Transport, TransportContext } from './types.js';
 
 /** Seconds a poll waits for the next event. */
@@ -73,6 +73,8 @@ export function pollingTransport(context: TransportContext): Transport {
   const reply = (message: ServerMessage): void => {
     queueMicrotask(() => emit(message));
   };
+  // Requests are sent one at a time, in call order.
+  const request = inOrder();
   const sink: RequestSink = {
     message: emit,
     fail: (id, text) => {
@@ -258,7 +260,8 @@ export function pollingTransport(context: TransportContext): Transport {
         case 'history':
         case 'presence':
         case 'ping':
-          void postRequest(context, token, message, sink);
+          // Not sent once closed: the client has failed it with `connection_lost`.
+          request(async () => (done ? undefined : postRequest(context, token, message, sink)));
           return;
         case 'refresh': {
           const next = message.token;

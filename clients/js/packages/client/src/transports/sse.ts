@@ -21,7 +21,7 @@
  */
 import type { RequestId, ServerMessage, StreamPosition, SubscribedMessage } from '../protocol.js';
 import type { ClientMessage, PresenceStatus } from '../protocol.js';
-import { authHeaders, postRequest, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
+import { authHeaders, inOrder, postRequest, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
 import type { Transport, TransportContext } from './types.js';
 import { tokenExpiry, tokenSubject } from '../jwt.js';
 
@@ -136,6 +136,8 @@ export function sseTransport(context: TransportContext): Transport {
   const reply = (message: ServerMessage): void => {
     queueMicrotask(() => emit(message));
   };
+  // Requests are sent one at a time, in call order.
+  const request = inOrder();
   const sink: RequestSink = {
     message: emit,
     fail: (id, text) => {
@@ -551,7 +553,8 @@ export function sseTransport(context: TransportContext): Transport {
         case 'history':
         case 'presence':
         case 'ping':
-          void postRequest(context, token, message, sink);
+          // Not sent once closed: the client has failed it with `connection_lost`.
+          request(async () => (done ? undefined : postRequest(context, token, message, sink)));
           return;
         case 'pong':
         case 'auth':
