@@ -65,6 +65,12 @@ def test_null_data_and_the_x_api_key_scheme(make_client: MakeClient, server: Ser
     assert client.info()["engine"] == "memory"
 
 
+def test_broadcast_refuses_one_string_for_its_channels(make_client: MakeClient, server: Server) -> None:
+    client = make_client(server.url, server.api_key)
+    with pytest.raises(TypeError, match="not one string"):
+        client.broadcast("workspace:acme", "x", 1)
+
+
 def test_broadcast_keeps_one_id(make_client: MakeClient, server: Server) -> None:
     results = fast(make_client, server).broadcast(["workspace:acme:b1", "user:u42"], "notice", {"text": "hi"})
     assert [r["channel"] for r in results] == ["workspace:acme:b1", "user:u42"]

@@ -130,6 +130,9 @@ class _Operations:
         exclude_client: Optional[str],
         idempotency_key: Optional[str],
     ) -> _Operation[list[Published]]:
+        if isinstance(channels, (str, bytes)):
+            # A string is an iterable of characters: one channel per letter.
+            raise TypeError("broadcast takes a list of channel names, not one string")
         body: Dict[str, Any] = {"channels": list(channels)}
         body.update(_publish_fields(event, data, meta, audience, exclude_client, idempotency_key))
         return _Operation(
