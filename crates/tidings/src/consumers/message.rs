@@ -124,7 +124,12 @@ impl ChannelTemplate {
     /// The namespace, when the template spells it out before any placeholder.
     pub fn literal_namespace(&self) -> Option<&str> {
         match self.parts.first() {
-            Some(TemplatePart::Literal(text)) => text.split_once(':').map(|(ns, _)| ns),
+            Some(TemplatePart::Literal(text)) => match text.split_once(':') {
+                Some((namespace, _)) => Some(namespace),
+                // No placeholder at all: the whole name is the namespace.
+                None if self.parts.len() == 1 => Some(text),
+                None => None,
+            },
             _ => None,
         }
     }

@@ -352,14 +352,21 @@ impl ConsumerConfig {
                         "required for kind = \"postgres_outbox\"",
                     ));
                 };
+                let no_tls = || {
+                    problem(
+                        "postgres_url",
+                        "`sslmode` asks for TLS, which cannot be met: the consumer connects without TLS",
+                    )
+                };
+                // tokio-postgres does not know the verify modes at all.
+                if url.contains("sslmode=verify-") {
+                    return Err(no_tls());
+                }
                 let pg = url.parse::<tokio_postgres::Config>().map_err(|e| {
                     problem("postgres_url", format!("not a connection string ({e})"))
                 })?;
                 if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-                    return Err(problem(
-                        "postgres_url",
-                        "`sslmode=require` cannot be met: the consumer connects without TLS",
-                    ));
+                    return Err(no_tls());
                 }
                 if !is_sql_name(&self.table) {
                     return Err(problem(
@@ -462,6 +469,12 @@ fn validate_mapping(
                 format!("`{template}` gives channels like `{sample}`: {err}"),
             )
         })?;
+        if channel.segments().any(str::is_empty) {
+            return Err(problem(
+                field,
+                format!("`{template}` gives channels like `{sample}`, with an empty segment"),
+            ));
+        }
         if let Some(namespace) = parsed.literal_namespace() {
             let Some(config) = namespaces.get(namespace) else {
                 return Err(problem(
@@ -474,8 +487,10 @@ fn validate_mapping(
                 return Err(problem(
                     field,
                     format!(
-                        "`{template}` has {segments} segments; namespace `{namespace}` takes {} to {}",
-                        config.min_segments, config.max_segments
+                        "`{template}` has {segments} segment{}; namespace `{namespace}` takes {} to {}",
+                        if segments == 1 { "" } else { "s" },
+                        config.min_segments,
+                        config.max_segments
                     ),
                 ));
             }
@@ -715,6 +730,18 @@ mod tests {
                 "user:{t}:x",
                 "`user:{t}:x` has 3 segments; namespace `user` takes 2 to 2",
             ),
+            (
+                "workspace",
+                "`workspace` has 1 segment; namespace `workspace` takes 2 to 4",
+            ),
+            (
+                "workspace::{t}",
+                "`workspace::{t}` gives channels like `workspace::x`, with an empty segment",
+            ),
+            (
+                "workspace:",
+                "`workspace:` gives channels like `workspace:`, with an empty segment",
+            ),
         ] {
             let error = with_consumer(mapped(template));
             assert!(
@@ -731,8 +758,12 @@ mod tests {
         assert_eq!(with_consumer(outbox_at("postgres://u@h/db")), "");
         assert_eq!(
             with_consumer(outbox_at("postgres://u@h/db?sslmode=require")),
-            "consumers[0].postgres_url: `sslmode=require` cannot be met: the consumer connects \
-             without TLS"
+            "consumers[0].postgres_url: `sslmode` asks for TLS, which cannot be met: the consumer \
+             connects without TLS"
+        );
+        assert_eq!(
+            with_consumer(outbox_at("host=h user=u sslmode=verify-full")),
+            with_consumer(outbox_at("postgres://u@h/db?sslmode=require"))
         );
         let twice = Config {
             consumers: vec![stream.clone(), stream],
