@@ -115,7 +115,7 @@ export class Tidings {
 
   /** Publishes one event to one channel. */
   publish(input: PublishInput, options?: CallOptions): Promise<Published> {
-    return this.#post('/api/publish', { channel: input.channel, ...publishFields(input) }, options);
+    return this.#post('/api/publish', { channel: input.channel, ...publishFields(input) }, options, isPublished);
   }
 
   /** Publishes one event to several channels (one result per channel, in order). */
@@ -149,6 +149,7 @@ export class Tidings {
         idempotency_key: input.idempotencyKey ?? randomUUID(),
       }),
       options,
+      (answer) => typeof answer.event === 'string' && Array.isArray(answer.results),
     );
   }
 
@@ -176,18 +177,20 @@ export class Tidings {
 
   /** Who is on a channel (one member per user). */
   presence(channel: string, options?: CallOptions): Promise<PresenceResult> {
-    return this.#request('GET', '/api/presence', { channel }, undefined, options);
+    return this.#request('GET', '/api/presence', { channel }, undefined, options, (answer) => Array.isArray(answer.members));
   }
 
   /** Reads a channel's history (every event: audience rules do not apply to the backend). */
   history(input: HistoryInput, options?: CallOptions): Promise<HistoryResult> {
     const { channel, since, epoch, limit, order } = input;
-    return this.#request('GET', '/api/history', { channel, since, epoch, limit, order }, undefined, options);
+    return this.#request('GET', '/api/history', { channel, since, epoch, limit, order }, undefined, options, (answer) =>
+      Array.isArray(answer.events),
+    );
   }
 
   /** The answering node, its version and engine, and every live node. */
   info(options?: CallOptions): Promise<InfoResult> {
-    return this.#request('GET', '/api/info', {}, undefined, options);
+    return this.#request('GET', '/api/info', {}, undefined, options, (answer) => Array.isArray(answer.nodes));
   }
 
   #post<T>(path: string, body: Record<string, unknown>, options?: CallOptions, expect?: Expect): Promise<T> {
@@ -300,6 +303,8 @@ function compact(fields: Record<string, unknown>): Record<string, unknown> {
 
 /** Checks the fields a method reads from a successful answer. */
 type Expect = (answer: Record<string, unknown>) => boolean;
+
+const isPublished: Expect = (answer) => typeof answer.offset === 'number' && typeof answer.id === 'string';
 
 /** `text` as a JSON object, or `undefined` when it is not one. */
 function parseObject(text: string): Record<string, unknown> | undefined {

@@ -278,13 +278,24 @@ describe('retries and idempotency', () => {
   });
 
   test('a 2xx that is not the API answer is unexpected_response with its status, not retried', async () => {
-    const front = await flakyFront(server.url, [
-      [200, '<html>portal</html>'],
-      [200, { foo: 1 }],
-      [200, [1, 2]],
-    ]);
+    const calls = [
+      () => client.info(),
+      () => client.disconnect({ user: 'u1' }),
+      () => client.publish({ channel: 'workspace:acme', event: 'x' }),
+      () => client.publish({ channel: 'workspace:acme', event: 'x' }),
+      () => client.broadcast({ channels: ['workspace:acme'], event: 'x' }),
+      () => client.entityEvent({ workspace: 'acme', entity: { type: 't', id: '1' }, action: 'x' }),
+      () => client.presence('workspace:acme'),
+      () => client.history({ channel: 'workspace:acme' }),
+      () => client.info(),
+      () => client.unsubscribe({ user: 'u1', channel: 'workspace:acme' }),
+    ];
+    const answers = ['<html>portal</html>', { foo: 1 }, [1, 2], ...Array(7).fill({ foo: 1 })];
+    const front = await flakyFront(
+      server.url,
+      answers.map((answer) => [200, answer]),
+    );
     const client = new Tidings({ url: front.url, apiKey: server.apiKey, retries: 5, minBackoffMs: 10 });
-    const calls = [() => client.info(), () => client.disconnect({ user: 'u1' }), () => client.publish({ channel: 'workspace:acme', event: 'x' })];
     for (const call of calls) {
       const error = await call().then(
         (value) => assert.fail(`resolved to ${JSON.stringify(value)}`),
@@ -295,7 +306,7 @@ describe('retries and idempotency', () => {
       assert.equal(error.status, 200);
       assert.equal(error.attempts, 1);
     }
-    assert.equal(front.requests.length, 3, 'one request each');
+    assert.equal(front.requests.length, calls.length, 'one request each');
     front.close();
   });
 });

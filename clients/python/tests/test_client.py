@@ -228,7 +228,8 @@ def test_an_answer_that_cannot_be_decoded_is_a_connection_failure(make_client: M
 
 
 def test_a_2xx_that_is_not_the_api_answer_is_unexpected_response(make_client: MakeClient, server: Server) -> None:
-    front = FlakyFront(server.url, [(200, "<html>portal</html>"), (200, {"foo": 1}), (200, [1, 2]), (200, {"results": 3})])
+    answers: list[tuple[int, Any]] = [(200, "<html>portal</html>"), (200, {"foo": 1}), (200, [1, 2]), (200, {"results": 3})]
+    front = FlakyFront(server.url, answers + [(200, {"foo": 1})] * 6)
     try:
         client = make_client(front.url, server.api_key, retries=5, min_backoff=0.01)
         calls: list[Callable[[], Any]] = [
@@ -236,12 +237,18 @@ def test_a_2xx_that_is_not_the_api_answer_is_unexpected_response(make_client: Ma
             lambda: client.disconnect("u1"),
             lambda: client.publish("workspace:acme", "x", 1),
             lambda: client.broadcast(["workspace:acme"], "x", 1),
+            lambda: client.publish("workspace:acme", "x", 1),
+            lambda: client.entity_event("acme", {"type": "t", "id": "1"}, "x"),
+            lambda: client.presence("workspace:acme"),
+            lambda: client.history("workspace:acme"),
+            client.info,
+            lambda: client.unsubscribe("u1", "workspace:acme"),
         ]
         for call in calls:
             with pytest.raises(TidingsApiError) as caught:
                 call()
             assert (caught.value.code, caught.value.status, caught.value.attempts) == ("unexpected_response", 200, 1)
-        assert len(front.bodies) == 4, "not retried"
+        assert len(front.bodies) == len(calls), "not retried"
     finally:
         front.close()
 

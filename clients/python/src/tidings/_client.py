@@ -96,6 +96,20 @@ def _publish_fields(
     return fields
 
 
+def _having(reply: Dict[str, Any], key: str, kind: type) -> Any:
+    """``reply`` when its ``key`` is a ``kind``: the method's answer, not a proxy's."""
+    if not isinstance(reply.get(key), kind):
+        raise TypeError(f"no `{key}` in the answer")
+    return reply
+
+
+def _published(reply: Dict[str, Any]) -> Any:
+    """``reply`` when it is a publish result (``offset`` and ``id``)."""
+    if not isinstance(reply.get("offset"), int) or not isinstance(reply.get("id"), str):
+        raise TypeError("not a publish result")
+    return reply
+
+
 def _list(value: Any) -> List[Any]:
     """``value`` when it is a JSON array."""
     if not isinstance(value, list):
@@ -118,7 +132,9 @@ class _Operations:
     ) -> _Operation[Published]:
         body: Dict[str, Any] = {"channel": channel}
         body.update(_publish_fields(event, data, meta, audience, exclude_client, idempotency_key))
-        return _Operation("POST", "/api/publish", body=json.dumps(body).encode())
+        return _Operation(
+            "POST", "/api/publish", body=json.dumps(body).encode(), read=lambda reply: _published(reply)
+        )
 
     @staticmethod
     def broadcast(
@@ -170,6 +186,7 @@ class _Operations:
                     "idempotency_key": _key(idempotency_key),
                 }
             ),
+            read=lambda reply: _having(reply, "results", list),
         )
 
     @staticmethod
@@ -192,7 +209,9 @@ class _Operations:
 
     @staticmethod
     def presence(channel: str) -> _Operation[PresenceResult]:
-        return _Operation("GET", "/api/presence", params={"channel": channel})
+        return _Operation(
+            "GET", "/api/presence", params={"channel": channel}, read=lambda reply: _having(reply, "members", list)
+        )
 
     @staticmethod
     def history(
@@ -205,11 +224,11 @@ class _Operations:
         params = _compact(
             {"channel": channel, "since": since, "epoch": epoch, "limit": limit, "order": order}
         )
-        return _Operation("GET", "/api/history", params=params)
+        return _Operation("GET", "/api/history", params=params, read=lambda reply: _having(reply, "events", list))
 
     @staticmethod
     def info() -> _Operation[InfoResult]:
-        return _Operation("GET", "/api/info")
+        return _Operation("GET", "/api/info", read=lambda reply: _having(reply, "nodes", list))
 
 
 class _Settings:
