@@ -34,23 +34,24 @@ pub const OPENAPI_DOCUMENT: &str = include_str!("../../../../docs/openapi.json")
 pub const OPENAPI_PATH: &str = "/api/openapi.json";
 
 /// The routes that need the API key, with their handlers.
-fn keyed_operations() -> [(&'static str, MethodRouter<Arc<ServerState>>); 8] {
+/// Each path, its handler, and whether it takes a body.
+fn keyed_operations() -> [(&'static str, MethodRouter<Arc<ServerState>>, bool); 8] {
     [
-        ("/api/publish", post(publish)),
-        ("/api/broadcast", post(broadcast)),
-        ("/api/events", post(entity_event)),
-        ("/api/disconnect", post(disconnect)),
-        ("/api/unsubscribe", post(unsubscribe)),
-        ("/api/presence", get(presence)),
-        ("/api/history", get(history)),
-        ("/api/info", get(info)),
+        ("/api/publish", post(publish), true),
+        ("/api/broadcast", post(broadcast), true),
+        ("/api/events", post(entity_event), true),
+        ("/api/disconnect", post(disconnect), true),
+        ("/api/unsubscribe", post(unsubscribe), true),
+        ("/api/presence", get(presence), false),
+        ("/api/history", get(history), false),
+        ("/api/info", get(info), false),
     ]
 }
 
 /// Every path [`routes`] serves, so a test can hold them equal to the paths of
 /// the OpenAPI document.
 pub fn paths() -> Vec<&'static str> {
-    let mut paths: Vec<&'static str> = keyed_operations().map(|(path, _)| path).into();
+    let mut paths: Vec<&'static str> = keyed_operations().map(|(path, ..)| path).into();
     paths.push(OPENAPI_PATH);
     paths
 }
@@ -59,7 +60,16 @@ pub fn paths() -> Vec<&'static str> {
 pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
     let keyed = keyed_operations()
         .into_iter()
-        .fold(Router::new(), |router, (path, handler)| {
+        .fold(Router::new(), |router, (path, handler, takes_body)| {
+            // On the method's handler only: a wrong method still gets its 405.
+            let handler = if takes_body {
+                handler.route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    refuse_declared_oversize,
+                ))
+            } else {
+                handler
+            };
             router.route(path, handler)
         })
         .route_layer(middleware::from_fn_with_state(state, require_api_key));
@@ -96,17 +106,26 @@ async fn require_api_key(
         .into_response();
     };
     match presented {
-        Some(Ok(presented)) if key.matches(presented) => {
-            if declares_more_than(&headers, state.config.api.max_body_size) {
-                return body_too_large().into_response();
-            }
-            next.run(request).await
-        }
+        Some(Ok(presented)) if key.matches(presented) => next.run(request).await,
         _ => {
             state.metrics.auth_failed();
             ApiError::new(ErrorCode::Unauthorized, "missing or invalid API key").into_response()
         }
     }
+}
+
+/// A body whose `Content-Length` is over the limit: 413 before any of it is
+/// read (a client that declared more than it sends would otherwise hold the
+/// request until `request_timeout`).
+async fn refuse_declared_oversize(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if declares_more_than(request.headers(), state.config.api.max_body_size) {
+        return body_too_large().into_response();
+    }
+    next.run(request).await
 }
 
 fn body_too_large() -> ApiError {
