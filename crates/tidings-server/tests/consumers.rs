@@ -1000,9 +1000,34 @@ async fn a_group_lost_with_redis_data_is_made_again_without_skipping() {
     xadd(&mut conn, "commands", &tick(1)).await;
     let first = next_json(&mut ws, Duration::from_secs(5)).await.unwrap();
     assert_eq!(first["data"]["seq"], 1);
+    let source_up = || async {
+        metric(
+            &metrics(node.port).await,
+            "tidings_consumer_source_up",
+            "bus",
+        )
+    };
+    let mut up = false;
+    for _ in 0..50 {
+        up = source_up().await == 1.0;
+        if up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the source is up");
     // Restarted empty; a producer writes at once, before the consumer is back.
     drop(conn);
     drop(source);
+    let mut down = false;
+    for _ in 0..50 {
+        down = source_up().await == 0.0;
+        if down {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(down, "the monitor sees the source gone");
     let source = start_redis_on(port).await;
     let mut conn = source.conn().await;
     xadd(&mut conn, "commands", &tick(2)).await;

@@ -291,6 +291,7 @@ impl Metrics {
             retries: counter(CONSUMER_COUNTERS[4].0),
             lag: gauge(CONSUMER_GAUGES[0].0),
             oldest_age: gauge(CONSUMER_GAUGES[1].0),
+            source_up: gauge(CONSUMER_GAUGES[2].0),
         }
     }
 
@@ -389,7 +390,7 @@ const CONSUMER_COUNTERS: [(&str, &str); 5] = [
     ),
 ];
 
-const CONSUMER_GAUGES: [(&str, &str); 2] = [
+const CONSUMER_GAUGES: [(&str, &str); 3] = [
     (
         "tidings_consumer_lag",
         "Messages waiting for a consumer: stream entries not yet delivered to the group or not acknowledged, unpublished outbox rows.",
@@ -397,6 +398,10 @@ const CONSUMER_GAUGES: [(&str, &str); 2] = [
     (
         "tidings_consumer_oldest_age_seconds",
         "Age of a consumer's oldest unprocessed message (0 when none).",
+    ),
+    (
+        "tidings_consumer_source_up",
+        "1 while the consumer's source (Redis or PostgreSQL) answers its once-a-second backlog check, 0 while it does not (lag and age then keep their last value).",
     ),
 ];
 
@@ -410,6 +415,7 @@ pub struct ConsumerMetrics {
     retries: Counter,
     lag: Gauge,
     oldest_age: Gauge,
+    source_up: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -433,6 +439,10 @@ impl ConsumerMetrics {
     pub(crate) fn backlog(&self, lag: u64, oldest_age: Duration) {
         self.lag.set(lag as f64);
         self.oldest_age.set(oldest_age.as_secs_f64());
+    }
+    /// Whether the last backlog check could read the source.
+    pub(crate) fn source_up(&self, up: bool) {
+        self.source_up.set(if up { 1.0 } else { 0.0 });
     }
 }
 

@@ -307,10 +307,12 @@ async fn monitor(context: ConsumerContext, pg: tokio_postgres::Config) {
             }
         }
         let Some((c, _)) = client.as_ref() else {
+            context.metrics.source_up(false);
             continue;
         };
         match c.query_one(&query, &[]).await {
             Ok(row) => {
+                context.metrics.source_up(true);
                 let lag: i64 = row.get(0);
                 let age: f64 = row.get(1);
                 let age = Duration::from_secs_f64(age.max(0.0));
@@ -325,6 +327,7 @@ async fn monitor(context: ConsumerContext, pg: tokio_postgres::Config) {
             }
             Err(err) => {
                 tracing::debug!(consumer = %config.name, error = %err, "could not read the outbox backlog");
+                context.metrics.source_up(false);
                 client = None;
             }
         }

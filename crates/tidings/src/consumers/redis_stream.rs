@@ -412,9 +412,13 @@ async fn monitor(context: ConsumerContext, client: redis::Client) {
         if conn.is_none() {
             conn = connect(&client, Duration::from_secs(2)).await.ok();
         }
-        let Some(c) = conn.as_mut() else { continue };
+        let Some(c) = conn.as_mut() else {
+            context.metrics.source_up(false);
+            continue;
+        };
         match backlog(&context, c).await {
             Ok((lag, age)) => {
+                context.metrics.source_up(true);
                 context.metrics.backlog(lag, age);
                 let now_behind = age > context.config.lag_warning;
                 if now_behind && !behind {
@@ -426,6 +430,7 @@ async fn monitor(context: ConsumerContext, client: redis::Client) {
             }
             Err(err) => {
                 tracing::debug!(consumer = %context.config.name, error = %err, "could not read the stream backlog");
+                context.metrics.source_up(false);
                 conn = None;
             }
         }
