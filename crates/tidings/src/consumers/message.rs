@@ -134,6 +134,13 @@ impl ChannelTemplate {
         }
     }
 
+    /// Whether any part comes from the message.
+    pub fn has_placeholders(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|part| matches!(part, TemplatePart::Field(_)))
+    }
+
     /// The channel name with every placeholder as `x`: what the template
     /// gives for a message whose values are plain, for checking it at start.
     pub fn sample(&self) -> String {

@@ -482,8 +482,12 @@ fn validate_mapping(
                     format!("namespace `{namespace}` is not configured"),
                 ));
             };
+            // A placeholder's value may hold `:` and add segments, so with
+            // placeholders the sample has the fewest the template can give:
+            // too many is certain, too few only without placeholders.
             let segments = channel.segments().count();
-            if !(config.min_segments..=config.max_segments).contains(&segments) {
+            let too_few = segments < config.min_segments && !parsed.has_placeholders();
+            if too_few || segments > config.max_segments {
                 return Err(problem(
                     field,
                     format!(
@@ -717,6 +721,18 @@ mod tests {
             ..stream.clone()
         };
         assert_eq!(with_consumer(mapped("workspace:{tenant}:{kind}")), "");
+        // `{key}` may be `acme:b1`: two segments, so `chat:{key}` can have three.
+        let chat = NamespaceConfig {
+            min_segments: 3,
+            max_segments: 3,
+            ..NamespaceConfig::default()
+        };
+        let mut config = Config {
+            consumers: vec![mapped("chat:{key}")],
+            ..Config::default()
+        };
+        config.namespaces.insert("chat".into(), chat);
+        assert!(config.validate().is_ok());
         for (template, reason) in [
             (
                 "workspace:a b",
@@ -733,6 +749,10 @@ mod tests {
             (
                 "workspace",
                 "`workspace` has 1 segment; namespace `workspace` takes 2 to 4",
+            ),
+            (
+                "workspace:{a}:{b}:{c}:{d}",
+                "`workspace:{a}:{b}:{c}:{d}` has 5 segments; namespace `workspace` takes 2 to 4",
             ),
             (
                 "workspace::{t}",
