@@ -187,7 +187,10 @@ function Detail({ session, id }: { session: Session; id: string }) {
             type="button"
             onClick={() => {
               deletingHere.current = true;
-              void api(session.user, 'DELETE', `/api/items/${id}`).then(() => (location.hash = '#/'));
+              void api(session.user, 'DELETE', `/api/items/${id}`).then(
+                () => (location.hash = '#/'),
+                () => (deletingHere.current = false), // not deleted: a later deletion still counts
+              );
             }}
           >
             Delete

@@ -519,6 +519,39 @@ describe('transport fallback order', () => {
 });
 
 describe('HTTP transports: requests in call order', () => {
+  test('sse: a stalled request holds the ones behind it only while its caller waits; one that timed out meanwhile is never sent', async () => {
+    const server = await startServer({ env: NO_WEBSOCKET });
+    try {
+      const sent = [];
+      // The first publish's POST /request hangs until the SDK gives it up.
+      const stallingFetch = async (url, init) => {
+        if (String(url).endsWith('/request') && init?.body) {
+          const i = JSON.parse(init.body).data?.i;
+          sent.push(i);
+          if (i === 1) {
+            await new Promise((_, reject) => init.signal?.addEventListener('abort', () => reject(new Error('aborted'))));
+          }
+        }
+        return fetch(url, init);
+      };
+      const { client } = makeClient(server, { claims: { sub: 'u-stall' }, fetch: stallingFetch });
+      const { sub } = collect(client, 'chat:stall');
+      await waitFor(() => client.state === 'connected' && sub.state === 'subscribed', { message: 'subscribed' });
+      assert.equal(client.transport, 'sse');
+      const first = assert.rejects(client.publish('chat:stall', 'm', { i: 1 }, { timeout: 1500 }), { code: 'timeout' });
+      const second = assert.rejects(client.publish('chat:stall', 'm', { i: 2 }, { timeout: 500 }), { code: 'timeout' });
+      const third = client.publish('chat:stall', 'm', { i: 3 });
+      await first;
+      await second;
+      const placed = await third;
+      assert.equal(placed.offset, 1, 'the third is the first placed');
+      assert.deepEqual(sent, [1, 3], 'the second, timed out while waiting, was never sent');
+      client.close();
+    } finally {
+      await server.stop();
+    }
+  });
+
   for (const [name, env] of [
     ['sse', NO_WEBSOCKET],
     ['polling', POLLING_ONLY],

@@ -554,6 +554,7 @@ export class Connection extends Emitter<ConnectionEvents> {
         fail: (id, code, message) => {
           if (generation === this.#generation) this.#settle(id, new TidingsError(code, message));
         },
+        pending: (id) => generation === this.#generation && this.#pending.has(id),
         saveResume: (state) => {
           if (generation === this.#generation) this.#resume = { transport: name, state };
         },

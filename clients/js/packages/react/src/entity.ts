@@ -10,8 +10,8 @@ import { entityChange, useConnectionState, useEntitySubscription, useSubscriptio
 export interface LiveEntityOptions<D> extends OwnChangeOptions {
   enabled?: boolean;
   /**
-   * The entity was deleted, by another user or in another tab of this user
-   * (`change.actor` tells which): either way it is gone, e.g. navigate to the list.
+   * The entity was deleted, by anyone, this tab included (`change.actor` tells
+   * who): it is gone either way, e.g. navigate to the list.
    */
   onDeleted?: (change: EntityChange<D>) => void;
   /** Every change by another user (after `changedByOther` is set). */

@@ -65,14 +65,36 @@ function errorReply(id: RequestId | undefined, code: ErrorCode, message: string)
 }
 
 /**
- * Runs tasks one after another, in call order. `POST /request`s go through
- * one of these: over WebSocket the server takes a connection's requests in
- * order, and concurrent fetches would let a later publish be placed first.
+ * `POST /request`s one at a time, in call order: over WebSocket the server
+ * takes a connection's requests in order, and concurrent fetches would let a
+ * later publish be placed first. A request is not sent once it no longer
+ * waits for its reply (timed out, or the transport closed: `isClosed`), and
+ * its fetch is given up when that happens while it is under way (checked
+ * every second), so one stalled request holds the ones behind it no longer
+ * than its caller waits.
  */
-export function inOrder(): (task: () => Promise<unknown>) => void {
+export function requestsInOrder(
+  context: TransportContext,
+  sink: RequestSink,
+  isClosed: () => boolean,
+): (token: () => string, message: ClientMessage & { id?: RequestId }) => void {
   let last: Promise<unknown> = Promise.resolve();
-  return (task) => {
-    last = last.then(task).catch(() => undefined);
+  return (token, message) => {
+    const id = message.id;
+    const wanted = (): boolean => !isClosed() && (id === undefined || context.handlers.pending(id));
+    const send = async (): Promise<void> => {
+      if (!wanted()) return;
+      const abort = new AbortController();
+      const watch = setInterval(() => {
+        if (!wanted()) abort.abort();
+      }, 1000);
+      try {
+        await postRequest(context, token(), message, sink, undefined, abort.signal);
+      } finally {
+        clearInterval(watch);
+      }
+    };
+    last = last.then(send).catch(() => undefined);
   };
 }
 
@@ -87,6 +109,7 @@ export async function postRequest(
   message: ClientMessage & { id?: RequestId },
   sink: RequestSink,
   streamClient?: string,
+  signal?: AbortSignal,
 ): Promise<ServerMessage | undefined> {
   const id = message.id;
   const doFetch = context.fetch;
@@ -104,6 +127,7 @@ export async function postRequest(
       headers,
       body: JSON.stringify(message),
       cache: 'no-store',
+      ...(signal ? { signal } : {}),
     });
     body = await response.json().catch(() => undefined);
   } catch (err) {

@@ -20,7 +20,7 @@
  *   channels than that, prefer SSE (one stream for every channel) or HTTP/2.
  */
 import type { ClientMessage, RequestId, ServerMessage, StreamPosition } from '../protocol.js';
-import { authHeaders, inOrder, postRequest, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
+import { authHeaders, postRequest, requestsInOrder, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
 import type { Transport, TransportContext } from './types.js';
 
 /** Seconds a poll waits for the next event. */
@@ -73,14 +73,16 @@ export function pollingTransport(context: TransportContext): Transport {
   const reply = (message: ServerMessage): void => {
     queueMicrotask(() => emit(message));
   };
-  // Requests are sent one at a time, in call order.
-  const request = inOrder();
   const sink: RequestSink = {
     message: emit,
     fail: (id, text) => {
       if (!done) handlers.fail(id, 'connection_lost', text);
     },
   };
+  // Sent one at a time, in call order; not once the transport closed (the
+  // client has then failed them with `connection_lost`).
+  const request = requestsInOrder(context, sink, () => done);
+
   const withId = (id: RequestId | undefined): { id?: RequestId } => (id !== undefined ? { id } : {});
   const finish = (code: number, reason: string, reachable: boolean, status?: number): void => {
     if (done) return;
@@ -260,8 +262,7 @@ export function pollingTransport(context: TransportContext): Transport {
         case 'history':
         case 'presence':
         case 'ping':
-          // Not sent once closed: the client has failed it with `connection_lost`.
-          request(async () => (done ? undefined : postRequest(context, token, message, sink)));
+          request(() => token, message);
           return;
         case 'refresh': {
           const next = message.token;

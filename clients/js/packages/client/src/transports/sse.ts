@@ -21,7 +21,7 @@
  */
 import type { RequestId, ServerMessage, StreamPosition, SubscribedMessage } from '../protocol.js';
 import type { ClientMessage, PresenceStatus } from '../protocol.js';
-import { authHeaders, inOrder, postRequest, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
+import { authHeaders, postRequest, requestsInOrder, readError, validChannel, verifyRefresh, type RequestSink } from './http.js';
 import type { Transport, TransportContext } from './types.js';
 import { tokenExpiry, tokenSubject } from '../jwt.js';
 
@@ -136,14 +136,16 @@ export function sseTransport(context: TransportContext): Transport {
   const reply = (message: ServerMessage): void => {
     queueMicrotask(() => emit(message));
   };
-  // Requests are sent one at a time, in call order.
-  const request = inOrder();
   const sink: RequestSink = {
     message: emit,
     fail: (id, text) => {
       if (!done) handlers.fail(id, 'connection_lost', text);
     },
   };
+  // Sent one at a time, in call order; not once the transport closed (the
+  // client has then failed them with `connection_lost`).
+  const request = requestsInOrder(context, sink, () => done);
+
   const finish = (code: number, reason: string, reachable: boolean, status?: number): void => {
     if (done) return;
     done = true;
@@ -553,8 +555,7 @@ export function sseTransport(context: TransportContext): Transport {
         case 'history':
         case 'presence':
         case 'ping':
-          // Not sent once closed: the client has failed it with `connection_lost`.
-          request(async () => (done ? undefined : postRequest(context, token, message, sink)));
+          request(() => token, message);
           return;
         case 'pong':
         case 'auth':

@@ -54,6 +54,8 @@ export interface TransportHandlers {
    * `connection_lost` when an HTTP request failed on the way).
    */
   fail(id: RequestId, code: ClientErrorCode, message: string): void;
+  /** Whether the request `id` still waits for its reply (not answered, failed or timed out). */
+  pending(id: RequestId): boolean;
   /**
    * Keeps transport-specific resume state (the SSE resume token) for the next
    * attempt of the same transport, which finds it in `TransportContext.resume`.
