@@ -103,6 +103,14 @@ def _having(reply: Dict[str, Any], key: str, kind: type) -> Any:
     return reply
 
 
+def _count(reply: Dict[str, Any], key: str) -> int:
+    """``reply[key]`` when it is a whole number (not a bool, not a string)."""
+    value = reply.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"no count `{key}` in the answer")
+    return value
+
+
 def _published(reply: Dict[str, Any]) -> Any:
     """``reply`` when it is a publish result (``offset`` and ``id``)."""
     if not isinstance(reply.get("offset"), int) or not isinstance(reply.get("id"), str):
@@ -186,7 +194,7 @@ class _Operations:
                     "idempotency_key": _key(idempotency_key),
                 }
             ),
-            read=lambda reply: _having(reply, "results", list),
+            read=lambda reply: _having(_having(reply, "event", str), "results", list),
         )
 
     @staticmethod
@@ -195,7 +203,7 @@ class _Operations:
             "POST",
             "/api/disconnect",
             body=_json_body({"user": user, "code": code, "reason": reason}),
-            read=lambda reply: int(reply["disconnected"]),
+            read=lambda reply: _count(reply, "disconnected"),
         )
 
     @staticmethod
@@ -204,7 +212,7 @@ class _Operations:
             "POST",
             "/api/unsubscribe",
             body=_json_body({"user": user, "channel": channel, "reason": reason}),
-            read=lambda reply: int(reply["unsubscribed"]),
+            read=lambda reply: _count(reply, "unsubscribed"),
         )
 
     @staticmethod

@@ -359,7 +359,8 @@ impl ConsumerConfig {
                     )
                 };
                 // tokio-postgres does not know the verify modes at all.
-                if url.contains("sslmode=verify-") {
+                let spaceless: String = url.split_whitespace().collect();
+                if spaceless.contains("sslmode=verify-") {
                     return Err(no_tls());
                 }
                 let pg = url.parse::<tokio_postgres::Config>().map_err(|e| {
@@ -782,7 +783,7 @@ mod tests {
              connects without TLS"
         );
         assert_eq!(
-            with_consumer(outbox_at("host=h user=u sslmode=verify-full")),
+            with_consumer(outbox_at("host=h user=u sslmode = verify-full")),
             with_consumer(outbox_at("postgres://u@h/db?sslmode=require"))
         );
         let twice = Config {
