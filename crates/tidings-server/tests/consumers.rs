@@ -402,6 +402,17 @@ async fn metrics(port: u16) -> String {
 }
 
 /// The value of `metric{...consumer="name"...}`.
+/// Whether consumer `bus`'s `name` reads `value` within 5 s.
+async fn metric_reaches(port: u16, name: &str, value: f64) -> bool {
+    for _ in 0..50 {
+        if metric(&metrics(port).await, name, "bus") == value {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn metric(text: &str, metric: &str, consumer: &str) -> f64 {
     text.lines()
         .find(|l| {
@@ -1000,34 +1011,17 @@ async fn a_group_lost_with_redis_data_is_made_again_without_skipping() {
     xadd(&mut conn, "commands", &tick(1)).await;
     let first = next_json(&mut ws, Duration::from_secs(5)).await.unwrap();
     assert_eq!(first["data"]["seq"], 1);
-    let source_up = || async {
-        metric(
-            &metrics(node.port).await,
-            "tidings_consumer_source_up",
-            "bus",
-        )
-    };
-    let mut up = false;
-    for _ in 0..50 {
-        up = source_up().await == 1.0;
-        if up {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "the source is up");
+    assert!(
+        metric_reaches(node.port, "tidings_consumer_source_up", 1.0).await,
+        "the source is up"
+    );
     // Restarted empty; a producer writes at once, before the consumer is back.
     drop(conn);
     drop(source);
-    let mut down = false;
-    for _ in 0..50 {
-        down = source_up().await == 0.0;
-        if down {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(down, "the monitor sees the source gone");
+    assert!(
+        metric_reaches(node.port, "tidings_consumer_source_up", 0.0).await,
+        "the monitor sees the source gone"
+    );
     let source = start_redis_on(port).await;
     let mut conn = source.conn().await;
     xadd(&mut conn, "commands", &tick(2)).await;
