@@ -124,7 +124,7 @@ export class Tidings {
       '/api/broadcast',
       { channels: input.channels, ...publishFields(input) },
       options,
-      (answer) => Array.isArray(answer.results),
+      (answer) => isPublishedList(answer.results),
     );
     return reply.results;
   }
@@ -149,7 +149,7 @@ export class Tidings {
         idempotency_key: input.idempotencyKey ?? randomUUID(),
       }),
       options,
-      (answer) => typeof answer.event === 'string' && Array.isArray(answer.results),
+      (answer) => typeof answer.event === 'string' && isPublishedList(answer.results),
     );
   }
 
@@ -159,7 +159,7 @@ export class Tidings {
       '/api/disconnect',
       compact({ ...input }),
       options,
-      (answer) => typeof answer.disconnected === 'number',
+      (answer) => Number.isInteger(answer.disconnected),
     );
     return reply.disconnected;
   }
@@ -170,7 +170,7 @@ export class Tidings {
       '/api/unsubscribe',
       compact({ ...input }),
       options,
-      (answer) => typeof answer.unsubscribed === 'number',
+      (answer) => Number.isInteger(answer.unsubscribed),
     );
     return reply.unsubscribed;
   }
@@ -304,7 +304,15 @@ function compact(fields: Record<string, unknown>): Record<string, unknown> {
 /** Checks the fields a method reads from a successful answer. */
 type Expect = (answer: Record<string, unknown>) => boolean;
 
-const isPublished: Expect = (answer) => typeof answer.offset === 'number' && typeof answer.id === 'string';
+const isPublished: Expect = (answer) => Number.isInteger(answer.offset) && typeof answer.id === 'string';
+
+/** A list of publish results, each checked. */
+function isPublishedList(value: unknown): boolean {
+  return (
+    Array.isArray(value) &&
+    value.every((item: unknown) => typeof item === 'object' && item !== null && isPublished(item as Record<string, unknown>))
+  );
+}
 
 /** `text` as a JSON object, or `undefined` when it is not one. */
 function parseObject(text: string): Record<string, unknown> | undefined {

@@ -289,8 +289,10 @@ describe('retries and idempotency', () => {
       () => client.history({ channel: 'workspace:acme' }),
       () => client.info(),
       () => client.unsubscribe({ user: 'u1', channel: 'workspace:acme' }),
+      () => client.broadcast({ channels: ['workspace:acme'], event: 'x' }),
+      () => client.disconnect({ user: 'u1' }),
     ];
-    const answers = ['<html>portal</html>', { foo: 1 }, [1, 2], ...Array(7).fill({ foo: 1 })];
+    const answers = ['<html>portal</html>', { foo: 1 }, [1, 2], ...Array(7).fill({ foo: 1 }), { results: [1] }, { disconnected: 1.5 }];
     const front = await flakyFront(
       server.url,
       answers.map((answer) => [200, answer]),

@@ -229,7 +229,9 @@ def test_an_answer_that_cannot_be_decoded_is_a_connection_failure(make_client: M
 
 def test_a_2xx_that_is_not_the_api_answer_is_unexpected_response(make_client: MakeClient, server: Server) -> None:
     answers: list[tuple[int, Any]] = [(200, "<html>portal</html>"), (200, {"foo": 1}), (200, [1, 2]), (200, {"results": 3})]
-    front = FlakyFront(server.url, answers + [(200, {"foo": 1})] * 6)
+    front = FlakyFront(
+        server.url, answers + [(200, {"foo": 1})] * 6 + [(200, {"results": [1]}), (200, {"disconnected": 1.5})]
+    )
     try:
         client = make_client(front.url, server.api_key, retries=5, min_backoff=0.01)
         calls: list[Callable[[], Any]] = [
@@ -243,6 +245,8 @@ def test_a_2xx_that_is_not_the_api_answer_is_unexpected_response(make_client: Ma
             lambda: client.history("workspace:acme"),
             client.info,
             lambda: client.unsubscribe("u1", "workspace:acme"),
+            lambda: client.broadcast(["workspace:acme"], "x", 1),
+            lambda: client.disconnect("u1"),
         ]
         for call in calls:
             with pytest.raises(TidingsApiError) as caught:

@@ -113,16 +113,27 @@ def _count(reply: Dict[str, Any], key: str) -> int:
 
 def _published(reply: Dict[str, Any]) -> Any:
     """``reply`` when it is a publish result (``offset`` and ``id``)."""
-    if not isinstance(reply.get("offset"), int) or not isinstance(reply.get("id"), str):
+    offset = reply.get("offset")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not isinstance(reply.get("id"), str):
         raise TypeError("not a publish result")
     return reply
 
 
-def _list(value: Any) -> List[Any]:
-    """``value`` when it is a JSON array."""
+def _published_list(value: Any) -> List[Any]:
+    """``value`` when it is a JSON array of publish results."""
     if not isinstance(value, list):
         raise TypeError("not a JSON array")
+    for item in value:
+        if not isinstance(item, dict):
+            raise TypeError("not a publish result")
+        _published(item)
     return value
+
+
+def _with_results(reply: Dict[str, Any]) -> Any:
+    """``reply`` when its ``results`` are publish results."""
+    _published_list(reply.get("results"))
+    return reply
 
 
 class _Operations:
@@ -163,7 +174,7 @@ class _Operations:
             "POST",
             "/api/broadcast",
             body=json.dumps(body).encode(),
-            read=lambda reply: cast("list[Published]", _list(reply["results"])),
+            read=lambda reply: cast("list[Published]", _published_list(reply.get("results"))),
         )
 
     @staticmethod
@@ -194,7 +205,7 @@ class _Operations:
                     "idempotency_key": _key(idempotency_key),
                 }
             ),
-            read=lambda reply: _having(_having(reply, "event", str), "results", list),
+            read=lambda reply: _with_results(_having(reply, "event", str)),
         )
 
     @staticmethod
