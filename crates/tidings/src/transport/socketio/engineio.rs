@@ -536,7 +536,6 @@ fn parse_text(text: &str) -> Option<Inbound> {
     })
 }
 
-/// `POST`: packets from a polling client.
 /// `POST`: packets for a polling session. The body is read only once the
 /// session is known to take it, and not at all when it declares more than
 /// `maxPayload`.
