@@ -1,7 +1,7 @@
 // Starts real Tidings server processes (target/debug/tidings) for the tests.
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +39,7 @@ let configPath;
 function configFile() {
   if (!configPath) {
     const dir = mkdtempSync(join(tmpdir(), 'tidings-js-test-'));
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
     configPath = join(dir, 'tidings.toml');
     writeFileSync(configPath, CONFIG);
   }
