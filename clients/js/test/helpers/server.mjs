@@ -1,8 +1,7 @@
 // Starts real Tidings server processes (target/debug/tidings) for the tests.
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -38,7 +37,11 @@ presence = [{}]
 let configPath;
 function configFile() {
   if (!configPath) {
-    const dir = mkdtempSync(join(tmpdir(), 'tidings-js-test-'));
+    // Under target/ so that a worker ended without its `exit` event leaves
+    // nothing behind in the system's temporary directory.
+    const parent = join(REPO_ROOT, 'target', 'tmp');
+    mkdirSync(parent, { recursive: true });
+    const dir = mkdtempSync(join(parent, 'js-test-'));
     process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
     configPath = join(dir, 'tidings.toml');
     writeFileSync(configPath, CONFIG);
