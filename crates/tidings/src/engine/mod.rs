@@ -194,6 +194,28 @@ struct EnvelopeTail<'a> {
     meta: Option<&'a EventMeta>,
 }
 
+/// The Socket.IO event, JSON-encoded, that carries an event whose own name
+/// cannot be emitted as is: `["tidings:event", "<name>", data, meta, position]`.
+const SOCKETIO_RENAMED_EVENT: &str = r#""tidings:event""#;
+
+/// Whether an event name cannot go to a Socket.IO client as its own event:
+/// socket.io-client's parser refuses Socket.IO's reserved names as a broken
+/// packet (it drops the connection, and recovery replays the event on every
+/// reconnect), python-socketio hands `connect`/`disconnect` to the app's own
+/// handlers, and `tidings:` names are the server's own pushes, which a
+/// publisher must not be able to forge.
+pub(crate) fn socketio_name_is_reserved(name: &str) -> bool {
+    matches!(
+        name,
+        "connect"
+            | "connect_error"
+            | "disconnect"
+            | "disconnecting"
+            | "newListener"
+            | "removeListener"
+    ) || name.starts_with("tidings:")
+}
+
 /// An event placed in a channel: what history keeps and fan-out delivers.
 ///
 /// The wire envelope is encoded once, when the event is placed (or arrives
@@ -293,7 +315,9 @@ impl Publication {
 
     /// The event's Socket.IO arguments without the brackets:
     /// `"<name>",<data>,{"channel","offset","id","ts"[,"meta"]}`, formatted
-    /// once from the envelope and shared by every Socket.IO socket.
+    /// once from the envelope and shared by every Socket.IO socket. A name
+    /// Socket.IO or Tidings keeps for itself goes out as
+    /// `"tidings:event","<name>",…` (see [`socketio_name_is_reserved`]).
     pub fn socketio_args(&self) -> &Utf8Bytes {
         self.socketio_args.get_or_init(|| {
             #[derive(serde::Deserialize)]
@@ -318,7 +342,11 @@ impl Publication {
                 // short of a corrupted history entry, which then carries nothing.
                 return Utf8Bytes::from(format!("\"{}\",null,null", self.name));
             };
-            let mut out = String::with_capacity(envelope.len() + 16);
+            let mut out = String::with_capacity(envelope.len() + 32);
+            if socketio_name_is_reserved(&self.name) {
+                out.push_str(SOCKETIO_RENAMED_EVENT);
+                out.push(',');
+            }
             out.push_str(e.event.get());
             out.push(',');
             out.push_str(e.data.get());

@@ -422,6 +422,15 @@ impl Subscriptions {
         }
     }
 
+    /// The length of what [`Subscriptions::write_positions`] writes.
+    pub fn positions_len(&self) -> usize {
+        let mut len = 1;
+        for (channel, sub) in self.channels.iter() {
+            len += 3 + channel.as_str().len() + sub.epoch.len() + decimal_digits(sub.offset);
+        }
+        len
+    }
+
     /// Sets `channel`'s delivered position back to `offset` (a recovered
     /// subscription whose replay the caller then passes through
     /// [`Subscriptions::accept`], so each replayed event advances it in turn).
@@ -560,6 +569,10 @@ async fn announce(
     }
 }
 
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,6 +586,21 @@ mod tests {
             epoch: Arc::from("e"),
             offset,
             presence: false,
+        }
+    }
+
+    #[test]
+    fn positions_len_is_the_length_of_the_written_positions() {
+        let mut subscriptions = Subscriptions {
+            channels: SubscriptionTable::default(),
+        };
+        for (i, offset) in [0, 9, 10, 99_999, u64::MAX].into_iter().enumerate() {
+            subscriptions
+                .channels
+                .insert(channel(i * 37), subscription(offset));
+            let mut written = String::new();
+            subscriptions.write_positions(&mut written);
+            assert_eq!(subscriptions.positions_len(), written.len(), "{written}");
         }
     }
 

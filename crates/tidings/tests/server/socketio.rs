@@ -318,3 +318,86 @@ async fn the_endpoint_can_be_switched_off() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 404);
 }
+
+/// Names socket.io-client cannot take as an event (it drops the connection)
+/// and `tidings:` names (the server's own) arrive as `tidings:event` with the
+/// real name first; other events keep theirs.
+#[tokio::test]
+async fn reserved_event_names_arrive_as_tidings_event() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = connect(&server, json!({"token": token("u-rsv", &["acme"], &[])})).await;
+    for name in [
+        "disconnect",
+        "connect_error",
+        "tidings:disconnect",
+        "order.shipped",
+    ] {
+        server
+            .publish("workspace:acme", name, json!({"n": name}))
+            .await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let event = next_text(&mut ws).await;
+        let args: Value = serde_json::from_str(event.strip_prefix("42").unwrap()).unwrap();
+        seen.push(args);
+    }
+    for (args, name) in seen[..3]
+        .iter()
+        .zip(["disconnect", "connect_error", "tidings:disconnect"])
+    {
+        assert_eq!(args[0], "tidings:event", "{args}");
+        assert_eq!(args[1], name);
+        assert_eq!(args[2], json!({"n": name}));
+        assert_eq!(args[3]["channel"], "workspace:acme");
+        assert!(args[4].as_str().unwrap().contains("workspace:acme,"));
+    }
+    assert_eq!(seen[3][0], "order.shipped");
+    assert_eq!(seen[3][1], json!({"n": "order.shipped"}));
+    assert_eq!(seen[3][2]["offset"], 4);
+}
+
+/// socket.io-client sends its position back in `CONNECT`, which must fit in
+/// `maxPayload`: a subscribe that would make it longer than half of that is
+/// refused, and every position the socket was given stays under it.
+#[tokio::test]
+async fn a_subscribe_that_would_outgrow_the_resume_position_is_refused() {
+    let mut config = base_config();
+    config.connection.max_message_size = 4096;
+    let server = TestServer::with_config(config).await;
+    let (mut ws, _) = connect(&server, json!({"token": token("u-pos", &["acme"], &[])})).await;
+    let mut refused = None;
+    for i in 0..40 {
+        let channel = format!("workspace:acme:{i:03}{}", "x".repeat(200));
+        ws.send(Message::text(format!(
+            r#"42{i}["subscribe",{}]"#,
+            json!(channel)
+        )))
+        .await
+        .unwrap();
+        let ack_prefix = format!("43{i}");
+        loop {
+            let frame = next_text(&mut ws).await;
+            if let Some(ack) = frame.strip_prefix(&ack_prefix) {
+                let answer: Value = serde_json::from_str(ack).unwrap();
+                if answer[0]["ok"] != true {
+                    refused = Some((i, answer[0].clone()));
+                }
+                break;
+            }
+        }
+        if refused.is_some() {
+            break;
+        }
+        let position = next_text(&mut ws).await;
+        let args: Value = serde_json::from_str(position.strip_prefix("42").unwrap()).unwrap();
+        assert_eq!(args[0], "tidings:position");
+        assert!(args[2].as_str().unwrap().len() <= 2048, "{position}");
+    }
+    let (i, answer) = refused.expect("a subscribe was refused");
+    assert_eq!(answer["error"]["code"], "limit_exceeded", "{answer}");
+    assert!(
+        (7..=9).contains(&i),
+        "refused at subscribe {i}: each entry takes about 230 bytes of 2048"
+    );
+}

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::engineio::{End, Session};
 use super::packet::{self, json_array, Packet, PacketKind, MAIN_NAMESPACE};
 use super::Wake;
+use crate::access::Action;
 use crate::engine::Publication;
 use crate::hub::connection::ServerUnsubscribe;
 use crate::hub::{Connection, ConnectionQueue, ControlRequest, Outbound, RESUBSCRIBE_REASON};
@@ -684,6 +685,7 @@ async fn subscribe(
 ) -> Result<(String, Vec<Arc<Publication>>), Refusal> {
     let (name, since) = channel_args(arg)?;
     let channel = parse_channel(&name)?;
+    check_position_room(state, connected, &channel)?;
     let subscribed = connected
         .subscriptions
         .subscribe(
@@ -711,6 +713,41 @@ async fn subscribe(
             .rewind(&subscribed.channel, since.offset);
     }
     Ok((answer.to_string(), subscribed.replay))
+}
+
+/// Room a position entry may take beyond its channel name: the separators,
+/// an epoch (10 characters) and an offset (up to 20 digits), with margin.
+const POSITION_ENTRY_BYTES: usize = 64;
+
+/// Refuses a new channel that would make the socket's resume position longer
+/// than half of `maxPayload`: socket.io-client sends the position back in its
+/// `CONNECT` packet (beside its token and `pid`), and a packet over
+/// `maxPayload` ends the session, so a socket with a longer position could
+/// never reconnect. Permission and "already subscribed" are answered first.
+fn check_position_room(
+    state: &ServerState,
+    connected: &Connected,
+    channel: &ChannelName,
+) -> Result<(), Refusal> {
+    if connected.subscriptions.contains(channel) {
+        return Ok(());
+    }
+    let ceiling = state.config.connection.max_message_size / 2;
+    let grown =
+        connected.subscriptions.positions_len() + channel.as_str().len() + POSITION_ENTRY_BYTES;
+    if grown <= ceiling {
+        return Ok(());
+    }
+    state
+        .access
+        .check(&connected.identity, channel, Action::Subscribe)?;
+    Err(Refusal::new(
+        ErrorCode::LimitExceeded,
+        format!(
+            "the socket's resume position would pass {ceiling} bytes (half of maxPayload): \
+             unsubscribe from another channel first"
+        ),
+    ))
 }
 
 async fn unsubscribe(
