@@ -76,7 +76,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// Log format.
-    #[arg(long, value_enum, env = "TIDINGS_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        env = "TIDINGS_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `tidings=debug` (RUST_LOG syntax). Without
     /// it, `RUST_LOG` if set, else `info`.

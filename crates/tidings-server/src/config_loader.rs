@@ -113,9 +113,25 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         })?;
     }
     figment(file).extract_lossy().map_err(|err| {
-        let messages: Vec<String> = err.into_iter().map(|e| describe(&e)).collect();
-        anyhow::anyhow!(messages.join("\n"))
+        let messages: Vec<String> = err.into_iter().map(|e| one_line(&describe(&e))).collect();
+        anyhow::anyhow!(messages.join("; "))
     })
+}
+
+/// `message` on one line: a TOML parse error comes as several, with a
+/// snippet of the file (`1 | listen = `, a caret line), which is dropped
+/// since the error names the line and column; the other lines are joined.
+fn one_line(message: &str) -> String {
+    let is_snippet = |line: &str| {
+        line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')
+            .starts_with('|')
+    };
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !is_snippet(line))
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn absolute(path: &Path) -> PathBuf {

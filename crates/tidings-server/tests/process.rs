@@ -743,6 +743,17 @@ fn config_errors_name_the_variable_or_the_file_and_the_format() {
         );
     }
 
+    // A file that is not TOML: one line, with the parse error's position and
+    // words but not its snippet of the file.
+    std::fs::write(dir.join("syntax.toml"), "listen = \n").unwrap();
+    let err = run(&["checkconfig", "syntax.toml"], &[], &dir);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("TOML parse error at line 1, column 10: invalid string"),
+        "{err}"
+    );
+    assert!(!err.contains(" | "), "{err}");
+
     // A missing file: one line.
     let err = run(&["checkconfig", "missing.toml"], &[], &dir);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");

@@ -576,6 +576,12 @@ impl Config {
             {
                 return Err(invalid(prefix, "not a valid namespace name"));
             }
+            if ns.max_segments > 255 {
+                return Err(invalid(
+                    format!("{prefix}.max_segments"),
+                    "must be at most 255 (a channel name is at most 255 bytes)",
+                ));
+            }
             if ns.min_segments == 0 || ns.min_segments > ns.max_segments {
                 return Err(invalid(
                     format!("{prefix}.min_segments"),
@@ -668,6 +674,27 @@ mod tests {
         );
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("namespaces.orders.subscribe[0]"), "{err}");
+    }
+
+    #[test]
+    fn segment_counts_are_checked() {
+        let with_segments = |min_segments, max_segments| {
+            let mut config = Config::default();
+            config.namespaces.insert(
+                "orders".into(),
+                NamespaceConfig {
+                    min_segments,
+                    max_segments,
+                    ..NamespaceConfig::default()
+                },
+            );
+            config.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(with_segments(1, 255), None);
+        let err = with_segments(1, 256).unwrap_or_default();
+        assert!(err.contains("namespaces.orders.max_segments"), "{err}");
+        let err = with_segments(3, 2).unwrap_or_default();
+        assert!(err.contains("namespaces.orders.min_segments"), "{err}");
     }
 
     #[test]

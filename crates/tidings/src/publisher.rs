@@ -389,7 +389,18 @@ impl Publisher {
         let base = format!("workspace:{}", change.workspace);
         let typed = format!("{base}:{}", change.entity.entity_type);
         let single = format!("{typed}:{}", change.entity.id);
-        check_name("action", &change.action)?;
+        // The event is `{entity.type}.{action}`: the action gets what the
+        // type leaves of an event name, so the message can give the real bound.
+        let max_action = MAX_NAME_LEN.saturating_sub(change.entity.entity_type.len() + 1);
+        if change.action.is_empty()
+            || change.action.len() > max_action
+            || change.action.chars().any(char::is_control)
+        {
+            return Err(PublishError::BadRequest(format!(
+                "action must be 1-{max_action} bytes without control characters \
+                 (the event `{{entity.type}}.{{action}}` is at most {MAX_NAME_LEN})"
+            )));
+        }
         let event = change.event_name();
         let data = match change.data {
             Some(data) => data,

@@ -149,6 +149,26 @@ async fn entity_events_reach_all_three_scopes() {
             .await;
         assert_eq!(status, 400, "action {action:?}");
     }
+    // The action gets what the type leaves of a 255-byte event name, and the
+    // refusal says how much that is.
+    for (entity_type, longest) in [("t", 253), ("tt", 252)] {
+        for (action, expected) in [("a".repeat(longest), 200), ("a".repeat(longest + 1), 400)] {
+            let (status, body) = server
+                .api(
+                    "/api/events",
+                    json!({"workspace": "acme", "entity": {"type": entity_type, "id": "1"}, "action": action}),
+                )
+                .await;
+            assert_eq!(status, expected, "{entity_type} {}: {body}", action.len());
+            if expected == 400 {
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.starts_with(&format!("action must be 1-{longest} bytes")),
+                    "{message}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
