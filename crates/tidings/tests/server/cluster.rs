@@ -287,6 +287,34 @@ async fn publishing_while_redis_is_down_answers_503_and_clients_learn_what_they_
     assert_eq!(n[1].health_status().await, "ok");
 }
 
+/// Each time Redis is killed and started again is one outage in
+/// `tidings_engine_outages_total` (and one warning): a connection attempt
+/// made while it was down, handed to a caller once the other connection had
+/// reached it again, counted a second outage at most restarts.
+#[tokio::test]
+async fn each_redis_restart_is_one_outage() {
+    let mut redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    for round in 1..=3 {
+        redis.kill();
+        wait_for_health(&n[0], "degraded", Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.restart().await;
+        wait_for_health(&n[0], "ok", Duration::from_secs(10)).await;
+        // Long enough for a second outage to show: the next heartbeats.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(n[0].health_status().await, "ok");
+        assert_eq!(
+            n[0].metric("tidings_engine_outages_total").await,
+            f64::from(round),
+            "after restart {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_restart_with_persistence_still_never_reuses_offsets_in_an_epoch() {
     let mut redis = RedisServer::start_with(true).await;

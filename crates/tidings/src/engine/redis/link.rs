@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -214,12 +214,22 @@ pub(crate) type PushSink = Arc<dyn Fn(PushInfo) + Send + Sync>;
 /// ([`RedisLink::check_every_shard`]) ends an outage. Otherwise, with one
 /// master down, `/health` alternated with whichever shard the last call
 /// reached, logging each time.
+///
+/// A connection refused in the first [`RECOVERY_GRACE`] after Redis answered
+/// again does not start a new outage: the command and pub/sub connections
+/// reconnect on their own, and one may still hand a caller the outcome of a
+/// connection attempt made while Redis was down after the other reached it
+/// (each restart of Redis was logged and counted as two outages).
 #[derive(Debug)]
 pub(crate) struct Availability {
     up: AtomicBool,
     outages: AtomicU64,
     sharded: bool,
+    recovered_at: std::sync::Mutex<Option<Instant>>,
 }
+
+/// See [`Availability`].
+const RECOVERY_GRACE: Duration = Duration::from_secs(1);
 
 impl Availability {
     fn new(sharded: bool) -> Self {
@@ -227,7 +237,14 @@ impl Availability {
             up: AtomicBool::new(true),
             outages: AtomicU64::new(0),
             sharded,
+            recovered_at: std::sync::Mutex::new(None),
         }
+    }
+
+    fn recovered_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.recovered_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn is_up(&self) -> bool {
@@ -240,11 +257,20 @@ impl Availability {
 
     fn succeeded(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
+            *self.recovered_at() = Some(Instant::now());
             tracing::info!("Redis is reachable again");
         }
     }
 
     fn failed(&self, err: &redis::RedisError) {
+        if err.is_connection_refusal()
+            && self.is_up()
+            && self
+                .recovered_at()
+                .is_some_and(|at| at.elapsed() < RECOVERY_GRACE)
+        {
+            return;
+        }
         if self.up.swap(false, Ordering::Relaxed) {
             self.outages.fetch_add(1, Ordering::Relaxed);
             if self.sharded {
