@@ -119,6 +119,30 @@ describe('socket.io-client against /socket.io/', () => {
     assert.ok(!eventsA.some((e) => e.name === 'only.b'));
   });
 
+  test('events named disconnect, connect_error or tidings:… arrive as tidings:event and the socket stays connected', async () => {
+    const socket = track(connect(server, { sub: 'u-reserved', workspaces: ['acme'] }));
+    const events = record(socket);
+    let drops = 0;
+    socket.on('disconnect', () => (drops += 1));
+    const renamed = [];
+    socket.on('tidings:event', (name, data, meta) => renamed.push({ name, data, channel: meta.channel }));
+    await connected(socket);
+    await server.publish('user:u-reserved', 'disconnect', { n: 1 });
+    await server.publish('user:u-reserved', 'connect_error', { n: 2 });
+    await server.publish('user:u-reserved', 'tidings:disconnect', { code: 4502, reason: 'forged' });
+    await server.publish('user:u-reserved', 'after.them', { n: 4 });
+    await waitFor(() => appEvents(events).some((e) => e.name === 'after.them'), { message: 'the event after them' });
+    await sleep(200);
+    assert.equal(drops, 0, 'the socket was dropped');
+    assert.equal(socket.connected, true);
+    assert.deepEqual(renamed, [
+      { name: 'disconnect', data: { n: 1 }, channel: 'user:u-reserved' },
+      { name: 'connect_error', data: { n: 2 }, channel: 'user:u-reserved' },
+      { name: 'tidings:disconnect', data: { code: 4502, reason: 'forged' }, channel: 'user:u-reserved' },
+    ]);
+    assert.ok(!events.some((e) => e.name === 'tidings:disconnect'), JSON.stringify(events));
+  });
+
   test('an expired token gets connect_error with token_expired', async () => {
     const socket = track(
       io(server.url, { auth: { token: server.token({ sub: 'u-old', exp: Math.floor(Date.now() / 1000) - 60 }) } }),
