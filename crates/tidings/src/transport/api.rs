@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::http::{bearer_bytes, declares_more_than, ApiError};
+use super::http::{bearer_bytes, declares_more_than, given_twice, repeated_parameter, ApiError};
 use crate::engine::{HistoryQuery, Publication};
 use crate::protocol::{ChannelName, CloseCode, ErrorCode, HistoryOrder};
 use crate::publisher::{
@@ -285,8 +285,12 @@ struct ChannelQuery {
 
 async fn presence(
     State(state): State<Arc<ServerState>>,
+    RawQuery(raw): RawQuery,
     query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = repeated_parameter(raw.as_deref().unwrap_or_default(), &["channel"]) {
+        return Err(given_twice(name));
+    }
     let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let channel = known_channel(&state, &query.channel)?;
     let members = state.presence.members(&channel).await.map_err(|e| {
@@ -310,8 +314,13 @@ struct HistoryParams {
 /// The backend sees every event: audience and exclusion do not apply.
 async fn history(
     State(state): State<Arc<ServerState>>,
+    RawQuery(raw): RawQuery,
     query: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let names = ["channel", "since", "epoch", "limit", "order"];
+    if let Some(name) = repeated_parameter(raw.as_deref().unwrap_or_default(), &names) {
+        return Err(given_twice(name));
+    }
     let Query(params) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let channel = known_channel(&state, &params.channel)?;
     if params.epoch.is_some() && params.since.is_none() {

@@ -530,6 +530,21 @@ async fn refused_upgrades_and_repeated_parameters_answer_in_json() {
     assert_eq!(response.status().as_u16(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "bad_request", "{body}");
+    // The server API's GET routes name the parameter too (not axum's
+    // "Failed to deserialize query string").
+    for (path, name) in [
+        ("/api/history?channel=workspace:acme&channel=workspace:acme", "channel"),
+        ("/api/history?channel=workspace:acme&limit=x&limit=2", "limit"),
+        ("/api/presence?channel=workspace:acme&channel=user:u1", "channel"),
+    ] {
+        let (status, body) = server.api_get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(
+            body["error"]["message"],
+            format!("`{name}` given twice"),
+            "{path}"
+        );
+    }
     let response = http
         .get(server.url("/socket.io/?EIO=4&EIO=4&transport=polling"))
         .send()
