@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 pub struct Identity {
     /// The token's `sub`: a non-empty string.
     pub user: Arc<str>,
-    /// The token's `exp`, as Unix seconds.
+    /// The token's `exp`, as Unix seconds; a later one than
+    /// 9999-12-31T23:59:59Z is read as that.
     pub expires_at: Option<u64>,
     /// From the roles claim: an array of strings, or a single string; missing
     /// or `null` means no roles.

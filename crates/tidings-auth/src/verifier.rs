@@ -31,6 +31,12 @@ impl VerifyKey {
     }
 }
 
+/// The latest expiry an [`Identity`] carries: 9999-12-31T23:59:59Z. A later
+/// `exp` (up to 2^64 s) means the same in practice, and kept as is it could
+/// not be written as an RFC 3339 date (`expires_at`) nor added to a clock
+/// reading (the server panicked on `exp` = 2^64 - 1).
+const LATEST_EXPIRY: u64 = 253_402_300_799;
+
 /// Verifies tokens against the configured keys and rules.
 ///
 /// Built once from [`JwtSettings`]; cheap to share behind an `Arc`.
@@ -321,7 +327,8 @@ impl TokenVerifier {
             // The library accepted it, so it is a non-negative number.
             Some(exp) => exp
                 .as_u64()
-                .or_else(|| exp.as_f64().map(|f| f.round() as u64)),
+                .or_else(|| exp.as_f64().map(|f| f.round() as u64))
+                .map(|exp| exp.min(LATEST_EXPIRY)),
         };
         let roles: Arc<[String]> = match claims.get(&self.roles_claim) {
             None | Some(Value::Null) => Arc::from(Vec::new()),

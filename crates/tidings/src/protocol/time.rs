@@ -15,12 +15,15 @@ pub fn format_timestamp(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
-/// Formats unix seconds as a contract timestamp.
+/// The last second a contract timestamp can write (four-digit years):
+/// 9999-12-31T23:59:59Z.
+const LATEST_TIMESTAMP: i64 = 253_402_300_799;
+
+/// Formats unix seconds as a contract timestamp; a later time is written
+/// as the latest one.
 pub fn format_unix_seconds(secs: u64) -> String {
-    let t = i64::try_from(secs)
-        .ok()
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let secs = i64::try_from(secs).map_or(LATEST_TIMESTAMP, |s| s.min(LATEST_TIMESTAMP));
+    let t = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     format_timestamp(t)
 }
 
@@ -44,6 +47,9 @@ mod tests {
     #[test]
     fn timestamps_have_milliseconds_and_z() {
         assert_eq!(super::format_unix_seconds(0), "1970-01-01T00:00:00.000Z");
+        for late in [253_402_300_799, 253_402_300_800, u64::MAX] {
+            assert_eq!(super::format_unix_seconds(late), "9999-12-31T23:59:59.000Z");
+        }
         let now = super::now_timestamp();
         assert_eq!(now.len(), 24, "{now}");
         assert!(now.ends_with('Z'));

@@ -107,8 +107,14 @@ pub(crate) fn expiry_instant(identity: &Identity) -> Option<Instant> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    Some(Instant::now() + Duration::from_secs(expires).saturating_sub(now))
+    let left = Duration::from_secs(expires).saturating_sub(now);
+    // A deadline years away is never reached by a connection anyway, and
+    // adding 2^64 s to a clock reading panics (a token's `exp` may be that).
+    Instant::now().checked_add(left.min(EXPIRY_HORIZON))
 }
+
+/// The furthest ahead a token's expiry is scheduled: ten years.
+const EXPIRY_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A duration in whole milliseconds, as the protocol writes them.
 pub(crate) fn duration_ms(d: Duration) -> u64 {

@@ -359,3 +359,53 @@ async fn an_unreadable_last_event_id_header_is_refused() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request", "{body}");
 }
+
+/// An `exp` past the year 9999 (up to 2^64 - 1) is read as its last second:
+/// the server panicked adding it to a clock reading (the connection dropped
+/// without a word, and its slot and presence stayed taken), and wrote such
+/// an expiry as 1970.
+#[tokio::test]
+async fn an_expiry_beyond_the_year_9999_is_read_as_its_last_second() {
+    let server = TestServer::start().await;
+    for exp in [json!(u64::MAX), json!(253_402_300_800u64), json!(1e19)] {
+        let far = hs256(
+            json!({"sub": "u-far", "exp": exp, "workspaces": ["acme"]}),
+            SECRET,
+        );
+        let mut client = server.connect(&far).await;
+        let connected = client.connected.clone().unwrap_or_default();
+        assert_eq!(connected["expires_at"], "9999-12-31T23:59:59.000Z", "{exp}");
+        client.subscribe("workspace:acme").await;
+        let refreshed = client
+            .request(json!({"type": "refresh", "token": far}), 1)
+            .await;
+        assert_eq!(refreshed["type"], "refreshed", "{refreshed}");
+        assert_eq!(refreshed["expires_at"], "9999-12-31T23:59:59.000Z");
+        let poll = server
+            .http
+            .get(server.url("/events?channel=workspace:acme"))
+            .bearer_auth(&far)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(poll.status().as_u16(), 200, "{exp}");
+        let sse = server
+            .http
+            .get(server.url("/sse?channel=workspace:acme"))
+            .bearer_auth(&far)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status().as_u16(), 200, "{exp}");
+        drop(sse);
+        drop(client);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.metric("tidings_connections").await > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections left open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
