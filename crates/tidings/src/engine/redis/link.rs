@@ -219,7 +219,8 @@ pub(crate) type PushSink = Arc<dyn Fn(PushInfo) + Send + Sync>;
 /// again does not start a new outage: the command and pub/sub connections
 /// reconnect on their own, and one may still hand a caller the outcome of a
 /// connection attempt made while Redis was down after the other reached it
-/// (each restart of Redis was logged and counted as two outages).
+/// (each restart of Redis was logged and counted as two outages). Later
+/// such leftovers are tried again ([`RedisLink::query_on`]).
 #[derive(Debug)]
 pub(crate) struct Availability {
     up: AtomicBool,
@@ -256,8 +257,13 @@ impl Availability {
     }
 
     fn succeeded(&self) {
+        if self.is_up() {
+            return;
+        }
+        // Set before `up`, so that a refusal seen on another thread as soon
+        // as `up` is true also sees the grace.
+        *self.recovered_at() = Some(Instant::now());
         if !self.up.swap(true, Ordering::Relaxed) {
-            *self.recovered_at() = Some(Instant::now());
             tracing::info!("Redis is reachable again");
         }
     }
@@ -459,8 +465,28 @@ impl RedisLink {
     /// Checks that the pub/sub connection answers (and reconnects it if not).
     pub async fn ping_subscriber(&self) -> Result<(), EngineError> {
         let mut conn = self.subscriber().await?;
-        let result: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut conn).await;
-        self.observe(result)
+        let result = self.query_on(&mut conn, &redis::cmd("PING")).await;
+        self.observe::<()>(result)
+    }
+
+    /// Runs `cmd` on `conn`, once more if its connection was refused while
+    /// Redis is taken to be up. A connection manager whose reconnection
+    /// failed during an outage hands that refusal to the next command on
+    /// it, however late (a heartbeat 5 s after Redis came back), and it
+    /// would start a new outage; a refused connection sent nothing, so the
+    /// command is not run twice, and the second try uses the fresh
+    /// connection attempt the refusal started.
+    async fn query_on<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Commands,
+        cmd: &Cmd,
+    ) -> redis::RedisResult<T> {
+        match cmd.query_async(conn).await {
+            Err(err) if err.is_connection_refusal() && self.availability.is_up() => {
+                cmd.query_async(conn).await
+            }
+            result => result,
+        }
     }
 
     /// Redis Cluster: checks that every shard answers, and ends an outage if
@@ -511,7 +537,7 @@ impl RedisLink {
         for arg in args {
             cmd.arg(*arg);
         }
-        match cmd.query_async::<T>(&mut conn).await {
+        match self.query_on::<T>(&mut conn, &cmd).await {
             Err(err) if is_missing_function(&err) => {
                 let load: redis::RedisResult<String> = redis::cmd("FUNCTION")
                     .arg("LOAD")
@@ -532,7 +558,8 @@ impl RedisLink {
     /// Runs a plain command.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, EngineError> {
         let mut conn = self.commands().await?;
-        self.observe(cmd.query_async(&mut conn).await)
+        let result = self.query_on(&mut conn, cmd).await;
+        self.observe(result)
     }
 
     /// Records the outcome of a Redis call and maps its error.
