@@ -422,11 +422,12 @@ impl Subscriptions {
         }
     }
 
-    /// The length of what [`Subscriptions::write_positions`] writes.
-    pub fn positions_len(&self) -> usize {
+    /// The longest [`Subscriptions::write_positions`] can write for these
+    /// channels: each offset counted at 20 digits, the most a `u64` has.
+    pub fn positions_len_bound(&self) -> usize {
         let mut len = 1;
         for (channel, sub) in self.channels.iter() {
-            len += 3 + channel.as_str().len() + sub.epoch.len() + decimal_digits(sub.offset);
+            len += 3 + channel.as_str().len() + sub.epoch.len() + 20;
         }
         len
     }
@@ -569,10 +570,6 @@ async fn announce(
     }
 }
 
-fn decimal_digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |log| log as usize + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,18 +587,30 @@ mod tests {
     }
 
     #[test]
-    fn positions_len_is_the_length_of_the_written_positions() {
+    fn the_position_bound_holds_for_any_offset_and_is_reached_at_the_largest() {
         let mut subscriptions = Subscriptions {
             channels: SubscriptionTable::default(),
         };
-        for (i, offset) in [0, 9, 10, 99_999, u64::MAX].into_iter().enumerate() {
+        for (i, offset) in [0, 9, 10, 99_999].into_iter().enumerate() {
             subscriptions
                 .channels
                 .insert(channel(i * 37), subscription(offset));
             let mut written = String::new();
             subscriptions.write_positions(&mut written);
-            assert_eq!(subscriptions.positions_len(), written.len(), "{written}");
+            assert!(
+                subscriptions.positions_len_bound() > written.len(),
+                "{written}"
+            );
         }
+        let mut largest = Subscriptions {
+            channels: SubscriptionTable::default(),
+        };
+        for i in 0..3 {
+            largest.channels.insert(channel(i), subscription(u64::MAX));
+        }
+        let mut written = String::new();
+        largest.write_positions(&mut written);
+        assert_eq!(largest.positions_len_bound(), written.len(), "{written}");
     }
 
     #[test]

@@ -533,9 +533,18 @@ async fn refused_upgrades_and_repeated_parameters_answer_in_json() {
     // The server API's GET routes name the parameter too (not axum's
     // "Failed to deserialize query string").
     for (path, name) in [
-        ("/api/history?channel=workspace:acme&channel=workspace:acme", "channel"),
-        ("/api/history?channel=workspace:acme&limit=x&limit=2", "limit"),
-        ("/api/presence?channel=workspace:acme&channel=user:u1", "channel"),
+        (
+            "/api/history?channel=workspace:acme&channel=workspace:acme",
+            "channel",
+        ),
+        (
+            "/api/history?channel=workspace:acme&limit=x&limit=2",
+            "limit",
+        ),
+        (
+            "/api/presence?channel=workspace:acme&channel=user:u1",
+            "channel",
+        ),
     ] {
         let (status, body) = server.api_get(path).await;
         assert_eq!(status, 400, "{path}: {body}");

@@ -401,3 +401,57 @@ async fn a_subscribe_that_would_outgrow_the_resume_position_is_refused() {
         "refused at subscribe {i}: each entry takes about 230 bytes of 2048"
     );
 }
+
+/// The position and the pid (which repeats the rooms joined on connect) are
+/// sent back with the token in `CONNECT`: with many long workspaces in the
+/// token and a small `maxPayload`, rooms stop at a quarter of it, subscribes
+/// at half (pid included), and the socket reconnects and recovers.
+#[tokio::test]
+async fn a_socket_with_many_rooms_and_channels_can_always_reconnect() {
+    let mut config = base_config();
+    config.connection.max_message_size = 4096;
+    let server = TestServer::with_config(config).await;
+    let workspaces: Vec<String> = (0..10).map(|i| format!("w{i}{}", "x".repeat(98))).collect();
+    let names: Vec<&str> = workspaces.iter().map(String::as_str).collect();
+    let token = token("u-rooms", &names, &[]);
+    let (mut ws, reply) = connect(&server, json!({ "token": token })).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    let pid = handshake["pid"].as_str().unwrap().to_owned();
+    assert!(pid.len() <= 1024 + 64, "pid of {} bytes", pid.len());
+    let mut position = None;
+    let mut refused = None;
+    for i in 0..20 {
+        let channel = format!("workspace:{}:{i:03}{}", workspaces[0], "y".repeat(100));
+        ws.send(Message::text(format!(
+            r#"42{i}["subscribe",{}]"#,
+            json!(channel)
+        )))
+        .await
+        .unwrap();
+        let ack_prefix = format!("43{i}");
+        let answer: Value = loop {
+            let frame = next_text(&mut ws).await;
+            if let Some(ack) = frame.strip_prefix(&ack_prefix) {
+                break serde_json::from_str(ack).unwrap();
+            }
+        };
+        if answer[0]["ok"] != true {
+            refused = Some(answer[0].clone());
+            break;
+        }
+        let event = next_text(&mut ws).await;
+        let args: Value = serde_json::from_str(event.strip_prefix("42").unwrap()).unwrap();
+        assert_eq!(args[0], "tidings:position");
+        position = Some(args[2].as_str().unwrap().to_owned());
+    }
+    let refused = refused.expect("a subscribe was refused");
+    assert_eq!(refused["error"]["code"], "limit_exceeded", "{refused}");
+    let position = position.expect("at least one subscribe was accepted");
+    drop(ws);
+
+    let auth = json!({ "token": token, "pid": pid, "offset": position });
+    assert!(format!("40{auth}").len() <= 4096);
+    let (_ws, reply) = connect(&server, auth).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(handshake["pid"], pid, "not recovered: {reply}");
+}

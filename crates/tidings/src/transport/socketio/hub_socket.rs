@@ -66,6 +66,9 @@ struct Connected {
     /// `bad_request` answers in a row: more than `max_bad_requests` end the
     /// socket with 4501, as on `/ws`.
     bad_requests: u32,
+    /// The length of the `pid` the socket was given, which socket.io-client
+    /// sends back beside its position (see [`check_position_room`]).
+    pid_len: usize,
 }
 
 /// The `CONNECT` payload: socket.io-client's `auth`, plus `pid` and `offset`
@@ -359,6 +362,7 @@ impl HubSocket {
             status: PresenceStatus::Online,
             rate: RequestRate::new(&state.config.connection),
             bad_requests: 0,
+            pid_len: 0,
         };
         // What the client last saw: its offset (the token of its last event),
         // else the positions its pid was issued with.
@@ -416,8 +420,15 @@ impl HubSocket {
                 }
             }
         }
+        // Rooms take at most a quarter of `maxPayload` of the position: the
+        // pid repeats them, and the rest of the half is left to `subscribe`.
+        let rooms_ceiling = state.config.connection.max_message_size / 4;
         for room in rooms {
             if connected.subscriptions.contains(&room) {
+                continue;
+            }
+            if position_bound_with(&connected, &room) > rooms_ceiling {
+                tracing::debug!(channel = %room, "room on connect not joined: the resume position would be too long");
                 continue;
             }
             if let Err(refusal) = connected
@@ -443,6 +454,7 @@ impl HubSocket {
                 pid
             }
         };
+        connected.pid_len = pid.len();
         let handshake = serde_json::json!({ "sid": &*connected.connection.client_id, "pid": pid });
         session.push_message(&packet::encode(
             PacketKind::Connect,
@@ -715,15 +727,24 @@ async fn subscribe(
     Ok((answer.to_string(), subscribed.replay))
 }
 
-/// Room a position entry may take beyond its channel name: the separators,
-/// an epoch (10 characters) and an offset (up to 20 digits), with margin.
+/// Room a new position entry may take beyond its channel name: the
+/// separators, an epoch (10 characters) and an offset (up to 20 digits),
+/// with margin.
 const POSITION_ENTRY_BYTES: usize = 64;
 
-/// Refuses a new channel that would make the socket's resume position longer
-/// than half of `maxPayload`: socket.io-client sends the position back in its
-/// `CONNECT` packet (beside its token and `pid`), and a packet over
-/// `maxPayload` ends the session, so a socket with a longer position could
-/// never reconnect. Permission and "already subscribed" are answered first.
+/// The longest the socket's resume position can become with `channel`
+/// added, whatever offsets its channels reach.
+fn position_bound_with(connected: &Connected, channel: &ChannelName) -> usize {
+    connected.subscriptions.positions_len_bound() + channel.as_str().len() + POSITION_ENTRY_BYTES
+}
+
+/// Refuses a new channel that could make the socket's resume position and
+/// its `pid` together longer than half of `maxPayload`: socket.io-client
+/// sends both back in its `CONNECT` packet, beside its token, and a packet
+/// over `maxPayload` ends the session, so a socket with a longer position
+/// could never reconnect. The bound counts every offset at its longest, so
+/// it holds however far the channels go. Permission and "already
+/// subscribed" are answered first.
 fn check_position_room(
     state: &ServerState,
     connected: &Connected,
@@ -733,9 +754,7 @@ fn check_position_room(
         return Ok(());
     }
     let ceiling = state.config.connection.max_message_size / 2;
-    let grown =
-        connected.subscriptions.positions_len() + channel.as_str().len() + POSITION_ENTRY_BYTES;
-    if grown <= ceiling {
+    if position_bound_with(connected, channel) + connected.pid_len <= ceiling {
         return Ok(());
     }
     state
@@ -744,8 +763,8 @@ fn check_position_room(
     Err(Refusal::new(
         ErrorCode::LimitExceeded,
         format!(
-            "the socket's resume position would pass {ceiling} bytes (half of maxPayload): \
-             unsubscribe from another channel first"
+            "the socket's resume position and pid would pass {ceiling} bytes (half of \
+             maxPayload): unsubscribe from another channel first"
         ),
     ))
 }
