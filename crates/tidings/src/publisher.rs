@@ -391,7 +391,14 @@ impl Publisher {
         let single = format!("{typed}:{}", change.entity.id);
         // The event is `{entity.type}.{action}`: the action gets what the
         // type leaves of an event name, so the message can give the real bound.
-        let max_action = MAX_NAME_LEN.saturating_sub(change.entity.entity_type.len() + 1);
+        if change.entity.entity_type.len() + 2 > MAX_NAME_LEN {
+            return Err(PublishError::BadRequest(format!(
+                "entity.type must be at most {} bytes (the event `{{entity.type}}.{{action}}` \
+                 is at most {MAX_NAME_LEN})",
+                MAX_NAME_LEN - 2
+            )));
+        }
+        let max_action = MAX_NAME_LEN - change.entity.entity_type.len() - 1;
         if change.action.is_empty()
             || change.action.len() > max_action
             || change.action.chars().any(char::is_control)

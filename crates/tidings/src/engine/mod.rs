@@ -337,16 +337,19 @@ impl Publication {
                 meta: Option<&'a RawValue>,
             }
             let envelope = self.encoded.as_str();
-            let Ok(e) = serde_json::from_str::<Envelope<'_>>(envelope) else {
-                // Every envelope is written by `EnvelopeParts`; this is unreachable
-                // short of a corrupted history entry, which then carries nothing.
-                return Utf8Bytes::from(format!("\"{}\",null,null", self.name));
-            };
             let mut out = String::with_capacity(envelope.len() + 32);
             if socketio_name_is_reserved(&self.name) {
                 out.push_str(SOCKETIO_RENAMED_EVENT);
                 out.push(',');
             }
+            let Ok(e) = serde_json::from_str::<Envelope<'_>>(envelope) else {
+                // Every envelope is written by `EnvelopeParts`; this is unreachable
+                // short of a corrupted history entry, which then carries nothing.
+                let name = serde_json::to_string(&*self.name).unwrap_or_else(|_| "\"\"".into());
+                out.push_str(&name);
+                out.push_str(",null,null");
+                return Utf8Bytes::from(out);
+            };
             out.push_str(e.event.get());
             out.push(',');
             out.push_str(e.data.get());
@@ -603,5 +606,46 @@ mod tests {
                 assert_eq!(parsed["event"], "applications.\"updated\"");
             }
         }
+    }
+
+    /// Socket.IO arguments for an event that arrived encoded (another node,
+    /// history): a reserved name is carried by `tidings:event`, also when the
+    /// envelope cannot be read, and the name is JSON-escaped there too.
+    #[test]
+    fn socketio_args_rename_reserved_names_of_encoded_events() {
+        let channel = ChannelName::parse("workspace:acme").unwrap();
+        let encoded = |name: &str, envelope: &str| {
+            Publication::from_encoded(
+                channel.clone(),
+                3,
+                Arc::from("E"),
+                "e_1".into(),
+                name.into(),
+                None,
+                Utf8Bytes::from(envelope.to_owned()),
+            )
+        };
+        let envelope = r#"{"type":"event","channel":"workspace:acme","offset":3,"id":"e_1","event":"disconnect","ts":"t","data":{"a":1}}"#;
+        let args = encoded("disconnect", envelope);
+        assert!(
+            args.socketio_args().as_str().starts_with(
+                r#""tidings:event","disconnect",{"a":1},{"channel":"workspace:acme","offset":3"#
+            ),
+            "{}",
+            args.socketio_args().as_str()
+        );
+        let plain = encoded(
+            "order.shipped",
+            &envelope.replace("disconnect", "order.shipped"),
+        );
+        assert!(plain
+            .socketio_args()
+            .as_str()
+            .starts_with(r#""order.shipped",{"a":1}"#));
+        let corrupted = encoded("tidings:x\"y", "not json");
+        assert_eq!(
+            corrupted.socketio_args().as_str(),
+            r#""tidings:event","tidings:x\"y",null,null"#
+        );
     }
 }

@@ -149,6 +149,19 @@ async fn entity_events_reach_all_three_scopes() {
             .await;
         assert_eq!(status, 400, "action {action:?}");
     }
+    // A type that leaves no room for an action is named as the problem.
+    let (status, body) = server
+        .api(
+            "/api/events",
+            json!({"workspace": "acme", "entity": {"type": "t".repeat(254), "id": "1"}, "action": "a"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("entity.type must be at most 253 bytes"),
+        "{message}"
+    );
     // The action gets what the type leaves of a 255-byte event name, and the
     // refusal says how much that is.
     for (entity_type, longest) in [("t", 253), ("tt", 252)] {

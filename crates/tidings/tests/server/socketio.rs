@@ -455,3 +455,26 @@ async fn a_socket_with_many_rooms_and_channels_can_always_reconnect() {
     let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
     assert_eq!(handshake["pid"], pid, "not recovered: {reply}");
 }
+
+/// `auth` is the application's object: fields of its own, and a `pid` or
+/// `offset` that is not socket.io-client's string, leave the token readable;
+/// a token that is not a string is named as such.
+#[tokio::test]
+async fn the_token_is_read_whatever_else_auth_holds() {
+    let server = TestServer::start().await;
+    let good = token("u-auth", &["acme"], &[]);
+    let (_ws, reply) = connect(
+        &server,
+        json!({"token": good, "pid": 123, "offset": 5, "tenant": {"id": 1}}),
+    )
+    .await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert!(
+        handshake["sid"].as_str().unwrap().starts_with("c_"),
+        "{reply}"
+    );
+    let (_ws, reply) = connect(&server, json!({"token": 123})).await;
+    let error: Value = serde_json::from_str(reply.strip_prefix("44").unwrap()).unwrap();
+    assert_eq!(error["message"], "auth.token must be a string", "{reply}");
+    assert_eq!(error["data"]["code"], "unauthorized");
+}

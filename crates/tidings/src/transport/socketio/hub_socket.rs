@@ -73,11 +73,38 @@ struct Connected {
 
 /// The `CONNECT` payload: socket.io-client's `auth`, plus `pid` and `offset`
 /// when it asks to recover.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 struct ConnectPayload {
-    token: Option<String>,
+    /// `Some(Err)`: a `token` that is not a string.
+    token: Option<Result<String, ()>>,
     pid: Option<String>,
     offset: Option<String>,
+}
+
+impl ConnectPayload {
+    /// Reads the fields it knows from `auth`, which is the application's own
+    /// object: other fields, and a `pid` or `offset` that is not a string
+    /// (not socket.io-client's), do not make the token unreadable.
+    fn read(data: Option<&RawValue>) -> Self {
+        let Some(serde_json::Value::Object(auth)) =
+            data.and_then(|d| serde_json::from_str(d.get()).ok())
+        else {
+            return Self::default();
+        };
+        let text = |name: &str| match auth.get(name) {
+            Some(serde_json::Value::String(value)) => Some(value.clone()),
+            _ => None,
+        };
+        Self {
+            token: match auth.get("token") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(token)) => Some(Ok(token.clone())),
+                Some(_) => Some(Err(())),
+            },
+            pid: text("pid"),
+            offset: text("offset"),
+        }
+    }
 }
 
 /// A refusal as an ack or `connect_error` payload: `{error: {code, message}}`.
@@ -301,12 +328,20 @@ impl HubSocket {
     /// Verifies the token, opens the hub connection, joins the socket's rooms
     /// (recovering them when asked), and answers `CONNECT` or `connect_error`.
     async fn connect(&mut self, session: &Session, packet: &Packet<'_>) {
-        let payload: ConnectPayload = packet
-            .data
-            .and_then(|d| serde_json::from_str(d.get()).ok())
-            .unwrap_or_default();
+        let payload = ConnectPayload::read(packet.data);
         let state = self.state.clone();
-        let token = payload.token.as_deref().or(self.header_token.as_deref());
+        if let Some(Err(())) = payload.token {
+            connect_error(
+                session,
+                ErrorCode::Unauthorized,
+                "auth.token must be a string",
+            );
+            return;
+        }
+        let token = match &payload.token {
+            Some(Ok(token)) => Some(token.as_str()),
+            _ => self.header_token.as_deref(),
+        };
         let Some(token) = token else {
             connect_error(
                 session,
