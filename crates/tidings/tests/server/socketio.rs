@@ -478,3 +478,25 @@ async fn the_token_is_read_whatever_else_auth_holds() {
     assert_eq!(error["message"], "auth.token must be a string", "{reply}");
     assert_eq!(error["data"]["code"], "unauthorized");
 }
+
+/// An emit too deeply nested to read is refused as `/ws` refuses it, not as
+/// one of the wrong shape.
+#[tokio::test]
+async fn a_too_deep_emit_says_so() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = connect(&server, json!({"token": token("u-deep", &["acme"], &[])})).await;
+    let deep = format!("{}1{}", "[".repeat(127), "]".repeat(127));
+    ws.send(Message::text(format!(
+        r#"421["note.added",{{"channel":"workspace:acme","data":{deep}}}]"#
+    )))
+    .await
+    .unwrap();
+    let mut ack = next_text(&mut ws).await;
+    while !ack.starts_with("431") {
+        ack = next_text(&mut ws).await;
+    }
+    let answer: Value = serde_json::from_str(ack.strip_prefix("431").unwrap()).unwrap();
+    assert_eq!(answer[0]["error"]["code"], "bad_request", "{answer}");
+    let message = answer[0]["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("recursion limit exceeded"), "{message}");
+}

@@ -612,8 +612,8 @@ impl HubSocket {
                     )),
                 }
             }
-            _ => match first.and_then(|a| serde_json::from_str::<PublishArgs>(a.get()).ok()) {
-                Some(publish) => requests::publish(
+            _ => match first.map(|a| serde_json::from_str::<PublishArgs>(a.get())) {
+                Some(Ok(publish)) => requests::publish(
                     &state,
                     &connected.identity,
                     None,
@@ -623,7 +623,11 @@ impl HubSocket {
                 )
                 .await
                 .map(|m| m.to_json()),
-                None => Err(Refusal::new(
+                // Too deep to read: said as `/ws` says it, not as a wrong shape.
+                Some(Err(err)) if err.to_string().starts_with("recursion limit exceeded") => {
+                    Err(Refusal::new(ErrorCode::BadRequest, err.to_string()))
+                }
+                _ => Err(Refusal::new(
                     ErrorCode::BadRequest,
                     "an emit publishes {channel, data} to a channel",
                 )),
