@@ -58,6 +58,31 @@ pub(crate) async fn polling_handshake(server: &TestServer) -> Value {
     serde_json::from_str(text.strip_prefix('0').unwrap()).unwrap()
 }
 
+/// Emits `subscribe` to `channel` with ack id `id`: the position of the
+/// `tidings:position` that follows a success, or the refusal.
+async fn subscribe_for_position(ws: &mut Ws, id: usize, channel: &str) -> Result<String, Value> {
+    ws.send(Message::text(format!(
+        r#"42{id}["subscribe",{}]"#,
+        json!(channel)
+    )))
+    .await
+    .unwrap();
+    let ack_prefix = format!("43{id}");
+    let answer: Value = loop {
+        let frame = next_text(ws).await;
+        if let Some(ack) = frame.strip_prefix(&ack_prefix) {
+            break serde_json::from_str(ack).unwrap();
+        }
+    };
+    if answer[0]["ok"] != true {
+        return Err(answer[0].clone());
+    }
+    let event = next_text(ws).await;
+    let args: Value = serde_json::from_str(event.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(args[0], "tidings:position", "{event}");
+    Ok(args[2].as_str().unwrap().to_owned())
+}
+
 #[tokio::test]
 async fn polling_handshake_announces_the_configured_heartbeat() {
     let mut config = base_config();
@@ -369,36 +394,19 @@ async fn a_subscribe_that_would_outgrow_the_resume_position_is_refused() {
     let mut refused = None;
     for i in 0..40 {
         let channel = format!("workspace:acme:{i:03}{}", "x".repeat(200));
-        ws.send(Message::text(format!(
-            r#"42{i}["subscribe",{}]"#,
-            json!(channel)
-        )))
-        .await
-        .unwrap();
-        let ack_prefix = format!("43{i}");
-        loop {
-            let frame = next_text(&mut ws).await;
-            if let Some(ack) = frame.strip_prefix(&ack_prefix) {
-                let answer: Value = serde_json::from_str(ack).unwrap();
-                if answer[0]["ok"] != true {
-                    refused = Some((i, answer[0].clone()));
-                }
+        match subscribe_for_position(&mut ws, i, &channel).await {
+            Ok(position) => assert!(position.len() <= 2048, "{position}"),
+            Err(refusal) => {
+                refused = Some((i, refusal));
                 break;
             }
         }
-        if refused.is_some() {
-            break;
-        }
-        let position = next_text(&mut ws).await;
-        let args: Value = serde_json::from_str(position.strip_prefix("42").unwrap()).unwrap();
-        assert_eq!(args[0], "tidings:position");
-        assert!(args[2].as_str().unwrap().len() <= 2048, "{position}");
     }
     let (i, answer) = refused.expect("a subscribe was refused");
     assert_eq!(answer["error"]["code"], "limit_exceeded", "{answer}");
     assert!(
         (7..=9).contains(&i),
-        "refused at subscribe {i}: each entry takes about 230 bytes of 2048"
+        "refused at subscribe {i}: each entry counts about 250 bytes of 2048"
     );
 }
 
@@ -422,27 +430,13 @@ async fn a_socket_with_many_rooms_and_channels_can_always_reconnect() {
     let mut refused = None;
     for i in 0..20 {
         let channel = format!("workspace:{}:{i:03}{}", workspaces[0], "y".repeat(100));
-        ws.send(Message::text(format!(
-            r#"42{i}["subscribe",{}]"#,
-            json!(channel)
-        )))
-        .await
-        .unwrap();
-        let ack_prefix = format!("43{i}");
-        let answer: Value = loop {
-            let frame = next_text(&mut ws).await;
-            if let Some(ack) = frame.strip_prefix(&ack_prefix) {
-                break serde_json::from_str(ack).unwrap();
+        match subscribe_for_position(&mut ws, i, &channel).await {
+            Ok(latest) => position = Some(latest),
+            Err(refusal) => {
+                refused = Some(refusal);
+                break;
             }
-        };
-        if answer[0]["ok"] != true {
-            refused = Some(answer[0].clone());
-            break;
         }
-        let event = next_text(&mut ws).await;
-        let args: Value = serde_json::from_str(event.strip_prefix("42").unwrap()).unwrap();
-        assert_eq!(args[0], "tidings:position");
-        position = Some(args[2].as_str().unwrap().to_owned());
     }
     let refused = refused.expect("a subscribe was refused");
     assert_eq!(refused["error"]["code"], "limit_exceeded", "{refused}");
