@@ -324,6 +324,34 @@ async fn each_redis_restart_is_one_outage() {
     }
 }
 
+/// A restart that no request saw while it lasted, with a client subscribed
+/// (the node follows a channel) and the default 5 s heartbeat: a connection
+/// failure that the outage left behind, met on the first use after it,
+/// counted a second outage at every restart but the first.
+#[tokio::test]
+async fn an_unseen_redis_restart_is_at_most_one_outage() {
+    let mut redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+        config.engine.node_ttl = Duration::from_secs(15);
+    })
+    .await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    client.subscribe("workspace:acme").await;
+    let mut outages = 0.0;
+    for round in 0..3 {
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        redis.restart().await;
+        // Over a heartbeat (every 5 s) with no request.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let now = n[0].metric("tidings_engine_outages_total").await;
+        assert!(now - outages <= 1.0, "round {round}: {outages} -> {now}");
+        outages = now;
+        assert_eq!(n[0].health_status().await, "ok");
+    }
+}
+
 #[tokio::test]
 async fn a_restart_with_persistence_still_never_reuses_offsets_in_an_epoch() {
     let mut redis = RedisServer::start_with(true).await;
