@@ -412,20 +412,26 @@ async fn a_subscribe_that_would_outgrow_the_resume_position_is_refused() {
 
 /// The position and the pid (which repeats the rooms joined on connect) are
 /// sent back with the token in `CONNECT`: with many long workspaces in the
-/// token and a small `maxPayload`, rooms stop at a quarter of it, subscribes
-/// at half (pid included), and the socket reconnects and recovers.
+/// token and a small `maxPayload`, rooms stop at half of what the token
+/// leaves, subscribes at all of it (pid included), and the socket
+/// reconnects and recovers.
 #[tokio::test]
 async fn a_socket_with_many_rooms_and_channels_can_always_reconnect() {
     let mut config = base_config();
     config.connection.max_message_size = 4096;
     let server = TestServer::with_config(config).await;
-    let workspaces: Vec<String> = (0..10).map(|i| format!("w{i}{}", "x".repeat(98))).collect();
+    let workspaces: Vec<String> = (0..10).map(|i| format!("w{i}{}", "x".repeat(58))).collect();
     let names: Vec<&str> = workspaces.iter().map(String::as_str).collect();
     let token = token("u-rooms", &names, &[]);
     let (mut ws, reply) = connect(&server, json!({ "token": token })).await;
     let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
     let pid = handshake["pid"].as_str().unwrap().to_owned();
-    assert!(pid.len() <= 1024 + 64, "pid of {} bytes", pid.len());
+    assert!(pid.len() <= 1024, "pid of {} bytes", pid.len());
+    let joined = pid.matches(";workspace:").count();
+    assert!(
+        (1..10).contains(&joined),
+        "{joined} workspace rooms in {pid}"
+    );
     let mut position = None;
     let mut refused = None;
     for i in 0..20 {
@@ -493,4 +499,32 @@ async fn a_too_deep_emit_says_so() {
     assert_eq!(answer[0]["error"]["code"], "bad_request", "{answer}");
     let message = answer[0]["error"]["message"].as_str().unwrap_or_default();
     assert!(message.starts_with("recursion limit exceeded"), "{message}");
+}
+
+/// A token of 25 KB (180 workspaces with 100-byte names) at the default
+/// `maxPayload`: the rooms joined on connect leave the reconnect packet
+/// (token, pid, and an offset as long as the rooms' position) within it.
+#[tokio::test]
+async fn a_large_token_still_reconnects_at_the_default_max_payload() {
+    let server = TestServer::start().await;
+    let workspaces: Vec<String> = (0..180)
+        .map(|i| format!("w{i:03}{}", "x".repeat(96)))
+        .collect();
+    let names: Vec<&str> = workspaces.iter().map(String::as_str).collect();
+    let token = token("u-big", &names, &[]);
+    assert!(token.len() > 24_000, "{}", token.len());
+    let (ws, reply) = connect(&server, json!({ "token": token })).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    let pid = handshake["pid"].as_str().unwrap().to_owned();
+    let (_, rooms) = pid.split_once('.').unwrap();
+    drop(ws);
+    let auth = json!({ "token": token, "pid": pid, "offset": rooms });
+    assert!(
+        format!("40{auth}").len() <= 65_536,
+        "{}",
+        format!("40{auth}").len()
+    );
+    let (_ws, reply) = connect(&server, auth).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(handshake["pid"], pid, "not recovered: {reply}");
 }

@@ -66,9 +66,9 @@ struct Connected {
     /// `bad_request` answers in a row: more than `max_bad_requests` end the
     /// socket with 4501, as on `/ws`.
     bad_requests: u32,
-    /// The length of the `pid` the socket was given, which socket.io-client
-    /// sends back beside its position (see [`check_position_room`]).
-    pid_len: usize,
+    /// How long the socket's resume position may grow (see
+    /// [`position_ceiling`] and [`check_position_room`]).
+    position_room: usize,
 }
 
 /// The `CONNECT` payload: socket.io-client's `auth`, plus `pid` and `offset`
@@ -397,7 +397,7 @@ impl HubSocket {
             status: PresenceStatus::Online,
             rate: RequestRate::new(&state.config.connection),
             bad_requests: 0,
-            pid_len: 0,
+            position_room: 0,
         };
         // What the client last saw: its offset (the token of its last event),
         // else the positions its pid was issued with.
@@ -457,7 +457,14 @@ impl HubSocket {
         }
         // Rooms take at most a quarter of `maxPayload` of the position: the
         // pid repeats them, and the rest of the half is left to `subscribe`.
-        let rooms_ceiling = state.config.connection.max_message_size / 4;
+        let ceiling = position_ceiling(
+            state.config.connection.max_message_size,
+            payload
+                .token
+                .as_ref()
+                .map_or(0, |token| token.as_ref().map_or(0, String::len)),
+        );
+        let rooms_ceiling = ceiling / 2;
         for room in rooms {
             if connected.subscriptions.contains(&room) {
                 continue;
@@ -489,7 +496,7 @@ impl HubSocket {
                 pid
             }
         };
-        connected.pid_len = pid.len();
+        connected.position_room = ceiling.saturating_sub(pid.len());
         let handshake = serde_json::json!({ "sid": &*connected.connection.client_id, "pid": pid });
         session.push_message(&packet::encode(
             PacketKind::Connect,
@@ -777,13 +784,21 @@ fn position_bound_with(connected: &Connected, channel: &ChannelName) -> usize {
     connected.subscriptions.positions_len_bound() + channel.as_str().len() + POSITION_ENTRY_BYTES
 }
 
-/// Refuses a new channel that could make the socket's resume position and
-/// its `pid` together longer than half of `maxPayload`: socket.io-client
-/// sends both back in its `CONNECT` packet, beside its token, and a packet
-/// over `maxPayload` ends the session, so a socket with a longer position
-/// could never reconnect. The bound counts every offset at its longest, so
-/// it holds however far the channels go. Permission and "already
-/// subscribed" are answered first.
+/// How long the resume position and the `pid` together may be, for a
+/// socket that connected with a `CONNECT` token of `token_len` bytes:
+/// socket.io-client sends all three back in its `CONNECT` packet when it
+/// reconnects, and a packet over `maxPayload` ends the session, so a socket
+/// with a longer position could never reconnect. Half of `maxPayload` at
+/// most, and less with a token over a quarter of it, leaving the token its
+/// length again (a refreshed token may be longer) and 512 bytes of framing.
+fn position_ceiling(max_payload: usize, token_len: usize) -> usize {
+    (max_payload / 2).min(max_payload.saturating_sub(token_len.saturating_mul(2) + 512))
+}
+
+/// Refuses a new channel that could make the socket's resume position pass
+/// the room its [`position_ceiling`] leaves after its `pid`. The bound
+/// counts every offset at its longest, so it holds however far the channels
+/// go. Permission and "already subscribed" are answered first.
 fn check_position_room(
     state: &ServerState,
     connected: &Connected,
@@ -792,8 +807,7 @@ fn check_position_room(
     if connected.subscriptions.contains(channel) {
         return Ok(());
     }
-    let ceiling = state.config.connection.max_message_size / 2;
-    if position_bound_with(connected, channel) + connected.pid_len <= ceiling {
+    if position_bound_with(connected, channel) <= connected.position_room {
         return Ok(());
     }
     state
@@ -801,10 +815,8 @@ fn check_position_room(
         .check(&connected.identity, channel, Action::Subscribe)?;
     Err(Refusal::new(
         ErrorCode::LimitExceeded,
-        format!(
-            "the socket's resume position and pid would pass {ceiling} bytes (half of \
-             maxPayload): unsubscribe from another channel first"
-        ),
+        "the socket's resume position would grow too long to send back when it reconnects \
+         (within maxPayload, with its token and pid): unsubscribe from another channel first",
     ))
 }
 
