@@ -455,8 +455,8 @@ impl HubSocket {
                 }
             }
         }
-        // Rooms take at most a quarter of `maxPayload` of the position: the
-        // pid repeats them, and the rest of the half is left to `subscribe`.
+        // Rooms take at most half of the ceiling: the pid repeats them, and
+        // the rest is left to `subscribe`.
         let ceiling = position_ceiling(
             state.config.connection.max_message_size,
             payload
