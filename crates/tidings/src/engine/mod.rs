@@ -202,8 +202,9 @@ const SOCKETIO_RENAMED_EVENT: &str = r#""tidings:event""#;
 /// socket.io-client's parser refuses Socket.IO's reserved names as a broken
 /// packet (it drops the connection, and recovery replays the event on every
 /// reconnect), python-socketio hands `connect`/`disconnect` to the app's own
-/// handlers, and `tidings:` names are the server's own pushes, which a
-/// publisher must not be able to forge.
+/// handlers and `*` to its catch-all handler (which takes the name first),
+/// and `tidings:` names are the server's own pushes, which a publisher must
+/// not be able to forge.
 pub(crate) fn socketio_name_is_reserved(name: &str) -> bool {
     matches!(
         name,
@@ -213,6 +214,7 @@ pub(crate) fn socketio_name_is_reserved(name: &str) -> bool {
             | "disconnecting"
             | "newListener"
             | "removeListener"
+            | "*"
     ) || name.starts_with("tidings:")
 }
 
