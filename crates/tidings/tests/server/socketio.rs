@@ -523,3 +523,44 @@ async fn a_large_token_still_reconnects_at_the_default_max_payload() {
     let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
     assert_eq!(handshake["pid"], pid, "not recovered: {reply}");
 }
+
+/// A token over a quarter of `maxPayload` narrows the ceiling: with half of
+/// it left to the position and pid, the reconnect packet (token, pid,
+/// offset) would not fit.
+#[tokio::test]
+async fn a_token_over_a_quarter_of_max_payload_leaves_room_to_reconnect() {
+    let mut config = base_config();
+    config.connection.max_message_size = 4096;
+    let server = TestServer::with_config(config).await;
+    let workspaces: Vec<String> = (0..17)
+        .map(|i| format!("w{i:02}{}", "x".repeat(97)))
+        .collect();
+    let names: Vec<&str> = workspaces.iter().map(String::as_str).collect();
+    let token = token("u-wide", &names, &[]);
+    assert!(token.len() > 2200 && token.len() < 2700, "{}", token.len());
+    let (mut ws, reply) = connect(&server, json!({ "token": token })).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    let pid = handshake["pid"].as_str().unwrap().to_owned();
+    let mut position = pid.split_once('.').unwrap().1.to_owned();
+    for i in 0..20 {
+        match subscribe_for_position(&mut ws, i, &format!("workspace:{}:{i:02}", workspaces[0]))
+            .await
+        {
+            Ok(latest) => position = latest,
+            Err(refusal) => {
+                assert_eq!(refusal["error"]["code"], "limit_exceeded", "{refusal}");
+                break;
+            }
+        }
+    }
+    drop(ws);
+    let auth = json!({ "token": token, "pid": pid, "offset": position });
+    assert!(
+        format!("40{auth}").len() <= 4096,
+        "{}",
+        format!("40{auth}").len()
+    );
+    let (_ws, reply) = connect(&server, auth).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(handshake["pid"], pid, "not recovered: {reply}");
+}
