@@ -113,10 +113,8 @@ def _count(reply: Dict[str, Any], key: str) -> int:
 
 def _published(reply: Dict[str, Any]) -> Any:
     """``reply`` when it is a publish result (``offset`` and ``id``)."""
-    offset = reply.get("offset")
-    if isinstance(offset, bool) or not isinstance(offset, int) or not isinstance(reply.get("id"), str):
-        raise TypeError("not a publish result")
-    return reply
+    _count(reply, "offset")
+    return _having(reply, "id", str)
 
 
 def _published_list(value: Any) -> List[Any]:
@@ -152,7 +150,7 @@ class _Operations:
         body: Dict[str, Any] = {"channel": channel}
         body.update(_publish_fields(event, data, meta, audience, exclude_client, idempotency_key))
         return _Operation(
-            "POST", "/api/publish", body=json.dumps(body).encode(), read=lambda reply: _published(reply)
+            "POST", "/api/publish", body=json.dumps(body).encode(), read=_published
         )
 
     @staticmethod
