@@ -156,6 +156,17 @@ fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
             .with(layer.json().flatten_event(true).with_current_span(true))
             .init(),
     }
+    // A panic is contained by the server (its connection closes, its request
+    // answers 500) and logged here, one line in the log's format, rather than
+    // as the default hook's raw lines on stderr (which break a JSON log).
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(panic = %info, %backtrace, "panicked");
+        } else {
+            tracing::error!(panic = %info, "panicked");
+        }
+    }));
 }
 
 /// Runs the server until SIGINT or SIGTERM.

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tidings_auth::{ApiKey, TokenVerifier};
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::access::AccessPolicy;
@@ -27,9 +28,9 @@ use crate::protocol::messages::PresenceMember;
 use crate::protocol::{ChannelName, CloseCode};
 use crate::publisher::{PublishError, PublishLimits, PublishRequest, Published, Publisher};
 use crate::transport;
-use crate::transport::http::client_cors;
-use crate::transport::http::UserRequestLimits;
+use crate::transport::http::{client_cors, panic_response, UserRequestLimits};
 use crate::transport::lingering_close::LingeringClose;
+use crate::transport::request_endpoint::{self, panic_reply};
 
 /// Everything the transports share.
 pub struct ServerState {
@@ -166,8 +167,9 @@ impl Tidings {
             http_clients = http_clients.route("/events", get(transport::polling::poll));
         }
         if transports.http_requests {
-            http_clients =
-                http_clients.route("/request", post(transport::request_endpoint::handle));
+            let request =
+                post(request_endpoint::handle).layer(CatchPanicLayer::custom(panic_reply));
+            http_clients = http_clients.route("/request", request);
         }
         if transports.socketio {
             router = router.merge(transport::socketio::router(state.clone()));
@@ -177,6 +179,9 @@ impl Tidings {
             .merge(transport::api::routes(state.clone()))
             .merge(transport::ops::routes(state.config.console))
             .layer(DefaultBodyLimit::max(state.config.api.max_body_size))
+            // A handler that panics (a bug, or an embedder's engine) answers
+            // 500 `internal` rather than dropping the client's connection.
+            .layer(CatchPanicLayer::custom(panic_response))
             .with_state(state)
     }
 

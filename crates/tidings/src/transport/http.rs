@@ -56,6 +56,17 @@ impl ApiError {
     }
 }
 
+/// The message of a 500 `internal`: what failed is logged, not sent.
+pub const INTERNAL_ERROR: &str = "internal server error";
+
+/// The answer to a request whose handler panicked (the server's catch-panic
+/// layer): 500 `internal`. The panic message went to the panic hook, not here:
+/// it may hold request data.
+pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("request handler panicked; answered 500");
+    ApiError::new(ErrorCode::Internal, INTERNAL_ERROR).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});

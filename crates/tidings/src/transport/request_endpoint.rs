@@ -12,7 +12,7 @@ use tidings_auth::Identity;
 
 use super::http::{
     authenticate_client, declares_more_than, given_twice, repeated_parameter, ApiError,
-    CLIENT_HEADER,
+    CLIENT_HEADER, INTERNAL_ERROR,
 };
 use super::requests::{self, Reader};
 use super::subscriptions::Refusal;
@@ -165,6 +165,13 @@ fn control(
             format!("stream {client} has ended"),
         ))
     }
+}
+
+/// The answer to a request whose handling panicked (the server's catch-panic
+/// layer for this route): 500 `internal` in the WebSocket error form.
+pub fn panic_reply(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("POST /request panicked; answered 500");
+    reply_error(None, Refusal::new(ErrorCode::Internal, INTERNAL_ERROR))
 }
 
 fn reply_error(id: Option<RequestId>, refusal: Refusal) -> Response {

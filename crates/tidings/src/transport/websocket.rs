@@ -6,6 +6,7 @@
 //! pings, pong timeouts and token expiry.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tidings_auth::Identity;
 use tokio::time::Instant;
@@ -237,6 +238,9 @@ async fn open_session(
     Some(session)
 }
 
+/// The close reason (with 4000) of a connection whose task panicked.
+const PANIC_REASON: &str = "internal server error; reconnect";
+
 /// Serves `session` until it stops, then ends it (boxed: the closing steps are
 /// taken once per connection and need not sit in every idle task).
 ///
@@ -246,7 +250,18 @@ async fn open_session(
 #[allow(clippy::manual_async_fn)] // see above: the async fn form doubles the session
 fn run_session(mut session: Session) -> impl Future<Output = ()> + Send {
     async move {
-        let stop = session.serve().await;
+        // A panic while serving (a bug, or an embedder's engine) must not
+        // leave the connection registered, its presence listed and its client
+        // without a close: end the session as any other stop, with 4000.
+        let stop = match AssertUnwindSafe(session.serve()).catch_unwind().await {
+            Ok(stop) => stop,
+            Err(_) => {
+                session
+                    .span
+                    .in_scope(|| tracing::error!("connection task panicked; closing with 4000"));
+                Stop::Close(CloseCode::Reconnect, PANIC_REASON.to_owned())
+            }
+        };
         let span = session.span.clone();
         Box::pin(session.end(stop)).instrument(span).await;
     }

@@ -10,29 +10,29 @@ use crate::support::*;
 
 /// One SSE message.
 #[derive(Debug, Clone)]
-struct SseMessage {
+pub(crate) struct SseMessage {
     id: Option<String>,
     event: String,
     data: String,
 }
 
 impl SseMessage {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
     }
 }
 
 /// A streaming `GET /sse` read with a small WHATWG-style parser.
-struct SseStream {
+pub(crate) struct SseStream {
     response: reqwest::Response,
     buffer: String,
     comments: usize,
-    ended: bool,
+    pub(crate) ended: bool,
     last_id: Option<String>,
 }
 
 impl SseStream {
-    async fn open(server: &TestServer, query: &str, token: &str) -> Self {
+    pub(crate) async fn open(server: &TestServer, query: &str, token: &str) -> Self {
         Self::open_with(server, query, |r| r.bearer_auth(token)).await
     }
 
@@ -111,7 +111,7 @@ impl SseStream {
     }
 
     /// The next message, or `None` if the stream ends or `wait` passes.
-    async fn next(&mut self, wait: Duration) -> Option<SseMessage> {
+    pub(crate) async fn next(&mut self, wait: Duration) -> Option<SseMessage> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(message) = self.take_message() {
@@ -128,7 +128,7 @@ impl SseStream {
         }
     }
 
-    async fn expect(&mut self, event: &str) -> SseMessage {
+    pub(crate) async fn expect(&mut self, event: &str) -> SseMessage {
         let message = self
             .next(WAIT)
             .await

@@ -10,6 +10,7 @@ mod compression;
 mod http_transports;
 mod liveness;
 mod openapi;
+mod panics;
 mod permissions;
 mod presence;
 mod properties;

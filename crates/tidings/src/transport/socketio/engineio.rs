@@ -10,6 +10,7 @@
 //! reading overflows its hub queue and is closed (4002) instead of growing.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use axum::extract::FromRequest;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -764,11 +765,34 @@ async fn drive(
     mut inbound: mpsc::Receiver<Inbound>,
     mut app: App,
 ) {
-    let settings = endpoint.settings.clone();
+    // A panic while serving (a bug, or an embedder's engine) must not leave
+    // the socket's hub connection registered and its presence listed: end the
+    // session as the server would (the client reconnects), then release it.
+    let serving = serve(&endpoint.settings, &session, &mut inbound, &mut app);
+    let end = AssertUnwindSafe(serving)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(sid = %session.sid, "Socket.IO session task panicked; closing it");
+            End::Close
+        });
+    session.close(&endpoint.sessions, end == End::Close);
+    // Boxed: leaving the hub (presence, engine calls) is a large future that
+    // would otherwise sit in every session's task for its whole life.
+    Box::pin(app.finish()).await;
+}
+
+/// Heartbeats the session and hands its packets to `app` until one side ends it.
+async fn serve(
+    settings: &EngineSettings,
+    session: &Arc<Session>,
+    inbound: &mut mpsc::Receiver<Inbound>,
+    app: &mut App,
+) -> End {
     let mut next_ping = Instant::now() + settings.ping_interval;
     let mut pong_deadline: Option<Instant> = None;
     let connect_deadline = Instant::now() + settings.connect_timeout;
-    let end = loop {
+    loop {
         let mut deadline = next_ping;
         if let Some(pong) = pong_deadline {
             deadline = deadline.min(pong);
@@ -782,7 +806,7 @@ async fn drive(
         let room = session.has_room();
         let step = tokio::select! {
             biased;
-            wake = app.wake(room) => Box::pin(app.on_wake(&session, wake)).await,
+            wake = app.wake(room) => Box::pin(app.on_wake(session, wake)).await,
             packet = inbound.recv() => match packet {
                 None | Some(Inbound::Close) => Err(End::Gone),
                 Some(Inbound::Pong) => {
@@ -793,8 +817,8 @@ async fn drive(
                     session.push(Frame::Text(Utf8Bytes::from_static("3")));
                     Ok(())
                 }
-                Some(Inbound::Message(text)) => Box::pin(app.on_message(&session, &text)).await,
-                Some(Inbound::Binary(bytes)) => Box::pin(app.on_binary(&session, bytes)).await,
+                Some(Inbound::Message(text)) => Box::pin(app.on_message(session, &text)).await,
+                Some(Inbound::Binary(bytes)) => Box::pin(app.on_binary(session, bytes)).await,
             },
             () = session.room(), if !room => Ok(()),
             () = tokio::time::sleep_until(deadline) => {
@@ -809,16 +833,12 @@ async fn drive(
                     session.push(Frame::Text(Utf8Bytes::from_static("2")));
                     Ok(())
                 } else {
-                    Box::pin(app.on_deadline(&session)).await
+                    Box::pin(app.on_deadline(session)).await
                 }
             }
         };
         if let Err(end) = step {
             break end;
         }
-    };
-    session.close(&endpoint.sessions, end == End::Close);
-    // Boxed: leaving the hub (presence, engine calls) is a large future that
-    // would otherwise sit in every session's task for its whole life.
-    Box::pin(app.finish()).await;
+    }
 }
