@@ -16,6 +16,7 @@ use tidings::Tidings;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::http_transports::SseStream;
+use crate::socketio;
 use crate::support::*;
 
 /// In-memory presence whose status changes panic, as a buggy store might, and
@@ -107,25 +108,12 @@ async fn a_websocket_whose_task_panics_is_closed_with_4000_and_unregistered() {
 #[tokio::test]
 async fn a_socketio_socket_whose_task_panics_is_closed_and_unregistered() {
     let server = server_whose_status_changes_panic().await;
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let auth = json!({"token": token("bob", &["acme"], &[])});
-    ws.send(Message::text(format!("40{auth}"))).await.unwrap();
-    ws.send(Message::text(r#"421["subscribe","workspace:acme"]"#))
+    let (mut ws, _) =
+        socketio::connect(&server, json!({"token": token("bob", &["acme"], &[])})).await;
+    // On `workspace:acme` since connecting (its token's workspace), and one more.
+    socketio::subscribe_for_position(&mut ws, 1, "workspace:acme:orders")
         .await
-        .unwrap();
-    // Waits for the subscription's acknowledgement.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("the subscribe acknowledgement in time")
-            .expect("socket open")
-            .expect("frame");
-        if frame.to_text().is_ok_and(|text| text.starts_with("431")) {
-            break;
-        }
-    }
+        .expect("subscribed");
     assert_eq!(members(&server, "workspace:acme").await, 1);
     assert_eq!(server.metric("tidings_connections").await, 1.0);
 

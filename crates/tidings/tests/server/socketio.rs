@@ -34,7 +34,7 @@ async fn next_text(ws: &mut Ws) -> String {
 }
 
 /// Opens an Engine.IO WebSocket session and sends `CONNECT` with `auth`.
-async fn connect(server: &TestServer, auth: Value) -> (Ws, String) {
+pub(crate) async fn connect(server: &TestServer, auth: Value) -> (Ws, String) {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let open = next_text(&mut ws).await;
@@ -60,7 +60,11 @@ pub(crate) async fn polling_handshake(server: &TestServer) -> Value {
 
 /// Emits `subscribe` to `channel` with ack id `id`: the position of the
 /// `tidings:position` that follows a success, or the refusal.
-async fn subscribe_for_position(ws: &mut Ws, id: usize, channel: &str) -> Result<String, Value> {
+pub(crate) async fn subscribe_for_position(
+    ws: &mut Ws,
+    id: usize,
+    channel: &str,
+) -> Result<String, Value> {
     ws.send(Message::text(format!(
         r#"42{id}["subscribe",{}]"#,
         json!(channel)
