@@ -568,3 +568,48 @@ async fn a_token_over_a_quarter_of_max_payload_leaves_room_to_reconnect() {
     let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
     assert_eq!(handshake["pid"], pid, "not recovered: {reply}");
 }
+
+/// A refresh through `POST /request` naming a socket applies the new token's
+/// claims as on `/ws`: a workspace it no longer names ends with
+/// `tidings:unsubscribed`, and events for a role it no longer has stop.
+#[tokio::test]
+async fn a_refresh_through_post_request_applies_the_new_claims_to_a_socket() {
+    let server = TestServer::start().await;
+    let old = token("u-refresh", &["acme", "globex"], &["admin"]);
+    let (mut ws, reply) = connect(&server, json!({ "token": old })).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    let client = handshake["sid"].as_str().unwrap().to_owned();
+
+    let fewer = token("u-refresh", &["acme"], &[]);
+    let response = server
+        .http
+        .post(server.url("/request"))
+        .bearer_auth(&old)
+        .header("x-tidings-client", client.as_str())
+        .json(&json!({"type": "refresh", "id": 1, "token": fewer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let unsubscribed = next_text(&mut ws).await;
+    let args: Value = serde_json::from_str(unsubscribed.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(
+        args,
+        json!(["tidings:unsubscribed", {"channel": "workspace:globex", "reason": "permission_denied"}])
+    );
+    let position = next_text(&mut ws).await;
+    let args: Value = serde_json::from_str(position.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(args[0], "tidings:position");
+    assert!(!args[2].as_str().unwrap().contains("globex"), "{position}");
+
+    server
+        .publish("workspace:globex", "globex", json!({}))
+        .await;
+    let admins_only = json!({"channel": "workspace:acme", "event": "for-admins", "data": 1,
+        "audience": {"roles": ["admin"]}});
+    assert_eq!(server.api("/api/publish", admins_only).await.0, 200);
+    server.publish("workspace:acme", "for-all", json!({})).await;
+    let event = next_text(&mut ws).await;
+    let args: Value = serde_json::from_str(event.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(args[0], "for-all", "{event}");
+}

@@ -23,7 +23,9 @@ use super::Wake;
 use crate::access::Action;
 use crate::engine::Publication;
 use crate::hub::connection::ServerUnsubscribe;
-use crate::hub::{Connection, ConnectionQueue, ControlRequest, Outbound, RESUBSCRIBE_REASON};
+use crate::hub::{
+    Connection, ConnectionQueue, ControlRequest, Outbound, RESUBSCRIBE_REASON, REVOKED_REASON,
+};
 use crate::protocol::time::new_client_id;
 use crate::protocol::{
     ChannelName, CloseCode, ErrorCode, HistoryOrder, PresenceStatus, StreamPosition,
@@ -184,8 +186,26 @@ impl HubSocket {
                             .await;
                     }
                     ControlRequest::Refresh(identity) => {
+                        // The new claims apply as on `/ws`: their roles to
+                        // delivery, and channels they no longer allow end.
                         connected.token_expiry = expiry_instant(&identity);
+                        let revoked = Box::pin(connected.subscriptions.apply_refresh(
+                            &self.state,
+                            &identity,
+                            &connected.connection,
+                        ))
+                        .await;
                         connected.identity = identity;
+                        for channel in &revoked {
+                            let notice = serde_json::json!({
+                                "channel": channel.as_str(),
+                                "reason": REVOKED_REASON,
+                            });
+                            emit(session, UNSUBSCRIBED_EVENT, &[&notice.to_string()]);
+                        }
+                        if !revoked.is_empty() {
+                            emit_position(session, connected);
+                        }
                     }
                 },
                 Outbound::Unsubscribed(notice) => {
