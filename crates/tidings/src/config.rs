@@ -471,16 +471,68 @@ impl Config {
     /// Checks values serde cannot: ranges, names, rule shapes. Does not read key files.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.connection;
-        for (name, value) in [
-            ("connection.heartbeat", c.heartbeat),
-            ("connection.pong_timeout", c.pong_timeout),
-            ("connection.auth_timeout", c.auth_timeout),
-            ("connection.close_timeout", c.close_timeout),
-            ("connection.request_timeout", c.request_timeout),
-            ("engine.sweep_interval", self.engine.sweep_interval),
+        let (t, e) = (&self.transports, &self.engine);
+        for (name, value, max) in [
+            ("connection.heartbeat", c.heartbeat, MAX_CLIENT_DURATION),
+            (
+                "connection.pong_timeout",
+                c.pong_timeout,
+                MAX_CLIENT_DURATION,
+            ),
+            (
+                "connection.auth_timeout",
+                c.auth_timeout,
+                MAX_CLIENT_DURATION,
+            ),
+            (
+                "connection.close_timeout",
+                c.close_timeout,
+                MAX_CLIENT_DURATION,
+            ),
+            (
+                "connection.request_timeout",
+                c.request_timeout,
+                MAX_CLIENT_DURATION,
+            ),
+            ("engine.sweep_interval", e.sweep_interval, MAX_DURATION),
+            ("engine.redis_timeout", e.redis_timeout, MAX_DURATION),
+            ("engine.node_ttl", e.node_ttl, MAX_DURATION),
+            ("engine.position_ttl", e.position_ttl, MAX_DURATION),
         ] {
             if value.is_zero() {
                 return Err(invalid(name, "must be greater than zero"));
+            }
+            check_at_most(name, value, max)?;
+        }
+        for (name, value, max) in [
+            (
+                "connection.shutdown_drain",
+                c.shutdown_drain,
+                MAX_CLIENT_DURATION,
+            ),
+            ("transports.sse_retry", t.sse_retry, MAX_CLIENT_DURATION),
+            (
+                "transports.max_poll_wait",
+                t.max_poll_wait,
+                MAX_CLIENT_DURATION,
+            ),
+            (
+                "api.idempotency_window",
+                self.api.idempotency_window,
+                MAX_DURATION,
+            ),
+        ] {
+            check_at_most(name, value, max)?;
+        }
+        for (name, value) in [
+            ("connection.read_buffer_size", c.read_buffer_size),
+            ("connection.write_buffer_size", c.write_buffer_size),
+        ] {
+            if value > MAX_SOCKET_BUFFER {
+                return Err(invalid(
+                    name,
+                    format!("must be at most {MAX_SOCKET_BUFFER} bytes (64 MiB)"),
+                ));
             }
         }
         for (name, value) in [
@@ -582,6 +634,11 @@ impl Config {
                     "must be at most 255 (a channel name is at most 255 bytes)",
                 ));
             }
+            check_at_most(
+                format!("{prefix}.history_ttl"),
+                ns.history_ttl,
+                MAX_DURATION,
+            )?;
             if ns.min_segments == 0 || ns.min_segments > ns.max_segments {
                 return Err(invalid(
                     format!("{prefix}.min_segments"),
@@ -616,6 +673,38 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The longest a duration setting of `[connection]` or `[transports]` may be:
+/// clients time the heartbeat and the SSE retry with timers that hold about
+/// 24.8 days in browsers, and a day is already far beyond any sensible value.
+pub const MAX_CLIENT_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest any other duration setting may be. Deadlines are clock
+/// readings plus a setting; a bound keeps every such sum representable.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest WebSocket read or write buffer: the read buffer is allocated
+/// up front for every connection.
+pub const MAX_SOCKET_BUFFER: usize = 64 * 1024 * 1024;
+
+/// Refuses `value` over `max`, naming the setting and the bound.
+pub(crate) fn check_at_most(
+    name: impl Into<String>,
+    value: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    match at_most_problem(value, max) {
+        None => Ok(()),
+        Some(problem) => Err(invalid(name, problem)),
+    }
+}
+
+/// What is wrong with `value` over `max` (a whole number of days), if it is.
+pub(crate) fn at_most_problem(value: Duration, max: Duration) -> Option<String> {
+    let days = max.as_secs() / (24 * 3600);
+    let unit = if days == 1 { "day" } else { "days" };
+    (value > max).then(|| format!("must be at most {days} {unit}"))
 }
 
 /// `*`, or what a browser sends in `Origin`: `scheme://host[:port]`, nothing
@@ -674,6 +763,141 @@ mod tests {
         );
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("namespaces.orders.subscribe[0]"), "{err}");
+    }
+
+    /// Every duration and buffer setting has an upper bound: deadlines are
+    /// clock readings plus a setting, and a huge one (`500000000000y`, which
+    /// humantime reads) panicked the server at its first connection.
+    #[test]
+    fn durations_and_buffers_are_bounded() {
+        let refusal = |change: &dyn Fn(&mut Config)| {
+            let mut config = Config::default();
+            change(&mut config);
+            config.validate().err().map(|e| e.to_string())
+        };
+        let day = Duration::from_secs(24 * 3600);
+        let year = 365 * day;
+        type SetTo<'a> = &'a dyn Fn(&mut Config, Duration);
+        let too_long: [(&str, SetTo, Duration); 15] = [
+            (
+                "connection.heartbeat",
+                &|c, d| c.connection.heartbeat = d,
+                day,
+            ),
+            (
+                "connection.pong_timeout",
+                &|c, d| c.connection.pong_timeout = d,
+                day,
+            ),
+            (
+                "connection.auth_timeout",
+                &|c, d| c.connection.auth_timeout = d,
+                day,
+            ),
+            (
+                "connection.close_timeout",
+                &|c, d| c.connection.close_timeout = d,
+                day,
+            ),
+            (
+                "connection.request_timeout",
+                &|c, d| c.connection.request_timeout = d,
+                day,
+            ),
+            (
+                "connection.shutdown_drain",
+                &|c, d| c.connection.shutdown_drain = d,
+                day,
+            ),
+            (
+                "transports.sse_retry",
+                &|c, d| c.transports.sse_retry = d,
+                day,
+            ),
+            (
+                "transports.max_poll_wait",
+                &|c, d| c.transports.max_poll_wait = d,
+                day,
+            ),
+            (
+                "api.idempotency_window",
+                &|c, d| c.api.idempotency_window = d,
+                year,
+            ),
+            (
+                "engine.sweep_interval",
+                &|c, d| c.engine.sweep_interval = d,
+                year,
+            ),
+            (
+                "engine.redis_timeout",
+                &|c, d| c.engine.redis_timeout = d,
+                year,
+            ),
+            ("engine.node_ttl", &|c, d| c.engine.node_ttl = d, year),
+            (
+                "engine.position_ttl",
+                &|c, d| c.engine.position_ttl = d,
+                year,
+            ),
+            (
+                "namespaces.orders.history_ttl",
+                &|c, d| {
+                    let orders = NamespaceConfig {
+                        history_ttl: d,
+                        ..NamespaceConfig::default()
+                    };
+                    c.namespaces.insert("orders".into(), orders);
+                },
+                year,
+            ),
+            (
+                "consumers[0].block",
+                &|c, d| {
+                    c.consumers.push(crate::consumers::ConsumerConfig {
+                        name: "bus".into(),
+                        streams: vec!["s".into()],
+                        block: d,
+                        ..Default::default()
+                    });
+                },
+                year,
+            ),
+        ];
+        for (name, set, max) in too_long {
+            assert_eq!(refusal(&|c| set(c, max)), None, "{name} at its bound");
+            let err = refusal(&|c| set(c, max + Duration::from_secs(1))).unwrap_or_default();
+            let bound = if max == day { "1 day" } else { "365 days" };
+            assert!(
+                err.contains(name) && err.contains(&format!("must be at most {bound}")),
+                "{name}: {err}"
+            );
+        }
+        type Change = fn(&mut Config);
+        let zeros: [(&str, Change); 3] = [
+            ("engine.redis_timeout", |c| {
+                c.engine.redis_timeout = Duration::ZERO
+            }),
+            ("engine.node_ttl", |c| c.engine.node_ttl = Duration::ZERO),
+            ("engine.position_ttl", |c| {
+                c.engine.position_ttl = Duration::ZERO
+            }),
+        ];
+        for (name, zero) in zeros {
+            let err = refusal(&zero).unwrap_or_default();
+            assert!(
+                err.contains(name) && err.contains("greater than zero"),
+                "{err}"
+            );
+        }
+        let err = refusal(&|c| c.connection.read_buffer_size = 64 * 1024 * 1024 + 1);
+        assert!(err
+            .unwrap_or_default()
+            .contains("connection.read_buffer_size"));
+        let err = refusal(&|c| c.connection.write_buffer_size = usize::MAX);
+        assert!(err
+            .unwrap_or_default()
+            .contains("connection.write_buffer_size"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::NamespaceConfig;
+use crate::config::{at_most_problem, NamespaceConfig, MAX_DURATION};
 use crate::metrics::ConsumerMetrics;
 use crate::protocol::ChannelName;
 use crate::Tidings;
@@ -267,6 +267,18 @@ impl ConsumerConfig {
         &self,
         namespaces: &BTreeMap<String, NamespaceConfig>,
     ) -> Result<(), FieldProblem> {
+        for (field, value) in [
+            ("idempotency_window", self.idempotency_window),
+            ("max_retry_backoff", self.max_retry_backoff),
+            ("lag_warning", self.lag_warning),
+            ("block", self.block),
+            ("claim_idle", self.claim_idle),
+            ("poll_interval", self.poll_interval),
+        ] {
+            if let Some(too_long) = at_most_problem(value, MAX_DURATION) {
+                return Err(problem(field, too_long));
+            }
+        }
         if self.name.is_empty()
             || !self
                 .name
