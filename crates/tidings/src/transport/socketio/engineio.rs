@@ -71,6 +71,12 @@ impl Frame {
             Self::Binary(b) => b.len(),
         }
     }
+
+    /// What the frame holds in an outbox: its bytes and its slot (a 1-byte
+    /// pong costs about 40 bytes queued).
+    fn cost(&self) -> usize {
+        self.len() + std::mem::size_of::<Self>()
+    }
 }
 
 /// A packet from the client, for the session task.
@@ -108,6 +114,9 @@ struct SessionState {
     /// A WebSocket holds (or is upgrading) the session.
     websocket_attached: bool,
     closed: bool,
+    /// The outbox passed twice its limit: the client sends packets that are
+    /// answered (pings, emits with acks) and does not read the answers.
+    overflowed: bool,
 }
 
 /// One Engine.IO session.
@@ -134,10 +143,16 @@ impl Session {
     /// Queues a packet for the client.
     pub fn push(&self, frame: Frame) {
         let mut state = lock(&self.state);
-        if state.closed {
+        if state.closed || state.overflowed {
             return;
         }
-        state.outbox_bytes += frame.len();
+        // Events are taken only while there is room, but answers to the
+        // client's own packets are not: bounded here, the session then ends.
+        if state.outbox_bytes > self.outbox_limit.saturating_mul(2) {
+            state.overflowed = true;
+            return;
+        }
+        state.outbox_bytes += frame.cost();
         state.outbox.push_back(frame);
         drop(state);
         self.outbox_ready.notify_waiters();
@@ -149,6 +164,11 @@ impl Session {
         text.push('4');
         text.push_str(packet);
         self.push(Frame::Text(Utf8Bytes::from(text)));
+    }
+
+    /// Whether the outbox overflowed (see [`SessionState::overflowed`]).
+    fn overflowed(&self) -> bool {
+        lock(&self.state).overflowed
     }
 
     /// Whether the outbox can take more events.
@@ -190,7 +210,7 @@ impl Session {
         };
         let frames = Self::drain(state);
         if let Some(close) = close {
-            state.outbox_bytes = close.len();
+            state.outbox_bytes = close.cost();
             state.outbox.push_back(close);
         }
         frames
@@ -359,6 +379,7 @@ impl Endpoint {
                 noop_sent: false,
                 websocket_attached: transport == Transport::WebSocket,
                 closed: false,
+                overflowed: false,
             }),
             outbox_ready: Notify::new(),
             outbox_room: Notify::new(),
@@ -839,6 +860,10 @@ async fn serve(
         };
         if let Err(end) = step {
             break end;
+        }
+        if session.overflowed() {
+            tracing::info!(sid = %session.sid, "Socket.IO client does not read its answers; session closed");
+            break End::Close;
         }
     }
 }
