@@ -149,16 +149,27 @@ pub fn authenticate_client(
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Identity, ApiError> {
-    check_origin(&state.config.allowed_origins, headers)?;
-    let token = bearer_token(headers)
-        .or(query_token)
-        .or_else(|| cookie(headers, &state.config.transports.token_cookie))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "no token: send Authorization: Bearer <jwt>, ?token= or the token cookie",
-            )
-        })?;
+    let allowed = &state.config.allowed_origins;
+    check_origin(allowed, headers)?;
+    let token = match bearer_token(headers).or(query_token) {
+        Some(token) => token,
+        None => {
+            let token =
+                cookie(headers, &state.config.transports.token_cookie).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::Unauthorized,
+                        "no token: send Authorization: Bearer <jwt>, ?token= or the token cookie",
+                    )
+                })?;
+            if !cookie_origin_allowed(allowed, headers) {
+                return Err(ApiError::new(
+                    ErrorCode::PermissionDenied,
+                    "the token cookie is not taken from this origin: list it in allowed_origins",
+                ));
+            }
+            token
+        }
+    };
     match state.verifier.verify(token) {
         Ok(mut identity) => {
             state.access.retain_read_claims(&mut identity);
@@ -295,6 +306,28 @@ pub fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiEr
             "origin not allowed",
         )),
     }
+}
+
+/// Whether a token cookie may be taken from this request. A browser sends
+/// the cookie whatever page makes the request, so a page of another origin
+/// could read the user's events with it (and `allowed_origins` empty lets any
+/// origin in): a cookie is taken only without an `Origin` (not a browser),
+/// from the server's own origin (the `Origin`'s host is the `Host`), or from
+/// an origin listed in `allowed_origins` (`"*"` lists every origin).
+fn cookie_origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a == "*" || a == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| host.is_some_and(|h| h.eq_ignore_ascii_case(authority)))
 }
 
 #[cfg(test)]

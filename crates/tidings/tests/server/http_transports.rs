@@ -431,6 +431,55 @@ async fn sse_refuses_bad_requests_before_the_stream() {
     assert_eq!(by_cookie.expect("connected").await.json()["user"], "u1");
 }
 
+/// The token cookie is sent by the browser whatever page makes the request:
+/// it is taken from a page of the server's own origin, or of one listed in
+/// `allowed_origins`, not from any origin (as a header token is when the list
+/// is empty).
+#[tokio::test]
+async fn the_token_cookie_is_taken_only_from_the_servers_or_a_listed_origin() {
+    let token = token("u1", &["acme"], &[]);
+    let cookie = format!("tidings_token={token}");
+    for allowed in [vec![], vec!["https://app.example.com".to_owned()]] {
+        let mut config = base_config();
+        config.allowed_origins = allowed.clone();
+        let server = TestServer::with_config(config).await;
+        let own = format!("http://{}", server.addr);
+        let poll = |origin: &str, auth: Option<&str>| {
+            let request = server
+                .http
+                .get(server.url("/events?channel=workspace:acme"))
+                .header("origin", origin);
+            match auth {
+                Some(token) => request.bearer_auth(token),
+                None => request.header("cookie", cookie.as_str()),
+            }
+            .send()
+        };
+        let from_elsewhere = poll("https://evil.example", None).await.unwrap();
+        assert_eq!(from_elsewhere.status(), 403, "{allowed:?}");
+        let body: Value = from_elsewhere.json().await.unwrap();
+        assert_eq!(
+            body["error"]["message"],
+            if allowed.is_empty() {
+                "the token cookie is not taken from this origin: list it in allowed_origins"
+            } else {
+                "origin not allowed"
+            }
+        );
+        if allowed.is_empty() {
+            // The server's own origin (a listed origin otherwise: a list
+            // refuses every other origin, the server's own included).
+            assert_eq!(poll(&own, None).await.unwrap().status(), 200);
+            // A header token is not sent by the browser on its own: any origin.
+            let header = poll("https://evil.example", Some(&token)).await.unwrap();
+            assert_eq!(header.status(), 200);
+        } else {
+            let listed = poll("https://app.example.com", None).await.unwrap();
+            assert_eq!(listed.status(), 200);
+        }
+    }
+}
+
 #[tokio::test]
 async fn head_sse_answers_the_stream_headers_without_opening_a_stream() {
     let server = TestServer::with_config(config_with_workspace(|workspace| {
