@@ -159,12 +159,17 @@ fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     // A panic is contained by the server (its connection closes, its request
     // answers 500) and logged here, one line in the log's format, rather than
     // as the default hook's raw lines on stderr (which break a JSON log).
-    std::panic::set_hook(Box::new(|info| {
+    // A log filter that hides the line leaves the panic to the default hook.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !tracing::enabled!(target: "tidings::panic", tracing::Level::ERROR) {
+            return default_hook(info);
+        }
         let backtrace = std::backtrace::Backtrace::capture();
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-            tracing::error!(panic = %info, %backtrace, "panicked");
+            tracing::error!(target: "tidings::panic", panic = %info, %backtrace, "panicked");
         } else {
-            tracing::error!(panic = %info, "panicked");
+            tracing::error!(target: "tidings::panic", panic = %info, "panicked");
         }
     }));
 }

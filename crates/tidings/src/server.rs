@@ -175,7 +175,12 @@ impl Tidings {
             router = router.merge(transport::socketio::router(state.clone()));
         }
         router
-            .merge(http_clients.layer(client_cors(&state.config.allowed_origins)))
+            // Caught inside the CORS layer too, so a browser reads the 500.
+            .merge(
+                http_clients
+                    .layer(CatchPanicLayer::custom(panic_response))
+                    .layer(client_cors(&state.config.allowed_origins)),
+            )
             .merge(transport::api::routes(state.clone()))
             .merge(transport::ops::routes(state.config.console))
             .layer(DefaultBodyLimit::max(state.config.api.max_body_size))

@@ -309,30 +309,110 @@ pub fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiEr
 }
 
 /// Whether a token cookie may be taken from this request. A browser sends
-/// the cookie whatever page makes the request, so a page of another origin
-/// could read the user's events with it (and `allowed_origins` empty lets any
-/// origin in): a cookie is taken only without an `Origin` (not a browser),
-/// from the server's own origin (the `Origin`'s host is the `Host`), or from
-/// an origin listed in `allowed_origins` (`"*"` lists every origin).
+/// the cookie whatever page makes the request, so a page of another site
+/// could read the user's events with it: a cookie is taken from the server's
+/// own origin (the `Origin` names the host the request was sent to: `Host`, or
+/// `X-Forwarded-Host` set by a proxy, default ports aside), from an origin
+/// listed by name in `allowed_origins` (`"*"` does not list any), or from a
+/// request without `Origin` that a browser does not mark as cross-site
+/// (`Sec-Fetch-Site`: an `<img>` or `<iframe>` of another site sends none).
 fn cookie_origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
+        let fetch_site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+        return !matches!(fetch_site, Some(b"cross-site" | b"same-site"));
     };
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    if allowed.iter().any(|a| a == "*" || a == origin) {
+    if allowed.iter().any(|a| a == origin) {
         return true;
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    origin
-        .split_once("://")
-        .is_some_and(|(_, authority)| host.is_some_and(|h| h.eq_ignore_ascii_case(authority)))
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let origin_host = without_default_port(scheme, authority);
+    // A browser cannot set either header on a cross-origin request (CORS
+    // allows neither): they come from the client's proxy or the client.
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|name| headers.get(name)?.to_str().ok())
+        .any(|host| without_default_port(scheme, host.trim()).eq_ignore_ascii_case(origin_host))
+}
+
+/// `host[:port]` without the scheme's default port (`:443` for https, `:80`
+/// for http), as browsers write an `Origin`.
+fn without_default_port<'a>(scheme: &str, authority: &'a str) -> &'a str {
+    let default = match scheme {
+        "https" | "wss" => ":443",
+        "http" | "ws" => ":80",
+        _ => return authority,
+    };
+    authority.strip_suffix(default).unwrap_or(authority)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_cookie_is_taken_from_the_servers_own_or_a_listed_origin() {
+        let check = |allowed: &[&str], pairs: &[(&'static str, &'static str)]| {
+            let allowed: Vec<String> = allowed.iter().map(|a| (*a).to_owned()).collect();
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            cookie_origin_allowed(&allowed, &headers)
+        };
+        let app = "https://app.example.com";
+        // Not a browser, or a browser's own navigation.
+        assert!(check(&[], &[]));
+        assert!(check(&[], &[("sec-fetch-site", "same-origin")]));
+        assert!(check(&[], &[("sec-fetch-site", "none")]));
+        // An <img> or <iframe> of another site: no Origin, but marked.
+        assert!(!check(&[], &[("sec-fetch-site", "cross-site")]));
+        assert!(!check(&[], &[("sec-fetch-site", "same-site")]));
+        // The server's own origin, default ports and letter case aside.
+        for host in ["app.example.com", "app.example.com:443", "APP.example.com"] {
+            assert!(check(&[], &[("origin", app), ("host", host)]), "{host}");
+        }
+        assert!(check(
+            &[],
+            &[
+                ("origin", "http://app.example.com:80"),
+                ("host", "app.example.com")
+            ]
+        ));
+        assert!(!check(
+            &[],
+            &[("origin", app), ("host", "app.example.com:8443")]
+        ));
+        // Behind a proxy that sends its upstream's address as Host.
+        let proxied = [
+            ("origin", app),
+            ("host", "127.0.0.1:8000"),
+            ("x-forwarded-host", "app.example.com"),
+        ];
+        assert!(check(&[], &proxied));
+        assert!(!check(&[], &[("origin", app), ("host", "127.0.0.1:8000")]));
+        // Another origin: only when listed by name, not by "*".
+        let evil = [
+            ("origin", "https://evil.example"),
+            ("host", "app.example.com"),
+        ];
+        assert!(!check(&[], &evil));
+        assert!(!check(&["*"], &evil));
+        assert!(check(&["https://evil.example"], &evil));
+        assert!(!check(
+            &["*"],
+            &[("origin", "null"), ("host", "app.example.com")]
+        ));
+        assert!(check(
+            &["null"],
+            &[("origin", "null"), ("host", "app.example.com")]
+        ));
+        assert!(!check(&[], &[("origin", app)]), "no Host");
+    }
 
     #[test]
     fn origins_outside_the_list_are_refused() {

@@ -5,11 +5,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tidings::config::EngineSettings;
 use tidings::engine::presence::{ClientPresence, MemoryPresence, PresenceChange, PresenceStore};
-use tidings::engine::{Engine, EngineError};
+use tidings::engine::{
+    Broker, ChannelPosition, Engine, EngineError, EventSink, HistoryPage, HistoryQuery, NewEvent,
+    PublishOptions, PublishOutcome,
+};
 use tidings::protocol::messages::PresenceMember;
 use tidings::protocol::{ChannelName, PresenceStatus};
 use tidings::Tidings;
@@ -20,7 +24,7 @@ use crate::socketio;
 use crate::support::*;
 
 /// In-memory presence whose status changes panic, as a buggy store might, and
-/// whose member lists panic for channels ending in `:boom`.
+/// whose joins and member lists panic for channels ending in `:boom`.
 #[derive(Default)]
 struct PanickingPresence(MemoryPresence);
 
@@ -31,6 +35,10 @@ impl PresenceStore for PanickingPresence {
         channel: &ChannelName,
         client: ClientPresence,
     ) -> Result<Option<PresenceChange>, EngineError> {
+        assert!(
+            !channel.as_str().ends_with(":boom"),
+            "test presence store: join panics"
+        );
         self.0.join(channel, client).await
     }
     async fn leave(
@@ -59,10 +67,60 @@ impl PresenceStore for PanickingPresence {
     }
 }
 
+/// The in-memory broker, except that reading the history of a channel ending
+/// in `:boom` panics: a subscribe is cut short after the hub took it in.
+struct PanickingHistory(Arc<dyn Broker>);
+
+#[async_trait]
+impl Broker for PanickingHistory {
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        self.0.attach(sink);
+    }
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        event: NewEvent,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError> {
+        self.0.publish(channel, event, options).await
+    }
+    async fn publish_presence(
+        &self,
+        channel: &ChannelName,
+        text: Utf8Bytes,
+    ) -> Result<(), EngineError> {
+        self.0.publish_presence(channel, text).await
+    }
+    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.0.subscribe_node(channel).await
+    }
+    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.0.unsubscribe_node(channel).await
+    }
+    async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
+        self.0.position(channel).await
+    }
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        assert!(
+            !channel.as_str().ends_with(":boom"),
+            "test broker: history panics"
+        );
+        self.0.history(channel, query).await
+    }
+    fn channel_count(&self) -> usize {
+        self.0.channel_count()
+    }
+}
+
 async fn server_whose_status_changes_panic() -> TestServer {
     let config = base_config();
     let mut engine = Engine::memory(&EngineSettings::default(), "panics");
     engine.presence = Arc::new(PanickingPresence::default());
+    engine.broker = Arc::new(PanickingHistory(engine.broker));
     TestServer::with_tidings(Tidings::with_engine(config, engine).expect("valid test config")).await
 }
 
@@ -198,4 +256,47 @@ async fn a_request_whose_handler_panics_is_answered_500() {
     );
     // The server goes on serving.
     assert_eq!(members(&server, "workspace:acme").await, 0);
+}
+
+/// A subscribe cut short by a panic after the hub took the connection in
+/// (the broker's history read) is undone too: the connection's own list never
+/// recorded that channel.
+#[tokio::test]
+async fn a_subscribe_cut_short_by_a_panic_leaves_no_subscriber_behind() {
+    let server = server_whose_status_changes_panic().await;
+    let mut dana = server.connect_user("dana", &["boom"]).await;
+    dana.send(json!({"type": "subscribe", "channel": "workspace:boom", "id": 1}))
+        .await;
+    assert_eq!(dana.closed(WAIT).await.code, 4000);
+    server
+        .wait_for_metric("tidings_connections", WAIT, |n| n == 0.0)
+        .await;
+    assert_eq!(server.metric("tidings_subscriptions").await, 0.0);
+    assert_eq!(server.metric("tidings_channels").await, 0.0);
+}
+
+/// A Socket.IO socket whose engine panics while it joins its rooms on connect
+/// is released as well.
+#[tokio::test]
+async fn a_socketio_connect_cut_short_by_a_panic_is_released() {
+    let server = server_whose_status_changes_panic().await;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let auth = json!({"token": token("erin", &["boom"], &[])});
+    ws.send(Message::text(format!("40{auth}"))).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(frame)) = ws.next().await {
+            assert!(
+                !frame.to_text().is_ok_and(|text| text.starts_with("40{")),
+                "connected: {frame:?}"
+            );
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the socket stayed open");
+    server
+        .wait_for_metric("tidings_connections", WAIT, |n| n == 0.0)
+        .await;
+    assert_eq!(server.metric("tidings_subscriptions").await, 0.0);
+    assert_eq!(server.metric("tidings_socketio_sessions").await, 0.0);
 }

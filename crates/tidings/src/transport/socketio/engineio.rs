@@ -114,9 +114,6 @@ struct SessionState {
     /// A WebSocket holds (or is upgrading) the session.
     websocket_attached: bool,
     closed: bool,
-    /// The outbox passed twice its limit: the client sends packets that are
-    /// answered (pings, emits with acks) and does not read the answers.
-    overflowed: bool,
 }
 
 /// One Engine.IO session.
@@ -143,13 +140,7 @@ impl Session {
     /// Queues a packet for the client.
     pub fn push(&self, frame: Frame) {
         let mut state = lock(&self.state);
-        if state.closed || state.overflowed {
-            return;
-        }
-        // Events are taken only while there is room, but answers to the
-        // client's own packets are not: bounded here, the session then ends.
-        if state.outbox_bytes > self.outbox_limit.saturating_mul(2) {
-            state.overflowed = true;
+        if state.closed {
             return;
         }
         state.outbox_bytes += frame.cost();
@@ -164,11 +155,6 @@ impl Session {
         text.push('4');
         text.push_str(packet);
         self.push(Frame::Text(Utf8Bytes::from(text)));
-    }
-
-    /// Whether the outbox overflowed (see [`SessionState::overflowed`]).
-    fn overflowed(&self) -> bool {
-        lock(&self.state).overflowed
     }
 
     /// Whether the outbox can take more events.
@@ -379,7 +365,6 @@ impl Endpoint {
                 noop_sent: false,
                 websocket_attached: transport == Transport::WebSocket,
                 closed: false,
-                overflowed: false,
             }),
             outbox_ready: Notify::new(),
             outbox_room: Notify::new(),
@@ -790,17 +775,17 @@ async fn drive(
     // the socket's hub connection registered and its presence listed: end the
     // session as the server would (the client reconnects), then release it.
     let serving = serve(&endpoint.settings, &session, &mut inbound, &mut app);
-    let end = AssertUnwindSafe(serving)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
+    let (end, panicked) = match AssertUnwindSafe(serving).catch_unwind().await {
+        Ok(end) => (end, false),
+        Err(_) => {
             tracing::error!(sid = %session.sid, "Socket.IO session task panicked; closing it");
-            End::Close
-        });
+            (End::Close, true)
+        }
+    };
     session.close(&endpoint.sessions, end == End::Close);
     // Boxed: leaving the hub (presence, engine calls) is a large future that
     // would otherwise sit in every session's task for its whole life.
-    Box::pin(app.finish()).await;
+    Box::pin(app.finish(panicked)).await;
 }
 
 /// Heartbeats the session and hands its packets to `app` until one side ends it.
@@ -813,6 +798,11 @@ async fn serve(
     let mut next_ping = Instant::now() + settings.ping_interval;
     let mut pong_deadline: Option<Instant> = None;
     let connect_deadline = Instant::now() + settings.connect_timeout;
+    // A packet the server answers waits while the outbox is over its limit:
+    // events are taken only while there is room, and a client that sends
+    // pings or emits without reading the answers must not grow it either.
+    // Reading stops meanwhile, so the transport stops reading the client.
+    let mut held: Option<Inbound> = None;
     loop {
         let mut deadline = next_ping;
         if let Some(pong) = pong_deadline {
@@ -825,21 +815,28 @@ async fn serve(
             deadline = deadline.min(app_deadline);
         }
         let room = session.has_room();
+        if room {
+            if let Some(packet) = held.take() {
+                if let Err(end) = answer(session, app, packet).await {
+                    break end;
+                }
+                continue;
+            }
+        }
         let step = tokio::select! {
             biased;
             wake = app.wake(room) => Box::pin(app.on_wake(session, wake)).await,
-            packet = inbound.recv() => match packet {
+            packet = inbound.recv(), if held.is_none() => match packet {
                 None | Some(Inbound::Close) => Err(End::Gone),
                 Some(Inbound::Pong) => {
                     pong_deadline = None;
                     Ok(())
                 }
-                Some(Inbound::Ping) => {
-                    session.push(Frame::Text(Utf8Bytes::from_static("3")));
+                Some(packet) if !room => {
+                    held = Some(packet);
                     Ok(())
                 }
-                Some(Inbound::Message(text)) => Box::pin(app.on_message(session, &text)).await,
-                Some(Inbound::Binary(bytes)) => Box::pin(app.on_binary(session, bytes)).await,
+                Some(packet) => answer(session, app, packet).await,
             },
             () = session.room(), if !room => Ok(()),
             () = tokio::time::sleep_until(deadline) => {
@@ -861,9 +858,19 @@ async fn serve(
         if let Err(end) = step {
             break end;
         }
-        if session.overflowed() {
-            tracing::info!(sid = %session.sid, "Socket.IO client does not read its answers; session closed");
-            break End::Close;
+    }
+}
+
+/// Handles a client packet the server may answer (a ping, a Socket.IO packet).
+async fn answer(session: &Session, app: &mut App, packet: Inbound) -> Result<(), End> {
+    match packet {
+        Inbound::Ping => {
+            session.push(Frame::Text(Utf8Bytes::from_static("3")));
+            Ok(())
         }
+        Inbound::Message(text) => Box::pin(app.on_message(session, &text)).await,
+        Inbound::Binary(bytes) => Box::pin(app.on_binary(session, bytes)).await,
+        // Answered by nothing; `serve` takes them as they come.
+        Inbound::Pong | Inbound::Close => Ok(()),
     }
 }

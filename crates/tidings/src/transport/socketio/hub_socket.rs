@@ -311,7 +311,7 @@ impl HubSocket {
             }
             PacketKind::Disconnect => {
                 if let Some(connected) = self.connected.take() {
-                    release(&self.state, *connected).await;
+                    release(&self.state, *connected, false).await;
                 }
                 Ok(())
             }
@@ -408,7 +408,9 @@ impl HubSocket {
                 return;
             }
         };
-        let mut connected = Connected {
+        // Held by the socket from here on, so that a panic while joining the
+        // rooms (the engine's) still releases the connection.
+        let connected: &mut Connected = self.connected.insert(Box::new(Connected {
             token_expiry: expiry_instant(&identity),
             identity,
             connection,
@@ -418,7 +420,7 @@ impl HubSocket {
             rate: RequestRate::new(&state.config.connection),
             bad_requests: 0,
             position_room: 0,
-        };
+        }));
         // What the client last saw: its offset (the token of its last event),
         // else the positions its pid was issued with.
         let resume = payload.pid.as_deref().and_then(|pid| {
@@ -489,7 +491,7 @@ impl HubSocket {
             if connected.subscriptions.contains(&room) {
                 continue;
             }
-            if position_bound_with(&connected, &room) > rooms_ceiling {
+            if position_bound_with(connected, &room) > rooms_ceiling {
                 tracing::debug!(channel = %room, "room on connect not joined: the resume position would be too long");
                 continue;
             }
@@ -529,7 +531,7 @@ impl HubSocket {
         // replayed event carries the token of what the client has by then.
         for publication in &replay {
             if connected.subscriptions.accept(publication) {
-                session.push_message(&event_packet(&connected, publication.socketio_args()));
+                session.push_message(&event_packet(connected, publication.socketio_args()));
             }
         }
         if !replay.is_empty() {
@@ -540,9 +542,8 @@ impl HubSocket {
         // old positions and would fail the next reconnect too. A position
         // event replaces it with the new pid's.
         if !recovered && payload.offset.is_some() {
-            emit_position(session, &connected);
+            emit_position(session, connected);
         }
-        self.connected = Some(Box::new(connected));
     }
 
     /// A client emit: `subscribe`, `unsubscribe`, `presence.update`,
@@ -704,9 +705,9 @@ impl HubSocket {
     }
 
     /// Leaves the hub once the session is over.
-    pub async fn finish(self) {
+    pub async fn finish(self, panicked: bool) {
         if let Some(connected) = self.connected {
-            release(&self.state, *connected).await;
+            release(&self.state, *connected, panicked).await;
         }
     }
 }
@@ -929,7 +930,9 @@ fn connect_error(session: &Session, code: ErrorCode, message: &str) {
     ));
 }
 
-async fn release(state: &ServerState, connected: Connected) {
+/// Leaves the hub: every channel it holds the connection on when serving
+/// `panicked` (a subscribe may have been cut short), else the known ones.
+async fn release(state: &ServerState, connected: Connected, panicked: bool) {
     let Connected {
         connection,
         subscriptions,
@@ -937,5 +940,9 @@ async fn release(state: &ServerState, connected: Connected) {
         ..
     } = connected;
     drop(queue);
-    subscriptions.close(state, &connection).await;
+    if panicked {
+        subscriptions.close_after_panic(state, &connection).await;
+    } else {
+        subscriptions.close(state, &connection).await;
+    }
 }

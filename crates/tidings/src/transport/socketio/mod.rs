@@ -111,9 +111,9 @@ impl App {
     }
 
     /// Releases what the socket holds (its hub connection) once the session ended.
-    async fn finish(self) {
+    async fn finish(self, panicked: bool) {
         if let Self::Hub(socket) = self {
-            socket.finish().await;
+            socket.finish(panicked).await;
         }
     }
 }
