@@ -192,6 +192,50 @@ async fn a_client_that_never_reads_its_answers_is_not_read_either() {
     assert_eq!(after.status().as_u16(), 400, "the sid is gone");
 }
 
+/// A replay larger than the outbox limit goes out whole to a client that
+/// reads, and the socket goes on: only its next packets wait for room.
+#[tokio::test]
+async fn a_replay_over_the_outbox_limit_reaches_a_reading_client() {
+    let mut config = base_config();
+    config.connection.send_queue_bytes = 16 * 1024;
+    let server = TestServer::with_config(config).await;
+    server.publish("workspace:acme:big", "e", json!(0)).await;
+    let (_, history) = server
+        .api_get("/api/history?channel=workspace:acme:big&limit=1")
+        .await;
+    let epoch = history["epoch"].as_str().unwrap().to_owned();
+    let text = "x".repeat(1000);
+    for i in 1..60 {
+        server
+            .publish("workspace:acme:big", "e", json!({ "i": i, "text": text }))
+            .await;
+    }
+    let (mut ws, _) = connect(&server, json!({"token": token("u-big", &["acme"], &[])})).await;
+    let since = json!({"channel": "workspace:acme:big", "since": {"offset": 1, "epoch": epoch}});
+    ws.send(Message::text(format!(r#"421["subscribe",{since}]"#)))
+        .await
+        .unwrap();
+    let mut replayed = 0;
+    while replayed < 59 {
+        let frame = next_text(&mut ws).await;
+        if frame.starts_with(r#"42["e""#) {
+            replayed += 1;
+        }
+    }
+    // The socket still answers.
+    ws.send(Message::text(r#"422["presence.update",{"status":"away"}]"#))
+        .await
+        .unwrap();
+    loop {
+        let frame = next_text(&mut ws).await;
+        if let Some(ack) = frame.strip_prefix("432") {
+            let answer: Value = serde_json::from_str(ack).unwrap();
+            assert_eq!(answer[0]["ok"], true, "{answer}");
+            break;
+        }
+    }
+}
+
 /// A polling body over `maxPayload` ends the session with 413, also when it
 /// is over the server's own body limit too.
 #[tokio::test]
