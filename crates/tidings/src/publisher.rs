@@ -296,7 +296,8 @@ impl Publisher {
     }
 
     /// The same publisher remembering idempotency keys for `window` instead
-    /// (each consumer has its own window).
+    /// (each consumer has its own window); a window over
+    /// [`MAX_DURATION`](crate::config::MAX_DURATION) (365 days) is taken as that.
     pub fn with_idempotency_window(&self, window: Duration) -> Self {
         Self {
             idempotency_window: window,

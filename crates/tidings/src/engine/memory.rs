@@ -17,6 +17,7 @@ use super::{
     Broker, ChannelPosition, EngineError, EventSink, HistoryPage, HistoryPolicy, HistoryQuery,
     NewEvent, Placement, Publication, PublishOptions, PublishOutcome, UNCLAIMED_TTL,
 };
+use crate::config::MAX_DURATION;
 use crate::protocol::ChannelName;
 
 struct ChannelState {
@@ -250,10 +251,11 @@ impl MemoryBroker {
                 duplicate: false,
             };
             if let Some(key) = &options.idempotency_key {
-                st.idempotency.insert(
-                    key.clone(),
-                    (now + options.idempotency_window, outcome.clone()),
-                );
+                // Bounded as the configuration bounds it: an embedder's
+                // window could otherwise overflow the clock reading.
+                let window = options.idempotency_window.min(MAX_DURATION);
+                st.idempotency
+                    .insert(key.clone(), (now + window, outcome.clone()));
             }
             // Delivering under the lock keeps the channel's events in offset order.
             if let Some(sink) = sink {
@@ -555,6 +557,18 @@ mod tests {
         assert!(!first.duplicate && again.duplicate);
         assert_eq!((first.offset, &first.id), (again.offset, &again.id));
         assert_eq!(engine.position(&ch).await.unwrap().offset, 1);
+    }
+
+    /// An embedder may pass any window: the longest is the configuration's.
+    #[tokio::test]
+    async fn an_idempotency_window_of_any_length_is_remembered_without_overflow() {
+        let engine = MemoryBroker::new(Duration::from_secs(60));
+        let ch = ChannelName::parse("workspace:a").unwrap();
+        let mut forever = options(10, Some("k"));
+        forever.idempotency_window = Duration::MAX;
+        let first = engine.publish(&ch, event(1), &forever).await.unwrap();
+        let again = engine.publish(&ch, event(2), &forever).await.unwrap();
+        assert!(!first.duplicate && again.duplicate);
     }
 
     #[tokio::test]
