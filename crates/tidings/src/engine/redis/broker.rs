@@ -10,6 +10,7 @@ use redis::Value;
 
 use super::receiver::Incoming;
 use super::{millis, new_epoch, now_ms, number, text, Header, Shared};
+use crate::config::MAX_DURATION;
 use crate::engine::{
     publish_each, Broker, ChannelPosition, DeliveryFilter, EngineError, EnvelopeParts, EventSink,
     HistoryPage, HistoryQuery, NewEvent, Placement, PublishOptions, PublishOutcome,
@@ -61,7 +62,7 @@ impl RedisBroker {
         })
         .map_err(|e| EngineError::Unavailable(e.to_string()))?;
         let window = if options.idempotency_key.is_some() {
-            millis(options.idempotency_window).max(1)
+            millis(options.idempotency_window.min(MAX_DURATION)).max(1)
         } else {
             0
         };
