@@ -614,7 +614,8 @@ impl Config {
                     format!("allowed_origins[{i}]"),
                     format!(
                         "`{origin}` is not an origin: write \"*\" or scheme://host[:port] \
-                         as browsers send it, without a path or a trailing `/`"
+                         as browsers send it: lowercase, the host in ASCII (punycode), no \
+                         default port, no path or trailing `/`"
                     ),
                 ));
             }
@@ -716,14 +717,24 @@ fn is_origin(origin: &str) -> bool {
     let Some((scheme, authority)) = origin.split_once("://") else {
         return false;
     };
-    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+    // As a browser serializes it: lowercase, the host in ASCII (an
+    // internationalized name as punycode), no default port.
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
         && scheme
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c));
+    let default_port = match scheme {
+        "https" | "wss" => Some(":443"),
+        "http" | "ws" => Some(":80"),
+        _ => None,
+    };
     scheme_ok
         && !authority.is_empty()
-        && !authority.contains(['/', '?', '#', ' '])
-        && !authority.chars().any(char::is_control)
+        && !authority.contains(['/', '?', '#', ' ', '@'])
+        && authority
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !c.is_ascii_uppercase())
+        && !default_port.is_some_and(|port| authority.ends_with(port))
 }
 
 fn validate_rule(rule: &Rule) -> Result<(), &'static str> {
@@ -932,6 +943,9 @@ mod tests {
             "*",
             "https://app.example.com",
             "http://127.0.0.1:5173",
+            "https://app.example.com:8443",
+            "http://[::1]:3000",
+            "https://xn--bcher-kva.de",
             "null",
         ] {
             assert_eq!(
@@ -945,6 +959,12 @@ mod tests {
             "app.example.com",
             "https://a.com/x",
             "",
+            "HTTPS://app.example.com",
+            "https://APP.example.com",
+            "https://app.example.com:443",
+            "http://app.example.com:80",
+            "https://bücher.de",
+            "https://user@app.example.com",
         ] {
             let err = check(&|c| c.allowed_origins = vec!["*".into(), bad.into()]);
             assert!(

@@ -192,6 +192,42 @@ async fn a_client_that_never_reads_its_answers_is_not_read_either() {
     assert_eq!(after.status().as_u16(), 400, "the sid is gone");
 }
 
+/// Engine.IO sends one `POST` at a time: a second one while the first is
+/// still being read ends the session (as the reference server does), so a
+/// client cannot pile up held `POST`s on a session it does not poll.
+#[tokio::test]
+async fn overlapping_posts_end_the_session() {
+    let mut config = base_config();
+    config.connection.send_queue_bytes = 16 * 1024;
+    let server = TestServer::with_config(config).await;
+    let sid = polling_handshake(&server).await["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let pings = vec!["2"; 4000].join("\u{1e}");
+    let first = tokio::spawn(server.http.post(&url).body(pings.clone()).send());
+    // The first POST is held once the answers fill the outbox.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "the first POST was not held");
+    // Refused at once, not held until the session times out (`auth_timeout`).
+    let second = tokio::time::timeout(
+        Duration::from_secs(2),
+        server.http.post(&url).body(pings).send(),
+    )
+    .await
+    .expect("the second POST answered at once")
+    .unwrap();
+    assert_eq!(second.status().as_u16(), 400);
+    let first = tokio::time::timeout(WAIT, first)
+        .await
+        .expect("the first POST ends");
+    assert_eq!(first.unwrap().unwrap().status().as_u16(), 400);
+    server
+        .wait_for_metric("tidings_socketio_sessions", WAIT, |n| n == 0.0)
+        .await;
+}
+
 /// A replay larger than the outbox limit goes out whole to a client that
 /// reads, and the socket goes on: only its next packets wait for room.
 #[tokio::test]

@@ -107,6 +107,8 @@ struct SessionState {
     transport: Transport,
     /// A `GET` is waiting.
     polling: bool,
+    /// A `POST` is being read or handed to the session task.
+    posting: bool,
     /// The probe was answered; the pending `GET` ends with a `noop`.
     upgrading: bool,
     /// Whether that `noop` went out over polling.
@@ -361,6 +363,7 @@ impl Endpoint {
                 outbox_bytes: 0,
                 transport,
                 polling: false,
+                posting: false,
                 upgrading: false,
                 noop_sent: false,
                 websocket_attached: transport == Transport::WebSocket,
@@ -454,6 +457,15 @@ struct PollGuard<'a>(&'a Session);
 impl Drop for PollGuard<'_> {
     fn drop(&mut self) {
         lock(&self.0.state).polling = false;
+    }
+}
+
+/// Clears the session's `posting` flag however the `POST` ends.
+struct PostGuard<'a>(&'a Session);
+
+impl Drop for PostGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).posting = false;
     }
 }
 
@@ -562,7 +574,7 @@ pub async fn post(
         return unknown_sid();
     };
     {
-        let state = lock(&session.state);
+        let mut state = lock(&session.state);
         if state.transport != Transport::Polling {
             return engine_error(3, "Bad request");
         }
@@ -572,7 +584,18 @@ pub async fn post(
             // transport error before it reads why the session ended.
             return ok_response();
         }
+        if state.posting {
+            // Two POSTs at once: a broken client (Engine.IO sends one at a
+            // time), or one piling up POSTs the session does not read while
+            // the client does not poll. The reference server ends it too.
+            drop(state);
+            let _ = session.inbound.try_send(Inbound::Close);
+            session.close(&endpoint.sessions, true);
+            return engine_error(3, "Bad request");
+        }
+        state.posting = true;
     }
+    let _posting = PostGuard(&session);
     if declares_more_than(request.headers(), endpoint.settings.max_payload) {
         return end_too_large(&endpoint, &session);
     }
@@ -813,6 +836,11 @@ async fn serve(
         }
         if let Some(app_deadline) = app.deadline() {
             deadline = deadline.min(app_deadline);
+        }
+        // Closed by a request handler (an overlap, a body too large): its
+        // close packet may not get through `inbound` while a packet is held.
+        if lock(&session.state).closed {
+            break End::Gone;
         }
         let room = session.has_room();
         if room {
