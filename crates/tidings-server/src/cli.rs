@@ -288,7 +288,7 @@ pub fn gentoken(args: GentokenArgs) -> anyhow::Result<()> {
 pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
     // The loader's errors name the file or the environment variable at fault.
     let config = config_loader::load(Some(&args.file))?;
-    config.validate()?;
+    config.validate().context("invalid configuration")?;
     let mut out = String::new();
     let dev = dev_mode::needed(&config);
     let mut jwt = config.jwt.clone();
@@ -300,7 +300,8 @@ pub fn checkconfig(args: CheckconfigArgs) -> anyhow::Result<()> {
         // What the generated secret will accept, checked with a stand-in.
         jwt.secret = Some("x".repeat(32));
     }
-    let algorithms = TokenVerifier::new(&jwt)?
+    let algorithms = TokenVerifier::new(&jwt)
+        .context("invalid configuration")?
         .algorithms()
         .iter()
         .map(|a| format!("{a:?}"))
