@@ -276,8 +276,9 @@ impl Tidings {
     /// - `TCP_NODELAY`: events are small writes that must not wait for Nagle.
     /// - `TCP_USER_TIMEOUT` of `heartbeat + pong_timeout` (Linux): data the peer
     ///   leaves unacknowledged that long ends the connection. This is what finds
-    ///   an SSE reader that stopped reading or vanished (SSE has no pong; over
-    ///   WebSocket the missing pong already ends the session).
+    ///   an SSE reader that stopped reading or vanished (SSE has no pong), and a
+    ///   WebSocket client that answers pings but stopped reading at an event
+    ///   rate too low for its send queue to overflow.
     pub fn tune_socket(&self, tcp: &tokio::net::TcpStream) {
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");

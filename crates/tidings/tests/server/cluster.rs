@@ -161,6 +161,63 @@ async fn presence_and_api_actions_reach_every_node() {
     assert_eq!(names[0], "node-1", "this node first");
 }
 
+/// The channels of a node's index of its presence entries (what the reaper
+/// reads when the node dies).
+async fn presence_index(redis: &RedisServer) -> Vec<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:node:*:presence")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut channels = Vec::new();
+    for key in keys {
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        channels.extend(members);
+    }
+    channels.sort();
+    channels
+}
+
+/// A channel stays in the node's presence index while the node has an entry
+/// on it, and leaves it with the last one: the index used to keep every
+/// channel the node ever had presence on.
+#[tokio::test]
+async fn a_nodes_presence_index_holds_only_channels_it_has_entries_on() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |_| {}).await;
+    let mut alice = n[0].connect_user("alice", &["acme"]).await;
+    let mut bob = n[0].connect_user("bob", &["acme"]).await;
+    for i in 0..20 {
+        alice.subscribe(&format!("workspace:acme:doc{i}")).await;
+    }
+    bob.subscribe("workspace:acme:doc0").await;
+    assert_eq!(presence_index(&redis).await.len(), 20);
+    for i in 0..20 {
+        alice
+            .request(
+                json!({"type": "unsubscribe", "channel": format!("workspace:acme:doc{i}")}),
+                100 + i,
+            )
+            .await;
+    }
+    assert_eq!(presence_index(&redis).await, ["workspace:acme:doc0"]);
+    drop(bob);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !presence_index(&redis).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the index kept its channel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_subscribe_whose_presence_join_fails_is_refused_and_can_be_retried() {
     let redis = RedisServer::start().await;

@@ -4,8 +4,8 @@
 //! that stopped heart-beating are left out of listings at once and removed
 //! by the survivors within `engine.node_ttl` (see `cluster`).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
@@ -22,11 +22,65 @@ use crate::protocol::{ChannelName, PresenceStatus};
 /// Presence in Redis, shared by every node.
 pub struct RedisPresence {
     shared: Arc<Shared>,
+    /// How many of this node's connections have an entry on each channel.
+    /// A channel leaves the node's index in Redis (the channels the reaper
+    /// looks at when the node dies) once its last entry here is gone; the
+    /// index otherwise kept every channel the node ever had presence on.
+    local: Mutex<HashMap<ChannelName, usize>>,
 }
 
 impl RedisPresence {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn local(&self) -> MutexGuard<'_, HashMap<ChannelName, usize>> {
+        self.local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One entry of this node's on `channel` more, counted before the index
+    /// records the channel.
+    fn count_entry(&self, channel: &ChannelName) {
+        *self.local().entry(channel.clone()).or_insert(0) += 1;
+    }
+
+    /// One entry of this node's on `channel` fewer; the last one takes the
+    /// channel out of the node's index. No lock spans the removal: a join
+    /// counted meanwhile adds the channel again (a join records it after
+    /// counting; this looks at the count after removing).
+    async fn uncount_entry(&self, channel: &ChannelName) {
+        let last = {
+            let mut local = self.local();
+            match local.get_mut(channel) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    local.remove(channel);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !last {
+            return;
+        }
+        let link = &self.shared.link;
+        let index = link.keys.node_presence(&link.node);
+        let removed = link
+            .query::<()>(redis::cmd("SREM").arg(&index).arg(channel.as_str()))
+            .await;
+        if removed.is_ok() && self.local().contains_key(channel) {
+            let _ = link
+                .query::<()>(redis::cmd("SADD").arg(&index).arg(channel.as_str()))
+                .await;
+        }
     }
 
     /// Waits for one of the node's presence call slots.
@@ -169,7 +223,10 @@ impl PresenceStore for RedisPresence {
         };
         let entry = serde_json::to_string(&entry).map_err(|_| bad_entry())?;
         let slot = self.slot().await?;
-        // Recorded first: if this node dies right after, the survivors find it.
+        // Counted, then recorded, then written: if this node dies right
+        // after, the survivors find the entry. A join that fails stays
+        // counted: its caller takes it back with a leave, which uncounts it.
+        self.count_entry(channel);
         link.query::<()>(
             redis::cmd("SADD")
                 .arg(keys.node_presence(&link.node))
@@ -230,6 +287,9 @@ impl PresenceStore for RedisPresence {
             )
             .await?;
         drop(slot);
+        // Gone (or already gone: reaped): not counted any more. A leave that
+        // failed is tried again, and counts then.
+        self.uncount_entry(channel).await;
         let left = match reply.first() {
             Some(redis::Value::Int(n)) => *n,
             _ => return Err(bad_entry()),
