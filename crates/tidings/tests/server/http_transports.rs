@@ -755,16 +755,9 @@ async fn refresh_of_a_stream_with_fewer_rights_ends_its_channels() {
     stream.expect("subscribed").await;
 
     let fewer = super::support::token("u1", &["acme"], &[]);
-    let response = server
-        .http
-        .post(server.url("/request"))
-        .bearer_auth(&token)
-        .header("x-tidings-client", client.as_str())
-        .json(&json!({"type": "refresh", "id": 1, "token": fewer}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let refresh = json!({"type": "refresh", "id": 1, "token": fewer});
+    let (status, _) = server.http_request(&token, Some(&client), refresh).await;
+    assert_eq!(status, 200);
     let revoked = stream.expect("unsubscribed").await.json();
     assert_eq!(
         revoked,
@@ -795,19 +788,9 @@ async fn http_requests_publish_read_and_reach_the_sse_stream() {
         .to_owned();
     stream.expect("subscribed").await;
     let request = |body: Value, client: Option<&str>, token: &str| {
-        let mut request = server
-            .http
-            .post(server.url("/request"))
-            .bearer_auth(token)
-            .json(&body);
-        if let Some(client) = client {
-            request = request.header("x-tidings-client", client);
-        }
-        async move {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
-        }
+        let (token, client) = (token.to_owned(), client.map(str::to_owned));
+        let server = &server;
+        async move { server.http_request(&token, client.as_deref(), body).await }
     };
 
     let (status, published) = request(

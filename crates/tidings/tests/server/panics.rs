@@ -209,16 +209,9 @@ async fn an_sse_stream_whose_session_panics_ends_and_is_unregistered() {
     assert_eq!(members(&server, "workspace:acme").await, 1);
 
     // The stream's session applies the status, and panics.
-    let response = server
-        .http
-        .post(server.url("/request"))
-        .bearer_auth(&token)
-        .header("x-tidings-client", client.as_str())
-        .json(&json!({"type": "status", "id": 1, "status": "away"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let status = json!({"type": "status", "id": 1, "status": "away"});
+    let (code, _) = server.http_request(&token, Some(&client), status).await;
+    assert_eq!(code, 200);
     let next = stream.next(WAIT).await;
     assert!(
         next.is_none() && stream.ended,
@@ -240,16 +233,11 @@ async fn a_request_whose_handler_panics_is_answered_500() {
         json!({"error": {"code": "internal", "message": "internal server error"}})
     );
     // `POST /request` answers in its own (the WebSocket) error form.
-    let response = server
-        .http
-        .post(server.url("/request"))
-        .bearer_auth(token("dave", &["boom"], &[]))
-        .json(&json!({"type": "presence", "id": 7, "channel": "workspace:boom"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 500);
-    let body: serde_json::Value = response.json().await.unwrap();
+    let presence = json!({"type": "presence", "id": 7, "channel": "workspace:boom"});
+    let (status, body) = server
+        .http_request(&token("dave", &["boom"], &[]), None, presence)
+        .await;
+    assert_eq!(status, 500);
     assert_eq!(
         body,
         json!({"type": "error", "code": "internal", "message": "internal server error"})

@@ -58,6 +58,13 @@ pub(crate) async fn polling_handshake(server: &TestServer) -> Value {
     serde_json::from_str(text.strip_prefix('0').unwrap()).unwrap()
 }
 
+/// Opens an Engine.IO long-polling session; returns its URL (with its `sid`).
+async fn polling_session_url(server: &TestServer) -> String {
+    let open = polling_handshake(server).await;
+    let sid = open["sid"].as_str().unwrap();
+    server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"))
+}
+
 /// Emits `subscribe` to `channel` with ack id `id`: the position of the
 /// `tidings:position` that follows a success, or the refusal.
 pub(crate) async fn subscribe_for_position(
@@ -176,11 +183,7 @@ async fn a_client_that_never_reads_its_answers_is_not_read_either() {
     config.connection.heartbeat = Duration::from_millis(300);
     config.connection.pong_timeout = Duration::from_millis(300);
     let server = TestServer::with_config(config).await;
-    let sid = polling_handshake(&server).await["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let url = polling_session_url(&server).await;
     // 4,000 pings: their answers would hold about 160 KB. The server stops
     // reading them at 16 KB, so the POST waits (its pings are not taken) until
     // the session ends for want of a pong, and is then refused.
@@ -200,11 +203,7 @@ async fn overlapping_posts_end_the_session() {
     let mut config = base_config();
     config.connection.send_queue_bytes = 16 * 1024;
     let server = TestServer::with_config(config).await;
-    let sid = polling_handshake(&server).await["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let url = polling_session_url(&server).await;
     let pings = vec!["2"; 4000].join("\u{1e}");
     let first = tokio::spawn(server.http.post(&url).body(pings.clone()).send());
     // The first POST is held once the answers fill the outbox.
@@ -688,16 +687,9 @@ async fn a_refresh_through_post_request_applies_the_new_claims_to_a_socket() {
     let client = handshake["sid"].as_str().unwrap().to_owned();
 
     let fewer = token("u-refresh", &["acme"], &[]);
-    let response = server
-        .http
-        .post(server.url("/request"))
-        .bearer_auth(&old)
-        .header("x-tidings-client", client.as_str())
-        .json(&json!({"type": "refresh", "id": 1, "token": fewer}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let refresh = json!({"type": "refresh", "id": 1, "token": fewer});
+    let (status, _) = server.http_request(&old, Some(&client), refresh).await;
+    assert_eq!(status, 200);
     let unsubscribed = next_text(&mut ws).await;
     let args: Value = serde_json::from_str(unsubscribed.strip_prefix("42").unwrap()).unwrap();
     assert_eq!(

@@ -361,6 +361,28 @@ impl TestServer {
         body
     }
 
+    /// `POST /request` with `body` and the client `token`, naming the live
+    /// connection `client` (`X-Tidings-Client`) when given; returns the status
+    /// and the reply.
+    pub async fn http_request(
+        &self,
+        token: &str,
+        client: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(self.url("/request"))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(client) = client {
+            request = request.header("x-tidings-client", client);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// `/health`'s `status`.
     pub async fn health_status(&self) -> String {
         let health: Value = self
