@@ -192,6 +192,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        // Checked before binding, so that a bad setting is what a start with
+        // a busy port reports too (`Tidings::new`, which may join a cluster,
+        // comes after the bind).
+        config.validate().context("invalid configuration")?;
+        TokenVerifier::new(&config.jwt).context("invalid configuration")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

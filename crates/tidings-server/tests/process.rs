@@ -762,5 +762,18 @@ fn config_errors_name_the_variable_or_the_file_and_the_format() {
         err.contains(&dir.join("missing.toml").display().to_string()),
         "{err}"
     );
+    // A bad setting is reported even when the port is taken: it is checked
+    // before the server binds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let err = run(
+        &["--listen", &busy],
+        &[("TIDINGS_CONNECTION_HEARTBEAT", "2d")],
+        &dir,
+    );
+    assert!(
+        err.contains("invalid configuration: connection.heartbeat: must be at most 1 day"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

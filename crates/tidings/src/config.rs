@@ -729,12 +729,34 @@ fn is_origin(origin: &str) -> bool {
         _ => None,
     };
     scheme_ok
-        && !authority.is_empty()
-        && !authority.contains(['/', '?', '#', ' ', '@'])
-        && authority
-            .chars()
-            .all(|c| c.is_ascii_graphic() && !c.is_ascii_uppercase())
+        && authority_as_serialized(authority)
         && !default_port.is_some_and(|port| authority.ends_with(port))
+}
+
+/// `host[:port]` as a browser serializes it: a lowercase name of non-empty
+/// labels (a final `.` allowed) or an `[IPv6]` literal, then a port of 1 to
+/// 65535 without leading zeros.
+fn authority_as_serialized(authority: &str) -> bool {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    let port_ok =
+        port.is_none_or(|port| !port.starts_with('0') && port.parse::<u16>().is_ok_and(|p| p > 0));
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            let name = host.strip_suffix('.').unwrap_or(host);
+            !name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                        })
+                })
+        }
+    };
+    port_ok && host_ok
 }
 
 fn validate_rule(rule: &Rule) -> Result<(), &'static str> {
@@ -946,6 +968,9 @@ mod tests {
             "https://app.example.com:8443",
             "http://[::1]:3000",
             "https://xn--bcher-kva.de",
+            "http://localhost:3000",
+            "https://a_b.example.com",
+            "chrome-extension://abcdefghijklmnop",
             "null",
         ] {
             assert_eq!(
@@ -965,6 +990,14 @@ mod tests {
             "http://app.example.com:80",
             "https://bücher.de",
             "https://user@app.example.com",
+            "http://[::1",
+            "https://a.com:65536",
+            "https://a.com:0",
+            "https://a.com:08080",
+            "http://1.2.3.4:",
+            "https://*.a.com",
+            "https://a..com",
+            "http://[::1]:80",
         ] {
             let err = check(&|c| c.allowed_origins = vec!["*".into(), bad.into()]);
             assert!(
