@@ -561,12 +561,17 @@ impl SseSession {
                         }
                     }
                     ControlRequest::Refresh(identity) => {
-                        self.token_expiry = expiry_instant(&identity);
                         let revoked = self
-                            .subscriptions()
-                            .apply_refresh(&state, &identity, &connection)
+                            .subscriptions
+                            .get_or_insert_with(Subscriptions::default)
+                            .take_refresh(
+                                &state,
+                                &connection,
+                                identity,
+                                &mut self.identity,
+                                &mut self.token_expiry,
+                            )
                             .await;
-                        self.identity = identity;
                         for channel in revoked {
                             self.delivered.positions.remove(&channel);
                             let notice = ServerMessage::Unsubscribed {

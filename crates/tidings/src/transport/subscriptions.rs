@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tidings_auth::Identity;
+use tokio::time::Instant;
 
 use crate::access::{AccessError, Action};
 use crate::engine::presence::{ClientPresence, PresenceChange, PresenceStore};
@@ -19,6 +20,7 @@ use crate::protocol::{
     ChannelName, ErrorCode, PresenceStatus, RequestId, ServerMessage, StreamPosition,
 };
 use crate::server::ServerState;
+use crate::transport::expiry_instant;
 
 /// A refused request: the error reply to send.
 #[derive(Debug, Clone)]
@@ -332,14 +334,31 @@ impl Subscriptions {
         true
     }
 
-    /// After a `refresh`: takes the new token's roles for audience filtering
-    /// and leaves every channel its claims no longer let the connection
-    /// subscribe to, so a user removed from a workspace stops receiving it
-    /// without reconnecting; on the channels it keeps, presence pushes
-    /// follow the new claims' `presence` rule. Returns the channels left, for
-    /// the transport to tell the client with an `unsubscribed` push
+    /// Puts a refreshed token in force on a connection, the same way on every
+    /// transport: its expiry becomes `expiry`, its claims replace `current`
+    /// for later requests, its roles filter deliveries (`audience`), and every
+    /// channel its claims no longer let the connection subscribe to is left,
+    /// so a user removed from a workspace stops receiving it without
+    /// reconnecting; on the channels it keeps, presence pushes follow the new
+    /// claims' `presence` rule. Returns the channels left, for the transport to
+    /// tell the client with an `unsubscribed` push
     /// ([`REVOKED_REASON`](crate::hub::REVOKED_REASON)).
-    pub async fn apply_refresh(
+    pub async fn take_refresh(
+        &mut self,
+        state: &ServerState,
+        connection: &Connection,
+        identity: Identity,
+        current: &mut Identity,
+        expiry: &mut Option<Instant>,
+    ) -> Vec<ChannelName> {
+        *expiry = expiry_instant(&identity);
+        let revoked = self.leave_denied(state, &identity, connection).await;
+        *current = identity;
+        revoked
+    }
+
+    /// The channel side of [`take_refresh`](Self::take_refresh).
+    async fn leave_denied(
         &mut self,
         state: &ServerState,
         identity: &Identity,

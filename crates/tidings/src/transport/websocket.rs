@@ -1057,12 +1057,16 @@ impl Session {
     /// requests, its roles for delivery, and the end of every subscription
     /// it no longer allows; returns the `unsubscribed` pushes to send.
     async fn take_identity(&mut self, identity: Identity) -> Vec<ServerMessage> {
-        self.token_expiry = expiry_instant(&identity);
         let revoked = self
             .subscriptions
-            .apply_refresh(&self.state, &identity, &self.connection)
+            .take_refresh(
+                &self.state,
+                &self.connection,
+                identity,
+                &mut self.identity,
+                &mut self.token_expiry,
+            )
             .await;
-        self.identity = identity;
         revoked
             .into_iter()
             .map(|channel| ServerMessage::Unsubscribed {

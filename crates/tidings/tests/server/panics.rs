@@ -124,6 +124,21 @@ async fn server_whose_status_changes_panic() -> TestServer {
     TestServer::with_tidings(Tidings::with_engine(config, engine).expect("valid test config")).await
 }
 
+/// Reads `ws` until the server ends it (within `WAIT`), with no text frame
+/// starting with `prefix` on the way.
+async fn ends_without(ws: &mut socketio::Ws, prefix: &str) {
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(frame)) = ws.next().await {
+            assert!(
+                !frame.to_text().is_ok_and(|text| text.starts_with(prefix)),
+                "{frame:?}"
+            );
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the socket stayed open");
+}
+
 async fn members(server: &TestServer, channel: &str) -> usize {
     let (status, body) = server
         .api_get(&format!("/api/presence?channel={channel}"))
@@ -178,17 +193,8 @@ async fn a_socketio_socket_whose_task_panics_is_closed_and_unregistered() {
     ws.send(Message::text(r#"422["presence.update",{"status":"away"}]"#))
         .await
         .unwrap();
-    // The server ends the transport: the stream ends (no acknowledgement).
-    let ended = tokio::time::timeout(WAIT, async {
-        while let Some(Ok(frame)) = ws.next().await {
-            assert!(
-                !frame.to_text().is_ok_and(|text| text.starts_with("432")),
-                "acknowledged: {frame:?}"
-            );
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the socket stayed open");
+    // The server ends the transport, with no acknowledgement.
+    ends_without(&mut ws, "432").await;
     server
         .wait_for_metric("tidings_connections", WAIT, |n| n == 0.0)
         .await;
@@ -272,16 +278,7 @@ async fn a_socketio_connect_cut_short_by_a_panic_is_released() {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let auth = json!({"token": token("erin", &["boom"], &[])});
     ws.send(Message::text(format!("40{auth}"))).await.unwrap();
-    let ended = tokio::time::timeout(WAIT, async {
-        while let Some(Ok(frame)) = ws.next().await {
-            assert!(
-                !frame.to_text().is_ok_and(|text| text.starts_with("40{")),
-                "connected: {frame:?}"
-            );
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the socket stayed open");
+    ends_without(&mut ws, "40{").await;
     server
         .wait_for_metric("tidings_connections", WAIT, |n| n == 0.0)
         .await;

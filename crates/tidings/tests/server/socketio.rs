@@ -12,7 +12,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::bad_input::first_answer;
 use crate::support::{base_config, token, TestServer, WAIT};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The next text frame that is not a ping (answered).
 async fn next_text(ws: &mut Ws) -> String {

@@ -161,7 +161,13 @@ impl Session {
 
     /// Whether the outbox can take more events.
     pub fn has_room(&self) -> bool {
-        lock(&self.state).outbox_bytes < self.outbox_limit
+        self.closed_and_room().1
+    }
+
+    /// Whether the session is closed, and whether its outbox can take more.
+    fn closed_and_room(&self) -> (bool, bool) {
+        let state = lock(&self.state);
+        (state.closed, state.outbox_bytes < self.outbox_limit)
     }
 
     async fn room(&self) {
@@ -478,9 +484,7 @@ async fn poll(endpoint: &Endpoint, session: &Arc<Session>) -> Response {
         if state.polling {
             // Two polls at once: a broken client. The pending one gets `close`.
             drop(state);
-            let _ = session.inbound.try_send(Inbound::Close);
-            session.close(&endpoint.sessions, true);
-            return engine_error(3, "Bad request");
+            return end_overlapping(endpoint, session);
         }
         state.polling = true;
     }
@@ -589,9 +593,7 @@ pub async fn post(
             // time), or one piling up POSTs the session does not read while
             // the client does not poll. The reference server ends it too.
             drop(state);
-            let _ = session.inbound.try_send(Inbound::Close);
-            session.close(&endpoint.sessions, true);
-            return engine_error(3, "Bad request");
+            return end_overlapping(&endpoint, &session);
         }
         state.posting = true;
     }
@@ -633,6 +635,14 @@ pub async fn post(
         }
     }
     ok_response()
+}
+
+/// A second `GET` or `POST` while one is pending (clients send one of each
+/// at a time) ends the session: 400.
+fn end_overlapping(endpoint: &Endpoint, session: &Session) -> Response {
+    let _ = session.inbound.try_send(Inbound::Close);
+    session.close(&endpoint.sessions, true);
+    engine_error(3, "Bad request")
 }
 
 /// A polling body over `maxPayload` ends the session: 413.
@@ -839,10 +849,11 @@ async fn serve(
         }
         // Closed by a request handler (an overlap, a body too large): its
         // close packet may not get through `inbound` while a packet is held.
-        if lock(&session.state).closed {
+        // One lock for both: this runs at every wake-up, each event included.
+        let (closed, room) = session.closed_and_room();
+        if closed {
             break End::Gone;
         }
-        let room = session.has_room();
         if room {
             if let Some(packet) = held.take() {
                 if let Err(end) = answer(session, app, packet).await {

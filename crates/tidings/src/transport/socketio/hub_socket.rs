@@ -188,14 +188,14 @@ impl HubSocket {
                     ControlRequest::Refresh(identity) => {
                         // The new claims apply as on `/ws`: their roles to
                         // delivery, and channels they no longer allow end.
-                        connected.token_expiry = expiry_instant(&identity);
-                        let revoked = Box::pin(connected.subscriptions.apply_refresh(
+                        let revoked = Box::pin(connected.subscriptions.take_refresh(
                             &self.state,
-                            &identity,
                             &connected.connection,
+                            identity,
+                            &mut connected.identity,
+                            &mut connected.token_expiry,
                         ))
                         .await;
-                        connected.identity = identity;
                         for channel in &revoked {
                             let notice = serde_json::json!({
                                 "channel": channel.as_str(),
