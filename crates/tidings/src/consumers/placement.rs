@@ -1,10 +1,14 @@
 //! Placing one consumed message: read it, publish it, retry transient failures
 //! (the engine unavailable) with backoff until they pass or the consumer stops.
 //! Everything else a publish can refuse is final: the message is dead-lettered.
+//! So is a message whose reading or publishing panics (a bug, or an embedding
+//! application's own engine): a poison message must not stop its consumer.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use super::message::{MessageReader, PublishAction};
@@ -23,6 +27,9 @@ pub enum Placement {
     /// It cannot be published, for this reason: dead-letter it.
     DeadLetter(String),
 }
+
+/// The dead-letter reason of a message whose placement panicked.
+pub const PANICKED: &str = "internal error while placing the message";
 
 /// The consumer was stopped while a transient failure was being retried; the
 /// message is left unacknowledged.
@@ -69,6 +76,30 @@ impl Placer {
     /// Reads and publishes `message`. It is counted as processed, and its
     /// dead-lettering logged, by the consumer once that is recorded.
     pub async fn place(
+        &self,
+        message: &[u8],
+        source_id: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Placement, Stopped> {
+        // Unwinding leaves nothing of the placer half-changed: it holds no
+        // state across messages, and a broadcast's channels placed before the
+        // panic keep the event (its id makes a later retry a duplicate).
+        match AssertUnwindSafe(self.place_unguarded(message, source_id, stop))
+            .catch_unwind()
+            .await
+        {
+            Ok(placement) => placement,
+            Err(_) => {
+                tracing::error!(
+                    source_id,
+                    "placing a consumed message panicked; dead-lettering it"
+                );
+                Ok(Placement::DeadLetter(PANICKED.into()))
+            }
+        }
+    }
+
+    async fn place_unguarded(
         &self,
         message: &[u8],
         source_id: &str,

@@ -3,6 +3,7 @@
 //! nothing behind: no registered connection, no presence entry.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
@@ -68,7 +69,8 @@ impl PresenceStore for PanickingPresence {
 }
 
 /// The in-memory broker, except that reading the history of a channel ending
-/// in `:boom` panics: a subscribe is cut short after the hub took it in.
+/// in `:boom` panics (a subscribe is cut short after the hub took it in), and
+/// so does publishing an event named `boom`.
 struct PanickingHistory(Arc<dyn Broker>);
 
 #[async_trait]
@@ -82,6 +84,7 @@ impl Broker for PanickingHistory {
         event: NewEvent,
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError> {
+        assert!(event.event != "boom", "test broker: publish panics");
         self.0.publish(channel, event, options).await
     }
     async fn publish_presence(
@@ -284,4 +287,76 @@ async fn a_socketio_connect_cut_short_by_a_panic_is_released() {
         .await;
     assert_eq!(server.metric("tidings_subscriptions").await, 0.0);
     assert_eq!(server.metric("tidings_socketio_sessions").await, 0.0);
+}
+
+/// A consumed message whose publish panics is dead-lettered with the reason,
+/// and the consumer goes on with the next one (it used to end the consumer's
+/// task: nothing more was consumed until a restart).
+#[tokio::test]
+async fn a_consumed_message_whose_publish_panics_is_dead_lettered() {
+    let redis = RedisServer::start().await;
+    let mut config = base_config();
+    config.consumers = vec![tidings::consumers::ConsumerConfig {
+        name: "bus".into(),
+        redis_url: Some(redis.url()),
+        streams: vec!["app-events".into()],
+        block: Duration::from_millis(100),
+        ..Default::default()
+    }];
+    let mut engine = Engine::memory(&EngineSettings::default(), "panics");
+    engine.broker = Arc::new(PanickingHistory(engine.broker));
+    let tidings = Tidings::with_engine(config, engine).expect("valid test config");
+    let consumers = tidings::consumers::ConsumerSet::start(&tidings);
+    let server = TestServer::with_tidings(tidings).await;
+    let mut watcher = server.connect_user("watcher", &["acme"]).await;
+    watcher.subscribe("workspace:acme").await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The group is made when the consumer starts, reading only what comes after.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg("app-events")
+            .query_async(&mut conn)
+            .await;
+        if groups.is_ok_and(|groups| !groups.is_empty()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no consumer group");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for event in ["boom", "after"] {
+        let message = json!({"method": "publish", "payload": {
+            "channel": "workspace:acme", "event": event, "data": {}}});
+        let _: String = redis::cmd("XADD")
+            .arg("app-events")
+            .arg("*")
+            .arg("message")
+            .arg(message.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let event = watcher
+        .wait_for("the message after the panic", |v| v["type"] == "event")
+        .await;
+    assert_eq!(event["event"], "after");
+    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("app-events:dead-letter")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead.ids.len(), 1);
+    let reason: String = dead.ids[0].get("reason").unwrap();
+    assert_eq!(reason, "internal error while placing the message");
+    let dead_lettered =
+        r#"tidings_consumer_dead_lettered_total{consumer="bus",kind="redis_stream"}"#;
+    assert_eq!(server.metric(dead_lettered).await, 1.0);
+    consumers.stop(WAIT).await;
 }
