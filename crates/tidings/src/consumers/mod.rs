@@ -14,9 +14,11 @@
 //! - [`redis_stream`] and [`postgres_outbox`]: the two sources.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -603,7 +605,12 @@ pub(crate) async fn reconnect_until_stopped<S, F>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = std::time::Instant::now();
-        let Some(err) = session(stop.clone()).await else {
+        // A panic outside a message's placement (which dead-letters the
+        // message) is a bug of ours: start the session over rather than let
+        // the consumer end unseen.
+        let ended = AssertUnwindSafe(session(stop.clone())).catch_unwind().await;
+        let Some(err) = ended.unwrap_or_else(|_| Some("the consumer's session panicked".into()))
+        else {
             break;
         };
         tracing::warn!(consumer = %name, source, error = %err, ?backoff, "consumer lost its source; reconnecting");
