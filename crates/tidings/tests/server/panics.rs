@@ -2,6 +2,7 @@
 //! engine) ends that connection as the server would end it, and leaves
 //! nothing behind: no registered connection, no presence entry.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +11,14 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tidings::config::EngineSettings;
+use tidings::engine::cluster::ControlHandler;
 use tidings::engine::presence::{ClientPresence, MemoryPresence, PresenceChange, PresenceStore};
 use tidings::engine::{
-    Broker, ChannelPosition, Engine, EngineError, EventSink, HistoryPage, HistoryQuery, NewEvent,
-    PublishOptions, PublishOutcome,
+    Broker, ChannelPosition, Engine, EngineError, EventSink, HistoryPage, HistoryPolicy,
+    HistoryQuery, NewEvent, Publication, PublishOptions, PublishOutcome,
 };
 use tidings::protocol::messages::PresenceMember;
-use tidings::protocol::{ChannelName, PresenceStatus};
+use tidings::protocol::{ChannelName, CloseCode, PresenceStatus};
 use tidings::Tidings;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -359,4 +361,169 @@ async fn a_consumed_message_whose_publish_panics_is_dead_lettered() {
         r#"tidings_consumer_dead_lettered_total{consumer="bus",kind="redis_stream"}"#;
     assert_eq!(server.metric(dead_lettered).await, 1.0);
     consumers.stop(WAIT).await;
+}
+
+/// An event sink that panics at the first event of a channel ending in
+/// `:boom` and records everything else it is handed.
+#[derive(Default)]
+struct PanickingSink {
+    panicked: std::sync::atomic::AtomicBool,
+    delivered: std::sync::Mutex<Vec<(String, u64)>>,
+    resubscribed: std::sync::Mutex<Vec<String>>,
+}
+
+impl EventSink for PanickingSink {
+    fn deliver(&self, publication: &Arc<Publication>) {
+        let channel = publication.channel.as_str().to_owned();
+        if channel.ends_with(":boom") && !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("test sink: deliver panics");
+        }
+        self.delivered
+            .lock()
+            .unwrap()
+            .push((channel, publication.offset));
+    }
+    fn has_subscribers(&self, _channel: &ChannelName) -> bool {
+        true
+    }
+    fn deliver_presence(&self, _channel: &ChannelName, _text: &Utf8Bytes) {}
+    fn resubscribe(&self, channel: &ChannelName) {
+        self.resubscribed
+            .lock()
+            .unwrap()
+            .push(channel.as_str().to_owned());
+    }
+}
+
+/// A panic in the Redis engine's delivery task (here the sink it hands events
+/// to) does not stop the node's deliveries: later events still arrive, and
+/// every followed channel's subscribers are told to resubscribe, since an
+/// event may have been lost on the way (it used to end the task: the node
+/// silently delivered nothing more from Redis).
+#[tokio::test]
+async fn a_panic_in_the_redis_delivery_task_does_not_stop_deliveries() {
+    let redis = RedisServer::start().await;
+    let settings = EngineSettings {
+        redis_url: redis.url(),
+        ..EngineSettings::default()
+    };
+    let engine = Engine::redis(&settings, "panics").expect("valid settings");
+    let sink = Arc::new(PanickingSink::default());
+    engine.broker.attach(sink.clone());
+    let boom = ChannelName::parse("workspace:boom").unwrap();
+    let fine = ChannelName::parse("workspace:fine").unwrap();
+    for channel in [&boom, &fine] {
+        engine.broker.subscribe_node(channel).await.unwrap();
+    }
+    let options = PublishOptions {
+        history: HistoryPolicy {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        },
+        idempotency_key: None,
+        idempotency_window: Duration::from_secs(60),
+    };
+    let event = |n: u64| NewEvent {
+        id: format!("e_{n}"),
+        event: "x".into(),
+        ts: "t".into(),
+        data: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
+        meta: None,
+        audience: None,
+        exclude_client: None,
+    };
+    engine
+        .broker
+        .publish(&boom, event(1), &options)
+        .await
+        .unwrap();
+    engine
+        .broker
+        .publish(&fine, event(2), &options)
+        .await
+        .unwrap();
+    engine
+        .broker
+        .publish(&boom, event(3), &options)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sink.delivered.lock().unwrap().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered after the panic: {:?}",
+            sink.delivered.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        *sink.delivered.lock().unwrap(),
+        [
+            ("workspace:fine".to_owned(), 1),
+            ("workspace:boom".to_owned(), 2)
+        ]
+    );
+    let mut resubscribed = sink.resubscribed.lock().unwrap().clone();
+    resubscribed.sort();
+    assert_eq!(resubscribed, ["workspace:boom", "workspace:fine"]);
+}
+
+/// Counts this node's connections as 7, except that it panics the first time
+/// it is asked (the heartbeat asks at every beat).
+#[derive(Default)]
+struct PanickingCount(std::sync::atomic::AtomicBool);
+
+#[async_trait]
+impl ControlHandler for PanickingCount {
+    fn disconnect_user(&self, _user: &str, _code: CloseCode, _reason: Option<String>) -> usize {
+        0
+    }
+    async fn unsubscribe_user(&self, _user: &str, _channel: &ChannelName, _reason: &str) -> usize {
+        0
+    }
+    fn connection_count(&self) -> usize {
+        assert!(
+            self.0.swap(true, Ordering::SeqCst),
+            "test control handler: connection_count panics"
+        );
+        7
+    }
+}
+
+/// A panic in the Redis engine's heartbeat does not stop it (the other nodes
+/// would take this one for dead and remove its users' presence): the beat
+/// starts again and the other nodes see this one with its connections.
+#[tokio::test]
+async fn a_panic_in_the_redis_heartbeat_does_not_stop_it() {
+    let redis = RedisServer::start().await;
+    let settings = EngineSettings {
+        redis_url: redis.url(),
+        node_ttl: Duration::from_millis(600),
+        ..EngineSettings::default()
+    };
+    let engine = Engine::redis(&settings, "beating").expect("valid settings");
+    let handler = Arc::new(PanickingCount::default());
+    engine.cluster.attach(handler.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // Listing the nodes asks too: wait for the heartbeat's panic first.
+    while !handler.0.load(Ordering::SeqCst) {
+        assert!(tokio::time::Instant::now() < deadline, "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another node sees what the heartbeat writes (a node lists itself from memory).
+    let observer = Engine::redis(&settings, "observer").expect("valid settings");
+    loop {
+        let nodes = observer.cluster.nodes().await.unwrap_or_default();
+        if nodes
+            .iter()
+            .any(|node| node.name == "beating" && node.connections == 7)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat stopped: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

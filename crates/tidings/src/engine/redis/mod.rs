@@ -18,11 +18,13 @@ mod link;
 mod presence;
 mod receiver;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::FutureExt;
 use redis::Value;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -91,6 +93,23 @@ async fn watch_shards(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// Runs a background task of the engine until it returns, starting it again
+/// a second after a panic (a bug): a heartbeat that stopped would have the
+/// other nodes reap this one, its users gone from presence, while it serves.
+async fn restart_after_panic<T, F>(name: &'static str, mut task: T)
+where
+    T: FnMut() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    while AssertUnwindSafe(task()).catch_unwind().await.is_err() {
+        tracing::error!(
+            task = name,
+            "a Redis engine task panicked; starting it again"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// What the broker, presence, cluster and delivery task of one node share.
 pub(crate) struct Shared {
     link: RedisLink,
@@ -145,10 +164,18 @@ impl Shared {
             presence_calls: Semaphore::new(PRESENCE_CALLS_IN_FLIGHT),
             left: AtomicBool::new(false),
         });
+        // The delivery task catches its own panics (it owns the queue and
+        // every channel's position, which a restart would lose).
         tokio::spawn(receiver::run(Arc::downgrade(&shared), queue));
-        tokio::spawn(cluster::heartbeat(Arc::downgrade(&shared)));
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(restart_after_panic("heartbeat", move || {
+            cluster::heartbeat(weak.clone())
+        }));
         if shared.link.sharded() {
-            tokio::spawn(watch_shards(Arc::downgrade(&shared)));
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(restart_after_panic("shard check", move || {
+                watch_shards(weak.clone())
+            }));
         }
         Ok(shared)
     }

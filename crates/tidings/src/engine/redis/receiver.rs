@@ -15,12 +15,13 @@
 //! sender of its queue is gone.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, FutureExt, StreamExt};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -93,49 +94,28 @@ pub(crate) async fn run(shared: Weak<Shared>, mut queue: UnboundedReceiver<Incom
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match incoming {
-            Incoming::Follow(channel) => {
-                followed.insert(
-                    channel,
-                    Followed {
-                        position: None,
-                        waiting: Vec::new(),
-                    },
+        // A panic here (a bug; the hub's sink runs in this task) must not end
+        // the task, which would silently stop this node's deliveries. What it
+        // was doing may be half done (a position advanced past an event not
+        // handed over): every local subscriber recovers from its own offset.
+        let handled = AssertUnwindSafe(handle(&shared, &mut followed, incoming))
+            .catch_unwind()
+            .await;
+        match handled {
+            Ok(disconnected) => resync_pending |= disconnected,
+            Err(_) => {
+                tracing::error!(
+                    "the Redis delivery task panicked; every local subscriber resubscribes"
                 );
-            }
-            Incoming::Baseline {
-                channel,
-                epoch,
-                top,
-            } => {
-                let Some(state) = followed.get_mut(&channel) else {
-                    continue;
-                };
-                state.position = Some((epoch, top));
-                for publication in std::mem::take(&mut state.waiting) {
-                    on_event(&shared, &mut followed, publication).await;
+                let resubscribe_all = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    for channel in followed.keys() {
+                        shared.lost_continuity(channel);
+                    }
+                }));
+                if resubscribe_all.is_err() {
+                    tracing::error!("resubscribing after a panic panicked too");
                 }
             }
-            Incoming::Unfollow(channel) => {
-                followed.remove(&channel);
-            }
-            Incoming::Touch => touch(&shared, &followed).await,
-            Incoming::ResubscribeAll => {
-                for channel in followed.keys() {
-                    shared.lost_continuity(channel);
-                }
-            }
-            Incoming::Push(push) => match push.kind {
-                PushKind::Message | PushKind::SMessage => {
-                    on_message(&shared, &mut followed, push.data).await;
-                }
-                PushKind::Disconnection => {
-                    // Messages published while the connection was down are lost;
-                    // check every channel once Redis answers again.
-                    resync_pending = true;
-                }
-                _ => {}
-            },
         }
         shared
             .followed_channels
@@ -144,6 +124,60 @@ pub(crate) async fn run(shared: Weak<Shared>, mut queue: UnboundedReceiver<Incom
             resync_pending = !resync(&shared, &mut followed).await;
         }
     }
+}
+
+/// Handles one item of the queue; true when the pub/sub connection dropped
+/// (every channel must then be checked).
+async fn handle(
+    shared: &Shared,
+    followed: &mut HashMap<ChannelName, Followed>,
+    incoming: Incoming,
+) -> bool {
+    match incoming {
+        Incoming::Follow(channel) => {
+            followed.insert(
+                channel,
+                Followed {
+                    position: None,
+                    waiting: Vec::new(),
+                },
+            );
+        }
+        Incoming::Baseline {
+            channel,
+            epoch,
+            top,
+        } => {
+            let Some(state) = followed.get_mut(&channel) else {
+                return false;
+            };
+            state.position = Some((epoch, top));
+            for publication in std::mem::take(&mut state.waiting) {
+                on_event(shared, followed, publication).await;
+            }
+        }
+        Incoming::Unfollow(channel) => {
+            followed.remove(&channel);
+        }
+        Incoming::Touch => touch(shared, followed).await,
+        Incoming::ResubscribeAll => {
+            for channel in followed.keys() {
+                shared.lost_continuity(channel);
+            }
+        }
+        Incoming::Push(push) => match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                on_message(shared, followed, push.data).await;
+            }
+            PushKind::Disconnection => {
+                // Messages published while the connection was down are lost;
+                // check every channel once Redis answers again.
+                return true;
+            }
+            _ => {}
+        },
+    }
+    false
 }
 
 async fn on_message(
