@@ -6,6 +6,7 @@
 //! `position_ttl` are reclaimed by a sweep.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -146,9 +147,14 @@ impl MemoryBroker {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match weak.upgrade() {
-                    Some(engine) => engine.sweep(),
-                    None => break,
+                let Some(engine) = weak.upgrade() else { break };
+                // A sweep that panics (a bug, or the sink) must not end the
+                // sweeper: history would never expire again.
+                let swept = std::panic::catch_unwind(AssertUnwindSafe(|| engine.sweep()));
+                if swept.is_err() {
+                    tracing::error!(
+                        "the memory engine's sweep panicked; sweeping again at the next tick"
+                    );
                 }
             }
         })

@@ -364,10 +364,12 @@ async fn a_consumed_message_whose_publish_panics_is_dead_lettered() {
 }
 
 /// An event sink that panics at the first event of a channel ending in
-/// `:boom` and records everything else it is handed.
+/// `:boom`, and the first time it is asked whether such a channel has
+/// subscribers (then says no), and records everything else it is handed.
 #[derive(Default)]
 struct PanickingSink {
     panicked: std::sync::atomic::AtomicBool,
+    asked: std::sync::atomic::AtomicBool,
     delivered: std::sync::Mutex<Vec<(String, u64)>>,
     resubscribed: std::sync::Mutex<Vec<String>>,
 }
@@ -383,8 +385,15 @@ impl EventSink for PanickingSink {
             .unwrap()
             .push((channel, publication.offset));
     }
-    fn has_subscribers(&self, _channel: &ChannelName) -> bool {
-        true
+    fn has_subscribers(&self, channel: &ChannelName) -> bool {
+        if !channel.as_str().ends_with(":boom") {
+            return true;
+        }
+        assert!(
+            self.asked.swap(true, Ordering::SeqCst),
+            "test sink: has_subscribers panics"
+        );
+        false
     }
     fn deliver_presence(&self, _channel: &ChannelName, _text: &Utf8Bytes) {}
     fn resubscribe(&self, channel: &ChannelName) {
@@ -526,4 +535,59 @@ async fn a_panic_in_the_redis_heartbeat_does_not_stop_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The memory engine's sweeper goes on after a sweep that panics (here the
+/// sink asked whether an idle channel still has subscribers): idle channels
+/// are still reclaimed and history still expires (it used to end the sweeper).
+#[tokio::test]
+async fn a_panic_in_a_memory_sweep_does_not_stop_the_sweeper() {
+    let settings = EngineSettings {
+        sweep_interval: Duration::from_millis(20),
+        position_ttl: Duration::from_millis(50),
+        ..EngineSettings::default()
+    };
+    let engine = Engine::memory(&settings, "sweeping");
+    let sink = Arc::new(PanickingSink::default());
+    // Only the sweep's question panics here.
+    sink.panicked.store(true, Ordering::SeqCst);
+    engine.broker.attach(sink.clone());
+    // Known to the engine once published to; idle once its history is gone
+    // (none is kept) and its position outlived.
+    let channel = ChannelName::parse("workspace:boom").unwrap();
+    let options = PublishOptions {
+        history: HistoryPolicy {
+            size: 0,
+            ttl: Duration::from_secs(60),
+        },
+        idempotency_key: None,
+        idempotency_window: Duration::from_secs(60),
+    };
+    let event = NewEvent {
+        id: "e_1".into(),
+        event: "x".into(),
+        ts: "t".into(),
+        data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
+        meta: None,
+        audience: None,
+        exclude_client: None,
+    };
+    engine
+        .broker
+        .publish(&channel, event, &options)
+        .await
+        .unwrap();
+    assert_eq!(engine.broker.channel_count(), 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while engine.broker.channel_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle channel was never reclaimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        sink.asked.load(Ordering::SeqCst),
+        "the sweep never asked the sink"
+    );
 }
