@@ -404,6 +404,31 @@ impl EventSink for PanickingSink {
     }
 }
 
+/// Event `n` as an engine takes it, straight from a test.
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        id: format!("e_{n}"),
+        event: "x".into(),
+        ts: "t".into(),
+        data: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
+        meta: None,
+        audience: None,
+        exclude_client: None,
+    }
+}
+
+/// Publish options keeping `size` events of history.
+fn keeping(size: usize) -> PublishOptions {
+    PublishOptions {
+        history: HistoryPolicy {
+            size,
+            ttl: Duration::from_secs(60),
+        },
+        idempotency_key: None,
+        idempotency_window: Duration::from_secs(60),
+    }
+}
+
 /// A panic in the Redis engine's delivery task (here the sink it hands events
 /// to) does not stop the node's deliveries: later events still arrive, and
 /// every followed channel's subscribers are told to resubscribe, since an
@@ -424,23 +449,7 @@ async fn a_panic_in_the_redis_delivery_task_does_not_stop_deliveries() {
     for channel in [&boom, &fine] {
         engine.broker.subscribe_node(channel).await.unwrap();
     }
-    let options = PublishOptions {
-        history: HistoryPolicy {
-            size: 10,
-            ttl: Duration::from_secs(60),
-        },
-        idempotency_key: None,
-        idempotency_window: Duration::from_secs(60),
-    };
-    let event = |n: u64| NewEvent {
-        id: format!("e_{n}"),
-        event: "x".into(),
-        ts: "t".into(),
-        data: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
-        meta: None,
-        audience: None,
-        exclude_client: None,
-    };
+    let options = keeping(10);
     engine
         .broker
         .publish(&boom, event(1), &options)
@@ -555,26 +564,9 @@ async fn a_panic_in_a_memory_sweep_does_not_stop_the_sweeper() {
     // Known to the engine once published to; idle once its history is gone
     // (none is kept) and its position outlived.
     let channel = ChannelName::parse("workspace:boom").unwrap();
-    let options = PublishOptions {
-        history: HistoryPolicy {
-            size: 0,
-            ttl: Duration::from_secs(60),
-        },
-        idempotency_key: None,
-        idempotency_window: Duration::from_secs(60),
-    };
-    let event = NewEvent {
-        id: "e_1".into(),
-        event: "x".into(),
-        ts: "t".into(),
-        data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
-        meta: None,
-        audience: None,
-        exclude_client: None,
-    };
     engine
         .broker
-        .publish(&channel, event, &options)
+        .publish(&channel, event(1), &keeping(0))
         .await
         .unwrap();
     assert_eq!(engine.broker.channel_count(), 1);
