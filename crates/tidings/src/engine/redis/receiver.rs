@@ -83,7 +83,7 @@ pub(crate) async fn run(shared: Weak<Shared>, mut queue: UnboundedReceiver<Incom
                     let Some(shared) = shared.upgrade() else {
                         return;
                     };
-                    resync_pending = !resync(&shared, &mut followed).await;
+                    resync_pending = !guarded(&shared, &mut followed, Step::Resync).await;
                     continue;
                 }
             }
@@ -94,34 +94,59 @@ pub(crate) async fn run(shared: Weak<Shared>, mut queue: UnboundedReceiver<Incom
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        // A panic here (a bug; the hub's sink runs in this task) must not end
-        // the task, which would silently stop this node's deliveries. What it
-        // was doing may be half done (a position advanced past an event not
-        // handed over): every local subscriber recovers from its own offset.
-        let handled = AssertUnwindSafe(handle(&shared, &mut followed, incoming))
-            .catch_unwind()
-            .await;
-        match handled {
-            Ok(disconnected) => resync_pending |= disconnected,
-            Err(_) => {
-                tracing::error!(
-                    "the Redis delivery task panicked; every local subscriber resubscribes"
-                );
-                let resubscribe_all = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    for channel in followed.keys() {
-                        shared.lost_continuity(channel);
-                    }
-                }));
-                if resubscribe_all.is_err() {
-                    tracing::error!("resubscribing after a panic panicked too");
-                }
-            }
-        }
+        resync_pending |= guarded(&shared, &mut followed, Step::Handle(incoming)).await;
         shared
             .followed_channels
             .store(followed.len(), Ordering::Relaxed);
         if resync_pending && queue.is_empty() {
-            resync_pending = !resync(&shared, &mut followed).await;
+            resync_pending = !guarded(&shared, &mut followed, Step::Resync).await;
+        }
+    }
+}
+
+/// One step of the delivery task.
+enum Step {
+    /// Handle an item of the queue.
+    Handle(Incoming),
+    /// Check every followed channel after a pub/sub drop.
+    Resync,
+}
+
+/// Runs `step`: for `Handle`, true when the pub/sub connection dropped; for
+/// `Resync`, true when every channel was checked. A panic (a bug; the hub's
+/// sink runs in this task) must not end the task, which would silently stop
+/// this node's deliveries: what the step was doing may be half done (a
+/// position moved past an event not handed over), so every local subscriber
+/// recovers from its own offset, and the step counts as done.
+async fn guarded(
+    shared: &Shared,
+    followed: &mut HashMap<ChannelName, Followed>,
+    step: Step,
+) -> bool {
+    let resync = matches!(step, Step::Resync);
+    let ran = AssertUnwindSafe(async {
+        match step {
+            Step::Handle(incoming) => handle(shared, followed, incoming).await,
+            Step::Resync => resync_all(shared, followed).await,
+        }
+    })
+    .catch_unwind()
+    .await;
+    match ran {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(
+                "the Redis delivery task panicked; every local subscriber resubscribes"
+            );
+            let resubscribe_all = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                for channel in followed.keys() {
+                    shared.lost_continuity(channel);
+                }
+            }));
+            if resubscribe_all.is_err() {
+                tracing::error!("resubscribing after a panic panicked too");
+            }
+            resync
         }
     }
 }
@@ -278,7 +303,7 @@ fn fills(read: &ChannelRead, epoch: &Arc<str>, after: u64, through: u64) -> bool
 
 /// Brings every followed channel up to date after pub/sub messages may have
 /// been lost; returns false when Redis is still away.
-async fn resync(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) -> bool {
+async fn resync_all(shared: &Shared, followed: &mut HashMap<ChannelName, Followed>) -> bool {
     if shared.link.ping_subscriber().await.is_err() {
         return false;
     }
