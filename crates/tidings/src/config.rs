@@ -527,6 +527,7 @@ impl Config {
         for (name, value) in [
             ("connection.read_buffer_size", c.read_buffer_size),
             ("connection.write_buffer_size", c.write_buffer_size),
+            ("connection.max_message_size", c.max_message_size),
         ] {
             if value > MAX_SOCKET_BUFFER {
                 return Err(invalid(
@@ -685,8 +686,8 @@ pub const MAX_CLIENT_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// readings plus a setting; a bound keeps every such sum representable.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The largest WebSocket read or write buffer: the read buffer is allocated
-/// up front for every connection.
+/// The largest WebSocket read or write buffer (the read buffer is allocated
+/// up front for every connection), and the largest client message.
 pub const MAX_SOCKET_BUFFER: usize = 64 * 1024 * 1024;
 
 /// Refuses `value` over `max`, naming the setting and the bound.
@@ -931,6 +932,15 @@ mod tests {
         assert!(err
             .unwrap_or_default()
             .contains("connection.write_buffer_size"));
+        // It broke every compressed message (the inflate bound is one more).
+        let err = refusal(&|c| c.connection.max_message_size = usize::MAX);
+        assert!(err
+            .unwrap_or_default()
+            .contains("connection.max_message_size: must be at most 67108864 bytes"));
+        assert_eq!(
+            refusal(&|c| c.connection.max_message_size = 64 * 1024 * 1024),
+            None
+        );
     }
 
     #[test]

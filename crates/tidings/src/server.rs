@@ -258,12 +258,15 @@ impl Tidings {
     }
 
     /// Tells every client to reconnect elsewhere (1012) and waits up to `drain`
-    /// for the connections to close.
+    /// for the connections to close (a `drain` too long to count, such as
+    /// `Duration::MAX`, waits until they have), then leaves the cluster.
     pub async fn shutdown(&self, drain: Duration) {
         let hub = &self.state.hub;
         hub.close_all(CloseCode::Restarting);
-        let deadline = tokio::time::Instant::now() + drain;
-        while hub.open_sockets() > 0 && tokio::time::Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now().checked_add(drain);
+        while hub.open_sockets() > 0
+            && deadline.is_none_or(|deadline| tokio::time::Instant::now() < deadline)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.state.cluster.leave().await;

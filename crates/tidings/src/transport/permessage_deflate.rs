@@ -252,7 +252,7 @@ impl Inflation {
         }
         loop {
             if self.output.len() == self.output.capacity() {
-                let room = (max + 1).saturating_sub(self.output.len());
+                let room = max.saturating_add(1).saturating_sub(self.output.len());
                 if room == 0 {
                     return Err(InflateError::TooLarge);
                 }
@@ -789,6 +789,16 @@ mod tests {
             &deflate(b"Hello")[..],
             &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]
         );
+    }
+
+    #[test]
+    fn no_bound_is_too_large_to_inflate_under() {
+        // An embedder's unvalidated `max_message_size = usize::MAX` overflowed
+        // the bound plus one: a panic (debug) or every message refused.
+        let payload = br#"{"type":"publish","data":{"a":1}}"#.repeat(100);
+        let mut message = Inflation::new(1);
+        message.feed(&deflate(&payload), usize::MAX).unwrap();
+        assert!(message.finish(usize::MAX).is_ok());
     }
 
     /// A masked client frame with `first` as its first byte.

@@ -310,6 +310,21 @@ async fn shutdown_answers_waiting_long_polls() {
     shutdown.await.unwrap();
 }
 
+/// An embedder's `shutdown(Duration::MAX)` panicked (a deadline past the
+/// clock's range) after the 1012s, before the node left the cluster.
+#[tokio::test]
+async fn a_drain_too_long_to_count_waits_until_everyone_left() {
+    let server = TestServer::start().await;
+    let mut client = server.connect_user("u1", &[]).await;
+    let tidings = server.tidings.clone();
+    let shutdown = tokio::spawn(async move { tidings.shutdown(Duration::MAX).await });
+    assert_eq!(client.closed(WAIT).await.code, 1012);
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown returned once the client left")
+        .expect("shutdown did not panic");
+}
+
 #[tokio::test]
 async fn shutdown_sends_1012_to_everyone() {
     let server = TestServer::start().await;
