@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tidings::auth::{mint_hs256, MintClaims, TokenVerifier};
+use tidings::config::without_password;
 use tidings::consumers::postgres_outbox::outbox_ddl;
 use tidings::consumers::{is_sql_name, ConsumerKind, ConsumerSet};
 use tidings::Tidings;
@@ -432,107 +433,5 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     {
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => Ok(result?),
-    }
-}
-
-/// `url` (or a comma-separated list of URLs, or a PostgreSQL key-value
-/// string) with any password replaced by `***`.
-fn without_password(url: &str) -> String {
-    if !url.contains("://") {
-        return without_password_parameter(url);
-    }
-    url.split(',')
-        .map(|one| {
-            let one = one.trim();
-            match (one.find("://"), one.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    let credentials = &one[scheme + 3..at];
-                    match credentials.split_once(':') {
-                        Some((user, _)) => {
-                            format!("{}{user}:***{}", &one[..scheme + 3], &one[at..])
-                        }
-                        // A user name alone: nothing to hide.
-                        None => one.to_owned(),
-                    }
-                }
-                _ => one.to_owned(),
-            }
-        })
-        .map(|one| without_password_parameter(&one))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `text` with the value of each `password=` parameter (PostgreSQL's
-/// key-value form, `password='a b'` quoted, or a URL's `?password=`)
-/// replaced by `***`.
-fn without_password_parameter(text: &str) -> String {
-    const KEY: &str = "password=";
-    let mut masked = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(found) = rest.find(KEY) {
-        let starts_parameter = rest[..found]
-            .chars()
-            .next_back()
-            .is_none_or(|c| c.is_whitespace() || c == '?' || c == '&');
-        let value_start = found + KEY.len();
-        masked.push_str(&rest[..value_start]);
-        rest = &rest[value_start..];
-        if !starts_parameter {
-            continue;
-        }
-        let value_end = if let Some(quoted) = rest.strip_prefix('\'') {
-            // Up to the closing quote; `\'` and `\\` are escapes inside.
-            let mut escaped = false;
-            quoted
-                .char_indices()
-                .find(|&(_, c)| {
-                    let closes = c == '\'' && !escaped;
-                    escaped = c == '\\' && !escaped;
-                    closes
-                })
-                .map_or(rest.len(), |(i, _)| i + 2)
-        } else {
-            rest.find(|c: char| c.is_whitespace() || c == '&')
-                .unwrap_or(rest.len())
-        };
-        masked.push_str("***");
-        rest = &rest[value_end..];
-    }
-    masked.push_str(rest);
-    masked
-}
-
-#[cfg(test)]
-mod engine_display_tests {
-    use super::without_password;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            without_password("redis://:s3cret@h:6379/0,rediss://u:p@h2"),
-            "redis://:***@h:6379/0,rediss://u:***@h2"
-        );
-        assert_eq!(without_password("redis://h:6379/0"), "redis://h:6379/0");
-        assert_eq!(
-            without_password("host=db user=x password=kw dbname=app"),
-            "host=db user=x password=*** dbname=app"
-        );
-        assert_eq!(
-            without_password(r"password='a \' b' host=db"),
-            "password=*** host=db"
-        );
-        assert_eq!(
-            without_password("postgres://db/app?sslmode=disable&password=kw"),
-            "postgres://db/app?sslmode=disable&password=***"
-        );
-        assert_eq!(
-            without_password("host=db mypassword=x"),
-            "host=db mypassword=x"
-        );
-        assert_eq!(
-            without_password("postgres://app@db/app"),
-            "postgres://app@db/app"
-        );
     }
 }

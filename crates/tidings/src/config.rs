@@ -5,6 +5,7 @@
 //! `Config::default()` plus a JWT key and an API key is a working server.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,8 +14,9 @@ pub use tidings_auth::JwtSettings;
 
 pub use crate::consumers::{ConsumerConfig, ConsumerKind, MappingConfig, MessageMode, StreamStart};
 
-/// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The whole configuration. `Debug` shows every secret (the API key, the
+/// JWT secret, Redis and PostgreSQL passwords) as `***`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -45,6 +47,27 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Consumers that publish what they read from an event bus (`[[consumers]]`).
     pub consumers: Vec<ConsumerConfig>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("node", &self.node)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("allowed_origins", &self.allowed_origins)
+            .field("console", &self.console)
+            .field("jwt", &self.jwt)
+            .field("connection", &self.connection)
+            .field("api", &self.api)
+            .field("transports", &self.transports)
+            .field("websocket", &self.websocket)
+            .field("engine", &self.engine)
+            .field("builtin_namespaces", &self.builtin_namespaces)
+            .field("namespaces", &self.namespaces)
+            .field("consumers", &self.consumers)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -242,8 +265,8 @@ impl Default for WebSocketSettings {
     }
 }
 
-/// How the engine keeps channel state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// How the engine keeps channel state. `Debug` shows passwords as `***`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSettings {
     /// `memory` (one node) or `redis` (several nodes sharing one Redis).
@@ -288,6 +311,25 @@ impl EngineSettings {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect()
+    }
+}
+
+impl fmt::Debug for EngineSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineSettings")
+            .field("kind", &self.kind)
+            .field("redis_url", &without_password(&self.redis_url))
+            .field(
+                "redis_password",
+                &self.redis_password.as_ref().map(|_| "***"),
+            )
+            .field("redis_cluster", &self.redis_cluster)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("node_ttl", &self.node_ttl)
+            .field("position_ttl", &self.position_ttl)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish()
     }
 }
 
@@ -1020,5 +1062,136 @@ mod tests {
         assert!(err.contains("node"), "{err}");
         let err = check(&|c| c.api.max_broadcast_channels = 0).unwrap();
         assert!(err.contains("api.max_broadcast_channels"), "{err}");
+    }
+}
+
+/// `url` (or a comma-separated list of URLs, or a PostgreSQL key-value
+/// string) with any password replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    if !url.contains("://") {
+        return without_password_parameter(url);
+    }
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            match (one.find("://"), one.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let credentials = &one[scheme + 3..at];
+                    match credentials.split_once(':') {
+                        Some((user, _)) => {
+                            format!("{}{user}:***{}", &one[..scheme + 3], &one[at..])
+                        }
+                        // A user name alone: nothing to hide.
+                        None => one.to_owned(),
+                    }
+                }
+                _ => one.to_owned(),
+            }
+        })
+        .map(|one| without_password_parameter(&one))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `text` with the value of each `password=` parameter (PostgreSQL's
+/// key-value form, `password='a b'` quoted, or a URL's `?password=`)
+/// replaced by `***`.
+fn without_password_parameter(text: &str) -> String {
+    const KEY: &str = "password=";
+    let mut masked = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.find(KEY) {
+        let starts_parameter = rest[..found]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || c == '?' || c == '&');
+        let value_start = found + KEY.len();
+        masked.push_str(&rest[..value_start]);
+        rest = &rest[value_start..];
+        if !starts_parameter {
+            continue;
+        }
+        let value_end = if let Some(quoted) = rest.strip_prefix('\'') {
+            // Up to the closing quote; `\'` and `\\` are escapes inside.
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(rest.len(), |(i, _)| i + 2)
+        } else {
+            rest.find(|c: char| c.is_whitespace() || c == '&')
+                .unwrap_or(rest.len())
+        };
+        masked.push_str("***");
+        rest = &rest[value_end..];
+    }
+    masked.push_str(rest);
+    masked
+}
+
+#[cfg(test)]
+mod password_masking_tests {
+    use super::{without_password, Config};
+    use crate::consumers::{ConsumerConfig, ConsumerKind};
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut config = Config {
+            api_key: Some("api-key-secret-0123456789".into()),
+            ..Config::default()
+        };
+        config.jwt.secret = Some("jwt-secret-0123456789".into());
+        config.engine.redis_url = "redis://:redis-secret@h:6379/0".into();
+        config.engine.redis_password = Some("other-redis-secret".into());
+        config.consumers = vec![
+            ConsumerConfig {
+                redis_url: Some("redis://u:stream-secret@h/0".into()),
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                kind: ConsumerKind::PostgresOutbox,
+                postgres_url: Some("host=db password=pg-secret".into()),
+                ..ConsumerConfig::default()
+            },
+        ];
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("-secret"), "{shown}");
+        assert!(shown.contains("api_key: Some(\"***\")"), "{shown}");
+        assert!(shown.contains("redis://:***@h:6379/0"), "{shown}");
+        assert!(shown.contains("host=db password=***"), "{shown}");
+        assert!(shown.contains("redis_prefix"), "{shown}");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            without_password("redis://:s3cret@h:6379/0,rediss://u:p@h2"),
+            "redis://:***@h:6379/0,rediss://u:***@h2"
+        );
+        assert_eq!(without_password("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            without_password("host=db user=x password=kw dbname=app"),
+            "host=db user=x password=*** dbname=app"
+        );
+        assert_eq!(
+            without_password(r"password='a \' b' host=db"),
+            "password=*** host=db"
+        );
+        assert_eq!(
+            without_password("postgres://db/app?sslmode=disable&password=kw"),
+            "postgres://db/app?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            without_password("host=db mypassword=x"),
+            "host=db mypassword=x"
+        );
+        assert_eq!(
+            without_password("postgres://app@db/app"),
+            "postgres://app@db/app"
+        );
     }
 }

@@ -31,5 +31,5 @@ pub mod server;
 pub mod transport;
 
 pub use publisher::{PublishError, PublishRequest, Published, Publisher};
-pub use server::Tidings;
+pub use server::{ChannelError, Tidings};
 pub use tidings_auth as auth;

@@ -65,6 +65,18 @@ impl ServerState {
     }
 }
 
+/// Why a channel operation of [`Tidings`] (presence, history, unsubscribe)
+/// failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// No namespace defines the channel (`unknown_channel` on the server API).
+    #[error("unknown channel {0}")]
+    UnknownChannel(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
 /// A Tidings server: mount [`Tidings::router`] in an axum app (or call
 /// [`Tidings::serve`]) and publish with [`Tidings::publish`].
 #[derive(Clone)]
@@ -98,7 +110,9 @@ impl Tidings {
         Self::with_engine(config, engine)
     }
 
-    /// A server on the given engine.
+    /// A server on the given engine. The node's name is `config.node`, else
+    /// the one the engine was made with (`Engine::memory(settings, name)`),
+    /// else a generated one.
     pub fn with_engine(config: Config, engine: Engine) -> Result<Self, ConfigError> {
         let Engine {
             broker,
@@ -127,6 +141,7 @@ impl Tidings {
         let node = config
             .node
             .clone()
+            .or_else(|| cluster.node_name().map(str::to_owned))
             .unwrap_or_else(|| format!("n_{}", &ulid::Ulid::generate().to_string()[16..]));
         cluster.attach(Arc::new(HubControl(Arc::downgrade(&hub))));
         let api_key = config.api_key.clone().map(ApiKey::new);
@@ -214,36 +229,52 @@ impl Tidings {
 
     /// Ends `user`'s subscriptions to `channel` on every node (each
     /// connection gets an `unsubscribed` push with `reason`), as
-    /// `POST /api/unsubscribe` does; returns how many this node ended.
+    /// `POST /api/unsubscribe` does; returns how many this node ended. A
+    /// channel no namespace defines is [`ChannelError::UnknownChannel`].
     pub async fn unsubscribe_user(
         &self,
         user: &str,
         channel: &ChannelName,
         reason: &str,
-    ) -> Result<usize, EngineError> {
-        self.state
+    ) -> Result<usize, ChannelError> {
+        self.known(channel)?;
+        Ok(self
+            .state
             .cluster
             .unsubscribe_user(user, channel, reason)
-            .await
+            .await?)
     }
 
     /// Who is on `channel`, on every node, as `GET /api/presence` lists them.
+    /// A channel no namespace defines is [`ChannelError::UnknownChannel`].
     pub async fn presence(
         &self,
         channel: &ChannelName,
-    ) -> Result<Vec<PresenceMember>, EngineError> {
-        self.state.presence.members(channel).await
+    ) -> Result<Vec<PresenceMember>, ChannelError> {
+        self.known(channel)?;
+        Ok(self.state.presence.members(channel).await?)
     }
 
     /// A page of `channel`'s history with its current position, as
     /// `GET /api/history` reads it (every event: audience and exclusion do
-    /// not apply).
+    /// not apply). A channel no namespace defines is
+    /// [`ChannelError::UnknownChannel`].
     pub async fn history(
         &self,
         channel: &ChannelName,
         query: &HistoryQuery,
-    ) -> Result<HistoryPage, EngineError> {
-        self.state.hub.broker().history(channel, query).await
+    ) -> Result<HistoryPage, ChannelError> {
+        self.known(channel)?;
+        Ok(self.state.hub.broker().history(channel, query).await?)
+    }
+
+    /// Refuses a channel no namespace defines, as the server API does (404
+    /// `unknown_channel` there): not an empty answer that hides a typo.
+    fn known(&self, channel: &ChannelName) -> Result<(), ChannelError> {
+        match self.state.access.namespace(channel) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ChannelError::UnknownChannel(channel.to_string())),
+        }
     }
 
     /// Every live node of the cluster, this one first, as `GET /api/info`

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{at_most_problem, NamespaceConfig, MAX_DURATION};
+use crate::config::{at_most_problem, without_password, NamespaceConfig, MAX_DURATION};
 use crate::metrics::ConsumerMetrics;
 use crate::protocol::ChannelName;
 use crate::Tidings;
@@ -131,8 +131,8 @@ pub struct MappingConfig {
     pub audience: Option<String>,
 }
 
-/// One `[[consumers]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One `[[consumers]]` entry. `Debug` shows passwords in its URLs as `***`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// Name, unique among the consumers: the metric label and log field.
@@ -201,6 +201,42 @@ pub struct ConsumerConfig {
     /// postgres_outbox: delete published rows instead of setting `processed_at`
     /// (dead-lettered rows are always kept).
     pub delete_published: bool,
+}
+
+impl std::fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("enabled", &self.enabled)
+            .field("mode", &self.mode)
+            .field("mapping", &self.mapping)
+            .field("events", &self.events)
+            .field("idempotency_window", &self.idempotency_window)
+            .field("max_retry_backoff", &self.max_retry_backoff)
+            .field("lag_warning", &self.lag_warning)
+            .field("batch_size", &self.batch_size)
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(without_password),
+            )
+            .field("streams", &self.streams)
+            .field("group", &self.group)
+            .field("start", &self.start)
+            .field("message_field", &self.message_field)
+            .field("block", &self.block)
+            .field("claim_idle", &self.claim_idle)
+            .field("dead_letter_stream", &self.dead_letter_stream)
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_deref().map(without_password),
+            )
+            .field("table", &self.table)
+            .field("notify_channel", &self.notify_channel)
+            .field("poll_interval", &self.poll_interval)
+            .field("delete_published", &self.delete_published)
+            .finish()
+    }
 }
 
 impl Default for ConsumerConfig {

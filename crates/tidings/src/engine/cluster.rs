@@ -53,6 +53,12 @@ pub struct EngineStatus {
 pub trait Cluster: Send + Sync + 'static {
     /// Registers what this node does on a control action. Called once.
     fn attach(&self, handler: Arc<dyn ControlHandler>);
+    /// The name this node goes by in the node list, when the engine was
+    /// given one: [`crate::Tidings::with_engine`] uses it when `config.node`
+    /// is unset, so clients and the cluster see one name.
+    fn node_name(&self) -> Option<&str> {
+        None
+    }
     /// Closes `user`'s connections on every node; returns how many this node
     /// closed (other nodes act on their own).
     async fn disconnect_user(
@@ -111,6 +117,10 @@ pub(crate) fn local_node(name: &str, started: Instant, connections: usize) -> No
 impl Cluster for LocalCluster {
     fn attach(&self, handler: Arc<dyn ControlHandler>) {
         let _ = self.handler.set(handler);
+    }
+
+    fn node_name(&self) -> Option<&str> {
+        Some(&self.name)
     }
 
     async fn disconnect_user(

@@ -632,6 +632,29 @@ async fn an_embedding_backend_reads_presence_and_history_and_ends_connections() 
     assert_eq!(push["channel"], "workspace:acme");
     assert_eq!(push["reason"], "moved out");
 
+    // A channel no namespace defines is refused, as the API's 404 does, not
+    // read as an empty one (a typo would look like "nobody there").
+    let unknown = ChannelName::parse("nope:x").unwrap();
+    let query = HistoryQuery {
+        after: None,
+        limit: None,
+        newest_first: false,
+    };
+    assert!(matches!(
+        tidings.history(&unknown, &query).await,
+        Err(tidings::ChannelError::UnknownChannel(name)) if name == "nope:x"
+    ));
+    assert!(matches!(
+        tidings.presence(&unknown).await,
+        Err(tidings::ChannelError::UnknownChannel(_))
+    ));
+    assert!(matches!(
+        tidings.unsubscribe_user("u1", &unknown, "typo").await,
+        Err(tidings::ChannelError::UnknownChannel(_))
+    ));
+    let too_long = ChannelName::parse("user:u1:x").unwrap();
+    assert!(tidings.presence(&too_long).await.is_err());
+
     let closed = tidings
         .disconnect_user("u2", CloseCode::DisconnectedByApi, Some("bye".into()))
         .await
@@ -691,4 +714,21 @@ async fn an_embedding_backend_broadcasts_and_publishes_entity_changes_from_json(
     );
     assert_eq!(events[3]["meta"]["entity"]["id"], "app123");
     assert_eq!(events[3]["meta"]["actor"], "u7");
+}
+
+/// A server built on an engine of the embedder's own goes by the engine's
+/// node name when `config.node` is unset: clients and the node list saw two
+/// different names.
+#[tokio::test]
+async fn a_server_on_an_engine_goes_by_the_engines_node_name() {
+    let engine =
+        tidings::engine::Engine::memory(&tidings::config::EngineSettings::default(), "engine-node");
+    let tidings = tidings::Tidings::with_engine(base_config(), engine).unwrap();
+    let server = TestServer::with_tidings(tidings).await;
+    let client = server.connect_user("u1", &[]).await;
+    assert_eq!(client.connected.unwrap()["node"], "engine-node");
+    let nodes = server.tidings.nodes().await.unwrap();
+    assert_eq!(nodes[0].name, "engine-node");
+    let (_, health) = server.api_get("/health").await;
+    assert_eq!(health["node"], "engine-node");
 }

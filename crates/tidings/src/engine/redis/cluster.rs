@@ -114,6 +114,10 @@ impl Cluster for RedisCluster {
         let _ = self.shared.control.set(handler);
     }
 
+    fn node_name(&self) -> Option<&str> {
+        Some(&self.shared.link.name)
+    }
+
     async fn disconnect_user(
         &self,
         user: &str,
