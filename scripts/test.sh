@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 step "Clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Rustdoc of the library (broken or private links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked -p tidings -p tidings-auth --no-deps
+
 step "Build the server binary used by the process, bench and SDK tests"
 cargo build --locked -p tidings-server
 

@@ -217,7 +217,9 @@ impl Tidings {
 
     /// Closes `user`'s connections on every node with `code` and `reason`
     /// (each code's default reason when `None`), as `POST /api/disconnect`
-    /// does; returns how many this node closed.
+    /// does; returns how many this node closed. Any code is sent, where the
+    /// route takes only the 4xxx ones: `CloseCode::Restarting` (1012) tells
+    /// the clients to reconnect, as a restart does.
     pub async fn disconnect_user(
         &self,
         user: &str,

@@ -290,7 +290,7 @@ impl Broker for MemoryBroker {
 
     /// One channel at a time, without a future per channel (placing never
     /// waits here), yielding to the runtime between runs of
-    /// [`PLACEMENTS_PER_YIELD`] so a broadcast to many channels does not hold
+    /// `PLACEMENTS_PER_YIELD` so a broadcast to many channels does not hold
     /// up the connections it delivers to.
     async fn publish_many(
         &self,

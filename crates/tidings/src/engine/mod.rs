@@ -319,7 +319,7 @@ impl Publication {
     /// `"<name>",<data>,{"channel","offset","id","ts"[,"meta"]}`, formatted
     /// once from the envelope and shared by every Socket.IO socket. A name
     /// Socket.IO or Tidings keeps for itself goes out as
-    /// `"tidings:event","<name>",…` (see [`socketio_name_is_reserved`]).
+    /// `"tidings:event","<name>",…` (see `socketio_name_is_reserved`).
     pub fn socketio_args(&self) -> &Utf8Bytes {
         self.socketio_args.get_or_init(|| {
             #[derive(serde::Deserialize)]

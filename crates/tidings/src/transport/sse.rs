@@ -1,7 +1,7 @@
 //! Server-Sent Events at `GET /sse?channel=a&channel=b` (contract §7).
 //!
 //! A stream is a hub connection like a WebSocket, with the same subscribe and
-//! recovery procedure ([`Subscriptions`]); its body is produced lazily, so a
+//! recovery procedure (`Subscriptions`); its body is produced lazily, so a
 //! stream costs no task of its own and hyper's write readiness is the
 //! backpressure. Each event's `event:`/`data:` bytes come pre-formatted from the
 //! [`Publication`]; only the `id:` line (the resume token) is per stream.

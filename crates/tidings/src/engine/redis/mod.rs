@@ -6,11 +6,11 @@
 //!   the next offset, appends to the channel's history stream, records the
 //!   idempotency key and publishes the encoded envelope to the other nodes.
 //! - A node subscribes to a channel's pub/sub channel while it has local
-//!   subscribers; [`receiver`] hands the hub each channel's events in offset
+//!   subscribers; `receiver` hands the hub each channel's events in offset
 //!   order and fills or reports every gap.
 //! - Presence entries carry the node that holds them; a node's heartbeat lists
 //!   it as alive, and the entries of a node that stopped heart-beating are
-//!   removed by the survivors ([`cluster`]).
+//!   removed by the survivors (`cluster`).
 
 mod broker;
 pub(crate) mod cluster;

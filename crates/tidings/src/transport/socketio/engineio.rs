@@ -3,7 +3,7 @@
 //! WebSocket, the polling→WebSocket upgrade (`2probe`/`3probe`/`5`), ping/pong
 //! at the configured interval and `maxPayload`.
 //!
-//! One task per session ([`drive`]) owns the Socket.IO side ([`App`]) and the
+//! One task per session (`drive`) owns the Socket.IO side ([`App`]) and the
 //! heartbeat; the transports only move packets. Packets for the client wait in
 //! the session's bounded outbox, which the current transport drains; while it
 //! is full the task stops taking events from the hub, so a client that stops

@@ -1,6 +1,6 @@
 //! Socket.IO v4 clients (socket.io-client 4.x, unchanged) on the hub: Engine.IO
 //! v4 sessions ([`engineio`]), Socket.IO v5 packets ([`packet`]), and the
-//! mapping of a Socket.IO socket onto a hub connection ([`hub_socket`]): the
+//! mapping of a Socket.IO socket onto a hub connection (`hub_socket`): the
 //! same subscribe, recovery, access, limits and metrics as `/ws`.
 //!
 //! A conformance endpoint ([`conformance_router`]) serves the same Engine.IO
