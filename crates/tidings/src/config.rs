@@ -19,7 +19,8 @@ pub use crate::consumers::{ConsumerConfig, ConsumerKind, MappingConfig, MessageM
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on.
+    /// Address to listen on (the binary's; an application that embeds the
+    /// router binds its own listener).
     pub listen: SocketAddr,
     /// This node's id, sent in `connected`; random when unset.
     pub node: Option<String>,
@@ -619,6 +620,14 @@ impl Config {
                 "must be a path like /socket.io/ (letters, digits, `/`, `-`, `_`, `.`)",
             ));
         }
+        // One of Tidings' own routes there would be silently shadowed.
+        let bare = path.trim_end_matches('/');
+        if OWN_ROUTES.contains(&bare) || bare.starts_with("/api/") || bare == "/api" {
+            return Err(invalid(
+                "transports.socketio_path",
+                format!("{path} is one of Tidings' own endpoints"),
+            ));
+        }
         if let Some(key) = &self.api_key {
             if key.len() < 16 {
                 return Err(invalid("api_key", "must be at least 16 bytes"));
@@ -723,6 +732,9 @@ impl Config {
 /// clients time the heartbeat and the SSE retry with timers that hold about
 /// 24.8 days in browsers, and a day is already far beyond any sensible value.
 pub const MAX_CLIENT_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The paths Tidings serves besides `/socket.io/` and the server API's `/api/…`.
+const OWN_ROUTES: [&str; 6] = ["/ws", "/sse", "/events", "/request", "/health", "/metrics"];
 
 /// The longest any other duration setting may be. Deadlines are clock
 /// readings plus a setting; a bound keeps every such sum representable.
@@ -983,6 +995,32 @@ mod tests {
             refusal(&|c| c.connection.max_message_size = 64 * 1024 * 1024),
             None
         );
+    }
+
+    #[test]
+    fn the_socketio_path_is_not_one_of_the_servers_own() {
+        let check = |path: &str| {
+            let mut config = Config::default();
+            config.transports.socketio_path = path.into();
+            config.validate().err().map(|e| e.to_string())
+        };
+        for own in [
+            "/health",
+            "/ws/",
+            "/api/",
+            "/api/publish",
+            "/events",
+            "/sse",
+        ] {
+            let err = check(own).unwrap_or_default();
+            assert!(
+                err.contains("transports.socketio_path") && err.contains("own endpoints"),
+                "{own}: {err}"
+            );
+        }
+        for fine in ["/socket.io/", "/rt/socket.io/", "/wsx/", "/apix/"] {
+            assert_eq!(check(fine), None, "{fine}");
+        }
     }
 
     #[test]
