@@ -389,11 +389,18 @@ impl Tidings {
         let _ = stop.send(true);
         drop(open);
         tracing::info!("shutting down: closing connections with 1012");
-        self.shutdown(self.state.config.connection.shutdown_drain)
-            .await;
-        // The HTTP side only waits on plain requests; upgraded sockets are
-        // already drained above, so stop waiting after a short grace.
-        let _ = tokio::time::timeout(Duration::from_secs(1), all_closed.recv()).await;
+        let drain = self.state.config.connection.shutdown_drain;
+        let drain_ends = tokio::time::Instant::now().checked_add(drain);
+        self.shutdown(drain).await;
+        // The HTTP side only waits on plain requests (an idle keep-alive
+        // connection lingers until its client closes it); upgraded sockets
+        // are already drained above. A short grace, within the drain: an
+        // orchestrator waits `shutdown_drain` before it kills the process.
+        let left = drain_ends.map_or(Duration::MAX, |ends| {
+            ends.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let grace = Duration::from_secs(1).min(left);
+        let _ = tokio::time::timeout(grace, all_closed.recv()).await;
         Ok(())
     }
 }

@@ -350,3 +350,46 @@ async fn shutdown_sends_1012_to_everyone() {
     );
     assert_eq!(server.tidings.state().hub.connection_count(), 0);
 }
+
+/// `serve` ends within `shutdown_drain` of its signal even when an idle
+/// keep-alive connection (a proxy's pool) and a WebSocket that never answers
+/// the Close frame are both open: it used to add a second for the idle one.
+#[tokio::test]
+async fn serve_returns_within_the_drain_with_an_idle_keep_alive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = base_config();
+    config.connection.shutdown_drain = Duration::from_millis(1000);
+    let tidings = tidings::Tidings::new(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (fire, signal) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(tidings.clone().serve(listener, async move {
+        let _ = signal.await;
+    }));
+
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let read = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    // Connected, then never read again: the Close frame is never answered.
+    let url = format!("ws://{addr}/ws?token={}", token("u1", &[], &[]));
+    let (_deaf, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while tidings.state().hub.connection_count() == 0 {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let started = Instant::now();
+    fire.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1400),
+        "serve took {took:?} for a 1 s drain"
+    );
+}
