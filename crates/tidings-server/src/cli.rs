@@ -138,6 +138,43 @@ fn never_logs_message_bodies(meta: &tracing::Metadata<'_>) -> bool {
     !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("tungstenite"))
 }
 
+/// The text format's fields with control characters escaped (`\n` as the two
+/// characters `\` `n`): a value that comes from a client (a token's `sub`, a
+/// consumed message echoed in a dead-letter reason) must not start a line of
+/// its own, which would read as another log entry. JSON escapes them itself.
+fn one_line_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let shown = format!("{value:?}");
+        let text = escape_controls(&shown);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
+}
+
+/// `text` with every control character written as an escape.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => escaped.push(c),
+        }
+    }
+    escaped.into()
+}
+
 fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -152,7 +189,7 @@ fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
         // Colour codes only for a person at a terminal, never into a file or a pipe.
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Text => registry.with(layer.fmt_fields(one_line_fields())).init(),
         LogFormat::Json => registry
             .with(layer.json().flatten_event(true).with_current_span(true))
             .init(),
@@ -433,5 +470,52 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     {
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => Ok(result?),
+    }
+}
+
+#[cfg(test)]
+mod one_line_log_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::one_line_fields;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_value_with_a_line_break_stays_on_its_line() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(one_line_fields())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            // A token's `sub` and a consumed message's text reach the log.
+            let span = tracing::info_span!("conn", user = %"evil\nERROR forged: admin");
+            let _entered = span.enter();
+            tracing::warn!(reason = %"bad\r\nERROR forged", count = 2, "dead-lettered\u{1b}[2J");
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains(r"conn{user=evil\nERROR forged: admin}"),
+            "{log}"
+        );
+        assert!(
+            log.contains(r"dead-lettered\u{1b}[2J reason=bad\r\nERROR forged count=2"),
+            "{log}"
+        );
     }
 }
