@@ -309,15 +309,27 @@ impl Hub {
 
     /// Adds `connection` to `channel`'s subscribers; from now on it receives the
     /// channel's events (and its presence pushes when `sees_presence`).
+    ///
+    /// Safe to cancel (a client that goes away mid-subscribe drops the
+    /// request's future): the connection is added only once it is complete,
+    /// and a node subscription cut short is undone.
     pub async fn add_subscription(
-        &self,
+        self: &Arc<Self>,
         channel: &ChannelName,
         connection: &Arc<Connection>,
         sees_presence: bool,
     ) -> Result<(), EngineError> {
         let _guard = self.interest_lock(channel).lock().await;
         if !self.subscribers.contains_key(channel) {
-            self.broker.subscribe_node(channel).await?;
+            // Left followed by the broker with no subscriber here, a channel
+            // would be kept alive (and, on Redis, its events buffered) forever.
+            let undo = UndoNodeSubscribe {
+                hub: Arc::downgrade(self),
+                channel: Some(channel.clone()),
+            };
+            let subscribed = self.broker.subscribe_node(channel).await;
+            undo.disarm();
+            subscribed?;
         }
         self.subscribers.entry(channel.clone()).or_default().insert(
             connection.key,
@@ -522,6 +534,37 @@ impl Hub {
     /// The broker feeding this hub.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
+    }
+}
+
+/// Undoes a node subscription whose future was dropped before it completed:
+/// unsubscribes the node from the channel unless a subscriber arrived since.
+struct UndoNodeSubscribe {
+    hub: std::sync::Weak<Hub>,
+    channel: Option<ChannelName>,
+}
+
+impl UndoNodeSubscribe {
+    fn disarm(mut self) {
+        self.channel = None;
+    }
+}
+
+impl Drop for UndoNodeSubscribe {
+    fn drop(&mut self) {
+        let (Some(channel), Some(hub)) = (self.channel.take(), self.hub.upgrade()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _guard = hub.interest_lock(&channel).lock().await;
+                if !hub.subscribers.contains_key(&channel) {
+                    if let Err(err) = hub.broker.unsubscribe_node(&channel).await {
+                        tracing::warn!(%channel, error = %err, "broker unsubscribe failed");
+                    }
+                }
+            });
+        }
     }
 }
 

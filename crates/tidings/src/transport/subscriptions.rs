@@ -247,10 +247,23 @@ impl Subscriptions {
         let recoverable =
             namespace.config.history_size > 0 && !namespace.config.history_ttl.is_zero();
         let hub = &state.hub;
+        // Listed before the hub takes the connection in: a subscribe cut
+        // short (an SSE client that went away, whose stream is dropped
+        // mid-subscribe) is then undone by `close` like any other. The
+        // channel's position replaces this one below.
+        self.channels.insert(
+            channel.clone(),
+            Subscription {
+                epoch: Arc::from(""),
+                offset: 0,
+                presence: false,
+            },
+        );
         if let Err(err) = hub
             .add_subscription(&channel, connection, sees_presence)
             .await
         {
+            self.channels.remove(&channel);
             tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
             return Err(Refusal::engine_unavailable());
         }
@@ -261,6 +274,7 @@ impl Subscriptions {
         let page = match hub.broker().history(&channel, &query).await {
             Ok(page) => page,
             Err(err) => {
+                self.channels.remove(&channel);
                 hub.remove_subscription(&channel, connection).await;
                 tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
                 return Err(Refusal::engine_unavailable());
@@ -278,14 +292,13 @@ impl Subscriptions {
                 .collect(),
             _ => Vec::new(),
         };
-        self.channels.insert(
-            channel.clone(),
-            Subscription {
+        if let Some(subscription) = self.channels.get_mut(&channel) {
+            *subscription = Subscription {
                 epoch: page.position.epoch.clone(),
                 offset: page.position.offset,
                 presence: tracks_presence,
-            },
-        );
+            };
+        }
         if tracks_presence {
             let me = ClientPresence {
                 client: connection.client_id.clone(),

@@ -60,8 +60,18 @@ enum ChannelMessage {
 struct Followed {
     /// `None` until the baseline arrives.
     position: Option<(Arc<str>, u64)>,
+    /// Events that came before the baseline, at most [`MAX_WAITING`] (none
+    /// once overflowed).
     waiting: Vec<Arc<Publication>>,
+    /// Events were dropped from `waiting`: the subscribers resubscribe once
+    /// the baseline arrives.
+    overflowed: bool,
 }
+
+/// Events kept for a channel whose baseline has not arrived (it comes one
+/// Redis round trip after the subscription). A bound, so that a channel whose
+/// baseline never comes cannot hold every event published to it.
+const MAX_WAITING: usize = 4096;
 
 /// How long to wait before checking the channels again while Redis is away.
 const RESYNC_RETRY: Duration = Duration::from_millis(250);
@@ -165,6 +175,7 @@ async fn handle(
                 Followed {
                     position: None,
                     waiting: Vec::new(),
+                    overflowed: false,
                 },
             );
         }
@@ -177,6 +188,11 @@ async fn handle(
                 return false;
             };
             state.position = Some((epoch, top));
+            if std::mem::take(&mut state.overflowed) {
+                state.waiting = Vec::new();
+                shared.lost_continuity(&channel);
+                return false;
+            }
             for publication in std::mem::take(&mut state.waiting) {
                 on_event(shared, followed, publication).await;
             }
@@ -253,7 +269,16 @@ async fn on_event(
         return;
     };
     let Some((epoch, last)) = state.position.clone() else {
-        state.waiting.push(publication);
+        if state.overflowed {
+            return;
+        }
+        if state.waiting.len() < MAX_WAITING {
+            state.waiting.push(publication);
+        } else {
+            tracing::warn!(channel = %publication.channel, "events before the channel's baseline overflowed: its subscribers will resubscribe");
+            state.waiting = Vec::new();
+            state.overflowed = true;
+        }
         return;
     };
     if epoch != publication.epoch {

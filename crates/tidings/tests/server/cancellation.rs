@@ -1,0 +1,196 @@
+//! A client that goes away mid-subscribe drops its request's future at an
+//! await (an SSE stream still opening, a long poll joining its channel). What
+//! the subscribe had done by then must be undone: a connection left among a
+//! channel's subscribers, or a channel the node follows with nobody on it,
+//! would stay until the node stops (and, on Redis, buffer its events).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use tidings::config::EngineSettings;
+use tidings::engine::{
+    Broker, ChannelPosition, Engine, EngineError, EventSink, HistoryPage, HistoryQuery, NewEvent,
+    PublishOptions, PublishOutcome,
+};
+use tidings::protocol::ChannelName;
+use tidings::Tidings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// The in-memory broker, except that subscribing the node to a channel ending
+/// in `:stall-node`, or reading the history of one ending in
+/// `:stall-history`, never completes; it records the node's unsubscribes.
+struct StallingBroker {
+    inner: Arc<dyn Broker>,
+    unsubscribed: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Broker for StallingBroker {
+    fn attach(&self, sink: Arc<dyn EventSink>) {
+        self.inner.attach(sink);
+    }
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        event: NewEvent,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError> {
+        self.inner.publish(channel, event, options).await
+    }
+    async fn publish_presence(
+        &self,
+        channel: &ChannelName,
+        text: Utf8Bytes,
+    ) -> Result<(), EngineError> {
+        self.inner.publish_presence(channel, text).await
+    }
+    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        if channel.as_str().ends_with(":stall-node") {
+            std::future::pending::<()>().await;
+        }
+        self.inner.subscribe_node(channel).await
+    }
+    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.unsubscribed
+            .lock()
+            .unwrap()
+            .push(channel.as_str().to_owned());
+        self.inner.unsubscribe_node(channel).await
+    }
+    async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
+        self.inner.position(channel).await
+    }
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        if channel.as_str().ends_with(":stall-history") {
+            std::future::pending::<()>().await;
+        }
+        self.inner.history(channel, query).await
+    }
+    fn channel_count(&self) -> usize {
+        self.inner.channel_count()
+    }
+}
+
+async fn stalling_server() -> (TestServer, Arc<StallingBroker>) {
+    let mut engine = Engine::memory(&EngineSettings::default(), "stalling");
+    let broker = Arc::new(StallingBroker {
+        inner: engine.broker,
+        unsubscribed: Mutex::new(Vec::new()),
+    });
+    engine.broker = broker.clone();
+    let tidings = Tidings::with_engine(base_config(), engine).expect("valid test config");
+    (TestServer::with_tidings(tidings).await, broker)
+}
+
+/// Sends `GET path` and its headers, reads the response's head, and gives
+/// the socket back (its body still to come).
+async fn request_head(server: &TestServer, path: &str) -> tokio::net::TcpStream {
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(WAIT, socket.read(&mut byte))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert_eq!(read, 1, "closed before the head: {head:?}");
+        head.push(byte[0]);
+    }
+    socket
+}
+
+/// Resets `socket` (RST, as a browser tab that is killed).
+fn reset(socket: tokio::net::TcpStream) {
+    let socket = socket.into_std().unwrap();
+    socket2::SockRef::from(&socket)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(socket);
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_sse_stream_dropped_while_its_node_subscribes_leaves_no_followed_channel() {
+    let (server, broker) = stalling_server().await;
+    let token = token("u1", &["acme"], &[]);
+    let path = format!("/sse?channel=workspace:acme:stall-node&token={token}");
+    let socket = request_head(&server, &path).await;
+    // The stream's body is subscribing the node (never completing) now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reset(socket);
+    until(
+        "the node never unsubscribed the channel it began to follow",
+        || {
+            broker
+                .unsubscribed
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|c| c == "workspace:acme:stall-node")
+        },
+    )
+    .await;
+    server
+        .wait_for_metric("tidings_sse_streams", WAIT, |n| n == 0.0)
+        .await;
+    assert_eq!(server.metric("tidings_subscriptions").await, 0.0);
+}
+
+#[tokio::test]
+async fn an_sse_stream_dropped_while_reading_history_leaves_no_subscriber() {
+    let (server, _broker) = stalling_server().await;
+    let token = token("u1", &["acme"], &[]);
+    let path = format!("/sse?channel=workspace:acme:stall-history&token={token}");
+    let socket = request_head(&server, &path).await;
+    // Taken in by the hub, then stuck reading history.
+    server
+        .wait_for_metric("tidings_subscriptions", WAIT, |n| n == 1.0)
+        .await;
+    reset(socket);
+    server
+        .wait_for_metric("tidings_subscriptions", WAIT, |n| n == 0.0)
+        .await;
+    assert_eq!(server.metric("tidings_channels").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_long_poll_dropped_while_its_node_subscribes_leaves_no_followed_channel() {
+    let (server, broker) = stalling_server().await;
+    let token = token("u1", &["acme"], &[]);
+    let path = format!("/events?channel=workspace:acme:stall-node&wait=30&token={token}");
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reset(socket);
+    until(
+        "the node never unsubscribed the channel it began to follow",
+        || {
+            broker
+                .unsubscribed
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|c| c == "workspace:acme:stall-node")
+        },
+    )
+    .await;
+    assert_eq!(server.metric("tidings_subscriptions").await, 0.0);
+}
