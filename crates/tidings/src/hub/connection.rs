@@ -95,9 +95,17 @@ pub struct CloseRequest {
 struct QueueState {
     items: VecDeque<Outbound>,
     bytes: usize,
+    /// `Outbound::Control` items among `items`, at most [`MAX_CONTROLS`].
+    controls: usize,
     /// Set once the transport task is gone; later pushes are dropped.
     closed: bool,
 }
+
+/// Requests from `POST /request` waiting in one queue. They are not dropped
+/// like events (a refresh must not be lost) but refused past this bound: a
+/// stream that stopped reading would otherwise hold every refresh (each with
+/// its token's claims) sent for it until the kernel ends it.
+pub const MAX_CONTROLS: usize = 16;
 
 /// Queues that grew during a burst give their memory back once drained.
 const KEEP_CAPACITY: usize = 16;
@@ -138,7 +146,8 @@ pub enum PushOutcome {
     /// Audience or exclusion filtered it out.
     Filtered,
     /// The queue is full: this push asked the connection to close with
-    /// 4002 (once per connection; a later push finds it `Closed`).
+    /// 4002 (once per connection; a later push finds it `Closed`). For a
+    /// control request: refused, and nothing is closed.
     Overflow,
     /// The connection is gone, or asked to close.
     Closed,
@@ -217,9 +226,16 @@ impl Connection {
         self.enqueue(Outbound::Unsubscribed(Box::new(notice)), false);
     }
 
-    /// Queues a request from `POST /request` for the transport task.
-    pub fn push_control(&self, request: ControlRequest) -> bool {
-        self.enqueue(Outbound::Control(Box::new(request)), false) == PushOutcome::Queued
+    /// Queues a request from `POST /request` for the transport task:
+    /// `Overflow` when [`MAX_CONTROLS`] are waiting already (nothing is closed).
+    pub fn push_control(&self, request: ControlRequest) -> PushOutcome {
+        {
+            let queue = lock(&self.queue);
+            if !queue.closed && queue.controls >= MAX_CONTROLS {
+                return PushOutcome::Overflow;
+            }
+        }
+        self.enqueue(Outbound::Control(Box::new(request)), false)
     }
 
     /// Queues a presence push. Subject to the same bounds as events.
@@ -245,6 +261,7 @@ impl Connection {
             };
         }
         let was_empty = queue.items.is_empty();
+        queue.controls += usize::from(matches!(item, Outbound::Control(_)));
         queue.items.push_back(item);
         queue.bytes += size;
         drop(queue);
@@ -299,6 +316,7 @@ impl Connection {
         let mut queue = lock(&self.queue);
         let item = queue.items.pop_front()?;
         queue.bytes -= item.size();
+        queue.controls -= usize::from(matches!(item, Outbound::Control(_)));
         if queue.items.is_empty() && queue.items.capacity() > KEEP_CAPACITY {
             queue.items = VecDeque::new();
         }
@@ -381,5 +399,37 @@ impl Drop for ConnectionQueue {
         drop(queue);
         // A stored waker keeps the finished task's memory until the hub lets go.
         drop(self.connection.queue_waker.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_requests_waiting_are_bounded_and_nothing_closes() {
+        let (connection, mut queue) = Connection::new(
+            1,
+            Arc::from("c_1"),
+            Arc::from("u1"),
+            Arc::from(Vec::new()),
+            QueueLimits {
+                messages: 1024,
+                bytes: 1 << 20,
+            },
+        );
+        let status = || ControlRequest::Status(PresenceStatus::Away);
+        for _ in 0..MAX_CONTROLS {
+            assert_eq!(connection.push_control(status()), PushOutcome::Queued);
+        }
+        assert_eq!(connection.push_control(status()), PushOutcome::Overflow);
+        assert!(
+            connection.close_request().is_none(),
+            "a refusal closes nothing"
+        );
+        // Read one: room for one more.
+        assert!(matches!(queue.try_recv(), Some(Outbound::Control(_))));
+        assert_eq!(connection.push_control(status()), PushOutcome::Queued);
+        assert_eq!(connection.push_control(status()), PushOutcome::Overflow);
     }
 }

@@ -16,6 +16,7 @@ use super::http::{
 };
 use super::requests::{self, Reader};
 use super::subscriptions::Refusal;
+use crate::hub::connection::{PushOutcome, MAX_CONTROLS};
 use crate::hub::ControlRequest;
 use crate::protocol::time::format_unix_seconds;
 use crate::protocol::{parse_request, ErrorCode, Request, RequestId, ServerMessage};
@@ -157,13 +158,18 @@ fn control(
                 format!("no live stream {client} of this user"),
             )
         })?;
-    if connection.push_control(request) {
-        Ok(())
-    } else {
-        Err(Refusal::new(
+    match connection.push_control(request) {
+        PushOutcome::Queued => Ok(()),
+        PushOutcome::Overflow => Err(Refusal::new(
+            ErrorCode::RateLimited,
+            format!(
+                "stream {client} has {MAX_CONTROLS} requests waiting; retry once it reads them"
+            ),
+        )),
+        PushOutcome::Filtered | PushOutcome::Closed => Err(Refusal::new(
             ErrorCode::BadRequest,
             format!("stream {client} has ended"),
-        ))
+        )),
     }
 }
 
