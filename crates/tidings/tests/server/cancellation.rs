@@ -4,87 +4,20 @@
 //! channel's subscribers, or a channel the node follows with nobody on it,
 //! would stay until the node stops (and, on Redis, buffer its events).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use tidings::config::EngineSettings;
-use tidings::engine::{
-    Broker, ChannelPosition, Engine, EngineError, EventSink, HistoryPage, HistoryQuery, NewEvent,
-    PublishOptions, PublishOutcome,
-};
-use tidings::protocol::ChannelName;
+use tidings::engine::Engine;
 use tidings::Tidings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::faulty_broker::FaultyBroker;
 use crate::support::*;
 
-/// The in-memory broker, except that subscribing the node to a channel ending
-/// in `:stall-node`, or reading the history of one ending in
-/// `:stall-history`, never completes; it records the node's unsubscribes.
-struct StallingBroker {
-    inner: Arc<dyn Broker>,
-    unsubscribed: Mutex<Vec<String>>,
-}
-
-#[async_trait]
-impl Broker for StallingBroker {
-    fn attach(&self, sink: Arc<dyn EventSink>) {
-        self.inner.attach(sink);
-    }
-    async fn publish(
-        &self,
-        channel: &ChannelName,
-        event: NewEvent,
-        options: &PublishOptions,
-    ) -> Result<PublishOutcome, EngineError> {
-        self.inner.publish(channel, event, options).await
-    }
-    async fn publish_presence(
-        &self,
-        channel: &ChannelName,
-        text: Utf8Bytes,
-    ) -> Result<(), EngineError> {
-        self.inner.publish_presence(channel, text).await
-    }
-    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        if channel.as_str().ends_with(":stall-node") {
-            std::future::pending::<()>().await;
-        }
-        self.inner.subscribe_node(channel).await
-    }
-    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.unsubscribed
-            .lock()
-            .unwrap()
-            .push(channel.as_str().to_owned());
-        self.inner.unsubscribe_node(channel).await
-    }
-    async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
-        self.inner.position(channel).await
-    }
-    async fn history(
-        &self,
-        channel: &ChannelName,
-        query: &HistoryQuery,
-    ) -> Result<HistoryPage, EngineError> {
-        if channel.as_str().ends_with(":stall-history") {
-            std::future::pending::<()>().await;
-        }
-        self.inner.history(channel, query).await
-    }
-    fn channel_count(&self) -> usize {
-        self.inner.channel_count()
-    }
-}
-
-async fn stalling_server() -> (TestServer, Arc<StallingBroker>) {
+async fn stalling_server() -> (TestServer, Arc<FaultyBroker>) {
     let mut engine = Engine::memory(&EngineSettings::default(), "stalling");
-    let broker = Arc::new(StallingBroker {
-        inner: engine.broker,
-        unsubscribed: Mutex::new(Vec::new()),
-    });
+    let broker = FaultyBroker::wrap(engine.broker);
     engine.broker = broker.clone();
     let tidings = Tidings::with_engine(base_config(), engine).expect("valid test config");
     (TestServer::with_tidings(tidings).await, broker)
@@ -137,14 +70,7 @@ async fn an_sse_stream_dropped_while_its_node_subscribes_leaves_no_followed_chan
     reset(socket);
     until(
         "the node never unsubscribed the channel it began to follow",
-        || {
-            broker
-                .unsubscribed
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|c| c == "workspace:acme:stall-node")
-        },
+        || broker.unsubscribed_from("workspace:acme:stall-node"),
     )
     .await;
     server
@@ -182,14 +108,7 @@ async fn a_long_poll_dropped_while_its_node_subscribes_leaves_no_followed_channe
     reset(socket);
     until(
         "the node never unsubscribed the channel it began to follow",
-        || {
-            broker
-                .unsubscribed
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|c| c == "workspace:acme:stall-node")
-        },
+        || broker.unsubscribed_from("workspace:acme:stall-node"),
     )
     .await;
     assert_eq!(server.metric("tidings_subscriptions").await, 0.0);

@@ -14,14 +14,14 @@ use tidings::config::EngineSettings;
 use tidings::engine::cluster::ControlHandler;
 use tidings::engine::presence::{ClientPresence, MemoryPresence, PresenceChange, PresenceStore};
 use tidings::engine::{
-    Broker, ChannelPosition, Engine, EngineError, EventSink, HistoryPage, HistoryPolicy,
-    HistoryQuery, NewEvent, Publication, PublishOptions, PublishOutcome,
+    Engine, EngineError, EventSink, HistoryPolicy, NewEvent, Publication, PublishOptions,
 };
 use tidings::protocol::messages::PresenceMember;
 use tidings::protocol::{ChannelName, CloseCode, PresenceStatus};
 use tidings::Tidings;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::faulty_broker::FaultyBroker;
 use crate::http_transports::SseStream;
 use crate::socketio;
 use crate::support::*;
@@ -70,62 +70,11 @@ impl PresenceStore for PanickingPresence {
     }
 }
 
-/// The in-memory broker, except that reading the history of a channel ending
-/// in `:boom` panics (a subscribe is cut short after the hub took it in), and
-/// so does publishing an event named `boom`.
-struct PanickingHistory(Arc<dyn Broker>);
-
-#[async_trait]
-impl Broker for PanickingHistory {
-    fn attach(&self, sink: Arc<dyn EventSink>) {
-        self.0.attach(sink);
-    }
-    async fn publish(
-        &self,
-        channel: &ChannelName,
-        event: NewEvent,
-        options: &PublishOptions,
-    ) -> Result<PublishOutcome, EngineError> {
-        assert!(event.event != "boom", "test broker: publish panics");
-        self.0.publish(channel, event, options).await
-    }
-    async fn publish_presence(
-        &self,
-        channel: &ChannelName,
-        text: Utf8Bytes,
-    ) -> Result<(), EngineError> {
-        self.0.publish_presence(channel, text).await
-    }
-    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.0.subscribe_node(channel).await
-    }
-    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.0.unsubscribe_node(channel).await
-    }
-    async fn position(&self, channel: &ChannelName) -> Result<ChannelPosition, EngineError> {
-        self.0.position(channel).await
-    }
-    async fn history(
-        &self,
-        channel: &ChannelName,
-        query: &HistoryQuery,
-    ) -> Result<HistoryPage, EngineError> {
-        assert!(
-            !channel.as_str().ends_with(":boom"),
-            "test broker: history panics"
-        );
-        self.0.history(channel, query).await
-    }
-    fn channel_count(&self) -> usize {
-        self.0.channel_count()
-    }
-}
-
 async fn server_whose_status_changes_panic() -> TestServer {
     let config = base_config();
     let mut engine = Engine::memory(&EngineSettings::default(), "panics");
     engine.presence = Arc::new(PanickingPresence::default());
-    engine.broker = Arc::new(PanickingHistory(engine.broker));
+    engine.broker = FaultyBroker::wrap(engine.broker);
     TestServer::with_tidings(Tidings::with_engine(config, engine).expect("valid test config")).await
 }
 
@@ -306,7 +255,7 @@ async fn a_consumed_message_whose_publish_panics_is_dead_lettered() {
         ..Default::default()
     }];
     let mut engine = Engine::memory(&EngineSettings::default(), "panics");
-    engine.broker = Arc::new(PanickingHistory(engine.broker));
+    engine.broker = FaultyBroker::wrap(engine.broker);
     let tidings = Tidings::with_engine(config, engine).expect("valid test config");
     let consumers = tidings::consumers::ConsumerSet::start(&tidings);
     let server = TestServer::with_tidings(tidings).await;
