@@ -224,6 +224,12 @@ pub struct TransportSettings {
     /// Whether a Socket.IO connection joins the `workspace:{w}` channel of every
     /// workspace in its token (it always joins `user:{sub}`).
     pub socketio_join_workspaces: bool,
+    /// Most Socket.IO sessions at once whose socket has not connected (`None`:
+    /// the built-in cap, `MAX_PENDING_SESSIONS` in `transport::socketio::engineio`).
+    /// Not a setting: tests lower it.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub socketio_max_pending: Option<usize>,
 }
 
 impl Default for TransportSettings {
@@ -239,6 +245,7 @@ impl Default for TransportSettings {
             socketio: true,
             socketio_path: "/socket.io/".to_owned(),
             socketio_join_workspaces: true,
+            socketio_max_pending: None,
         }
     }
 }

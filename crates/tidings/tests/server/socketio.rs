@@ -65,6 +65,16 @@ async fn polling_session_url(server: &TestServer) -> String {
     server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"))
 }
 
+/// Connects the polling session at `url` (its `CONNECT` to `/` answered).
+async fn polling_connect(server: &TestServer, url: &str, user: &str) {
+    let auth = json!({"token": token(user, &["acme"], &[])});
+    let posted = server.http.post(url).body(format!("40{auth}")).send();
+    assert_eq!(posted.await.unwrap().status().as_u16(), 200);
+    let answer = server.http.get(url).send().await.unwrap();
+    let text = answer.text().await.unwrap();
+    assert!(text.starts_with("40{"), "{text}");
+}
+
 /// Emits `subscribe` to `channel` with ack id `id`: the position of the
 /// `tidings:position` that follows a success, or the refusal.
 pub(crate) async fn subscribe_for_position(
@@ -172,10 +182,10 @@ async fn a_polling_close_packet_ends_the_count_at_once() {
     assert_eq!(server.metric("tidings_socketio_sessions").await, 0.0);
 }
 
-/// A client that sends pings (or emits that are answered) and never polls
-/// for the answers cannot grow the server's memory: once the outbox is over
-/// its limit (`send_queue_bytes`) the server stops reading the client, and the
-/// session ends when the client's pong does not arrive.
+/// A connected client that sends pings (or emits that are answered) and
+/// never polls for the answers cannot grow the server's memory: once the
+/// outbox is over its limit (`send_queue_bytes`) the server stops reading the
+/// client, and the session ends when the client's pong does not arrive.
 #[tokio::test]
 async fn a_client_that_never_reads_its_answers_is_not_read_either() {
     let mut config = base_config();
@@ -184,6 +194,7 @@ async fn a_client_that_never_reads_its_answers_is_not_read_either() {
     config.connection.pong_timeout = Duration::from_millis(300);
     let server = TestServer::with_config(config).await;
     let url = polling_session_url(&server).await;
+    polling_connect(&server, &url, "u-noread").await;
     // 4,000 pings: their answers would hold about 160 KB. The server stops
     // reading them at 16 KB, so the POST waits (its pings are not taken) until
     // the session ends for want of a pong, and is then refused.
@@ -204,6 +215,8 @@ async fn overlapping_posts_end_the_session() {
     config.connection.send_queue_bytes = 16 * 1024;
     let server = TestServer::with_config(config).await;
     let url = polling_session_url(&server).await;
+    // Connected: before that, a full outbox ends the session at once.
+    polling_connect(&server, &url, "u-overlap").await;
     let pings = vec!["2"; 4000].join("\u{1e}");
     let first = tokio::spawn(server.http.post(&url).body(pings.clone()).send());
     // The first POST is held once the answers fill the outbox.
@@ -269,6 +282,142 @@ async fn a_replay_over_the_outbox_limit_reaches_a_reading_client() {
             break;
         }
     }
+}
+
+/// Sessions whose socket has not connected are capped per node: past the
+/// cap a handshake (polling or WebSocket) gets 503 with Engine.IO's JSON
+/// error. A slot comes back when its socket connects, or when its session
+/// times out (`auth_timeout`): a timed-out session is forgotten at once, not
+/// kept for a last poll.
+#[tokio::test]
+async fn handshakes_past_the_pending_cap_are_refused_until_slots_come_back() {
+    let mut config = base_config();
+    config.transports.socketio_max_pending = Some(2);
+    config.connection.auth_timeout = Duration::from_millis(800);
+    let server = TestServer::with_config(config).await;
+    let handshake = || {
+        server
+            .http
+            .get(server.url("/socket.io/?EIO=4&transport=polling"))
+            .send()
+    };
+    let first = polling_session_url(&server).await;
+    let second = polling_session_url(&server).await;
+    let refused = handshake().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(refused.headers()["content-type"], "application/json");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"code": 4, "message": "Too many sessions waiting to connect; retry later"})
+    );
+    let ws_url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) =
+        tokio_tungstenite::connect_async(ws_url).await
+    else {
+        panic!("the WebSocket handshake was not refused");
+    };
+    assert_eq!(response.status().as_u16(), 503);
+
+    // A socket that connects gives its slot back.
+    polling_connect(&server, &first, "u-pending").await;
+    let third = polling_session_url(&server).await;
+    assert_eq!(handshake().await.unwrap().status().as_u16(), 503);
+
+    // Sessions that time out give theirs back, and are gone at once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut opened = 0;
+    while opened < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slots did not come back"
+        );
+        if handshake().await.unwrap().status().is_success() {
+            opened += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for url in [&second, &third] {
+        let gone = server.http.get(url).send().await.unwrap();
+        assert_eq!(gone.status().as_u16(), 400, "the timed-out sid is gone");
+    }
+    // The connected socket goes on.
+    let ping = server.http.post(&first).body("2").send().await.unwrap();
+    assert_eq!(ping.status().as_u16(), 200);
+    let pong = server.http.get(&first).send().await.unwrap();
+    assert_eq!(pong.text().await.unwrap(), "3");
+}
+
+/// Before its socket connects, a session's outbox holds a few KiB: a client
+/// that floods `CONNECT`s to a namespace that does not exist (each answered
+/// with `connect_error`) without reading the answers has its session closed,
+/// instead of making it hold up to `send_queue_bytes`. A few are answered.
+#[tokio::test]
+async fn a_preconnect_flood_of_namespace_connects_ends_the_session() {
+    let server = TestServer::start().await;
+    let url = polling_session_url(&server).await;
+    let few = ["40/nope,"; 3].join("\u{1e}");
+    let posted = server.http.post(&url).body(few).send().await.unwrap();
+    assert_eq!(posted.status().as_u16(), 200);
+    let answers = server.http.get(&url).send().await.unwrap();
+    let text = answers.text().await.unwrap();
+    let packets: Vec<&str> = text.split('\u{1e}').collect();
+    assert_eq!(packets.len(), 3, "{text}");
+    assert!(packets.iter().all(|p| p.starts_with("44/nope,")), "{text}");
+
+    // 7,000 in one body under maxPayload: their answers would hold about
+    // 560 KB, far under send_queue_bytes (4 MiB) but over the pre-connect
+    // limit, so the session ends and the rest of the body is refused.
+    let flood = vec!["40/nope,"; 7000].join("\u{1e}");
+    let posted = tokio::time::timeout(WAIT, server.http.post(&url).body(flood).send())
+        .await
+        .expect("the flood is answered in time")
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 400);
+    server
+        .wait_for_metric("tidings_socketio_sessions", WAIT, |n| n == 0.0)
+        .await;
+    let gone = server.http.get(&url).send().await.unwrap();
+    assert_eq!(gone.status().as_u16(), 400, "the sid is gone");
+}
+
+/// A recovering `CONNECT` answered with a replay larger than the pre-connect
+/// outbox limit is not cut short by it: the limit is the full one as soon
+/// as the socket connects.
+#[tokio::test]
+async fn a_recovery_replay_over_the_preconnect_limit_reaches_the_client() {
+    let server = TestServer::start().await;
+    server.publish("workspace:acme", "e", json!(0)).await;
+    let token = token("u-replay", &["acme"], &[]);
+    let (ws, reply) = connect(&server, json!({"token": token})).await;
+    let handshake: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    let pid = handshake["pid"].as_str().unwrap().to_owned();
+    assert!(pid.contains("workspace:acme,"), "{pid}");
+    drop(ws);
+    let text = "x".repeat(1000);
+    for i in 1..=20 {
+        server
+            .publish("workspace:acme", "e", json!({ "i": i, "text": text }))
+            .await;
+    }
+    let (mut ws, reply) = connect(&server, json!({"token": token, "pid": pid})).await;
+    let again: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(again["pid"], pid.as_str(), "recovered");
+    for i in 1..=20 {
+        let frame = next_text(&mut ws).await;
+        let args: Value = serde_json::from_str(frame.strip_prefix("42").unwrap()).unwrap();
+        assert_eq!(args[0], "e", "{frame}");
+        assert_eq!(args[1]["i"], i, "{frame}");
+    }
+    // The socket goes on.
+    ws.send(Message::text(r#"421["presence.update",{"status":"away"}]"#))
+        .await
+        .unwrap();
+    let ack = next_text(&mut ws).await;
+    let answer: Value = serde_json::from_str(ack.strip_prefix("431").unwrap()).unwrap();
+    assert_eq!(answer[0]["ok"], true, "{answer}");
 }
 
 /// A polling body over `maxPayload` ends the session with 413, also when it

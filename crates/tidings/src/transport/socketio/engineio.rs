@@ -8,9 +8,16 @@
 //! the session's bounded outbox, which the current transport drains; while it
 //! is full the task stops taking events from the hub, so a client that stops
 //! reading overflows its hub queue and is closed (4002) instead of growing.
+//!
+//! A session whose socket has not connected (no `CONNECT` to `/` accepted
+//! yet) costs a client nothing to open, so it is bounded twice: each holds a
+//! pending slot ([`MAX_PENDING_SESSIONS`] per endpoint; a handshake past them
+//! is refused with 503), and its outbox is [`PRECONNECT_OUTBOX_BYTES`] until
+//! the socket connects; a session over it is closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +42,23 @@ const PROTOCOL: &str = "4";
 const RECORD_SEPARATOR: char = '\x1e';
 /// Packets from the client waiting for the session task.
 const INBOUND_CAPACITY: usize = 16;
+/// Most sessions of one endpoint whose socket has not connected, lingering
+/// ones included. Opening one takes a request and no token, so without a cap
+/// a client can hold as many as it can send requests in `auth_timeout`. A
+/// client connects within a round trip of its handshake, so even a mass
+/// reconnect keeps far fewer waiting at once; past the cap handshakes get a
+/// 503 and socket.io-client retries with its backoff. Each holds about 5 KB
+/// (the session and its task, as measured with 64,000 of them) and at most
+/// [`PRECONNECT_OUTBOX_BYTES`] queued, so 10,000 hold about 130 MB at worst.
+/// No setting gives a natural bound: `max_connections` counts connected
+/// sockets and is unlimited by default.
+pub const MAX_PENDING_SESSIONS: usize = 10_000;
+/// The outbox limit of a session until its socket connects: room for the
+/// handshake, pongs, a few `connect_error`s and the close, but not for the
+/// answers to a flood of `CONNECT`s to other namespaces. A session over it is
+/// closed (the client is not reading); once the socket connects the limit is
+/// the configured `outbox_bytes`.
+pub const PRECONNECT_OUTBOX_BYTES: usize = 8 * 1024;
 
 /// Engine.IO settings of one endpoint.
 #[derive(Debug, Clone)]
@@ -116,6 +140,11 @@ struct SessionState {
     /// A WebSocket holds (or is upgrading) the session.
     websocket_attached: bool,
     closed: bool,
+    /// The socket connected once: the outbox limit is the configured one.
+    connected: bool,
+    /// The session's pending slot, until the socket connects (or the session
+    /// is dropped, lingering included).
+    pending: Option<PendingSlot>,
 }
 
 /// One Engine.IO session.
@@ -167,7 +196,22 @@ impl Session {
     /// Whether the session is closed, and whether its outbox can take more.
     fn closed_and_room(&self) -> (bool, bool) {
         let state = lock(&self.state);
-        (state.closed, state.outbox_bytes < self.outbox_limit)
+        let limit = if state.connected {
+            self.outbox_limit
+        } else {
+            self.outbox_limit.min(PRECONNECT_OUTBOX_BYTES)
+        };
+        (state.closed, state.outbox_bytes < limit)
+    }
+
+    /// The socket connected: the outbox gets its full limit, and the pending
+    /// slot is given back.
+    fn mark_connected(&self) {
+        let mut state = lock(&self.state);
+        state.connected = true;
+        let slot = state.pending.take();
+        drop(state);
+        drop(slot);
     }
 
     async fn room(&self) {
@@ -215,12 +259,13 @@ impl Session {
     /// (or for one heartbeat period), so the client reads its last packets
     /// (a `DISCONNECT`, the `close`) instead of an unknown-session error.
     fn close(&self, registry: &Arc<Sessions>, close_packet: bool) {
-        self.close_with(registry, close_packet.then_some("1"));
+        self.close_with(registry, close_packet.then_some("1"), true);
     }
 
     /// Ends the session; a polling client's next poll gets `last` (`1` when
-    /// the server closes, `6` when the client did).
-    fn close_with(&self, registry: &Arc<Sessions>, last: Option<&'static str>) {
+    /// the server closes, `6` when the client did). Without `linger` the
+    /// session is forgotten at once: only a poll already waiting gets `last`.
+    fn close_with(&self, registry: &Arc<Sessions>, last: Option<&'static str>, linger: bool) {
         let mut state = lock(&self.state);
         if state.closed {
             return;
@@ -232,7 +277,7 @@ impl Session {
                 .push_back(Frame::Text(Utf8Bytes::from_static(last)));
         }
         state.closed = true;
-        let linger = last.is_some() && polling && !state.outbox.is_empty();
+        let linger = linger && last.is_some() && polling && !state.outbox.is_empty();
         drop(state);
         // Ended now, though a polling session lingers for its last poll.
         if let Some(metrics) = &registry.metrics {
@@ -253,8 +298,19 @@ impl Session {
     }
 }
 
+/// A session whose socket has not connected, counted in [`Sessions`]: given
+/// back once on drop, however the session ends (connected, closed, timed
+/// out, its task panicked, or dropped after lingering).
+#[derive(Debug)]
+struct PendingSlot(Arc<AtomicUsize>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The sessions of one endpoint.
-#[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// How long a closed polling session waits for its last poll.
@@ -262,24 +318,43 @@ pub struct Sessions {
     /// Counts open sessions (`tidings_socketio_sessions`), from opened to
     /// closed; none for the conformance endpoint.
     metrics: Option<Arc<Metrics>>,
+    /// Sessions holding a [`PendingSlot`].
+    pending: Arc<AtomicUsize>,
+    /// Most of them at once.
+    max_pending: usize,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
             .field("linger", &self.linger)
+            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .field("max_pending", &self.max_pending)
             .finish()
     }
 }
 
 impl Sessions {
-    /// No sessions yet; a closed polling session lingers `linger` for its last poll.
-    pub fn new(linger: Duration, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+    /// No sessions yet; a closed polling session lingers `linger` for its
+    /// last poll; at most `max_pending` sessions at once have not connected.
+    pub fn new(linger: Duration, metrics: Option<Arc<Metrics>>, max_pending: usize) -> Arc<Self> {
         Arc::new(Self {
             map: Mutex::default(),
             linger,
             metrics,
+            pending: Arc::default(),
+            max_pending,
         })
+    }
+
+    /// A pending slot for a new session, or `None` when all are taken.
+    fn reserve(&self) -> Option<PendingSlot> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .ok()?;
+        Some(PendingSlot(self.pending.clone()))
     }
 
     fn insert(&self, session: Arc<Session>) {
@@ -324,6 +399,23 @@ fn unknown_sid() -> Response {
     engine_error(1, "Session ID unknown")
 }
 
+/// A handshake past [`MAX_PENDING_SESSIONS`]: 503 with Engine.IO's error body
+/// (code 4, which the reference server gives a handshake its policy refuses).
+/// The client retries later, with socket.io-client's reconnection backoff.
+fn too_many_pending() -> Response {
+    let body = serde_json::json!({
+        "code": 4,
+        "message": "Too many sessions waiting to connect; retry later",
+    })
+    .to_string();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 /// What the endpoint needs to open and serve sessions.
 pub struct Endpoint {
     /// Engine.IO settings.
@@ -347,7 +439,12 @@ impl Endpoint {
         }
     }
 
-    fn open(self: &Arc<Self>, headers: &HeaderMap, transport: Transport) -> Arc<Session> {
+    fn open(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        transport: Transport,
+        slot: PendingSlot,
+    ) -> Arc<Session> {
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
         let sid: Arc<str> = Arc::from(new_sid().as_str());
         let upgrades = if transport == Transport::Polling {
@@ -374,6 +471,8 @@ impl Endpoint {
                 noop_sent: false,
                 websocket_attached: transport == Transport::WebSocket,
                 closed: false,
+                connected: false,
+                pending: Some(slot),
             }),
             outbox_ready: Notify::new(),
             outbox_room: Notify::new(),
@@ -411,7 +510,10 @@ pub async fn get(
     };
     match (transport, query.sid) {
         (Transport::Polling, None) => {
-            let session = endpoint.open(&headers, Transport::Polling);
+            let Some(slot) = endpoint.sessions.reserve() else {
+                return too_many_pending();
+            };
+            let session = endpoint.open(&headers, Transport::Polling, slot);
             poll(&endpoint, &session).await
         }
         (Transport::Polling, Some(sid)) => match endpoint.sessions.get(&sid) {
@@ -422,12 +524,17 @@ pub async fn get(
             let Some(upgrade) = upgrade else {
                 return engine_error(3, "Bad request");
             };
+            // An existing session, or the pending slot of a new one (taken
+            // before the upgrade, so a refusal is still an HTTP answer).
             let existing = match sid {
                 Some(sid) => match endpoint.sessions.get(&sid) {
-                    Some(session) => Some(session),
+                    Some(session) => Ok(session),
                     None => return unknown_sid(),
                 },
-                None => None,
+                None => match endpoint.sessions.reserve() {
+                    Some(slot) => Err(slot),
+                    None => return too_many_pending(),
+                },
             };
             let settings = &endpoint.settings;
             upgrade
@@ -439,8 +546,8 @@ pub async fn get(
                     // The session is made (and the headers dropped) before the
                     // socket's task starts: it lives as long as the connection.
                     let session = match existing {
-                        Some(session) => Err(session),
-                        None => Ok(endpoint.open(&headers, Transport::WebSocket)),
+                        Ok(session) => Err(session),
+                        Err(slot) => Ok(endpoint.open(&headers, Transport::WebSocket, slot)),
                     };
                     drop(headers);
                     async move {
@@ -626,7 +733,7 @@ pub async fn post(
             // A poll on its way (or waiting) ends with `noop`, as the reference
             // server's does; closed first, so the session task ending does not
             // forget the session before that poll arrives.
-            session.close_with(&endpoint.sessions, Some("6"));
+            session.close_with(&endpoint.sessions, Some("6"), true);
             let _ = session.inbound.send(Inbound::Close).await;
             break;
         }
@@ -793,6 +900,11 @@ pub enum End {
     Gone,
     /// The server closes the transport: the client reconnects.
     Close,
+    /// The server ends a session whose socket never connected (no `CONNECT`
+    /// to `/` within `connect_timeout`, or its outbox over
+    /// [`PRECONNECT_OUTBOX_BYTES`]): as `Close`, but the session does not
+    /// linger for a last poll, so its pending slot is given back at once.
+    Abandon,
 }
 
 /// The session task: heartbeat, packets to the app, app pushes to the outbox.
@@ -815,7 +927,11 @@ async fn drive(
             (End::Close, true)
         }
     };
-    session.close(&endpoint.sessions, end == End::Close);
+    match end {
+        End::Gone => session.close(&endpoint.sessions, false),
+        End::Close => session.close(&endpoint.sessions, true),
+        End::Abandon => session.close_with(&endpoint.sessions, Some("1"), false),
+    }
     // Boxed: leaving the hub (presence, engine calls) is a large future that
     // would otherwise sit in every session's task for its whole life.
     Box::pin(app.finish(panicked)).await;
@@ -836,7 +952,15 @@ async fn serve(
     // pings or emits without reading the answers must not grow it either.
     // Reading stops meanwhile, so the transport stops reading the client.
     let mut held: Option<Inbound> = None;
+    // The socket connected once (the session's outbox limit rose then).
+    let mut connected = false;
     loop {
+        // Marked before the room is measured: a `CONNECT` answered with a
+        // recovery replay is over the pre-connect limit, not the full one.
+        if !connected && app.is_connected() {
+            connected = true;
+            session.mark_connected();
+        }
         let mut deadline = next_ping;
         if let Some(pong) = pong_deadline {
             deadline = deadline.min(pong);
@@ -853,6 +977,13 @@ async fn serve(
         let (closed, room) = session.closed_and_room();
         if closed {
             break End::Gone;
+        }
+        if !room && !connected {
+            // Not connected and not reading the answers to what it sends
+            // (`connect_error`s, pongs): holding its packets would keep its
+            // session to `connect_timeout`; it ends now.
+            tracing::debug!(sid = %session.sid, "socket.io session over its pre-connect outbox limit; closing it");
+            break End::Abandon;
         }
         if room {
             if let Some(packet) = held.take() {
@@ -883,7 +1014,9 @@ async fn serve(
                 if pong_deadline.is_some_and(|d| d <= now) {
                     Err(End::Gone)
                 } else if !app.is_connected() && connect_deadline <= now {
-                    Err(End::Close)
+                    // A socket that left (`DISCONNECT`) after connecting ends
+                    // as any other; one that never connected does not linger.
+                    Err(if connected { End::Close } else { End::Abandon })
                 } else if next_ping <= now {
                     next_ping = now + settings.ping_interval;
                     pong_deadline.get_or_insert(now + settings.ping_timeout);

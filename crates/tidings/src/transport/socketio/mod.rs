@@ -138,9 +138,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: Arc<ServerState>) -> Rout
     let origins = state.config.allowed_origins.clone();
     let settings = engine_settings(&state);
     let linger = settings.ping_interval + settings.ping_timeout;
+    let max_pending = state.config.transports.socketio_max_pending;
     let endpoint = Arc::new(Endpoint {
         settings,
-        sessions: Sessions::new(linger, Some(state.metrics.clone())),
+        sessions: Sessions::new(
+            linger,
+            Some(state.metrics.clone()),
+            max_pending.unwrap_or(engineio::MAX_PENDING_SESSIONS),
+        ),
         new_app: Box::new(move |headers| {
             App::Hub(Box::new(hub_socket::HubSocket::new(state.clone(), headers)))
         }),
@@ -209,7 +214,11 @@ pub fn conformance_router() -> Router {
                 read_buffer_size: 4096,
                 write_buffer_size: 4096,
             },
-            sessions: Sessions::new(Duration::from_millis(500), None),
+            sessions: Sessions::new(
+                Duration::from_millis(500),
+                None,
+                engineio::MAX_PENDING_SESSIONS,
+            ),
             new_app,
         })
     };
