@@ -274,8 +274,9 @@ impl Subscriptions {
         let page = match hub.broker().history(&channel, &query).await {
             Ok(page) => page,
             Err(err) => {
-                self.channels.remove(&channel);
+                // Unlisted last: cut short here, `close` finishes it.
                 hub.remove_subscription(&channel, connection).await;
+                self.channels.remove(&channel);
                 tracing::warn!(%channel, error = %err, "subscribe failed in the engine");
                 return Err(Refusal::engine_unavailable());
             }
@@ -317,9 +318,9 @@ impl Subscriptions {
                     // as after any engine error) and take back a join that
                     // may have reached the engine before the error.
                     tracing::warn!(%channel, error = %err, "presence join failed: the subscribe is refused");
-                    self.channels.remove(&channel);
                     hub.remove_subscription(&channel, connection).await;
                     leave_presence(state, &channel, connection).await;
+                    self.channels.remove(&channel);
                     return Err(Refusal::engine_unavailable());
                 }
             }
@@ -340,11 +341,7 @@ impl Subscriptions {
         connection: &Connection,
         channel: &ChannelName,
     ) -> bool {
-        if !self.forget(state, connection, channel).await {
-            return false;
-        }
-        state.hub.remove_subscription(channel, connection).await;
-        true
+        self.end(state, connection, channel, true).await
     }
 
     /// Puts a refreshed token in force on a connection, the same way on every
@@ -410,15 +407,31 @@ impl Subscriptions {
         connection: &Connection,
         channel: &ChannelName,
     ) -> bool {
-        match self.channels.remove(channel) {
-            Some(subscription) => {
-                if subscription.presence {
-                    leave_presence(state, channel, connection).await;
-                }
-                true
-            }
-            None => false,
+        self.end(state, connection, channel, false).await
+    }
+
+    /// Ends the subscription to `channel`: its presence entry, the hub's
+    /// (`leave_hub`), then the listing. Listed until every step is done, so
+    /// one cut short (an SSE stream dropped mid-way) is finished by `close`;
+    /// leaving twice does nothing.
+    async fn end(
+        &mut self,
+        state: &ServerState,
+        connection: &Connection,
+        channel: &ChannelName,
+        leave_hub: bool,
+    ) -> bool {
+        let Some(presence) = self.channels.get_mut(channel).map(|s| s.presence) else {
+            return false;
+        };
+        if presence {
+            leave_presence(state, channel, connection).await;
         }
+        if leave_hub {
+            state.hub.remove_subscription(channel, connection).await;
+        }
+        self.channels.remove(channel);
+        true
     }
 
     /// Whether a queued event is new for this connection, advancing its position.

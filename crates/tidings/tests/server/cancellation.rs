@@ -7,8 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+
 use tidings::config::EngineSettings;
-use tidings::engine::Engine;
+use tidings::engine::presence::{ClientPresence, MemoryPresence, PresenceChange, PresenceStore};
+use tidings::engine::{Engine, EngineError};
+use tidings::protocol::messages::PresenceMember;
+use tidings::protocol::{ChannelName, PresenceStatus};
 use tidings::Tidings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -112,4 +117,85 @@ async fn a_long_poll_dropped_while_its_node_subscribes_leaves_no_followed_channe
     )
     .await;
     assert_eq!(server.metric("tidings_subscriptions").await, 0.0);
+}
+
+/// Memory presence whose first `leave` never completes.
+#[derive(Default)]
+struct StallFirstLeave {
+    inner: MemoryPresence,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl PresenceStore for StallFirstLeave {
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        client: ClientPresence,
+    ) -> Result<Option<PresenceChange>, EngineError> {
+        self.inner.join(channel, client).await
+    }
+    async fn leave(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        client: &str,
+    ) -> Result<Option<PresenceChange>, EngineError> {
+        if !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.leave(channel, user, client).await
+    }
+    async fn set_status(
+        &self,
+        channel: &ChannelName,
+        user: &str,
+        client: &str,
+        status: PresenceStatus,
+    ) -> Result<Option<PresenceChange>, EngineError> {
+        self.inner.set_status(channel, user, client, status).await
+    }
+    async fn members(&self, channel: &ChannelName) -> Result<Vec<PresenceMember>, EngineError> {
+        self.inner.members(channel).await
+    }
+}
+
+#[tokio::test]
+/// An SSE stream dropped while a refresh revokes one of its channels (the
+/// presence leave in flight) is not left among the channel's subscribers:
+/// the channel stays listed until every step of its end is done.
+async fn an_sse_stream_dropped_while_a_refresh_revokes_a_channel_leaves_no_subscriber() {
+    let mut engine = Engine::memory(&EngineSettings::default(), "f1");
+    let presence = Arc::new(StallFirstLeave::default());
+    engine.presence = presence.clone();
+    let tidings = Tidings::with_engine(base_config(), engine).expect("valid test config");
+    let server = TestServer::with_tidings(tidings).await;
+    let full = token("u1", &["acme"], &[]);
+    let mut stream =
+        crate::http_transports::SseStream::open(&server, "channel=workspace:acme", &full).await;
+    let client = stream.expect("connected").await.json()["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stream.expect("subscribed").await;
+    assert_eq!(server.metric("tidings_subscriptions").await, 1.0);
+    // A refresh that revokes workspace:acme: the stream leaves presence (stalls).
+    let fewer = token("u1", &[], &[]);
+    let refresh = serde_json::json!({"type": "refresh", "id": 1, "token": fewer});
+    let (status, _) = server.http_request(&full, Some(&client), refresh).await;
+    assert_eq!(status, 200);
+    until("the stream began to leave presence", || {
+        presence.stalled.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    drop(stream);
+    server
+        .wait_for_metric("tidings_sse_streams", WAIT, |n| n == 0.0)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.metric("tidings_subscriptions").await,
+        0.0,
+        "the dropped stream is still among workspace:acme's subscribers"
+    );
 }

@@ -861,3 +861,24 @@ async fn a_refresh_through_post_request_applies_the_new_claims_to_a_socket() {
     let args: Value = serde_json::from_str(event.strip_prefix("42").unwrap()).unwrap();
     assert_eq!(args[0], "for-all", "{event}");
 }
+
+/// A session that never joined and is closed by the server for a bad packet
+/// (here a CONNECT_ERROR from the client) gives its pending slot back at once,
+/// rather than lingering with it for `pingInterval` + `pingTimeout`.
+#[tokio::test]
+async fn a_session_closed_before_joining_gives_its_pending_slot_back() {
+    let mut config = base_config();
+    config.transports.socketio_max_pending = Some(1);
+    config.connection.auth_timeout = Duration::from_millis(300);
+    let server = TestServer::with_config(config).await;
+    let url = polling_session_url(&server).await;
+    server.http.post(&url).body("44").send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = server
+        .http
+        .get(server.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 200, "the slot is still held");
+}

@@ -927,8 +927,11 @@ async fn drive(
             (End::Close, true)
         }
     };
+    let never_connected = !lock(&session.state).connected;
     match end {
         End::Gone => session.close(&endpoint.sessions, false),
+        // A socket that never connected does not linger with its pending slot.
+        End::Close if never_connected => session.close_with(&endpoint.sessions, Some("1"), false),
         End::Close => session.close(&endpoint.sessions, true),
         End::Abandon => session.close_with(&endpoint.sessions, Some("1"), false),
     }
