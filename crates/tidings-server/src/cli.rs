@@ -142,17 +142,51 @@ fn never_logs_message_bodies(meta: &tracing::Metadata<'_>) -> bool {
 /// characters `\` `n`): a value that comes from a client (a token's `sub`, a
 /// consumed message echoed in a dead-letter reason) must not start a line of
 /// its own, which would read as another log entry. JSON escapes them itself.
-fn one_line_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
-    use tracing_subscriber::field::MakeExt as _;
-    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+fn one_line_fields() -> OneLineFields {
+    OneLineFields
+}
+
+/// Formats fields as the default text format does (`message` bare, others
+/// `name=value`, `log.*` fields of records from the `log` crate left out),
+/// with control characters escaped.
+struct OneLineFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for OneLineFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = OneLineVisitor {
+            writer,
+            seen: false,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct OneLineVisitor<'writer> {
+    writer: tracing_subscriber::fmt::format::Writer<'writer>,
+    seen: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for OneLineVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
         let shown = format!("{value:?}");
         let text = escape_controls(&shown);
-        match field.name() {
-            "message" => write!(writer, "{text}"),
-            name => write!(writer, "{name}={text}"),
-        }
-    })
-    .delimited(" ")
+        let separator = if self.seen { " " } else { "" };
+        self.seen = true;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{separator}{text}"),
+            name => write!(self.writer, "{separator}{name}={text}"),
+        };
+    }
 }
 
 /// `text` with every control character written as an escape.
@@ -506,9 +540,13 @@ mod one_line_log_tests {
             let span = tracing::info_span!("conn", user = %"evil\nERROR forged: admin");
             let _entered = span.enter();
             tracing::warn!(reason = %"bad\r\nERROR forged", count = 2, "dead-lettered\u{1b}[2J");
+            // What a `log` crate record carries besides its message.
+            tracing::info!(log.target = "redis", log.line = 7, "from the log crate");
         });
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(log.lines().count(), 1, "{log}");
+        assert_eq!(log.lines().count(), 2, "{log}");
+        assert!(!log.contains("log.target"), "{log}");
+        assert!(log.contains("from the log crate\n"), "{log}");
         assert!(
             log.contains(r"conn{user=evil\nERROR forged: admin}"),
             "{log}"

@@ -618,13 +618,14 @@ impl Config {
         let path = &self.transports.socketio_path;
         if !path.starts_with('/')
             || path.len() < 2
+            || path.contains("//")
             || !path
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
         {
             return Err(invalid(
                 "transports.socketio_path",
-                "must be a path like /socket.io/ (letters, digits, `/`, `-`, `_`, `.`)",
+                "must be a path like /socket.io/ (letters, digits, `/`, `-`, `_`, `.`; no empty segment)",
             ));
         }
         // One of Tidings' own routes there would be silently shadowed.
@@ -1023,6 +1024,13 @@ mod tests {
             assert!(
                 err.contains("transports.socketio_path") && err.contains("own endpoints"),
                 "{own}: {err}"
+            );
+        }
+        // An empty segment made the router panic when it was built.
+        for broken in ["//", "/a//b/"] {
+            assert!(
+                check(broken).is_some_and(|e| e.contains("must be a path")),
+                "{broken}"
             );
         }
         for fine in ["/socket.io/", "/rt/socket.io/", "/wsx/", "/apix/"] {

@@ -229,12 +229,6 @@ impl Connection {
     /// Queues a request from `POST /request` for the transport task:
     /// `Overflow` when [`MAX_CONTROLS`] are waiting already (nothing is closed).
     pub fn push_control(&self, request: ControlRequest) -> PushOutcome {
-        {
-            let queue = lock(&self.queue);
-            if !queue.closed && queue.controls >= MAX_CONTROLS {
-                return PushOutcome::Overflow;
-            }
-        }
         self.enqueue(Outbound::Control(Box::new(request)), false)
     }
 
@@ -250,6 +244,10 @@ impl Connection {
         if queue.closed {
             return PushOutcome::Closed;
         }
+        let control = matches!(item, Outbound::Control(_));
+        if control && queue.controls >= MAX_CONTROLS {
+            return PushOutcome::Overflow;
+        }
         if bounded
             && (queue.items.len() >= self.limits.messages || queue.bytes + size > self.limits.bytes)
         {
@@ -261,7 +259,7 @@ impl Connection {
             };
         }
         let was_empty = queue.items.is_empty();
-        queue.controls += usize::from(matches!(item, Outbound::Control(_)));
+        queue.controls += usize::from(control);
         queue.items.push_back(item);
         queue.bytes += size;
         drop(queue);

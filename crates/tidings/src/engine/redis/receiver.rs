@@ -60,12 +60,10 @@ enum ChannelMessage {
 struct Followed {
     /// `None` until the baseline arrives.
     position: Option<(Arc<str>, u64)>,
-    /// Events that came before the baseline, at most [`MAX_WAITING`] (none
-    /// once overflowed).
+    /// Events that came before the baseline, at most [`MAX_WAITING`]; past
+    /// that only the latest is kept (the others are read back from history
+    /// as the gap before it, once the baseline arrives).
     waiting: Vec<Arc<Publication>>,
-    /// Events were dropped from `waiting`: the subscribers resubscribe once
-    /// the baseline arrives.
-    overflowed: bool,
 }
 
 /// Events kept for a channel whose baseline has not arrived (it comes one
@@ -175,7 +173,6 @@ async fn handle(
                 Followed {
                     position: None,
                     waiting: Vec::new(),
-                    overflowed: false,
                 },
             );
         }
@@ -188,11 +185,6 @@ async fn handle(
                 return false;
             };
             state.position = Some((epoch, top));
-            if std::mem::take(&mut state.overflowed) {
-                state.waiting = Vec::new();
-                shared.lost_continuity(&channel);
-                return false;
-            }
             for publication in std::mem::take(&mut state.waiting) {
                 on_event(shared, followed, publication).await;
             }
@@ -269,16 +261,12 @@ async fn on_event(
         return;
     };
     let Some((epoch, last)) = state.position.clone() else {
-        if state.overflowed {
-            return;
-        }
-        if state.waiting.len() < MAX_WAITING {
-            state.waiting.push(publication);
-        } else {
-            tracing::warn!(channel = %publication.channel, "events before the channel's baseline overflowed: its subscribers will resubscribe");
+        if state.waiting.len() >= MAX_WAITING {
+            // Only the latest is needed: placed after the baseline, it is
+            // preceded by the events it skipped, read from history.
             state.waiting = Vec::new();
-            state.overflowed = true;
         }
+        state.waiting.push(publication);
         return;
     };
     if epoch != publication.epoch {
