@@ -1124,7 +1124,19 @@ pub fn without_password(url: &str) -> String {
     if !url.contains("://") {
         return without_password_parameter(url);
     }
-    url.split(',')
+    // A list of URLs is split where the next one starts: a comma inside a
+    // password is not a separator.
+    let mut urls: Vec<String> = Vec::new();
+    for piece in url.split(',') {
+        match urls.last_mut() {
+            Some(last) if !piece.contains("://") => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => urls.push(piece.to_owned()),
+        }
+    }
+    urls.iter()
         .map(|one| {
             let one = one.trim();
             match (one.find("://"), one.rfind('@')) {
@@ -1146,24 +1158,38 @@ pub fn without_password(url: &str) -> String {
         .join(",")
 }
 
-/// `text` with the value of each `password=` parameter (PostgreSQL's
-/// key-value form, `password='a b'` quoted, or a URL's `?password=`)
+/// `text` with the value of each `password` parameter (PostgreSQL's
+/// key-value form, spaces around `=` and `password='a b'` quoting allowed,
+/// or a URL's `?password=`) and each `pass` parameter (`redis+unix://…?pass=`)
 /// replaced by `***`.
 fn without_password_parameter(text: &str) -> String {
-    const KEY: &str = "password=";
     let mut masked = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(found) = rest.find(KEY) {
+    while let Some(found) = rest.find("pass") {
         let starts_parameter = rest[..found]
             .chars()
             .next_back()
             .is_none_or(|c| c.is_whitespace() || c == '?' || c == '&');
-        let value_start = found + KEY.len();
+        let after_key = &rest[found..];
+        let key_len = if after_key.starts_with("password") {
+            8
+        } else {
+            4
+        };
+        let after_key = &after_key[key_len..];
+        let spaced = after_key.trim_start();
+        let value = match spaced.strip_prefix('=') {
+            Some(value) if starts_parameter => value.trim_start(),
+            // Not a parameter (`mypassword=`, `passage`): keep looking after it.
+            _ => {
+                masked.push_str(&rest[..found + key_len]);
+                rest = &rest[found + key_len..];
+                continue;
+            }
+        };
+        let value_start = rest.len() - value.len();
         masked.push_str(&rest[..value_start]);
         rest = &rest[value_start..];
-        if !starts_parameter {
-            continue;
-        }
         let value_end = if let Some(quoted) = rest.strip_prefix('\'') {
             // Up to the closing quote; `\'` and `\\` are escapes inside.
             let mut escaped = false;
@@ -1217,6 +1243,26 @@ mod password_masking_tests {
         assert!(shown.contains("redis://:***@h:6379/0"), "{shown}");
         assert!(shown.contains("host=db password=***"), "{shown}");
         assert!(shown.contains("redis_prefix"), "{shown}");
+    }
+
+    #[test]
+    fn passwords_are_masked_in_the_less_common_forms() {
+        assert_eq!(
+            without_password("redis://u:pa,ss@h:6379/0,redis://:x,y@h2/0"),
+            "redis://u:***@h:6379/0,redis://:***@h2/0"
+        );
+        assert_eq!(
+            without_password("redis+unix:///run/redis.sock?db=0&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=0&pass=***"
+        );
+        assert_eq!(
+            without_password("host=db password = s3cret dbname=app"),
+            "host=db password = *** dbname=app"
+        );
+        assert_eq!(
+            without_password("host=db passage=ok password= 'a b'"),
+            "host=db passage=ok password= ***"
+        );
     }
 
     #[test]
