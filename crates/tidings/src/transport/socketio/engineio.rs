@@ -12,13 +12,13 @@
 //! A session whose socket has not connected (no `CONNECT` to `/` accepted
 //! yet) costs a client nothing to open, so it is bounded twice: each holds a
 //! pending slot ([`MAX_PENDING_SESSIONS`] per endpoint; a handshake past them
-//! is refused with 503), and its outbox is [`PRECONNECT_OUTBOX_BYTES`] until
+//! closes the oldest), and its outbox is [`PRECONNECT_OUTBOX_BYTES`] until
 //! the socket connects; a session over it is closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -46,8 +46,8 @@ const INBOUND_CAPACITY: usize = 16;
 /// ones included. Opening one takes a request and no token, so without a cap
 /// a client can hold as many as it can send requests in `auth_timeout`. A
 /// client connects within a round trip of its handshake, so even a mass
-/// reconnect keeps far fewer waiting at once; past the cap handshakes get a
-/// 503 and socket.io-client retries with its backoff. Each holds about 5 KB
+/// reconnect keeps far fewer waiting at once; past the cap a handshake closes
+/// the oldest session still waiting. Each holds about 5 KB
 /// (the session and its task, as measured with 64,000 of them) and at most
 /// [`PRECONNECT_OUTBOX_BYTES`] queued, so 10,000 hold about 130 MB at worst.
 /// No setting gives a natural bound: `max_connections` counts connected
@@ -205,8 +205,9 @@ impl Session {
     }
 
     /// The socket connected: the outbox gets its full limit, and the pending
-    /// slot is given back.
-    fn mark_connected(&self) {
+    /// slot is given back. Called as the `CONNECT` is accepted, and by the
+    /// session task once the app says it is connected.
+    pub(crate) fn mark_connected(&self) {
         let mut state = lock(&self.state);
         state.connected = true;
         let slot = state.pending.take();
@@ -322,6 +323,9 @@ pub struct Sessions {
     pending: Arc<AtomicUsize>,
     /// Most of them at once.
     max_pending: usize,
+    /// Sessions in the order they were opened, for the oldest pending one
+    /// to make room; those no longer pending are dropped from the front.
+    pending_order: Mutex<VecDeque<Weak<Session>>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -344,17 +348,65 @@ impl Sessions {
             metrics,
             pending: Arc::default(),
             max_pending,
+            pending_order: Mutex::default(),
         })
     }
 
-    /// A pending slot for a new session, or `None` when all are taken.
-    fn reserve(&self) -> Option<PendingSlot> {
-        self.pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_pending).then_some(n + 1)
-            })
-            .ok()?;
-        Some(PendingSlot(self.pending.clone()))
+    /// A pending slot for a new session. When all are taken, the oldest
+    /// session still waiting to join is closed to make room: a client joins
+    /// within a round trip of its handshake, so a flood of handshakes closes
+    /// only sessions that are slow to join or never do, not the next real
+    /// client. `None` only when none could be closed.
+    fn reserve(self: &Arc<Self>) -> Option<PendingSlot> {
+        for _ in 0..4 {
+            let reserved = self
+                .pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_pending).then_some(n + 1)
+                });
+            if reserved.is_ok() {
+                return Some(PendingSlot(self.pending.clone()));
+            }
+            if !self.close_oldest_pending() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Closes the oldest session holding a pending slot, giving the slot
+    /// back; false when there is none.
+    fn close_oldest_pending(self: &Arc<Self>) -> bool {
+        loop {
+            let Some(oldest) = lock(&self.pending_order).pop_front() else {
+                return false;
+            };
+            let Some(session) = oldest.upgrade() else {
+                continue;
+            };
+            let Some(slot) = lock(&session.state).pending.take() else {
+                continue;
+            };
+            drop(slot);
+            tracing::debug!(sid = %session.sid, "socket.io session that had not joined closed for a newer one");
+            session.close_with(self, Some("1"), false);
+            // Wakes its task, which may be waiting for a packet.
+            let _ = session.inbound.try_send(Inbound::Close);
+            return true;
+        }
+    }
+
+    /// Records a new session for [`Sessions::close_oldest_pending`].
+    fn track_pending(&self, session: &Arc<Session>) {
+        let mut order = lock(&self.pending_order);
+        while order.front().is_some_and(|front| {
+            front
+                .upgrade()
+                .is_none_or(|s| lock(&s.state).pending.is_none())
+        }) {
+            order.pop_front();
+        }
+        order.push_back(Arc::downgrade(session));
     }
 
     fn insert(&self, session: Arc<Session>) {
@@ -399,7 +451,8 @@ fn unknown_sid() -> Response {
     engine_error(1, "Session ID unknown")
 }
 
-/// A handshake past [`MAX_PENDING_SESSIONS`]: 503 with Engine.IO's error body
+/// A handshake past [`MAX_PENDING_SESSIONS`] when no pending session could be
+/// closed to make room (not expected: each holds a slot): 503 with Engine.IO's error body
 /// (code 4, which the reference server gives a handshake its policy refuses).
 /// The client retries later, with socket.io-client's reconnection backoff.
 fn too_many_pending() -> Response {
@@ -480,6 +533,7 @@ impl Endpoint {
             outbox_limit: settings.outbox_bytes,
         });
         self.sessions.insert(session.clone());
+        self.sessions.track_pending(&session);
         let app = (self.new_app)(headers);
         tokio::spawn(drive(self.clone(), session.clone(), rx, app));
         session

@@ -408,6 +408,10 @@ impl HubSocket {
                 return;
             }
         };
+        // Joined: the session gives its pending slot back now, before the
+        // rooms are joined (a newer handshake past the cap must not close a
+        // socket that has joined).
+        session.mark_connected();
         // Held by the socket from here on, so that a panic while joining the
         // rooms (the engine's) still releases the connection.
         let connected: &mut Connected = self.connected.insert(Box::new(Connected {
