@@ -417,10 +417,19 @@ impl Hub {
                 .push_unsubscribed(channel.clone(), RESUBSCRIBE_REASON.to_owned());
         }
         // The broker still follows the channel; let it go unless a client is
-        // already back (the interest lock orders this against new subscribes).
+        // already back.
+        self.release_node_subscription(channel.clone());
+    }
+
+    /// Unsubscribes the node from `channel` in the background, unless a
+    /// client is on it by then (the interest lock orders this against new
+    /// subscribes).
+    fn release_node_subscription(self: &Arc<Self>, channel: ChannelName) {
         let hub = Arc::downgrade(self);
-        let channel = channel.clone();
-        tokio::spawn(async move {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             let Some(hub) = hub.upgrade() else { return };
             let _guard = hub.interest_lock(&channel).lock().await;
             if !hub.subscribers.contains_key(&channel) {
@@ -552,18 +561,8 @@ impl UndoNodeSubscribe {
 
 impl Drop for UndoNodeSubscribe {
     fn drop(&mut self) {
-        let (Some(channel), Some(hub)) = (self.channel.take(), self.hub.upgrade()) else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _guard = hub.interest_lock(&channel).lock().await;
-                if !hub.subscribers.contains_key(&channel) {
-                    if let Err(err) = hub.broker.unsubscribe_node(&channel).await {
-                        tracing::warn!(%channel, error = %err, "broker unsubscribe failed");
-                    }
-                }
-            });
+        if let (Some(channel), Some(hub)) = (self.channel.take(), self.hub.upgrade()) {
+            hub.release_node_subscription(channel);
         }
     }
 }
