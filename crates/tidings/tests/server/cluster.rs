@@ -218,6 +218,40 @@ async fn a_nodes_presence_index_holds_only_channels_it_has_entries_on() {
     }
 }
 
+/// A leave of an entry that is not there (a second leave of one, when the
+/// first was cut short and the connection's close finishes it) takes nothing
+/// off the node's count: it used to take another entry's, and the channel
+/// left the index while that entry remained (unreaped if the node then died).
+#[tokio::test]
+async fn a_second_leave_of_one_entry_keeps_the_channel_in_the_index() {
+    let redis = RedisServer::start().await;
+    let settings = tidings::config::EngineSettings {
+        redis_url: redis.url(),
+        ..tidings::config::EngineSettings::default()
+    };
+    let engine = tidings::engine::Engine::redis(&settings, "leaving").expect("valid settings");
+    let channel = tidings::protocol::ChannelName::parse("workspace:acme").unwrap();
+    for (client, user) in [("c1", "alice"), ("c2", "bob")] {
+        let me = tidings::engine::presence::ClientPresence {
+            client: client.into(),
+            user: user.into(),
+            status: tidings::protocol::PresenceStatus::Online,
+            info: None,
+        };
+        engine.presence.join(&channel, me).await.unwrap();
+    }
+    for _ in 0..2 {
+        engine
+            .presence
+            .leave(&channel, "alice", "c1")
+            .await
+            .unwrap();
+    }
+    assert_eq!(presence_index(&redis).await, ["workspace:acme"]);
+    engine.presence.leave(&channel, "bob", "c2").await.unwrap();
+    assert!(presence_index(&redis).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_subscribe_whose_presence_join_fails_is_refused_and_can_be_retried() {
     let redis = RedisServer::start().await;

@@ -225,7 +225,8 @@ impl PresenceStore for RedisPresence {
         let slot = self.slot().await?;
         // Counted, then recorded, then written: if this node dies right
         // after, the survivors find the entry. A join that fails stays
-        // counted: its caller takes it back with a leave, which uncounts it.
+        // counted: its caller takes it back with a leave, which uncounts it
+        // if the entry was written.
         self.count_entry(channel);
         link.query::<()>(
             redis::cmd("SADD")
@@ -287,16 +288,21 @@ impl PresenceStore for RedisPresence {
             )
             .await?;
         drop(slot);
-        // Gone (or already gone: reaped): not counted any more. A leave that
-        // failed is tried again, and counts then.
-        self.uncount_entry(channel).await;
         let left = match reply.first() {
             Some(redis::Value::Int(n)) => *n,
             _ => return Err(bad_entry()),
         };
         if left < 0 {
+            // Not there: a second leave of the same entry (one cut short and
+            // finished by the connection's close), a join that never wrote
+            // it, or reaped. Uncounting would take the count of another of
+            // this node's entries, and could drop the channel from the index
+            // the survivors reap by; counted too long, it only stays listed.
             return Ok(None);
         }
+        // Gone: not counted any more. A leave that failed is tried again,
+        // and counts then.
+        self.uncount_entry(channel).await;
         let entry = reply.get(1).and_then(super::text).ok_or_else(bad_entry)?;
         let entry: Entry = serde_json::from_str(&entry).map_err(|_| bad_entry())?;
         if left == 0 {
