@@ -191,7 +191,9 @@ impl tracing::field::Visit for OneLineVisitor<'_> {
 
 /// `text` with every control character written as an escape.
 fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    // Unicode's line and paragraph separators break lines in some viewers.
+    let breaks = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(breaks) {
         return text.into();
     }
     let mut escaped = String::with_capacity(text.len() + 8);
@@ -200,7 +202,7 @@ fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
             '\n' => escaped.push_str("\\n"),
             '\r' => escaped.push_str("\\r"),
             '\t' => escaped.push_str("\\t"),
-            c if c.is_control() => {
+            c if breaks(c) => {
                 let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
             }
             c => escaped.push(c),
@@ -539,7 +541,7 @@ mod one_line_log_tests {
             // A token's `sub` and a consumed message's text reach the log.
             let span = tracing::info_span!("conn", user = %"evil\nERROR forged: admin");
             let _entered = span.enter();
-            tracing::warn!(reason = %"bad\r\nERROR forged", count = 2, "dead-lettered\u{1b}[2J");
+            tracing::warn!(reason = %"bad\r\nERROR\u{2028}forged", count = 2, "dead-lettered\u{1b}[2J");
             // What a `log` crate record carries besides its message.
             tracing::info!(log.target = "redis", log.line = 7, "from the log crate");
         });
@@ -552,7 +554,7 @@ mod one_line_log_tests {
             "{log}"
         );
         assert!(
-            log.contains(r"dead-lettered\u{1b}[2J reason=bad\r\nERROR forged count=2"),
+            log.contains(r"dead-lettered\u{1b}[2J reason=bad\r\nERROR\u{2028}forged count=2"),
             "{log}"
         );
     }
