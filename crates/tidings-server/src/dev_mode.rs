@@ -49,6 +49,7 @@ pub fn print_banner(config: &Config, credentials: &DevCredentials, address: &str
          \n  Token      : {token}\
          \n               (sub=dev, workspaces=[demo], roles=[admin], valid 24h)\
          \n\
+         {no_workspace}\
          {console}\
          \n  Publish one:\
          \n    curl -s -X POST http://{address}/api/publish -H 'Authorization: Bearer {api_key}' \\\
@@ -66,10 +67,21 @@ pub fn print_banner(config: &Config, credentials: &DevCredentials, address: &str
         } else {
             String::new()
         },
+        no_workspace = no_workspace_note(config).unwrap_or_default(),
         command = own_command(),
         heartbeat = humantime::format_duration(config.connection.heartbeat),
         pong_timeout = humantime::format_duration(config.connection.pong_timeout),
     );
+}
+
+/// A warning for the banner when `workspace:demo`, which it uses, is not a
+/// channel of this configuration (`builtin_namespaces = false` and no
+/// `workspace` namespace of its own).
+fn no_workspace_note(config: &Config) -> Option<&'static str> {
+    (!config.effective_namespaces().contains_key("workspace")).then_some(
+        "\n  Note: no `workspace` namespace is configured (builtin_namespaces = false), so the\
+         \n  `workspace:demo` channel used below does not exist: use a channel of your own namespaces.\n",
+    )
 }
 
 /// How to run this binary again from the user's shell: `tidings` when that
@@ -120,5 +132,23 @@ fn shell_quoted(text: &str) -> String {
         text.to_owned()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_warns_when_its_demo_channel_does_not_exist() {
+        let mut config = Config::default();
+        assert_eq!(no_workspace_note(&config), None);
+        config.builtin_namespaces = false;
+        assert!(no_workspace_note(&config).is_some_and(|note| note.contains("workspace:demo")));
+        config.namespaces.insert(
+            "workspace".into(),
+            tidings::config::NamespaceConfig::default(),
+        );
+        assert_eq!(no_workspace_note(&config), None);
     }
 }
