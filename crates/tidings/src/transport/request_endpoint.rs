@@ -74,7 +74,10 @@ pub async fn handle(
     };
     let (id, request) = match parse_request(&body) {
         Ok(parsed) => parsed,
-        Err(bad) => return reply_error(bad.id, Refusal::new(ErrorCode::BadRequest, bad.message)),
+        Err(bad) => {
+            let message = for_this_endpoint(bad.message);
+            return reply_error(bad.id, Refusal::new(ErrorCode::BadRequest, message));
+        }
     };
     if !state.user_request_limits.admit(&identity.user) {
         let refusal = Refusal::new(ErrorCode::RateLimited, "too many requests; slow down");
@@ -83,6 +86,20 @@ pub async fn handle(
     match dispatch(&state, &identity, &client, id.clone(), request).await {
         Ok(text) => json_response(StatusCode::OK, text),
         Err(refusal) => reply_error(id, refusal),
+    }
+}
+
+/// The parser's message for an unknown `type` lists every type a WebSocket
+/// takes; this endpoint names the ones it takes.
+fn for_this_endpoint(message: String) -> String {
+    match message
+        .strip_prefix("unknown variant `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        Some((kind, _)) => format!(
+            "unknown request type `{kind}`: POST /request takes publish, history, presence, ping, status and refresh"
+        ),
+        None => message,
     }
 }
 

@@ -921,6 +921,11 @@ async fn http_requests_publish_read_and_reach_the_sse_stream() {
     }
     let (_, echoed) = request(json!({"type": "nope", "id": 8}), None, &token).await;
     assert_eq!(echoed["id"], 8, "the id is echoed when it can be read");
+    // The types this endpoint takes, not every type a WebSocket does.
+    assert_eq!(
+        echoed["message"],
+        "unknown request type `nope`: POST /request takes publish, history, presence, ping, status and refresh"
+    );
     assert_eq!(
         refused["id"], 5,
         "a refused refresh token is the request's error"
