@@ -1,6 +1,8 @@
 //! Prometheus metrics, owned by one server instance (no global recorder, so an
 //! embedding application or a test can run several servers in one process).
 
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::cluster::EngineStatus;
@@ -44,6 +46,8 @@ pub struct Metrics {
     ws_deflated_bytes_in: Counter,
     ws_deflated_bytes_out: Counter,
     recorder: PrometheusRecorder,
+    /// Every consumer's state, for `/health`.
+    consumers: std::sync::Mutex<Vec<Arc<ConsumerHealth>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -238,6 +242,7 @@ impl Metrics {
             ws_deflated_bytes_in,
             ws_deflated_bytes_out,
             recorder,
+            consumers: std::sync::Mutex::default(),
         }
     }
 
@@ -269,6 +274,14 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
+    /// Every consumer's state, as `/health` shows it.
+    pub fn consumers(&self) -> Vec<Arc<ConsumerHealth>> {
+        self.consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The metrics of one consumer, labelled `consumer` and `kind`.
     pub fn consumer(&self, name: &str, kind: &'static str) -> ConsumerMetrics {
         let labels = vec![
@@ -283,7 +296,27 @@ impl Metrics {
             self.recorder
                 .register_gauge(&Key::from_parts(metric, labels.clone()), &METADATA)
         };
+        let health = {
+            let mut consumers = self
+                .consumers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match consumers.iter().find(|c| c.name == name) {
+                Some(health) => health.clone(),
+                None => {
+                    let health = Arc::new(ConsumerHealth {
+                        name: name.to_owned(),
+                        kind,
+                        source: AtomicU8::new(SOURCE_UNCHECKED),
+                        lag: AtomicU64::new(0),
+                    });
+                    consumers.push(health.clone());
+                    health
+                }
+            }
+        };
         ConsumerMetrics {
+            health,
             processed: counter(CONSUMER_COUNTERS[0].0),
             published: counter(CONSUMER_COUNTERS[1].0),
             duplicates: counter(CONSUMER_COUNTERS[2].0),
@@ -408,6 +441,7 @@ const CONSUMER_GAUGES: [(&str, &str); 3] = [
 /// One consumer's metrics (cheap to clone).
 #[derive(Clone)]
 pub struct ConsumerMetrics {
+    health: Arc<ConsumerHealth>,
     processed: Counter,
     published: Counter,
     duplicates: Counter,
@@ -439,10 +473,45 @@ impl ConsumerMetrics {
     pub(crate) fn backlog(&self, lag: u64, oldest_age: Duration) {
         self.lag.set(lag as f64);
         self.oldest_age.set(oldest_age.as_secs_f64());
+        self.health.lag.store(lag, Ordering::Relaxed);
     }
     /// Whether the last backlog check could read the source.
     pub(crate) fn source_up(&self, up: bool) {
         self.source_up.set(if up { 1.0 } else { 0.0 });
+        let source = if up { SOURCE_UP } else { SOURCE_DOWN };
+        self.health.source.store(source, Ordering::Relaxed);
+    }
+}
+
+const SOURCE_UNCHECKED: u8 = 0;
+const SOURCE_UP: u8 = 1;
+const SOURCE_DOWN: u8 = 2;
+
+/// One consumer's state for `/health`: its source as of the last
+/// once-a-second backlog check, and its lag then.
+#[derive(Debug)]
+pub struct ConsumerHealth {
+    /// The consumer's name.
+    pub name: String,
+    /// `redis_stream` or `postgres_outbox`.
+    pub kind: &'static str,
+    source: AtomicU8,
+    lag: AtomicU64,
+}
+
+impl ConsumerHealth {
+    /// Whether the source answered the last check; `None` before the first.
+    pub fn source_up(&self) -> Option<bool> {
+        match self.source.load(Ordering::Relaxed) {
+            SOURCE_UP => Some(true),
+            SOURCE_DOWN => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Messages waiting, as of the last check that could read the source.
+    pub fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
     }
 }
 

@@ -27,19 +27,35 @@ pub fn routes(console: bool) -> Router<Arc<ServerState>> {
 
 /// Always 200 while the process serves: during a Redis outage the node keeps
 /// its connections and says `degraded` (a load balancer that drained every
-/// node would cut clients off for nothing).
+/// node would cut clients off for nothing). So does a consumer whose source
+/// does not answer: its events stop arriving, the node serves the rest.
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
     let engine = state.cluster.status();
-    Json(json!({
-        "status": if engine.available { "ok" } else { "degraded" },
+    let consumers = state.metrics.consumers();
+    let sources_up = consumers.iter().all(|c| c.source_up() != Some(false));
+    let mut body = json!({
+        "status": if engine.available && sources_up { "ok" } else { "degraded" },
         "node": state.node,
         "connections": state.hub.connection_count(),
         "engine": {
             "type": state.config.engine.kind.as_str(),
             "available": engine.available,
         },
-    }))
-    .into_response()
+    });
+    if !consumers.is_empty() {
+        body["consumers"] = consumers
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "kind": c.kind,
+                    "source_up": c.source_up(),
+                    "lag": c.lag(),
+                })
+            })
+            .collect();
+    }
+    Json(body).into_response()
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {

@@ -8,6 +8,7 @@ mod cancellation;
 mod closing;
 mod cluster;
 mod compression;
+mod consumers;
 mod faulty_broker;
 mod http_transports;
 mod liveness;
