@@ -273,17 +273,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Every channel `connection` is a subscriber of, found by looking at
-    /// every channel: slow, for cleaning up after a panic, when the
-    /// connection's own list may have missed one.
-    pub fn channels_of(&self, connection: &Connection) -> Vec<ChannelName> {
-        self.subscribers
-            .iter()
-            .filter(|entry| entry.value().contains(connection.key))
-            .map(|entry| entry.key().clone())
-            .collect()
-    }
-
     /// Removes a connection and all its subscriptions.
     pub async fn unregister(
         &self,

@@ -518,19 +518,6 @@ impl Subscriptions {
         }
     }
 
-    /// [`close`](Self::close) after a panic in the connection's task: a
-    /// subscribe cut short may have left the connection among a channel's
-    /// subscribers without this list knowing the channel (its presence entry
-    /// comes after, so there is none to leave).
-    pub async fn close_after_panic(self, state: &ServerState, connection: &Arc<Connection>) {
-        for channel in state.hub.channels_of(connection) {
-            if !self.channels.contains_key(&channel) {
-                state.hub.remove_subscription(&channel, connection).await;
-            }
-        }
-        self.close(state, connection).await;
-    }
-
     /// Ends every subscription and unregisters the connection from the hub.
     pub async fn close(self, state: &ServerState, connection: &Arc<Connection>) {
         for (channel, subscription) in self.channels.iter() {

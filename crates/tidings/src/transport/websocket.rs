@@ -232,7 +232,7 @@ async fn open_session(
     // echoes its id, which the long-lived session need not keep.
     if let Err(stop) = Box::pin(session.send_connected(auth_id)).await {
         let span = session.span.clone();
-        Box::pin(session.end(stop, false)).instrument(span).await;
+        Box::pin(session.end(stop)).instrument(span).await;
         return None;
     }
     Some(session)
@@ -253,20 +253,19 @@ fn run_session(mut session: Session) -> impl Future<Output = ()> + Send {
         // A panic while serving (a bug, or an embedder's engine) must not
         // leave the connection registered, its presence listed and its client
         // without a close: end the session as any other stop, with 4000.
-        let (stop, panicked) = match AssertUnwindSafe(session.serve()).catch_unwind().await {
-            Ok(stop) => (stop, false),
+        // A subscribe cut short is undone by `close` like any other (the
+        // channel is listed before the hub takes the connection in).
+        let stop = match AssertUnwindSafe(session.serve()).catch_unwind().await {
+            Ok(stop) => stop,
             Err(_) => {
                 session
                     .span
                     .in_scope(|| tracing::error!("connection task panicked; closing with 4000"));
-                (
-                    Stop::Close(CloseCode::Reconnect, PANIC_REASON.to_owned()),
-                    true,
-                )
+                Stop::Close(CloseCode::Reconnect, PANIC_REASON.to_owned())
             }
         };
         let span = session.span.clone();
-        Box::pin(session.end(stop, panicked)).instrument(span).await;
+        Box::pin(session.end(stop)).instrument(span).await;
     }
 }
 
@@ -650,10 +649,9 @@ enum Failure {
 impl Session {
     /// Ends a session that stopped: frees the queue (a slow consumer's backlog
     /// is the memory to free), keeps the socket for the close handshake, then
-    /// leaves the channels (every channel the hub holds it on, when serving
-    /// `panicked`). The connection stays registered until then, so a
+    /// leaves the channels. The connection stays registered until then, so a
     /// shutdown drain waits for its Close.
-    async fn end(self, stop: Stop, panicked: bool) {
+    async fn end(self, stop: Stop) {
         let Session {
             mut socket,
             subscriptions,
@@ -682,11 +680,7 @@ impl Session {
             }
         };
         drop(socket);
-        if panicked {
-            subscriptions.close_after_panic(&state, &connection).await;
-        } else {
-            subscriptions.close(&state, &connection).await;
-        }
+        subscriptions.close(&state, &connection).await;
         tracing::debug!(%end, "disconnected");
     }
 

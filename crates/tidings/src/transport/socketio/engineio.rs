@@ -974,11 +974,11 @@ async fn drive(
     // the socket's hub connection registered and its presence listed: end the
     // session as the server would (the client reconnects), then release it.
     let serving = serve(&endpoint.settings, &session, &mut inbound, &mut app);
-    let (end, panicked) = match AssertUnwindSafe(serving).catch_unwind().await {
-        Ok(end) => (end, false),
+    let end = match AssertUnwindSafe(serving).catch_unwind().await {
+        Ok(end) => end,
         Err(_) => {
             tracing::error!(sid = %session.sid, "Socket.IO session task panicked; closing it");
-            (End::Close, true)
+            End::Close
         }
     };
     let never_connected = !lock(&session.state).connected;
@@ -991,7 +991,7 @@ async fn drive(
     }
     // Boxed: leaving the hub (presence, engine calls) is a large future that
     // would otherwise sit in every session's task for its whole life.
-    Box::pin(app.finish(panicked)).await;
+    Box::pin(app.finish()).await;
 }
 
 /// Heartbeats the session and hands its packets to `app` until one side ends it.

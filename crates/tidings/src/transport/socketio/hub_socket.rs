@@ -311,7 +311,7 @@ impl HubSocket {
             }
             PacketKind::Disconnect => {
                 if let Some(connected) = self.connected.take() {
-                    release(&self.state, *connected, false).await;
+                    release(&self.state, *connected).await;
                 }
                 Ok(())
             }
@@ -709,9 +709,9 @@ impl HubSocket {
     }
 
     /// Leaves the hub once the session is over.
-    pub async fn finish(self, panicked: bool) {
+    pub async fn finish(self) {
         if let Some(connected) = self.connected {
-            release(&self.state, *connected, panicked).await;
+            release(&self.state, *connected).await;
         }
     }
 }
@@ -934,9 +934,8 @@ fn connect_error(session: &Session, code: ErrorCode, message: &str) {
     ));
 }
 
-/// Leaves the hub: every channel it holds the connection on when serving
-/// `panicked` (a subscribe may have been cut short), else the known ones.
-async fn release(state: &ServerState, connected: Connected, panicked: bool) {
+/// Leaves the hub: every channel the connection is on, presence included.
+async fn release(state: &ServerState, connected: Connected) {
     let Connected {
         connection,
         subscriptions,
@@ -944,9 +943,5 @@ async fn release(state: &ServerState, connected: Connected, panicked: bool) {
         ..
     } = connected;
     drop(queue);
-    if panicked {
-        subscriptions.close_after_panic(state, &connection).await;
-    } else {
-        subscriptions.close(state, &connection).await;
-    }
+    subscriptions.close(state, &connection).await;
 }

@@ -111,9 +111,9 @@ impl App {
     }
 
     /// Releases what the socket holds (its hub connection) once the session ended.
-    async fn finish(self, panicked: bool) {
+    async fn finish(self) {
         if let Self::Hub(socket) = self {
-            socket.finish(panicked).await;
+            socket.finish().await;
         }
     }
 }
