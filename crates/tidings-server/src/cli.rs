@@ -138,17 +138,12 @@ fn never_logs_message_bodies(meta: &tracing::Metadata<'_>) -> bool {
     !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("tungstenite"))
 }
 
-/// The text format's fields with control characters escaped (`\n` as the two
-/// characters `\` `n`): a value that comes from a client (a token's `sub`, a
-/// consumed message echoed in a dead-letter reason) must not start a line of
-/// its own, which would read as another log entry. JSON escapes them itself.
-fn one_line_fields() -> OneLineFields {
-    OneLineFields
-}
-
 /// Formats fields as the default text format does (`message` bare, others
 /// `name=value`, `log.*` fields of records from the `log` crate left out),
-/// with control characters escaped.
+/// with control characters escaped (`\n` as the two characters `\` `n`): a
+/// value that comes from a client (a token's `sub`, a consumed message echoed
+/// in a dead-letter reason) must not start a line of its own, which would read
+/// as another log entry. JSON escapes them itself.
 struct OneLineFields;
 
 impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for OneLineFields {
@@ -225,7 +220,7 @@ fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
         // Colour codes only for a person at a terminal, never into a file or a pipe.
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Text => registry.with(layer.fmt_fields(one_line_fields())).init(),
+        LogFormat::Text => registry.with(layer.fmt_fields(OneLineFields)).init(),
         LogFormat::Json => registry
             .with(layer.json().flatten_event(true).with_current_span(true))
             .init(),
@@ -513,7 +508,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 mod one_line_log_tests {
     use std::sync::{Arc, Mutex};
 
-    use super::one_line_fields;
+    use super::OneLineFields;
 
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -535,7 +530,7 @@ mod one_line_log_tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .fmt_fields(one_line_fields())
+            .fmt_fields(OneLineFields)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             // A token's `sub` and a consumed message's text reach the log.

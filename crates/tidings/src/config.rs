@@ -786,14 +786,18 @@ fn is_origin(origin: &str) -> bool {
         && scheme
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c));
-    let default_port = match scheme {
+    scheme_ok
+        && authority_as_serialized(authority)
+        && !default_port(scheme).is_some_and(|port| authority.ends_with(port))
+}
+
+/// The port a browser leaves out of an origin with this scheme, as `:port`.
+pub(crate) fn default_port(scheme: &str) -> Option<&'static str> {
+    match scheme {
         "https" | "wss" => Some(":443"),
         "http" | "ws" => Some(":80"),
         _ => None,
-    };
-    scheme_ok
-        && authority_as_serialized(authority)
-        && !default_port.is_some_and(|port| authority.ends_with(port))
+    }
 }
 
 /// `host[:port]` as a browser serializes it: a lowercase name of non-empty

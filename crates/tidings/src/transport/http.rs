@@ -342,12 +342,9 @@ fn cookie_origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
 /// `host[:port]` without the scheme's default port (`:443` for https, `:80`
 /// for http), as browsers write an `Origin`.
 fn without_default_port<'a>(scheme: &str, authority: &'a str) -> &'a str {
-    let default = match scheme {
-        "https" | "wss" => ":443",
-        "http" | "ws" => ":80",
-        _ => return authority,
-    };
-    authority.strip_suffix(default).unwrap_or(authority)
+    crate::config::default_port(scheme)
+        .and_then(|port| authority.strip_suffix(port))
+        .unwrap_or(authority)
 }
 
 #[cfg(test)]
