@@ -197,11 +197,7 @@ impl HubSocket {
                         ))
                         .await;
                         for channel in &revoked {
-                            let notice = serde_json::json!({
-                                "channel": channel.as_str(),
-                                "reason": REVOKED_REASON,
-                            });
-                            emit(session, UNSUBSCRIBED_EVENT, &[&notice.to_string()]);
+                            emit_unsubscribed(session, channel, REVOKED_REASON);
                         }
                         if !revoked.is_empty() {
                             emit_position(session, connected);
@@ -221,9 +217,7 @@ impl HubSocket {
                         .forget(&self.state, &connected.connection, &channel)
                         .await
                     {
-                        let notice =
-                            serde_json::json!({ "channel": channel.as_str(), "reason": reason });
-                        emit(session, UNSUBSCRIBED_EVENT, &[&notice.to_string()]);
+                        emit_unsubscribed(session, &channel, &reason);
                         emit_position(session, connected);
                     }
                 }
@@ -932,6 +926,13 @@ fn connect_error(session: &Session, code: ErrorCode, message: &str) {
         0,
         Some(&data.to_string()),
     ));
+}
+
+/// `tidings:unsubscribed` with `{channel, reason}`: the server ended the socket's
+/// subscription to `channel`.
+fn emit_unsubscribed(session: &Session, channel: &ChannelName, reason: &str) {
+    let notice = serde_json::json!({ "channel": channel.as_str(), "reason": reason });
+    emit(session, UNSUBSCRIBED_EVENT, &[&notice.to_string()]);
 }
 
 /// Leaves the hub: every channel the connection is on, presence included.
