@@ -952,13 +952,10 @@ async fn serve_websocket(endpoint: &Endpoint, session: &Arc<Session>, mut socket
 pub enum End {
     /// The client left (close packet, transport gone, ping timeout).
     Gone,
-    /// The server closes the transport: the client reconnects.
+    /// The server closes the transport: the client reconnects. A session
+    /// whose socket never connected is then forgotten at once rather than
+    /// kept for a last poll, so its pending slot comes back.
     Close,
-    /// The server ends a session whose socket never connected (no `CONNECT`
-    /// to `/` within `connect_timeout`, or its outbox over
-    /// [`PRECONNECT_OUTBOX_BYTES`]): as `Close`, but the session does not
-    /// linger for a last poll, so its pending slot is given back at once.
-    Abandon,
 }
 
 /// The session task: heartbeat, packets to the app, app pushes to the outbox.
@@ -984,10 +981,8 @@ async fn drive(
     let never_connected = !lock(&session.state).connected;
     match end {
         End::Gone => session.close(&endpoint.sessions, false),
-        // A socket that never connected does not linger with its pending slot.
         End::Close if never_connected => session.close_with(&endpoint.sessions, Some("1"), false),
         End::Close => session.close(&endpoint.sessions, true),
-        End::Abandon => session.close_with(&endpoint.sessions, Some("1"), false),
     }
     // Boxed: leaving the hub (presence, engine calls) is a large future that
     // would otherwise sit in every session's task for its whole life.
@@ -1040,7 +1035,7 @@ async fn serve(
             // (`connect_error`s, pongs): holding its packets would keep its
             // session to `connect_timeout`; it ends now.
             tracing::debug!(sid = %session.sid, "socket.io session over its pre-connect outbox limit; closing it");
-            break End::Abandon;
+            break End::Close;
         }
         if room {
             if let Some(packet) = held.take() {
@@ -1071,9 +1066,7 @@ async fn serve(
                 if pong_deadline.is_some_and(|d| d <= now) {
                     Err(End::Gone)
                 } else if !app.is_connected() && connect_deadline <= now {
-                    // A socket that left (`DISCONNECT`) after connecting ends
-                    // as any other; one that never connected does not linger.
-                    Err(if connected { End::Close } else { End::Abandon })
+                    Err(End::Close)
                 } else if next_ping <= now {
                     next_ping = now + settings.ping_interval;
                     pong_deadline.get_or_insert(now + settings.ping_timeout);
