@@ -33,6 +33,7 @@ pub struct Metrics {
     recovery_failed: [Counter; 3],
     sse_streams: Gauge,
     socketio_sessions: Gauge,
+    socketio_pending_closes: Counter,
     polls: Counter,
     polls_waiting: Gauge,
     http_requests: Counter,
@@ -145,6 +146,10 @@ impl Metrics {
             "tidings_socketio_sessions",
             "Open Engine.IO sessions at the Socket.IO endpoint on this node.",
         );
+        let socketio_pending_closes = counter(
+            "tidings_socketio_pending_closes_total",
+            "Engine.IO sessions that had not joined, closed to make room for a new one (over the cap on sessions waiting to join).",
+        );
         let polls = counter(
             "tidings_polls_total",
             "HTTP polling requests (GET /events) answered.",
@@ -229,6 +234,7 @@ impl Metrics {
             recovery_failed,
             sse_streams,
             socketio_sessions,
+            socketio_pending_closes,
             polls,
             polls_waiting,
             http_requests,
@@ -378,6 +384,10 @@ impl Metrics {
     }
     pub(crate) fn socketio_session_closed(&self) {
         self.socketio_sessions.decrement(1.0);
+    }
+    /// A session waiting to join was closed for a new one.
+    pub(crate) fn socketio_pending_closed(&self) {
+        self.socketio_pending_closes.increment(1);
     }
     pub(crate) fn sse_stream_opened(&self) {
         self.sse_streams.increment(1.0);

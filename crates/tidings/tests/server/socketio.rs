@@ -328,6 +328,11 @@ async fn a_handshake_past_the_pending_cap_closes_the_oldest_waiting_session() {
     let (_ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     let closed = server.http.get(&third).send().await.unwrap();
     assert_eq!(closed.status().as_u16(), 400, "the next oldest is gone");
+    assert_eq!(
+        server.metric("tidings_socketio_pending_closes_total").await,
+        2.0,
+        "each session closed for a newer one is counted"
+    );
 
     // Sessions that time out are gone at once.
     tokio::time::sleep(Duration::from_millis(1000)).await;

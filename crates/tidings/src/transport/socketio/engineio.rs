@@ -389,6 +389,9 @@ impl Sessions {
             };
             drop(slot);
             tracing::debug!(sid = %session.sid, "socket.io session that had not joined closed for a newer one");
+            if let Some(metrics) = &self.metrics {
+                metrics.socketio_pending_closed();
+            }
             session.close_with(self, Some("1"), false);
             // Wakes its task, which may be waiting for a packet.
             let _ = session.inbound.try_send(Inbound::Close);
