@@ -236,7 +236,10 @@ fn expected_format(expected: &str) -> String {
     }
     match expected {
         "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number such as `1024`".to_owned(),
-        "a boolean" | "bool" => "`true` or `false`".to_owned(),
+        "a boolean" | "bool" => {
+            "`true` or `false` (in a `TIDINGS_*` variable also `yes`/`no`, `on`/`off`, `1`/`0`)"
+                .to_owned()
+        }
         "socket address" | "a socket address" => "an address such as `127.0.0.1:8000`".to_owned(),
         other => other.to_owned(),
     }

@@ -176,6 +176,9 @@ fn parse_stream_request(
         )
     };
     // The browser's own reconnect sends the header; an explicit query wins.
+    // An empty query is no query: a polyfill that always appends
+    // `last_event_id=` must not hide the header its reconnect sends.
+    let last_event_id = last_event_id.filter(|query| !query.trim().is_empty());
     let last_event_id = match (last_event_id, headers.get("last-event-id")) {
         (Some(query), _) => Some(query),
         (None, Some(header)) => Some(header.to_str().map_err(|_| unreadable())?.to_owned()),

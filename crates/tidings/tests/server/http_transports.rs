@@ -294,6 +294,20 @@ async fn sse_resumes_from_last_event_id_with_exactly_the_missed_events() {
     assert_eq!(third.expect("subscribed").await.json()["recovered"], true);
     let events = third.drain_events(Duration::from_millis(300)).await;
     assert_eq!(offsets(&events), [7]);
+
+    // An empty `last_event_id=` (a polyfill that always appends it) is no
+    // query: the header still resumes.
+    let resume = third.last_id.clone().unwrap();
+    drop(third);
+    server.publish("workspace:acme", "later", json!(8)).await;
+    let mut fourth = SseStream::open_with(&server, "channel=workspace:acme&last_event_id=", |r| {
+        r.bearer_auth(&token).header("Last-Event-ID", &resume)
+    })
+    .await;
+    fourth.expect("connected").await;
+    assert_eq!(fourth.expect("subscribed").await.json()["recovered"], true);
+    let events = fourth.drain_events(Duration::from_millis(300)).await;
+    assert_eq!(offsets(&events), [8]);
 }
 
 fn urlencode(text: &str) -> String {
