@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::engine::Publication;
 use crate::protocol::{ChannelName, CloseCode, PresenceStatus};
@@ -33,7 +33,36 @@ pub enum Outbound {
     /// The server removed a subscription.
     Unsubscribed(Box<ServerUnsubscribe>),
     /// A request for this connection that arrived over `POST /request`.
-    Control(Box<ControlRequest>),
+    Control(Box<Control>),
+}
+
+/// A [`ControlRequest`] queued for a connection, and the `POST /request`
+/// that waits for it to be applied.
+#[derive(Debug)]
+pub struct Control {
+    /// What to do.
+    pub request: ControlRequest,
+    /// Told once the transport task has applied the request; dropped
+    /// unanswered when the connection ends first.
+    pub applied: oneshot::Sender<()>,
+}
+
+impl Control {
+    /// The request, and the signal to give once it is applied.
+    pub fn take(self) -> (ControlRequest, Applied) {
+        (self.request, Applied(self.applied))
+    }
+}
+
+/// Tells the waiting `POST /request` that its request took effect.
+#[derive(Debug)]
+pub struct Applied(oneshot::Sender<()>);
+
+impl Applied {
+    /// The request took effect (whoever waited may have gone: nothing then).
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
 }
 
 /// What `POST /request` asks of a live connection.
@@ -227,9 +256,16 @@ impl Connection {
     }
 
     /// Queues a request from `POST /request` for the transport task:
-    /// `Overflow` when [`MAX_CONTROLS`] are waiting already (nothing is closed).
-    pub fn push_control(&self, request: ControlRequest) -> PushOutcome {
-        self.enqueue(Outbound::Control(Box::new(request)), false)
+    /// `Overflow` when [`MAX_CONTROLS`] are waiting already (nothing is
+    /// closed). The receiver answers once the request is applied, and fails
+    /// if the connection ends first.
+    pub fn push_control(&self, request: ControlRequest) -> (PushOutcome, oneshot::Receiver<()>) {
+        let (applied, done) = oneshot::channel();
+        let control = Control { request, applied };
+        (
+            self.enqueue(Outbound::Control(Box::new(control)), false),
+            done,
+        )
     }
 
     /// Queues a presence push. Subject to the same bounds as events.
@@ -418,16 +454,16 @@ mod tests {
         );
         let status = || ControlRequest::Status(PresenceStatus::Away);
         for _ in 0..MAX_CONTROLS {
-            assert_eq!(connection.push_control(status()), PushOutcome::Queued);
+            assert_eq!(connection.push_control(status()).0, PushOutcome::Queued);
         }
-        assert_eq!(connection.push_control(status()), PushOutcome::Overflow);
+        assert_eq!(connection.push_control(status()).0, PushOutcome::Overflow);
         assert!(
             connection.close_request().is_none(),
             "a refusal closes nothing"
         );
         // Read one: room for one more.
         assert!(matches!(queue.try_recv(), Some(Outbound::Control(_))));
-        assert_eq!(connection.push_control(status()), PushOutcome::Queued);
-        assert_eq!(connection.push_control(status()), PushOutcome::Overflow);
+        assert_eq!(connection.push_control(status()).0, PushOutcome::Queued);
+        assert_eq!(connection.push_control(status()).0, PushOutcome::Overflow);
     }
 }

@@ -14,7 +14,8 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 
 pub use connection::{
-    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, PushOutcome, QueueLimits,
+    Applied, CloseRequest, Connection, ConnectionQueue, Control, ControlRequest, Outbound,
+    PushOutcome, QueueLimits,
 };
 
 use crate::engine::cluster::ControlHandler;

@@ -133,13 +133,13 @@ async fn dispatch(
             .map(|m| m.to_json()),
         Request::Ping => Ok(ServerMessage::Pong { id }.to_json()),
         Request::Status { status } => {
-            control(state, identity, client, ControlRequest::Status(status))?;
+            control(state, identity, client, ControlRequest::Status(status)).await?;
             Ok(ServerMessage::Status { id, status }.to_json())
         }
         Request::Refresh { token } => {
             let refreshed = requests::verify_refresh(state, &identity.user, &token)?;
             let expires_at = refreshed.expires_at.map(format_unix_seconds);
-            control(state, identity, client, ControlRequest::Refresh(refreshed))?;
+            control(state, identity, client, ControlRequest::Refresh(refreshed)).await?;
             Ok(ServerMessage::Refreshed { id, expires_at }.to_json())
         }
         Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(Refusal::new(
@@ -153,8 +153,10 @@ async fn dispatch(
     }
 }
 
-/// Hands `request` to the live connection `client` of the same user.
-fn control(
+/// Hands `request` to the live connection `client` of the same user and
+/// waits until its stream has applied it (behind the events queued before
+/// it), so that the reply means it took effect.
+async fn control(
     state: &ServerState,
     identity: &Identity,
     client: &str,
@@ -175,18 +177,19 @@ fn control(
                 format!("no live stream {client} of this user"),
             )
         })?;
-    match connection.push_control(request) {
-        PushOutcome::Queued => Ok(()),
+    let ended = || Refusal::new(ErrorCode::BadRequest, format!("stream {client} has ended"));
+    let (outcome, applied) = connection.push_control(request);
+    // Not kept while waiting: the hub's handle must not outlive the stream.
+    drop(connection);
+    match outcome {
+        PushOutcome::Queued => applied.await.map_err(|_| ended()),
         PushOutcome::Overflow => Err(Refusal::new(
             ErrorCode::RateLimited,
             format!(
                 "stream {client} has {MAX_CONTROLS} requests waiting; retry once it reads them"
             ),
         )),
-        PushOutcome::Filtered | PushOutcome::Closed => Err(Refusal::new(
-            ErrorCode::BadRequest,
-            format!("stream {client} has ended"),
-        )),
+        PushOutcome::Filtered | PushOutcome::Closed => Err(ended()),
     }
 }
 

@@ -556,36 +556,40 @@ impl SseSession {
                         push_message(&mut out, None, "unsubscribed", &notice.to_json());
                     }
                 }
-                Outbound::Control(request) => match *request {
-                    ControlRequest::Status(status) => {
-                        self.status = status;
-                        if let Some(subscriptions) = &self.subscriptions {
-                            subscriptions.set_status(&state, &connection, status).await;
+                Outbound::Control(control) => {
+                    let (request, applied) = control.take();
+                    match request {
+                        ControlRequest::Status(status) => {
+                            self.status = status;
+                            if let Some(subscriptions) = &self.subscriptions {
+                                subscriptions.set_status(&state, &connection, status).await;
+                            }
+                        }
+                        ControlRequest::Refresh(identity) => {
+                            let revoked = self
+                                .subscriptions
+                                .get_or_insert_with(Subscriptions::default)
+                                .take_refresh(
+                                    &state,
+                                    &connection,
+                                    identity,
+                                    &mut self.identity,
+                                    &mut self.token_expiry,
+                                )
+                                .await;
+                            for channel in revoked {
+                                self.delivered.positions.remove(&channel);
+                                let notice = ServerMessage::Unsubscribed {
+                                    id: None,
+                                    channel: channel.to_string(),
+                                    reason: Some(REVOKED_REASON.to_owned()),
+                                };
+                                push_message(&mut out, None, "unsubscribed", &notice.to_json());
+                            }
                         }
                     }
-                    ControlRequest::Refresh(identity) => {
-                        let revoked = self
-                            .subscriptions
-                            .get_or_insert_with(Subscriptions::default)
-                            .take_refresh(
-                                &state,
-                                &connection,
-                                identity,
-                                &mut self.identity,
-                                &mut self.token_expiry,
-                            )
-                            .await;
-                        for channel in revoked {
-                            self.delivered.positions.remove(&channel);
-                            let notice = ServerMessage::Unsubscribed {
-                                id: None,
-                                channel: channel.to_string(),
-                                reason: Some(REVOKED_REASON.to_owned()),
-                            };
-                            push_message(&mut out, None, "unsubscribed", &notice.to_json());
-                        }
-                    }
-                },
+                    applied.done();
+                }
             }
             written += 1;
             if written < WRITE_BATCH {

@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::engine::Publication;
 use crate::hub::connection::ServerUnsubscribe;
 use crate::hub::{
-    CloseRequest, Connection, ConnectionQueue, ControlRequest, Outbound, REVOKED_REASON,
+    CloseRequest, Connection, ConnectionQueue, Control, ControlRequest, Outbound, REVOKED_REASON,
 };
 use crate::protocol::time::{format_unix_seconds, new_client_id};
 use crate::protocol::{
@@ -1138,6 +1138,24 @@ impl Session {
         }
     }
 
+    /// Applies a request from `POST /request`, then tells its caller so;
+    /// gives back the notices to write (channels a refresh revoked).
+    async fn apply_control(&mut self, control: Control) -> Vec<ServerMessage> {
+        let (request, applied) = control.take();
+        let notices = match request {
+            ControlRequest::Status(status) => {
+                self.status = status;
+                self.subscriptions
+                    .set_status(&self.state, &self.connection, status)
+                    .await;
+                Vec::new()
+            }
+            ControlRequest::Refresh(identity) => self.take_identity(identity).await,
+        };
+        applied.done();
+        notices
+    }
+
     /// Writes a queued item and whatever else is already waiting, in one flush.
     async fn write_queued(&mut self, first: Outbound) -> Result<(), Stop> {
         let mut batch = Vec::new();
@@ -1146,23 +1164,13 @@ impl Session {
         while let Some(next) = item.take() {
             match self.add_data(next, &mut batch, &mut oldest) {
                 None | Some(Outbound::Event(_) | Outbound::Presence(_)) => {}
-                Some(Outbound::Control(request)) => match *request {
-                    ControlRequest::Status(status) => {
-                        self.status = status;
-                        // Rare arms are boxed: the hot path's future stays small.
-                        Box::pin(self.subscriptions.set_status(
-                            &self.state,
-                            &self.connection,
-                            status,
-                        ))
-                        .await;
+                Some(Outbound::Control(control)) => {
+                    // Boxed, with the request moved into it: a rare arm, and
+                    // this future stays small.
+                    for notice in Box::pin(self.apply_control(*control)).await {
+                        batch.push(Message::Text(Utf8Bytes::from(notice.to_json())));
                     }
-                    ControlRequest::Refresh(identity) => {
-                        for notice in Box::pin(self.take_identity(identity)).await {
-                            batch.push(Message::Text(Utf8Bytes::from(notice.to_json())));
-                        }
-                    }
-                },
+                }
                 Some(Outbound::Unsubscribed(notice)) => {
                     let ServerUnsubscribe { channel, reason } = *notice;
                     if Box::pin(

@@ -31,6 +31,11 @@ async fn stalling_server() -> (TestServer, Arc<FaultyBroker>) {
 /// Sends `GET path` and its headers, reads the response's head, and gives
 /// the socket back (its body still to come).
 async fn request_head(server: &TestServer, path: &str) -> tokio::net::TcpStream {
+    request_head_text(server, path).await.0
+}
+
+/// [`request_head`], with the head's text.
+async fn request_head_text(server: &TestServer, path: &str) -> (tokio::net::TcpStream, String) {
     let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
@@ -44,7 +49,7 @@ async fn request_head(server: &TestServer, path: &str) -> tokio::net::TcpStream 
         assert_eq!(read, 1, "closed before the head: {head:?}");
         head.push(byte[0]);
     }
-    socket
+    (socket, String::from_utf8(head).unwrap())
 }
 
 /// Resets `socket` (RST, as a browser tab that is killed).
@@ -182,8 +187,12 @@ async fn an_sse_stream_dropped_while_a_refresh_revokes_a_channel_leaves_no_subsc
     // A refresh that revokes workspace:acme: the stream leaves presence (stalls).
     let fewer = token("u1", &[], &[]);
     let refresh = serde_json::json!({"type": "refresh", "id": 1, "token": fewer});
-    let (status, _) = server.http_request(&full, Some(&client), refresh).await;
-    assert_eq!(status, 200);
+    let server = Arc::new(server);
+    // Answered once applied: not while the stream is stuck in the leave.
+    let refreshed = tokio::spawn({
+        let (server, full, client) = (server.clone(), full.clone(), client.clone());
+        async move { server.http_request(&full, Some(&client), refresh).await }
+    });
     until("the stream began to leave presence", || {
         presence.stalled.load(std::sync::atomic::Ordering::SeqCst)
     })
@@ -192,10 +201,72 @@ async fn an_sse_stream_dropped_while_a_refresh_revokes_a_channel_leaves_no_subsc
     server
         .wait_for_metric("tidings_sse_streams", WAIT, |n| n == 0.0)
         .await;
+    let (status, reply) = tokio::time::timeout(WAIT, refreshed)
+        .await
+        .expect("answered once the stream ended")
+        .unwrap();
+    assert_eq!(
+        (status, &reply["code"]),
+        (400, &serde_json::json!("bad_request")),
+        "the refresh never completed: {reply}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         server.metric("tidings_subscriptions").await,
         0.0,
         "the dropped stream is still among workspace:acme's subscribers"
+    );
+}
+
+/// A `status` over `POST /request` is answered once the named stream has
+/// applied it: here the stream is stuck opening, so the answer waits, and
+/// when the stream goes away instead, it says so (not a 200 for a status
+/// that never took effect).
+#[tokio::test]
+async fn a_status_for_a_stream_that_ends_before_taking_it_is_not_answered_ok() {
+    let (server, _broker) = stalling_server().await;
+    let token = token("u1", &["acme"], &[]);
+    let path = format!("/sse?channel=workspace:acme:stall-history&token={token}");
+    let (socket, head) = request_head_text(&server, &path).await;
+    let client = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-tidings-client")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("the stream names its connection");
+    server
+        .wait_for_metric("tidings_subscriptions", WAIT, |n| n == 1.0)
+        .await;
+    let server = Arc::new(server);
+    let status = tokio::spawn({
+        let (server, token, client) = (server.clone(), token.clone(), client.clone());
+        async move {
+            server
+                .http_request(
+                    &token,
+                    Some(&client),
+                    serde_json::json!({"type": "status", "id": 1, "status": "busy"}),
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !status.is_finished(),
+        "answered before the stream took the status"
+    );
+    reset(socket);
+    let (code, reply) = tokio::time::timeout(WAIT, status)
+        .await
+        .expect("answered once the stream ended")
+        .unwrap();
+    assert_eq!(code, 400, "{reply}");
+    assert_eq!(reply["code"], "bad_request");
+    assert_eq!(
+        reply["message"],
+        format!("stream {client} has ended"),
+        "{reply}"
     );
 }

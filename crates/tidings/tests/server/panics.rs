@@ -168,10 +168,12 @@ async fn an_sse_stream_whose_session_panics_ends_and_is_unregistered() {
     stream.expect("subscribed").await;
     assert_eq!(members(&server, "workspace:acme").await, 1);
 
-    // The stream's session applies the status, and panics.
+    // The stream's session applies the status, and panics: the status never
+    // took effect, and the request says the stream ended.
     let status = json!({"type": "status", "id": 1, "status": "away"});
-    let (code, _) = server.http_request(&token, Some(&client), status).await;
-    assert_eq!(code, 200);
+    let (code, reply) = server.http_request(&token, Some(&client), status).await;
+    assert_eq!(code, 400, "{reply}");
+    assert_eq!(reply["message"], format!("stream {client} has ended"));
     let next = stream.next(WAIT).await;
     assert!(
         next.is_none() && stream.ended,

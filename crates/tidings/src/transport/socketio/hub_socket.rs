@@ -177,33 +177,37 @@ impl HubSocket {
                         emit(session, PRESENCE_EVENT, &[push.text.as_str()]);
                     }
                 }
-                Outbound::Control(request) => match *request {
-                    ControlRequest::Status(status) => {
-                        connected.status = status;
-                        connected
-                            .subscriptions
-                            .set_status(&self.state, &connected.connection, status)
+                Outbound::Control(control) => {
+                    let (request, applied) = control.take();
+                    match request {
+                        ControlRequest::Status(status) => {
+                            connected.status = status;
+                            connected
+                                .subscriptions
+                                .set_status(&self.state, &connected.connection, status)
+                                .await;
+                        }
+                        ControlRequest::Refresh(identity) => {
+                            // The new claims apply as on `/ws`: their roles to
+                            // delivery, and channels they no longer allow end.
+                            let revoked = Box::pin(connected.subscriptions.take_refresh(
+                                &self.state,
+                                &connected.connection,
+                                identity,
+                                &mut connected.identity,
+                                &mut connected.token_expiry,
+                            ))
                             .await;
-                    }
-                    ControlRequest::Refresh(identity) => {
-                        // The new claims apply as on `/ws`: their roles to
-                        // delivery, and channels they no longer allow end.
-                        let revoked = Box::pin(connected.subscriptions.take_refresh(
-                            &self.state,
-                            &connected.connection,
-                            identity,
-                            &mut connected.identity,
-                            &mut connected.token_expiry,
-                        ))
-                        .await;
-                        for channel in &revoked {
-                            emit_unsubscribed(session, channel, REVOKED_REASON);
-                        }
-                        if !revoked.is_empty() {
-                            emit_position(session, connected);
+                            for channel in &revoked {
+                                emit_unsubscribed(session, channel, REVOKED_REASON);
+                            }
+                            if !revoked.is_empty() {
+                                emit_position(session, connected);
+                            }
                         }
                     }
-                },
+                    applied.done();
+                }
                 Outbound::Unsubscribed(notice) => {
                     let ServerUnsubscribe { channel, reason } = *notice;
                     if reason == RESUBSCRIBE_REASON {
