@@ -117,7 +117,8 @@ export interface ConnectionEvents {
 interface ChannelEntry {
   /** Where to resume from; advanced by every delivered event. */
   position?: StreamPosition;
-  status: 'pending' | 'subscribing' | 'subscribed' | 'error';
+  /** `waiting`: refused with `engine_unavailable`, subscribed again after a pause. */
+  status: 'pending' | 'waiting' | 'subscribing' | 'subscribed' | 'error';
   /** Request id of the subscribe in flight. */
   requestId?: number;
   /** Set once subscribed at least once (so the next one is a resubscription). */
@@ -128,9 +129,17 @@ interface ChannelEntry {
   engineRetries?: number;
 }
 
-/** First and largest pause before subscribing again after `engine_unavailable`. */
+/** First and largest pause before subscribing again after `engine_unavailable` or `rate_limited`. */
 const ENGINE_RETRY_MIN = 500;
 const ENGINE_RETRY_MAX = 10_000;
+/**
+ * Most subscribes sent over a WebSocket without their reply. A reconnect with
+ * hundreds of channels sends them in these steps, and once the server refuses
+ * one with `rate_limited` none is sent until a pause has passed: so at most
+ * this many are refused in a row, far below the `request_burst` (200 by
+ * default) of refusals in a row that make the server close with 4004.
+ */
+const SUBSCRIBE_WINDOW = 16;
 
 interface PendingRequest {
   message: ClientMessage & { id?: RequestId };
@@ -187,6 +196,10 @@ export class Connection extends Emitter<ConnectionEvents> {
   #lastDisconnect: { code: number; reason: string; reconnect: boolean } | null = null;
   #authError: TidingsError | null = null;
   #channels = new Map<string, ChannelEntry>();
+  /** While set, no subscribe is sent (a subscribe met `rate_limited`): the pause's end. */
+  #subscribePause: ReturnType<typeof setTimeout> | null = null;
+  /** `rate_limited` pauses in a row (reset by a subscribe that succeeds). */
+  #rateLimitStreak = 0;
   #pending = new Map<RequestId, PendingRequest>();
   #queue: PendingRequest[] = [];
   #nextId = 1;
@@ -351,14 +364,14 @@ export class Connection extends Emitter<ConnectionEvents> {
       }
       if (existing.status === 'error') {
         existing.status = 'pending';
-        this.#sendSubscribe(channel, existing);
+        this.#pumpSubscribes();
       }
       return;
     }
     const entry: ChannelEntry = { status: 'pending', everSubscribed: false };
     if (since) entry.position = { ...since };
     this.#channels.set(channel, entry);
-    this.#sendSubscribe(channel, entry);
+    this.#pumpSubscribes();
   }
 
   removeChannel(channel: string): void {
@@ -368,6 +381,41 @@ export class Connection extends Emitter<ConnectionEvents> {
     if (this.#connected && (entry.status === 'subscribed' || entry.status === 'subscribing')) {
       this.#send({ type: 'unsubscribe', channel, id: this.#nextId++ });
     }
+    if (entry.status === 'subscribing') this.#pumpSubscribes();
+  }
+
+  /**
+   * Sends the subscribes of the `pending` channels, in order. Over a WebSocket
+   * at most `SUBSCRIBE_WINDOW` wait for their reply at a time, and none is sent
+   * during a `rate_limited` pause. Other transports take them all at once (SSE
+   * opens one stream for a burst of them).
+   */
+  #pumpSubscribes(): void {
+    if (!this.#connected || !this.#transport || this.#subscribePause) return;
+    const windowed = this.#transport.name === 'websocket';
+    let inFlight = 0;
+    if (windowed) {
+      for (const entry of this.#channels.values()) if (entry.status === 'subscribing') inFlight++;
+    }
+    for (const [channel, entry] of this.#channels) {
+      if (windowed && inFlight >= SUBSCRIBE_WINDOW) return;
+      if (entry.status !== 'pending') continue;
+      this.#sendSubscribe(channel, entry);
+      inFlight++;
+      // A transport may answer (or close) from inside `send`.
+      if (!this.#connected || !this.#transport || this.#subscribePause) return;
+    }
+  }
+
+  /** Holds all subscribes for a growing, jittered pause after `rate_limited`. */
+  #pauseSubscribes(): void {
+    if (this.#subscribePause) return;
+    this.#rateLimitStreak += 1;
+    const cap = Math.min(ENGINE_RETRY_MAX, ENGINE_RETRY_MIN * 2 ** (this.#rateLimitStreak - 1));
+    this.#subscribePause = setTimeout(() => {
+      this.#subscribePause = null;
+      this.#pumpSubscribes();
+    }, cap / 2 + Math.random() * (cap / 2));
   }
 
   #sendSubscribe(channel: string, entry: ChannelEntry): void {
@@ -657,6 +705,8 @@ export class Connection extends Emitter<ConnectionEvents> {
 
   #endSession(): void {
     this.#connected = null;
+    if (this.#subscribePause) clearTimeout(this.#subscribePause);
+    this.#subscribePause = null;
     if (this.#watchdog) clearTimeout(this.#watchdog);
     if (this.#refreshTimer) clearTimeout(this.#refreshTimer);
     this.#watchdog = null;
@@ -705,7 +755,7 @@ export class Connection extends Emitter<ConnectionEvents> {
           const entry = this.#channels.get(message.channel);
           if (entry) {
             entry.status = 'pending';
-            this.#sendSubscribe(message.channel, entry);
+            this.#pumpSubscribes();
           }
           return;
         }
@@ -767,9 +817,7 @@ export class Connection extends Emitter<ConnectionEvents> {
     if (this.#presenceStatus !== 'online' && this.#info.transport !== 'polling') {
       this.#send({ type: 'status', status: this.#presenceStatus });
     }
-    for (const [channel, entry] of this.#channels) {
-      if (entry.status === 'pending') this.#sendSubscribe(channel, entry);
-    }
+    this.#pumpSubscribes();
     const queued = this.#queue.splice(0);
     for (const pending of queued) {
       if (!this.#connected) {
@@ -811,6 +859,8 @@ export class Connection extends Emitter<ConnectionEvents> {
     entry.status = 'subscribed';
     entry.requestId = undefined;
     entry.engineRetries = undefined;
+    this.#rateLimitStreak = 0;
+    queueMicrotask(() => this.#pumpSubscribes());
     entry.epoch = message.epoch;
     if (message.recovered !== true) {
       // Fresh or not recoverable: continue from here.
@@ -861,27 +911,36 @@ export class Connection extends Emitter<ConnectionEvents> {
 
   #onSubscribeError(id: RequestId, code: TidingsError['code'], text: string): boolean {
     for (const [channel, entry] of this.#channels) {
-      if (entry.requestId === id && code === 'engine_unavailable') {
+      if (entry.requestId !== id) continue;
+      entry.requestId = undefined;
+      if (code === 'rate_limited') {
+        // Too many requests at once (e.g. the resubscribes of hundreds of
+        // channels): the channel goes back in line, and no subscribe is sent
+        // until a growing, jittered pause has passed.
+        entry.status = 'pending';
+        this.#pauseSubscribes();
+        return true;
+      }
+      if (code === 'engine_unavailable') {
         // Temporary: the server's Redis is away. Try again with a growing,
         // jittered pause, as long as the channel is still wanted.
-        entry.status = 'pending';
-        entry.requestId = undefined;
+        entry.status = 'waiting';
         const retries = (entry.engineRetries ?? 0) + 1;
         entry.engineRetries = retries;
         const cap = Math.min(ENGINE_RETRY_MAX, ENGINE_RETRY_MIN * 2 ** (retries - 1));
         setTimeout(() => {
-          if (this.#channels.get(channel) === entry && entry.status === 'pending') {
-            this.#sendSubscribe(channel, entry);
+          if (this.#channels.get(channel) === entry && entry.status === 'waiting') {
+            entry.status = 'pending';
+            this.#pumpSubscribes();
           }
         }, cap / 2 + Math.random() * (cap / 2));
+        queueMicrotask(() => this.#pumpSubscribes());
         return true;
       }
-      if (entry.requestId === id) {
-        entry.status = 'error';
-        entry.requestId = undefined;
-        this.emit('subscribeError', { channel, error: new TidingsError(code, text) });
-        return true;
-      }
+      entry.status = 'error';
+      this.emit('subscribeError', { channel, error: new TidingsError(code, text) });
+      queueMicrotask(() => this.#pumpSubscribes());
+      return true;
     }
     return false;
   }
