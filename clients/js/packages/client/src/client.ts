@@ -63,6 +63,20 @@ export interface TidingsClientOptions {
   requestTimeout?: number;
   /** Most requests kept while disconnected (default 100); more reject with `queue_full`. */
   offlineQueueSize?: number;
+  /**
+   * Largest request in bytes of JSON (default 65536): set it to the server's
+   * `connection.max_message_size`. A bigger request rejects with
+   * `limit_exceeded` without being sent (the server would close the whole
+   * connection, with 4501).
+   */
+  maxMessageSize?: number;
+  /**
+   * Most channels on one connection (default 256): set it to the server's
+   * `connection.max_channels`. Used over SSE, whose stream names its channels:
+   * the ones past it are refused one by one with `limit_exceeded`, as over a
+   * WebSocket (instead of the server refusing the whole stream).
+   */
+  maxChannels?: number;
   /** Connect at once (default true). */
   autoConnect?: boolean;
   /** Share one connection between all tabs of this origin (browser only). */
@@ -165,6 +179,8 @@ const DEFAULTS = {
   refreshMargin: 60_000,
   requestTimeout: 10_000,
   offlineQueueSize: 100,
+  maxMessageSize: 65_536,
+  maxChannels: 256,
 };
 
 let consumerCounter = 0;
@@ -462,6 +478,8 @@ export class TidingsClient extends Emitter<ClientEvents> {
       heartbeatGrace: o.heartbeatGrace ?? DEFAULTS.heartbeatGrace,
       refreshMargin: o.refreshMargin ?? DEFAULTS.refreshMargin,
       offlineQueueSize: o.offlineQueueSize ?? DEFAULTS.offlineQueueSize,
+      maxMessageSize: o.maxMessageSize ?? DEFAULTS.maxMessageSize,
+      maxChannels: o.maxChannels ?? DEFAULTS.maxChannels,
       random: o.random ?? Math.random,
       watchNetwork: o.watchNetwork ?? true,
     });

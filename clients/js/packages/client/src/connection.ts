@@ -88,6 +88,10 @@ export interface ConnectionOptions {
   heartbeatGrace: number;
   refreshMargin: number;
   offlineQueueSize: number;
+  /** Largest request the server takes, in bytes of JSON (its `connection.max_message_size`). */
+  maxMessageSize: number;
+  /** Most channels on one connection (the server's `connection.max_channels`). */
+  maxChannels: number;
   random: () => number;
   watchNetwork: boolean;
 }
@@ -170,6 +174,11 @@ export function toUrls(url: string): { httpUrl: string; wsUrl: string } {
     return { httpUrl: trimmed, wsUrl: trimmed.replace(/^http/i, 'ws') };
   }
   throw new TypeError(`Tidings url must start with http(s):// or ws(s)://, got ${url}`);
+}
+
+const encoder = new TextEncoder();
+function utf8Length(text: string): number {
+  return encoder.encode(text).length;
 }
 
 export class Connection extends Emitter<ConnectionEvents> {
@@ -454,6 +463,19 @@ export class Connection extends Emitter<ConnectionEvents> {
 
   #requestOnce(message: ClientMessage, options: RequestOptions): Promise<ServerMessage> {
     return new Promise<ServerMessage>((resolve, reject) => {
+      // The server closes the whole connection (4501, no reconnect) on a
+      // message over its `max_message_size`: such a request is refused here.
+      // The id is counted at its largest.
+      const size = utf8Length(JSON.stringify({ ...message, id: Number.MAX_SAFE_INTEGER }));
+      if (size > this.options.maxMessageSize) {
+        reject(
+          new TidingsError(
+            'limit_exceeded',
+            `${message.type} is ${size} bytes, over the server's max_message_size (${this.options.maxMessageSize})`,
+          ),
+        );
+        return;
+      }
       const timeout = options.timeout ?? DEFAULT_REQUEST_TIMEOUT;
       const pending: PendingRequest = {
         message: { ...message },
@@ -591,6 +613,7 @@ export class Connection extends Emitter<ConnectionEvents> {
       WebSocket: this.options.WebSocket,
       fetch: this.options.fetch,
       channels,
+      maxChannels: this.options.maxChannels,
       resume: resume && resume.transport === name ? resume.state : undefined,
       handlers: {
         message: (message) => {

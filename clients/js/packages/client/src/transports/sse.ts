@@ -410,8 +410,36 @@ export function sseTransport(context: TransportContext): Transport {
     });
   };
 
-  const reopen = (): void => {
+  /**
+   * The channels for a stream: at most `maxChannels` (the server refuses the
+   * whole stream beyond), those already on it first. The others are refused
+   * one by one with `limit_exceeded`, as a WebSocket subscribe past the limit.
+   */
+  const withinLimit = (): string[] => {
     const names = [...channels.keys()];
+    if (names.length <= context.maxChannels) return names;
+    const first = names.filter((name) => channels.get(name)?.active === true);
+    const rest = names.filter((name) => channels.get(name)?.active !== true);
+    const keep = [...first, ...rest].slice(0, context.maxChannels);
+    const kept = new Set(keep);
+    for (const name of names) {
+      if (kept.has(name)) continue;
+      const state = channels.get(name);
+      channels.delete(name);
+      resume.positions.delete(name);
+      if (!state?.request) continue;
+      reply({
+        type: 'error',
+        ...withId(state.request.id),
+        code: 'limit_exceeded',
+        message: `at most ${context.maxChannels} channels on one connection`,
+      });
+    }
+    return keep;
+  };
+
+  const reopen = (): void => {
+    const names = withinLimit();
     const force = forceReopen;
     forceReopen = false;
     const current = stream;
@@ -515,7 +543,8 @@ export function sseTransport(context: TransportContext): Transport {
       channels.set(channel, { active: false });
       names.push(channel);
     }
-    if (names.length > 0) open(names);
+    // The others are subscribed (and refused) once the stream is up.
+    if (names.length > 0) open(names.slice(0, context.maxChannels));
     else void probe();
   } else {
     void probe();

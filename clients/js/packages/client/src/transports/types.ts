@@ -79,6 +79,11 @@ export interface TransportContext {
    * opens (SSE) opens with these.
    */
   channels: ReadonlyMap<string, StreamPosition | undefined>;
+  /**
+   * Most channels the server takes on one connection (its
+   * `connection.max_channels`): an SSE stream names at most these.
+   */
+  maxChannels: number;
   /** What this transport passed to `handlers.saveResume` during the previous session, if it was the last one used. */
   resume: unknown;
 }
