@@ -135,8 +135,21 @@ export async function postRequest(
     return undefined;
   }
   let reply: ServerMessage;
+  const error =
+    body && typeof body === 'object' && 'error' in body && body.error && typeof body.error === 'object'
+      ? (body.error as { code?: unknown; message?: unknown })
+      : undefined;
   if (body && typeof body === 'object' && typeof (body as { type?: unknown }).type === 'string') {
     reply = body as ServerMessage;
+    // An error answered before the body was read (401 for the token, 413 for
+    // the size) has no `id`: it is the answer to this request all the same.
+    if (reply.type === 'error' && reply.id === undefined && id !== undefined) reply = { ...reply, id };
+  } else if (error && !response.ok) {
+    reply = errorReply(
+      id,
+      errorCode(error.code, 'internal'),
+      typeof error.message === 'string' ? error.message : `HTTP ${response.status}`,
+    );
   } else if (response.status === 404 || response.status === 405) {
     reply = errorReply(id, 'not_available', `this server does not take POST /request (HTTP ${response.status})`);
   } else {
