@@ -518,6 +518,21 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.#send(pending.message);
   }
 
+  /** A request the transport could not send: back to the queue, in call order. */
+  #requeue(id: RequestId): void {
+    const pending = this.#pending.get(id);
+    if (!pending) return;
+    this.#pending.delete(id);
+    pending.sent = false;
+    // Requests still in the queue were made after every sent one.
+    const at = this.#queue.findIndex((queued) => {
+      const other = queued.message.id;
+      return other === undefined || typeof other !== 'number' || typeof id !== 'number' || other > id;
+    });
+    if (at < 0) this.#queue.push(pending);
+    else this.#queue.splice(at, 0, pending);
+  }
+
   #forget(pending: PendingRequest): void {
     const index = this.#queue.indexOf(pending);
     if (index >= 0) this.#queue.splice(index, 1);
@@ -624,6 +639,9 @@ export class Connection extends Emitter<ConnectionEvents> {
         },
         fail: (id, code, message) => {
           if (generation === this.#generation) this.#settle(id, new TidingsError(code, message));
+        },
+        unsent: (id) => {
+          if (generation === this.#generation) this.#requeue(id);
         },
         pending: (id) => generation === this.#generation && this.#pending.has(id),
         saveResume: (state) => {

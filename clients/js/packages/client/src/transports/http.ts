@@ -57,7 +57,28 @@ export function authHeaders(token: string): Record<string, string> {
 /** The transport-independent way an HTTP transport answers a request. */
 export interface RequestSink {
   message(message: ServerMessage): void;
-  fail(id: RequestId, message: string): void;
+  /**
+   * The request got no answer. `unsent`: the server could not be reached at
+   * all (connection refused, name not resolved), so nothing was applied.
+   */
+  fail(id: RequestId, message: string, unsent: boolean): void;
+}
+
+/** Error codes of a connection that was never made: the request did not leave. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+/**
+ * Whether a failed fetch certainly did not reach the server. Node's fetch says
+ * so in the error's `cause` chain; a browser's `TypeError` does not tell.
+ */
+export function notSent(err: unknown): boolean {
+  let current: unknown = err;
+  for (let depth = 0; depth < 4 && current !== null && typeof current === 'object'; depth++) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string' && NOT_SENT.has(code)) return true;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 function errorReply(id: RequestId | undefined, code: ErrorCode, message: string): ServerMessage {
@@ -79,17 +100,33 @@ export function requestsInOrder(
   isClosed: () => boolean,
 ): (token: () => string, message: ClientMessage & { id?: RequestId }) => void {
   let last: Promise<unknown> = Promise.resolve();
+  /** Requests not yet under way, in order. */
+  const waiting = new Set<RequestId>();
+  // When the server cannot be reached, the requests behind the failed one were
+  // not sent either: they are reported with it.
+  const ordered: RequestSink = {
+    message: (reply) => sink.message(reply),
+    fail: (id, text, unsent) => {
+      sink.fail(id, text, unsent);
+      if (!unsent) return;
+      const behind = [...waiting];
+      waiting.clear();
+      for (const other of behind) sink.fail(other, text, true);
+    },
+  };
   return (token, message) => {
     const id = message.id;
+    if (id !== undefined) waiting.add(id);
     const wanted = (): boolean => !isClosed() && (id === undefined || context.handlers.pending(id));
     const send = async (): Promise<void> => {
+      if (id !== undefined && !waiting.delete(id)) return;
       if (!wanted()) return;
       const abort = new AbortController();
       const watch = setInterval(() => {
         if (!wanted()) abort.abort();
       }, 1000);
       try {
-        await postRequest(context, token(), message, sink, undefined, abort.signal);
+        await postRequest(context, token(), message, ordered, undefined, abort.signal);
       } finally {
         clearInterval(watch);
       }
@@ -131,7 +168,9 @@ export async function postRequest(
     });
     body = await response.json().catch(() => undefined);
   } catch (err) {
-    if (id !== undefined) sink.fail(id, `POST /request failed: ${String(err)}`);
+    // Given up because nobody waits for it any more (timed out, transport closed).
+    if (signal?.aborted) return undefined;
+    if (id !== undefined) sink.fail(id, `POST /request failed: ${String(err)}`, notSent(err));
     return undefined;
   }
   let reply: ServerMessage;
@@ -181,8 +220,8 @@ export async function verifyRefresh(
     message: (reply) => {
       verdict = reply;
     },
-    fail: (_id, text) => {
-      if (id !== undefined) sink.fail(id, text);
+    fail: (_id, text, unsent) => {
+      if (id !== undefined) sink.fail(id, text, unsent);
     },
   };
   await postRequest(context, next, { type: 'ping', id: 'refresh' }, probe);

@@ -75,8 +75,14 @@ export function pollingTransport(context: TransportContext): Transport {
   };
   const sink: RequestSink = {
     message: emit,
-    fail: (id, text) => {
-      if (!done) handlers.fail(id, 'connection_lost', text);
+    fail: (id, text, unsent) => {
+      if (done) return;
+      if (unsent) handlers.unsent(id);
+      else handlers.fail(id, 'connection_lost', text);
+      // The server is out of reach (or the request was lost on the way): the
+      // connection is in doubt, so it reconnects; a request that certainly did
+      // not leave waits in the offline queue for the next connection.
+      queueMicrotask(() => finish(1006, text, true));
     },
   };
   // Sent one at a time, in call order; not once the transport closed (the

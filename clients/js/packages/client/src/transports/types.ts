@@ -54,6 +54,12 @@ export interface TransportHandlers {
    * `connection_lost` when an HTTP request failed on the way).
    */
   fail(id: RequestId, code: ClientErrorCode, message: string): void;
+  /**
+   * The request `id` was certainly not sent (the server could not be reached):
+   * it goes back to the offline queue, to be sent on the next connection. The
+   * transport then closes.
+   */
+  unsent(id: RequestId): void;
   /** Whether the request `id` still waits for its reply (not answered, failed or timed out). */
   pending(id: RequestId): boolean;
   /**
