@@ -1020,11 +1020,37 @@ export class Connection extends Emitter<ConnectionEvents> {
     if (!expiresAt) return;
     const expiry = Date.parse(expiresAt);
     if (Number.isNaN(expiry)) return;
+    this.#expiresAt = expiry;
+    this.#refreshFailures = 0;
     const ttl = expiry - Date.now();
     const margin = Math.min(this.options.refreshMargin, Math.max(ttl / 5, 0));
     const delay = Math.max(0, ttl - margin);
     // setTimeout overflows past ~24.8 days.
     if (delay > 2 ** 31 - 1) return;
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null;
+      void this.#refresh();
+    }, delay);
+  }
+
+  /** Expiry (epoch ms) of the session's token, as the server reported it. */
+  #expiresAt: number | null = null;
+  /** Refreshes that failed in a row since the last one scheduled. */
+  #refreshFailures = 0;
+
+  /**
+   * A refresh failed (`getToken` rejected, or the `refresh` got no answer):
+   * tries again with backoff as long as the next try comes before the token
+   * expires (after which the server closes with 4003 and the reconnect gets a
+   * token).
+   */
+  #retryRefresh(): void {
+    if (this.#refreshTimer) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    const delay = backoffDelay(this.#refreshFailures, this.options, this.options.random);
+    this.#refreshFailures += 1;
+    const expiry = this.#expiresAt;
+    if (expiry === null || Date.now() + delay >= expiry) return;
     this.#refreshTimer = setTimeout(() => {
       this.#refreshTimer = null;
       void this.#refresh();
@@ -1037,7 +1063,8 @@ export class Connection extends Emitter<ConnectionEvents> {
     try {
       token = await this.options.getToken({ reason: 'refresh' });
     } catch {
-      // Keep the session; the server closes with 4003 at expiry and we get a token then.
+      // Keep the session and try again before the token expires.
+      if (generation === this.#generation && this.#connected) this.#retryRefresh();
       return;
     }
     if (generation !== this.#generation || !this.#connected) return;
@@ -1052,7 +1079,10 @@ export class Connection extends Emitter<ConnectionEvents> {
         this.#abandon(1000, 'new token');
         this.#setState({ state: 'reconnecting', attempt: 0, reason: { error: err.code, message: err.message } });
         void this.#attempt();
+        return;
       }
+      // No answer (timeout) or refused for now (`rate_limited`, …): again later.
+      this.#retryRefresh();
     }
   }
 
