@@ -39,7 +39,10 @@ export interface ReconnectOptions {
   minDelay?: number;
   /** Largest delay, ms (default 30000). */
   maxDelay?: number;
-  /** Attempts without success before the state becomes `failed` (default 10). */
+  /**
+   * Attempts without success before the state becomes `failed` (default
+   * `Infinity`: retry forever, at most `maxDelay` apart).
+   */
   maxAttempts?: number;
 }
 
@@ -174,7 +177,7 @@ export interface ClientEvents {
 const DEFAULTS = {
   minDelay: 1000,
   maxDelay: 30_000,
-  maxAttempts: 10,
+  maxAttempts: Number.POSITIVE_INFINITY,
   heartbeatGrace: 10_000,
   refreshMargin: 60_000,
   requestTimeout: 10_000,
