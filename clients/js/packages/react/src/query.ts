@@ -163,9 +163,29 @@ export function useLiveList<T extends LiveListItem>(options: LiveListOptions<T>)
   // The newest version seen per id, deletions included (as tombstones).
   const versions = useRef(new Map<string, number>());
   const keyText = JSON.stringify(options.queryKey);
+  // Set while a change waits for the list's fetch under way to end: that fetch
+  // may have read the list before the change, so the list is refetched after it.
+  const afterFetch = useRef<(() => void) | null>(null);
   useEffect(() => {
     versions.current = new Map();
+    return () => {
+      afterFetch.current?.();
+      afterFetch.current = null;
+    };
   }, [keyText]);
+  const refetchAfterFetch = (queryKey: QueryKey): void => {
+    if (afterFetch.current) return;
+    const cache = queryClient.getQueryCache();
+    const query = cache.find({ queryKey, exact: true });
+    if (!query || query.state.fetchStatus !== 'fetching') return;
+    const stop = cache.subscribe((change) => {
+      if (change.query !== query || query.state.fetchStatus === 'fetching') return;
+      stop();
+      afterFetch.current = null;
+      void queryClient.invalidateQueries({ queryKey, exact: true });
+    });
+    afterFetch.current = stop;
+  };
   return useEntitySubscription(
     options.enabled === false ? null : { workspace: options.workspace, type: options.type },
     (event) => {
@@ -177,6 +197,9 @@ export function useLiveList<T extends LiveListItem>(options: LiveListOptions<T>)
       const seen = versions.current.get(id);
       if (version !== undefined && seen !== undefined && version <= seen) return; // older or duplicate
       const own = client.isOwnChange(event, o.ownBy ?? 'actor', o.currentUser);
+      // A fetch under way may have read the list before this change (and would
+      // replace a patch made now): refetch once it ends.
+      refetchAfterFetch(o.queryKey);
       let applied = false;
       // Invalidated (e.g. after a failed recovery while no component showed the
       // list): leave it to the refetch; a patch would clear the invalidation.
