@@ -136,6 +136,11 @@ export class Subscription<M extends object = EventMap> extends Emitter<Subscript
     this.channel = channel;
   }
 
+  /**
+   * The subscription's state, not the connection's: it stays `subscribed`
+   * while the connection is `reconnecting` (it is resubscribed, with
+   * recovery). Live means `state === 'subscribed'` and `client.state === 'connected'`.
+   */
   get state(): SubscriptionState {
     return this.#active ? this.#client.channelState(this.channel).state : 'unsubscribed';
   }
@@ -321,7 +326,11 @@ export class TidingsClient extends Emitter<ClientEvents> {
     this.#control('retry');
   }
 
-  /** Call after the user logged in again: reconnects with a token from `getToken`. */
+  /**
+   * Call after the user logged in again: reconnects with a token from
+   * `getToken`. With `shareAcrossTabs` it reconnects the shared connection
+   * with the leader tab's `getToken`, whichever tab calls it.
+   */
   reauthenticate(): void {
     this.#control('reauthenticate');
   }
