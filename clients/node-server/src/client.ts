@@ -245,8 +245,11 @@ export class Tidings {
       if (body !== undefined) headers['Content-Type'] = 'application/json';
       const init: RequestInit = { method, headers, signal: controller.signal };
       if (body !== undefined) init.body = body;
-      const response = await fetch(url, init);
-      const text = await response.text();
+      // Both steps race the attempt's signal: undici may never settle a body
+      // read after an abort (a broken Content-Encoding), and `timeoutMs` is
+      // a hard limit.
+      const response = await untilAborted(fetch(url, init), controller.signal);
+      const text = await untilAborted(response.text(), controller.signal);
       if (!response.ok) return apiFailure(response.status, text);
       const answer = parseObject(text);
       if (answer !== undefined && (expect?.(answer) ?? true)) return { value: answer as T };
@@ -342,6 +345,30 @@ function apiFailure(status: number, text: string): Failure {
     retry: status >= 500,
     error: (attempts) => new TidingsApiError(message, code, status, attempts),
   };
+}
+
+/**
+ * `promise`, or a rejection with the signal's reason as soon as `signal`
+ * aborts, whether or not `promise` ever settles.
+ */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  // The loser of the race must not become an unhandled rejection.
+  promise.catch(() => {});
+  return new Promise<T>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
 }
 
 function describe(err: unknown): string {

@@ -334,6 +334,27 @@ describe('timeouts and cancellation', () => {
     silent.close();
   });
 
+  test('an answer whose body never decodes still times out per attempt, and is retried', async () => {
+    // A 200 claiming gzip, its garbage body sent after the headers: undici's
+    // body read does not settle after the abort, so only a hard limit ends it.
+    const broken = await brokenGzipServer();
+    const client = new Tidings({ url: broken.url, apiKey: 'k', timeoutMs: 300, retries: 1, minBackoffMs: 10, maxBackoffMs: 20 });
+    for (let i = 0; i < 3; i++) {
+      const began = Date.now();
+      const outcome = await Promise.race([
+        client.publish({ channel: 'workspace:acme', event: 'x', data: 1 }).catch((e) => e),
+        sleep(5000).then(() => 'still pending after 5 s'),
+      ]);
+      const took = Date.now() - began;
+      assert.ok(outcome instanceof TidingsTimeoutError, String(outcome));
+      assert.equal(outcome.code, 'timeout');
+      assert.equal(outcome.attempts, 2);
+      assert.ok(took >= 580 && took < 3000, `two attempts took ${took} ms`);
+    }
+    assert.equal(broken.requests(), 6);
+    broken.close();
+  });
+
   test('an aborted call stops at once and is not retried', async () => {
     const silent = await silentListener();
     const client = new Tidings({ url: `http://127.0.0.1:${silent.port}`, apiKey: 'k', timeoutMs: 10_000 });
@@ -417,6 +438,27 @@ async function flakyFront(target, failures) {
     url: `http://127.0.0.1:${front.address().port}`,
     requests,
     close: () => front.close(),
+  };
+}
+
+/** Answers every request with a 200 that claims gzip, its garbage body sent a moment after the headers. */
+async function brokenGzipServer() {
+  let requests = 0;
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      requests += 1;
+      const body = Buffer.from('\x1f\x8bgarbage', 'latin1');
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip', 'content-length': body.length });
+      res.flushHeaders();
+      setTimeout(() => res.end(body), 20);
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    requests: () => requests,
+    close: () => server.close(),
   };
 }
 
