@@ -243,7 +243,10 @@ export class Tidings {
     try {
       const headers: Record<string, string> = { ...this.#headers, Accept: 'application/json' };
       if (body !== undefined) headers['Content-Type'] = 'application/json';
-      const init: RequestInit = { method, headers, signal: controller.signal };
+      // A 3xx is not followed (fetch would turn a POST into a bodyless GET on
+      // 301/302 and take the GET's answer as the result): it is
+      // `unexpected_response`, like any other answer that is not the API's.
+      const init: RequestInit = { method, headers, signal: controller.signal, redirect: 'manual' };
       if (body !== undefined) init.body = body;
       // Both steps race the attempt's signal: undici may never settle a body
       // read after an abort (a broken Content-Encoding), and `timeoutMs` is

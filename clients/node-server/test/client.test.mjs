@@ -311,6 +311,41 @@ describe('retries and idempotency', () => {
     assert.equal(front.requests.length, calls.length, 'one request each');
     front.close();
   });
+  test('a redirect is not followed: any 3xx is unexpected_response, not retried', async () => {
+    // The redirect target answers like a publish; a followed 301/302 would
+    // turn the POST into a bodyless GET and take that answer as the result.
+    let targetHits = 0;
+    const target = http.createServer((req, res) => {
+      targetHits += 1;
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ channel: 'workspace:acme', offset: 1, id: 'e_fake' }));
+    });
+    await new Promise((r) => target.listen(0, '127.0.0.1', r));
+    const targetUrl = `http://127.0.0.1:${target.address().port}`;
+    try {
+      for (const status of [301, 302, 307, 308]) {
+        const redirector = await flakyFront(server.url, [[status, '']], { location: `${targetUrl}/api/publish` });
+        try {
+          const client = new Tidings({ url: redirector.url, apiKey: server.apiKey, retries: 3, minBackoffMs: 10 });
+          const error = await client.publish({ channel: 'workspace:acme', event: 'x', data: 1 }).then(
+            (value) => assert.fail(`${status}: resolved to ${JSON.stringify(value)}`),
+            (e) => e,
+          );
+          assert.ok(error instanceof TidingsApiError, String(error));
+          assert.equal(error.code, 'unexpected_response');
+          assert.equal(error.status, status);
+          assert.equal(error.attempts, 1);
+          assert.equal(redirector.requests.length, 1);
+        } finally {
+          redirector.close();
+        }
+      }
+      assert.equal(targetHits, 0, 'the redirect target was never called');
+    } finally {
+      target.close();
+    }
+  });
 });
 
 describe('timeouts and cancellation', () => {
@@ -407,7 +442,7 @@ async function lossyProxy(targetPort, { dropFirstResponses }) {
  * An HTTP front for the real server: answers with `failures` (status, body)
  * first, then forwards each request to `target`; records every request body.
  */
-async function flakyFront(target, failures) {
+async function flakyFront(target, failures, { location } = {}) {
   const pending = [...failures];
   const requests = [];
   const front = http.createServer(async (req, res) => {
@@ -419,7 +454,10 @@ async function flakyFront(target, failures) {
     if (failure) {
       const [status, reply] = failure;
       const json = typeof reply !== 'string';
-      res.writeHead(status, { 'content-type': json ? 'application/json' : 'text/html' });
+      res.writeHead(status, {
+        'content-type': json ? 'application/json' : 'text/html',
+        ...(location && status >= 300 && status < 400 ? { location } : {}),
+      });
       return res.end(json ? JSON.stringify(reply) : reply);
     }
     const headers = { ...req.headers };
