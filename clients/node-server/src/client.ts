@@ -91,7 +91,10 @@ const API_CODES: ReadonlySet<string> = new Set<ApiErrorCode>([
   'engine_unavailable',
 ]);
 
-/** Publishes to a Tidings server and manages its connections over the server API. */
+/**
+ * Publishes to a Tidings server and manages its connections over the server
+ * API. Every method returns a promise and never throws synchronously.
+ */
 export class Tidings {
   readonly #base: string;
   readonly #headers: Record<string, string>;
@@ -114,7 +117,7 @@ export class Tidings {
   }
 
   /** Publishes one event to one channel. */
-  publish(input: PublishInput, options?: CallOptions): Promise<Published> {
+  async publish(input: PublishInput, options?: CallOptions): Promise<Published> {
     return this.#post('/api/publish', { channel: input.channel, ...publishFields(input) }, options, isPublished);
   }
 
@@ -134,7 +137,7 @@ export class Tidings {
    * `workspace:{w}:{type}` and `workspace:{w}:{type}:{id}`. `action` is any
    * event-name segment (`approved`, `status_changed`…).
    */
-  entityEvent(input: EntityEventInput, options?: CallOptions): Promise<EntityEventResult> {
+  async entityEvent(input: EntityEventInput, options?: CallOptions): Promise<EntityEventResult> {
     return this.#post(
       '/api/events',
       compact({
@@ -176,12 +179,12 @@ export class Tidings {
   }
 
   /** Who is on a channel (one member per user). */
-  presence(channel: string, options?: CallOptions): Promise<PresenceResult> {
+  async presence(channel: string, options?: CallOptions): Promise<PresenceResult> {
     return this.#request('GET', '/api/presence', { channel }, undefined, options, (answer) => Array.isArray(answer.members));
   }
 
   /** Reads a channel's history (every event: audience rules do not apply to the backend). */
-  history(input: HistoryInput, options?: CallOptions): Promise<HistoryResult> {
+  async history(input: HistoryInput, options?: CallOptions): Promise<HistoryResult> {
     const { channel, since, epoch, limit, order } = input;
     return this.#request('GET', '/api/history', { channel, since, epoch, limit, order }, undefined, options, (answer) =>
       Array.isArray(answer.events),
@@ -189,12 +192,12 @@ export class Tidings {
   }
 
   /** The answering node, its version and engine, and every live node. */
-  info(options?: CallOptions): Promise<InfoResult> {
+  async info(options?: CallOptions): Promise<InfoResult> {
     return this.#request('GET', '/api/info', {}, undefined, options, (answer) => Array.isArray(answer.nodes));
   }
 
   #post<T>(path: string, body: Record<string, unknown>, options?: CallOptions, expect?: Expect): Promise<T> {
-    return this.#request('POST', path, {}, JSON.stringify(body), options, expect);
+    return this.#request('POST', path, {}, encode(`POST ${path}`, body), options, expect);
   }
 
   /**
@@ -300,6 +303,25 @@ function publishFields(input: PublishCommon): Record<string, unknown> {
     exclude_client: input.excludeClient,
     idempotency_key: input.idempotencyKey ?? randomUUID(),
   });
+}
+
+/**
+ * `body` as JSON, or a `TidingsError` (`invalid_request`, no request made)
+ * when JSON cannot carry it: a BigInt, a cycle, or a number that is not finite
+ * (which `JSON.stringify` would silently turn into `null`).
+ */
+function encode(where: string, body: Record<string, unknown>): string {
+  try {
+    return JSON.stringify(body, (key: string, value: unknown) => {
+      if (typeof value === 'number' && !Number.isFinite(value)) {
+        throw new TypeError(`${String(value)} (at "${key}") is not a JSON number`);
+      }
+      return value;
+    });
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new TidingsError(`${where}: the request cannot be sent as JSON: ${reason}`, 'invalid_request', 0, { cause: err });
+  }
 }
 
 /** Drops `undefined` fields (the API refuses nothing for absent optionals). */

@@ -16,8 +16,12 @@ export class TidingsError extends Error {
   override name = 'TidingsError';
   constructor(
     message: string,
-    /** An API error code, `unexpected_response`, `connection_failed` or `timeout`. */
-    readonly code: ApiErrorCode | 'unexpected_response' | 'connection_failed' | 'timeout',
+    /**
+     * An API error code, `unexpected_response`, `connection_failed`,
+     * `timeout`, or `invalid_request` (refused before sending: the data
+     * cannot be JSON; `attempts` is 0).
+     */
+    readonly code: ApiErrorCode | 'unexpected_response' | 'connection_failed' | 'timeout' | 'invalid_request',
     /** Requests made, retries included. */
     readonly attempts: number,
     options?: { cause?: unknown },

@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   Tidings,
   TidingsApiError,
+  TidingsError,
   TidingsConnectionError,
   TidingsTimeoutError,
   mintToken,
@@ -159,6 +160,42 @@ describe('every method', () => {
     sub.close();
     const forged = mintToken({ sub: 'x', workspaces: ['acme'], secret: 'another-secret-of-at-least-32-bytes!!' });
     await assert.rejects(subscriber(server.wsUrl, forged, []), /Unexpected server response: 401|no connected/);
+  });
+});
+
+describe('data JSON cannot carry', () => {
+  test('is a rejected promise with invalid_request, never a synchronous throw, and nothing is sent', async () => {
+    const counting = await flakyFront(server.url, []);
+    const client = new Tidings({ url: counting.url, apiKey: server.apiKey });
+    const circular = { name: 'loop' };
+    circular.self = circular;
+    const channel = 'workspace:acme:notjson';
+    const calls = [
+      () => client.publish({ channel, event: 'x', data: { n: 10n } }),
+      () => client.publish({ channel, event: 'x', data: circular }),
+      () => client.publish({ channel, event: 'x', data: { ratio: NaN } }),
+      () => client.publish({ channel, event: 'x', data: [1, Infinity] }),
+      () => client.publish({ channel, event: 'x', data: 1, meta: { entity: { type: 't', id: '1', version: -Infinity } } }),
+      () => client.broadcast({ channels: [channel], event: 'x', data: { n: 1n } }),
+      () => client.entityEvent({ workspace: 'acme', entity: { type: 't', id: '1' }, action: 'x', data: { ratio: NaN } }),
+    ];
+    for (const call of calls) {
+      let returned;
+      assert.doesNotThrow(() => {
+        returned = call();
+      });
+      assert.ok(returned instanceof Promise);
+      const error = await returned.then(
+        (value) => assert.fail(`resolved to ${JSON.stringify(value)}`),
+        (e) => e,
+      );
+      assert.ok(error instanceof TidingsError, String(error));
+      assert.equal(error.code, 'invalid_request');
+      assert.equal(error.attempts, 0);
+    }
+    assert.equal(counting.requests.length, 0, 'no request was made');
+    assert.equal((await tidings.history({ channel })).events.length, 0);
+    counting.close();
   });
 });
 
