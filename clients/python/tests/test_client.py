@@ -65,6 +65,27 @@ def test_null_data_and_the_x_api_key_scheme(make_client: MakeClient, server: Ser
     assert client.info()["engine"] == "memory"
 
 
+def test_non_ascii_data_is_sent_as_utf8(make_client: MakeClient, server: Server) -> None:
+    # 700 KB of UTF-8, under the 1 MiB api.max_body_size; as \uXXXX escapes
+    # it would be 1.8 MB and refused with 413.
+    text = "é" * 200_000 + "中" * 100_000
+    assert len(text.encode()) < 1024 * 1024 < len(json.dumps(text))
+    front = FlakyFront(server.url, [])
+    try:
+        client = make_client(front.url, server.api_key, retries=0)
+        channel = f"workspace:acme:utf8-{time.monotonic_ns()}"
+        client.publish(channel, "x", {"text": text}, meta={"actor": "Zoë"})
+        client.broadcast([channel], "x", text)
+        client.entity_event("acme", {"type": "t", "id": "1"}, "x", data=text, actor="Zoë")
+        sent = [body for body in front.bodies if body]
+        assert len(sent) == 3 and all(text.encode() in body and b"\\u" not in body for body in sent)
+        events = client.history(channel)["events"]
+        assert [e["data"] for e in events] == [{"text": text}, text]
+        assert events[0]["meta"] == {"actor": "Zoë"}
+    finally:
+        front.close()
+
+
 def test_broadcast_refuses_one_string_for_its_channels(make_client: MakeClient, server: Server) -> None:
     client = make_client(server.url, server.api_key)
     with pytest.raises(TypeError, match="not one string"):

@@ -65,8 +65,15 @@ def _compact(fields: Dict[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+def _encode(body: Dict[str, Any]) -> bytes:
+    """``body`` as UTF-8 JSON: non-ASCII text is sent as itself, not as
+    ``\\uXXXX`` escapes that would make it up to six times larger against
+    the server's ``api.max_body_size``."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def _json_body(fields: Dict[str, Any]) -> bytes:
-    return json.dumps(_compact(fields), separators=(",", ":")).encode()
+    return _encode(_compact(fields))
 
 
 def _key(idempotency_key: Optional[str]) -> str:
@@ -150,7 +157,7 @@ class _Operations:
         body: Dict[str, Any] = {"channel": channel}
         body.update(_publish_fields(event, data, meta, audience, exclude_client, idempotency_key))
         return _Operation(
-            "POST", "/api/publish", body=json.dumps(body).encode(), read=_published
+            "POST", "/api/publish", body=_encode(body), read=_published
         )
 
     @staticmethod
@@ -171,7 +178,7 @@ class _Operations:
         return _Operation(
             "POST",
             "/api/broadcast",
-            body=json.dumps(body).encode(),
+            body=_encode(body),
             read=lambda reply: cast("list[Published]", _published_list(reply.get("results"))),
         )
 
