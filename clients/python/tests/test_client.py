@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import decimal
 import json
+import math
 import threading
 import time
 from typing import Any, Callable
@@ -17,6 +20,7 @@ from tidings import (
     AsyncTidings,
     TidingsApiError,
     TidingsConnectionError,
+    TidingsError,
     TidingsTimeoutError,
     mint_token,
 )
@@ -84,6 +88,33 @@ def test_non_ascii_data_is_sent_as_utf8(make_client: MakeClient, server: Server)
         assert events[0]["meta"] == {"actor": "Zoë"}
     finally:
         front.close()
+
+
+def test_data_json_cannot_carry_is_invalid_request_and_not_sent(make_client: MakeClient, server: Server) -> None:
+    front = FlakyFront(server.url, [])
+    try:
+        client = make_client(front.url, server.api_key)
+        channel = f"workspace:acme:notjson-{time.monotonic_ns()}"
+        cycle: dict[str, Any] = {}
+        cycle["self"] = cycle
+        calls: list[Callable[[], Any]] = [
+            lambda: client.publish(channel, "x", {"at": datetime.datetime(2026, 1, 1)}),
+            lambda: client.publish(channel, "x", {"amount": decimal.Decimal("1.5")}),
+            lambda: client.publish(channel, "x", {"ratio": math.nan}),
+            lambda: client.publish(channel, "x", [1, math.inf]),
+            lambda: client.publish(channel, "x", cycle),
+            lambda: client.publish(channel, "x", "\ud800"),
+            lambda: client.broadcast([channel], "x", {"n": -math.inf}),
+            lambda: client.entity_event("acme", {"type": "t", "id": "1"}, "x", data={"s": {1, 2}}),
+        ]
+        for call in calls:
+            with pytest.raises(TidingsError) as caught:
+                call()
+            assert (type(caught.value), caught.value.code, caught.value.attempts) == (TidingsError, "invalid_request", 0)
+        assert front.bodies == [], "nothing was sent"
+    finally:
+        front.close()
+    assert fast(make_client, server).history(channel)["events"] == []
 
 
 def test_broadcast_refuses_one_string_for_its_channels(make_client: MakeClient, server: Server) -> None:

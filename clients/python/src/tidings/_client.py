@@ -68,8 +68,19 @@ def _compact(fields: Dict[str, Any]) -> Dict[str, Any]:
 def _encode(body: Dict[str, Any]) -> bytes:
     """``body`` as UTF-8 JSON: non-ASCII text is sent as itself, not as
     ``\\uXXXX`` escapes that would make it up to six times larger against
-    the server's ``api.max_body_size``."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    the server's ``api.max_body_size``.
+
+    Data JSON cannot carry (a ``datetime``, a ``Decimal``, a cycle, NaN or
+    infinity, a lone surrogate) is a ``TidingsError`` ``invalid_request``, and
+    nothing is sent.
+    """
+    try:
+        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as err:
+        # ValueError covers cycles, NaN/infinity and UnicodeEncodeError.
+        raise TidingsError(
+            f"the request cannot be sent as JSON: {err}", "invalid_request", 0
+        ) from err
 
 
 def _json_body(fields: Dict[str, Any]) -> bytes:

@@ -24,7 +24,9 @@ class TidingsError(Exception):
     def __init__(self, message: str, code: str, attempts: int) -> None:
         super().__init__(message)
         self.message = message
-        #: An API error code, ``unexpected_response``, ``connection_failed`` or ``timeout``.
+        #: An API error code, ``unexpected_response``, ``connection_failed``,
+        #: ``timeout``, or ``invalid_request`` (refused before sending: the data
+        #: cannot be JSON; ``attempts`` is 0).
         self.code = code
         #: Requests made, retries included.
         self.attempts = attempts
