@@ -163,6 +163,41 @@ describe('every method', () => {
   });
 });
 
+describe('mintToken ids', () => {
+  test('one string is one workspace or role, and integer ids are their decimal strings', async () => {
+    const token = mintToken({ sub: 42, workspaces: 'acme', roles: 'admin', ttl: 60, secret: server.secret });
+    const claims = JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString());
+    assert.equal(claims.sub, '42');
+    assert.deepEqual(claims.workspaces, ['acme']);
+    assert.deepEqual(claims.roles, ['admin']);
+    const big = mintToken({ sub: 9007199254740993n, workspaces: [7, 'acme'], secret: server.secret });
+    const bigClaims = JSON.parse(Buffer.from(big.split('.')[1], 'base64url').toString());
+    assert.equal(bigClaims.sub, '9007199254740993');
+    assert.deepEqual(bigClaims.workspaces, ['7', 'acme']);
+
+    const channel = `workspace:acme:ids-${Date.now()}`;
+    const sub = await subscriber(server.wsUrl, token, [channel]);
+    const numeric = await subscriber(server.wsUrl, big, ['workspace:7']);
+    await tidings.publish({ channel, event: 'to.user', data: 1, audience: { users: ['42'] } });
+    await tidings.publish({ channel, event: 'to.role', data: 2, audience: { roles: ['admin'] } });
+    await sub.event((e) => e.event === 'to.user');
+    await sub.event((e) => e.event === 'to.role');
+    const presence = await tidings.presence(channel);
+    assert.deepEqual(
+      presence.members.map((m) => m.user),
+      ['42'],
+    );
+    await tidings.publish({ channel: 'workspace:7', event: 'x', data: 3 });
+    assert.equal((await numeric.event()).data, 3);
+    sub.close();
+    numeric.close();
+
+    for (const bad of [{ sub: true }, { sub: 1.5 }, { sub: NaN }, { sub: 2 ** 60 }, { workspaces: [null] }, { roles: [{}] }]) {
+      assert.throws(() => mintToken({ sub: 'u1', secret: server.secret, ...bad }), (e) => e instanceof TypeError && /mintToken/.test(e.message));
+    }
+  });
+});
+
 describe('data JSON cannot carry', () => {
   test('is a rejected promise with invalid_request, never a synchronous throw, and nothing is sent', async () => {
     const counting = await flakyFront(server.url, []);

@@ -205,6 +205,35 @@ def test_mint_token_is_accepted_with_its_claims(server: Server) -> None:
         Subscriber(server.ws_url, forged, [])
 
 
+def test_mint_token_takes_one_string_and_integer_ids(make_client: MakeClient, server: Server) -> None:
+    # One string is one workspace or role (not its letters); integer ids are
+    # their decimal strings, which channel names and audience.users match.
+    token = mint_token(42, secret=server.secret, workspaces="acme", roles="admin", ttl=60)
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert (claims["sub"], claims["workspaces"], claims["roles"]) == ("42", ["acme"], ["admin"])
+    channel = f"workspace:acme:ids-{time.monotonic_ns()}"
+    subscriber = Subscriber(server.ws_url, token, [channel])
+    numeric = Subscriber(server.ws_url, mint_token("u9", secret=server.secret, workspaces=[7, "acme"]), ["workspace:7"])
+    try:
+        subscriber.ws.send(json.dumps({"type": "subscribe", "id": 99, "channel": "workspace:a"}))
+        assert subscriber.next(lambda m: m.get("id") == 99)["code"] == "permission_denied"
+        client = fast(make_client, server)
+        client.publish(channel, "to.user", 1, audience={"users": ["42"]})
+        client.publish(channel, "to.role", 2, audience={"roles": ["admin"]})
+        assert [subscriber.event()["event"] for _ in range(2)] == ["to.user", "to.role"]
+        assert client.presence(channel)["members"][0]["user"] == "42"
+        client.publish("workspace:7", "x", 3)
+        assert numeric.event()["data"] == 3
+    finally:
+        subscriber.close()
+        numeric.close()
+    for bad in ({"sub": True}, {"sub": 1.5}, {"sub": None}, {"workspaces": [None]}, {"roles": [1.0]}, {"workspaces": b"acme"}):
+        options: dict[str, Any] = {"sub": "u1", **bad}
+        with pytest.raises(TypeError, match="mint_token"):
+            mint_token(options.pop("sub"), secret=server.secret, **options)
+
+
 # Retries and idempotency.
 
 
