@@ -105,11 +105,15 @@ export class Tidings {
 
   constructor(options: TidingsOptions) {
     if (!options.url) throw new TypeError('Tidings: `url` is required');
-    if (!options.apiKey) throw new TypeError('Tidings: `apiKey` is required');
+    if (!URL.canParse(options.url) || !/^https?:$/.test(new URL(options.url).protocol)) {
+      // A configuration error, not a connection failure to retry.
+      throw new TypeError(`Tidings: \`url\` must be an http:// or https:// URL, not ${JSON.stringify(options.url)}`);
+    }
+    // A key read from a file or an environment variable often ends in a newline.
+    const apiKey = options.apiKey?.trim();
+    if (!apiKey) throw new TypeError('Tidings: `apiKey` is required');
     this.#base = options.url.replace(/\/+$/, '');
-    this.#headers = options.apiKeyHeader
-      ? { 'X-API-Key': options.apiKey }
-      : { Authorization: `Bearer ${options.apiKey}` };
+    this.#headers = options.apiKeyHeader ? { 'X-API-Key': apiKey } : { Authorization: `Bearer ${apiKey}` };
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#retries = options.retries ?? 3;
     this.#minBackoffMs = options.minBackoffMs ?? 200;

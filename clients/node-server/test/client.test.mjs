@@ -54,6 +54,19 @@ describe('every method', () => {
     other.close();
   });
 
+  test('a url without http(s) is refused at construction; the key is trimmed', async () => {
+    for (const url of ['127.0.0.1:8000', 'localhost:8000', 'tidings', 'ftp://tidings', 'http://']) {
+      assert.throws(
+        () => new Tidings({ url, apiKey: server.apiKey }),
+        (e) => e instanceof TypeError && /http:\/\/ or https:\/\//.test(e.message),
+        url,
+      );
+    }
+    const client = new Tidings({ url: server.url, apiKey: `  ${server.apiKey}\n`, retries: 0 });
+    assert.equal((await client.info()).engine, 'memory');
+    assert.throws(() => new Tidings({ url: server.url, apiKey: ' \n' }), /apiKey/);
+  });
+
   test('the X-API-Key scheme works too', async () => {
     const viaHeader = new Tidings({ url: server.url, apiKey: server.apiKey, apiKeyHeader: true });
     const info = await viaHeader.info();

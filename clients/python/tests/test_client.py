@@ -117,6 +117,21 @@ def test_data_json_cannot_carry_is_invalid_request_and_not_sent(make_client: Mak
     assert fast(make_client, server).history(channel)["events"] == []
 
 
+def test_a_url_without_http_is_refused_at_construction_and_the_key_is_stripped(
+    make_client: MakeClient, server: Server
+) -> None:
+    for url in ("127.0.0.1:8000", "localhost:8000", "tidings", "ftp://tidings", "http://"):
+        began = time.monotonic()
+        with pytest.raises(ValueError, match="http:// or https://"):
+            make_client(url, server.api_key, retries=3, min_backoff=1.0)
+        assert time.monotonic() - began < 0.5, "refused at once, not retried"
+    # A key read from a file keeps its newline.
+    client = make_client(server.url, f"  {server.api_key}\n", retries=0)
+    assert client.info()["engine"] == "memory"
+    with pytest.raises(ValueError, match="api_key"):
+        make_client(server.url, " \n")
+
+
 def test_broadcast_refuses_one_string_for_its_channels(make_client: MakeClient, server: Server) -> None:
     client = make_client(server.url, server.api_key)
     with pytest.raises(TypeError, match="not one string"):

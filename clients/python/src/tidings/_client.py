@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, TypeVar, Union, cast
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -279,6 +280,12 @@ class _Settings:
     ) -> None:
         if not url:
             raise ValueError("Tidings: `url` is required")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            # Not a transient failure to retry: a configuration error.
+            raise ValueError(f"Tidings: `url` must be an http:// or https:// URL, not {url!r}")
+        # A key read from a file or an environment variable often ends in a newline.
+        api_key = api_key.strip()
         if not api_key:
             raise ValueError("Tidings: `api_key` is required")
         self.base_url = url.rstrip("/")
