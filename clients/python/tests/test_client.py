@@ -18,6 +18,7 @@ import pytest
 from conftest import FlakyFront, LossyProxy, Server, SilentListener, Subscriber, free_port, start_server
 from tidings import (
     AsyncTidings,
+    Tidings,
     TidingsApiError,
     TidingsConnectionError,
     TidingsError,
@@ -247,6 +248,20 @@ def test_mint_token_takes_one_string_and_integer_ids(make_client: MakeClient, se
         options: dict[str, Any] = {"sub": "u1", **bad}
         with pytest.raises(TypeError, match="mint_token"):
             mint_token(options.pop("sub"), secret=server.secret, **options)
+
+
+def test_a_call_after_close_is_client_closed(make_client: MakeClient, server: Server) -> None:
+    client = make_client(server.url, server.api_key)
+    assert client.info()["engine"] == "memory"
+    if isinstance(client, Tidings):
+        client.close()
+    else:
+        client.aclose()
+    for call in (client.info, lambda: client.publish("workspace:acme", "x", 1)):
+        with pytest.raises(TidingsError) as caught:
+            call()
+        assert (caught.value.code, caught.value.attempts) == ("client_closed", 0)
+        assert "closed" in str(caught.value)
 
 
 # Retries and idempotency.

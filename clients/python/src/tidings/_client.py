@@ -364,6 +364,14 @@ def _transport_failure(operation: _Operation[Any], err: httpx.RequestError, time
     )
 
 
+def _closed(operation: _Operation[Any], attempts: int) -> TidingsError:
+    return TidingsError(
+        f"{operation.method} {operation.path}: the client is closed (make calls before close() / aclose())",
+        "client_closed",
+        attempts,
+    )
+
+
 class Tidings:
     """Publishes to a Tidings server and manages its connections (synchronous).
 
@@ -394,7 +402,7 @@ class Tidings:
         self.close()
 
     def close(self) -> None:
-        """Closes the connection pool."""
+        """Closes the connection pool; later calls raise ``TidingsError`` ``client_closed``."""
         self._http.close()
 
     def publish(
@@ -507,6 +515,8 @@ class Tidings:
         attempt = 0
         while True:
             attempt += 1
+            if self._http.is_closed:
+                raise _closed(operation, attempt - 1)
             try:
                 response = self._http.request(**settings.request(operation), timeout=timeout)
                 outcome = _read(operation, response)
@@ -525,6 +535,8 @@ class AsyncTidings:
     """``Tidings`` for asyncio: the same methods and behaviour, awaited.
 
     Cancelling the awaiting task stops the call at once, without further retries.
+    A client belongs to one event loop (its connection pool does): create it
+    inside the loop that uses it, not once for several ``asyncio.run()`` calls.
     """
 
     def __init__(
@@ -548,7 +560,7 @@ class AsyncTidings:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Closes the connection pool."""
+        """Closes the connection pool; later calls raise ``TidingsError`` ``client_closed``."""
         await self._http.aclose()
 
     async def publish(
@@ -661,6 +673,8 @@ class AsyncTidings:
         attempt = 0
         while True:
             attempt += 1
+            if self._http.is_closed:
+                raise _closed(operation, attempt - 1)
             try:
                 response = await self._http.request(**settings.request(operation), timeout=timeout)
                 outcome = _read(operation, response)

@@ -25,8 +25,9 @@ class TidingsError(Exception):
         super().__init__(message)
         self.message = message
         #: An API error code, ``unexpected_response``, ``connection_failed``,
-        #: ``timeout``, or ``invalid_request`` (refused before sending: the data
-        #: cannot be JSON; ``attempts`` is 0).
+        #: ``timeout``, ``invalid_request`` (refused before sending: the data
+        #: cannot be JSON; ``attempts`` is 0) or ``client_closed`` (a call after
+        #: ``close()``/``aclose()``).
         self.code = code
         #: Requests made, retries included.
         self.attempts = attempts
