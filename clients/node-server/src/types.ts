@@ -10,7 +10,8 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 export interface EntityRef {
   type: string;
   id: string;
-  version?: number;
+  /** The entity's version, when it has one (`null` is allowed, as in the API). */
+  version?: number | null;
 }
 
 /** Publisher metadata; each field appears in the event only when given. */

@@ -30,6 +30,7 @@ from tidings._types import (
     EntityEventResult,
     EntityRef,
     EventMeta,
+    HistoryOrder,
     HistoryResult,
     InfoResult,
     PresenceResult,
@@ -255,7 +256,7 @@ class _Operations:
         since: Optional[int],
         epoch: Optional[str],
         limit: Optional[int],
-        order: Optional[str],
+        order: Optional[HistoryOrder],
     ) -> _Operation[HistoryResult]:
         params = _compact(
             {"channel": channel, "since": since, "epoch": epoch, "limit": limit, "order": order}
@@ -497,7 +498,7 @@ class Tidings:
         since: Optional[int] = None,
         epoch: Optional[str] = None,
         limit: Optional[int] = None,
-        order: Optional[str] = None,
+        order: Optional[HistoryOrder] = None,
         timeout: Optional[float] = None,
         retries: Optional[int] = None,
     ) -> HistoryResult:
@@ -655,7 +656,7 @@ class AsyncTidings:
         since: Optional[int] = None,
         epoch: Optional[str] = None,
         limit: Optional[int] = None,
-        order: Optional[str] = None,
+        order: Optional[HistoryOrder] = None,
         timeout: Optional[float] = None,
         retries: Optional[int] = None,
     ) -> HistoryResult:

@@ -5,7 +5,10 @@ Results are the API's JSON as it arrives.
 
 from __future__ import annotations
 
-from typing import Any, List, Literal, TypedDict
+from typing import Any, List, Literal, Optional, TypedDict
+
+#: ``history(order=...)``: oldest first (the default) or newest first.
+HistoryOrder = Literal["oldest", "newest"]
 
 
 class _EntityRefRequired(TypedDict):
@@ -14,9 +17,9 @@ class _EntityRefRequired(TypedDict):
 
 
 class EntityRef(_EntityRefRequired, total=False):
-    """The entity an event concerns (``meta.entity``)."""
+    """The entity an event concerns (``meta.entity``); ``version`` may be ``None``."""
 
-    version: int
+    version: Optional[int]
 
 
 class EventMeta(TypedDict, total=False):
