@@ -112,6 +112,7 @@ def test_data_json_cannot_carry_is_invalid_request_and_not_sent(make_client: Mak
             with pytest.raises(TidingsError) as caught:
                 call()
             assert (type(caught.value), caught.value.code, caught.value.attempts) == (TidingsError, "invalid_request", 0)
+            assert str(caught.value).startswith("POST /api/")
         assert front.bodies == [], "nothing was sent"
     finally:
         front.close()

@@ -67,7 +67,7 @@ def _compact(fields: Dict[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def _encode(body: Dict[str, Any]) -> bytes:
+def _encode(path: str, body: Dict[str, Any]) -> bytes:
     """``body`` as UTF-8 JSON: non-ASCII text is sent as itself, not as
     ``\\uXXXX`` escapes that would make it up to six times larger against
     the server's ``api.max_body_size``.
@@ -81,12 +81,12 @@ def _encode(body: Dict[str, Any]) -> bytes:
     except (TypeError, ValueError) as err:
         # ValueError covers cycles, NaN/infinity and UnicodeEncodeError.
         raise TidingsError(
-            f"the request cannot be sent as JSON: {err}", "invalid_request", 0
+            f"POST {path}: the request cannot be sent as JSON: {err}", "invalid_request", 0
         ) from err
 
 
-def _json_body(fields: Dict[str, Any]) -> bytes:
-    return _encode(_compact(fields))
+def _json_body(path: str, fields: Dict[str, Any]) -> bytes:
+    return _encode(path, _compact(fields))
 
 
 def _key(idempotency_key: Optional[str]) -> str:
@@ -170,7 +170,7 @@ class _Operations:
         body: Dict[str, Any] = {"channel": channel}
         body.update(_publish_fields(event, data, meta, audience, exclude_client, idempotency_key))
         return _Operation(
-            "POST", "/api/publish", body=_encode(body), read=_published
+            "POST", "/api/publish", body=_encode("/api/publish", body), read=_published
         )
 
     @staticmethod
@@ -191,7 +191,7 @@ class _Operations:
         return _Operation(
             "POST",
             "/api/broadcast",
-            body=_encode(body),
+            body=_encode("/api/broadcast", body),
             read=lambda reply: cast("list[Published]", _published_list(reply.get("results"))),
         )
 
@@ -211,6 +211,7 @@ class _Operations:
             "POST",
             "/api/events",
             body=_json_body(
+                "/api/events",
                 {
                     "workspace": workspace,
                     "entity": entity,
@@ -231,7 +232,7 @@ class _Operations:
         return _Operation(
             "POST",
             "/api/disconnect",
-            body=_json_body({"user": user, "code": code, "reason": reason}),
+            body=_json_body("/api/disconnect", {"user": user, "code": code, "reason": reason}),
             read=lambda reply: _count(reply, "disconnected"),
         )
 
@@ -240,7 +241,7 @@ class _Operations:
         return _Operation(
             "POST",
             "/api/unsubscribe",
-            body=_json_body({"user": user, "channel": channel, "reason": reason}),
+            body=_json_body("/api/unsubscribe", {"user": user, "channel": channel, "reason": reason}),
             read=lambda reply: _count(reply, "unsubscribed"),
         )
 
@@ -286,7 +287,7 @@ class _Settings:
             # Not a transient failure to retry: a configuration error.
             raise ValueError(f"Tidings: `url` must be an http:// or https:// URL, not {url!r}")
         # A key read from a file or an environment variable often ends in a newline.
-        api_key = api_key.strip()
+        api_key = (api_key or "").strip()
         if not api_key:
             raise ValueError("Tidings: `api_key` is required")
         self.base_url = url.rstrip("/")
