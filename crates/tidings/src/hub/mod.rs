@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
@@ -276,7 +277,7 @@ impl Hub {
 
     /// Removes a connection and all its subscriptions.
     pub async fn unregister(
-        &self,
+        self: &Arc<Self>,
         connection: &Arc<Connection>,
         channels: impl IntoIterator<Item = ChannelName>,
     ) {
@@ -319,7 +320,12 @@ impl Hub {
             };
             let subscribed = self.broker.subscribe_node(channel).await;
             undo.disarm();
-            subscribed?;
+            if let Err(err) = subscribed {
+                // A subscribe that failed may still take effect (a command
+                // that timed out reaches Redis once it answers again).
+                self.release_node_subscription(channel.clone());
+                return Err(err);
+            }
         }
         self.subscribers.entry(channel.clone()).or_default().insert(
             connection.key,
@@ -334,7 +340,7 @@ impl Hub {
 
     /// Removes `connection` from `channel`; returns whether it was there.
     pub async fn remove_subscription(
-        &self,
+        self: &Arc<Self>,
         channel: &ChannelName,
         connection: &Connection,
     ) -> bool {
@@ -351,7 +357,8 @@ impl Hub {
         }
         if now_empty {
             if let Err(err) = self.broker.unsubscribe_node(channel).await {
-                tracing::warn!(%channel, error = %err, "broker unsubscribe failed");
+                tracing::debug!(%channel, error = %err, "broker unsubscribe failed; tried again in the background");
+                self.release_node_subscription(channel.clone());
             }
         }
         removed
@@ -413,19 +420,35 @@ impl Hub {
 
     /// Unsubscribes the node from `channel` in the background, unless a
     /// client is on it by then (the interest lock orders this against new
-    /// subscribes).
+    /// subscribes). An unsubscribe that fails (the engine is unreachable) is
+    /// tried again, 1 s later and then up to 30 s apart, until it succeeds or
+    /// a client is back: a channel left followed with nobody on it would stay
+    /// so until the node stops (on Redis, a pub/sub subscription that its
+    /// client library also renews on every reconnect).
     fn release_node_subscription(self: &Arc<Self>, channel: ChannelName) {
         let hub = Arc::downgrade(self);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn(async move {
-            let Some(hub) = hub.upgrade() else { return };
-            let _guard = hub.interest_lock(&channel).lock().await;
-            if !hub.subscribers.contains_key(&channel) {
-                if let Err(err) = hub.broker.unsubscribe_node(&channel).await {
-                    tracing::warn!(%channel, error = %err, "broker unsubscribe failed");
+            let mut pause = Duration::from_secs(1);
+            loop {
+                let Some(hub) = hub.upgrade() else { return };
+                {
+                    let _guard = hub.interest_lock(&channel).lock().await;
+                    if hub.subscribers.contains_key(&channel) {
+                        return;
+                    }
+                    match hub.broker.unsubscribe_node(&channel).await {
+                        Ok(()) => return,
+                        Err(err) => {
+                            tracing::debug!(%channel, error = %err, "broker unsubscribe failed; tried again later");
+                        }
+                    }
                 }
+                drop(hub);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
             }
         });
     }
@@ -454,7 +477,12 @@ impl Hub {
 
     /// Removes every connection of `user` from `channel`, telling each with an
     /// `unsubscribed` push; returns how many were removed.
-    pub async fn unsubscribe_user(&self, user: &str, channel: &ChannelName, reason: &str) -> usize {
+    pub async fn unsubscribe_user(
+        self: &Arc<Self>,
+        user: &str,
+        channel: &ChannelName,
+        reason: &str,
+    ) -> usize {
         let connections: Vec<Arc<Connection>> = self
             .users
             .get(user)

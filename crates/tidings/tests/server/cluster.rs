@@ -750,6 +750,110 @@ async fn a_presence_leave_that_failed_is_tried_again() {
     }
 }
 
+/// A channel whose last client left while Redis was down is unsubscribed
+/// once Redis is back: the client library renews every subscription it
+/// knows of when it reconnects, and the failed unsubscribe had not reached
+/// Redis.
+#[tokio::test]
+async fn a_channel_left_while_redis_was_down_is_not_followed_once_it_is_back() {
+    let mut redis = RedisServer::start_with(true).await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut leaving = n[0].connect_user("leaving", &["acme"]).await;
+    leaving.subscribe("workspace:acme:left").await;
+    assert_eq!(pubsub_channels(&redis, "*acme:left*").await.len(), 1);
+
+    redis.kill();
+    drop(leaving);
+    n[0].wait_for_metric("tidings_connections", WAIT, |c| c == 0.0)
+        .await;
+    // Down longer than redis_timeout: the unsubscribe has failed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart().await;
+    // Once the node's pub/sub connection is back (it renews its
+    // subscriptions then, the control channel's among them), the channel
+    // must go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pubsub_channels(&redis, "*control*").await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never subscribed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_no_pubsub_channel(&redis, "*acme:left*").await;
+}
+
+/// Channels left or subscribed while Redis was frozen are not followed once
+/// it runs again (it then carries out the commands it held, the subscribes
+/// among them): one whose last client left, one whose client left before
+/// its subscribe was answered (the undo timed out too), and one whose
+/// subscribe timed out.
+#[tokio::test]
+async fn subscribes_sent_while_redis_was_frozen_are_undone() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut early = n[0].connect_user("early", &["acme"]).await;
+    early.subscribe("workspace:acme:early").await;
+    redis.pause();
+    // Its unsubscribe waits for Redis too.
+    drop(early);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut gone = n[0].connect_user("gone", &["acme"]).await;
+    gone.send(json!({"type": "subscribe", "id": 1, "channel": "workspace:acme:gone"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(gone);
+    let mut late = n[0].connect_user("late", &["acme"]).await;
+    let reply = late
+        .request(
+            json!({"type": "subscribe", "channel": "workspace:acme:late"}),
+            1,
+        )
+        .await;
+    assert_eq!(reply["code"], "engine_unavailable", "{reply}");
+    drop(late);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.resume();
+    // Redis runs the subscribes it held as it resumes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_no_pubsub_channel(&redis, "*acme:gone*").await;
+    until_no_pubsub_channel(&redis, "*acme:late*").await;
+    until_no_pubsub_channel(&redis, "*acme:early*").await;
+}
+
+/// The pub/sub channels matching `pattern` that Redis has subscribers for.
+async fn pubsub_channels(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn until_no_pubsub_channel(redis: &RedisServer, pattern: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let channels = pubsub_channels(redis, pattern).await;
+        if channels.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still subscribed: {channels:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The users `GET /api/presence` lists on `workspace:acme`, or `None` while
 /// the engine does not answer.
 async fn listed_users(server: &TestServer) -> Option<Vec<String>> {
