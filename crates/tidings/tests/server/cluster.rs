@@ -218,12 +218,17 @@ async fn a_nodes_presence_index_holds_only_channels_it_has_entries_on() {
     }
 }
 
-/// A leave of an entry that is not there (a second leave of one, when the
-/// first was cut short and the connection's close finishes it) takes nothing
-/// off the node's count: it used to take another entry's, and the channel
-/// left the index while that entry remained (unreaped if the node then died).
+/// A channel stays in the node's index while one of its clients may have an
+/// entry, and leaves it with the last, however often each left: a leave of
+/// an entry that is not there (a second leave of one, when the first was cut
+/// short, or its answer lost, and the connection's close finishes it) takes
+/// that client off, and only that one. (Counted rather than kept by client,
+/// a second leave once took another entry's count, and the channel left the
+/// index while that entry remained, unreaped if the node then died; and a
+/// leave whose entry was already gone left the channel in the index for
+/// good.)
 #[tokio::test]
-async fn a_second_leave_of_one_entry_keeps_the_channel_in_the_index() {
+async fn a_channel_leaves_the_index_with_its_last_client_however_often_it_left() {
     let redis = RedisServer::start().await;
     let settings = tidings::config::EngineSettings {
         redis_url: redis.url(),
@@ -250,6 +255,32 @@ async fn a_second_leave_of_one_entry_keeps_the_channel_in_the_index() {
     assert_eq!(presence_index(&redis).await, ["workspace:acme"]);
     engine.presence.leave(&channel, "bob", "c2").await.unwrap();
     assert!(presence_index(&redis).await.is_empty());
+
+    // A leave whose answer was lost: the entry is gone (removed here by
+    // another engine of the same node) when the node leaves it again.
+    let carol = tidings::engine::presence::ClientPresence {
+        client: "c3".into(),
+        user: "carol".into(),
+        status: tidings::protocol::PresenceStatus::Online,
+        info: None,
+    };
+    engine.presence.join(&channel, carol).await.unwrap();
+    assert_eq!(presence_index(&redis).await, ["workspace:acme"]);
+    let same_node = tidings::engine::Engine::redis(&settings, "leaving").expect("valid settings");
+    let left = same_node.presence.leave(&channel, "carol", "c3").await;
+    assert!(matches!(left, Ok(Some(_))), "{left:?}");
+    assert_eq!(
+        engine
+            .presence
+            .leave(&channel, "carol", "c3")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        presence_index(&redis).await.is_empty(),
+        "the index kept a channel with no entry of the node"
+    );
 }
 
 #[tokio::test]

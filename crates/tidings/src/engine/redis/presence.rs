@@ -4,7 +4,7 @@
 //! that stopped heart-beating are left out of listings at once and removed
 //! by the survivors within `engine.node_ttl` (see `cluster`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -22,11 +22,15 @@ use crate::protocol::{ChannelName, PresenceStatus};
 /// Presence in Redis, shared by every node.
 pub struct RedisPresence {
     shared: Arc<Shared>,
-    /// How many of this node's connections have an entry on each channel.
-    /// A channel leaves the node's index in Redis (the channels the reaper
-    /// looks at when the node dies) once its last entry here is gone; the
-    /// index otherwise kept every channel the node ever had presence on.
-    local: Mutex<HashMap<ChannelName, usize>>,
+    /// This node's connections that may have an entry on each channel (by
+    /// client id). A channel leaves the node's index in Redis (the channels
+    /// the reaper looks at when the node dies) once its last one here has
+    /// left; the index otherwise kept every channel the node ever had
+    /// presence on. Kept by client rather than counted: a leave that finds
+    /// no entry (a join that never wrote it, a leave done twice when the
+    /// first one's answer was lost) must still take that client off, and
+    /// only that client.
+    local: Mutex<HashMap<ChannelName, HashSet<Arc<str>>>>,
 }
 
 impl RedisPresence {
@@ -37,39 +41,35 @@ impl RedisPresence {
         }
     }
 
-    fn local(&self) -> MutexGuard<'_, HashMap<ChannelName, usize>> {
+    fn local(&self) -> MutexGuard<'_, HashMap<ChannelName, HashSet<Arc<str>>>> {
         self.local
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One entry of this node's on `channel` more, counted before the index
+    /// `client` may have an entry on `channel`: noted before the index
     /// records the channel.
-    fn count_entry(&self, channel: &ChannelName) {
-        *self.local().entry(channel.clone()).or_insert(0) += 1;
+    fn note_entry(&self, channel: &ChannelName, client: &Arc<str>) {
+        self.local()
+            .entry(channel.clone())
+            .or_default()
+            .insert(client.clone());
     }
 
-    /// One entry of this node's on `channel` fewer; the last one takes the
-    /// channel out of the node's index. No lock spans the removal: a join
-    /// counted meanwhile adds the channel again (a join records it after
-    /// counting; this looks at the count after removing).
-    async fn uncount_entry(&self, channel: &ChannelName) {
-        let last = {
+    /// `client` has no entry on `channel` any more; the last client takes
+    /// the channel out of the node's index. No lock spans the removal: a
+    /// join noted meanwhile adds the channel again (a join records it after
+    /// noting; this looks at the clients after removing).
+    async fn forget_entry(&self, channel: &ChannelName, client: &str) {
+        {
             let mut local = self.local();
-            match local.get_mut(channel) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => {
-                    local.remove(channel);
-                    true
-                }
-                None => false,
+            let Some(clients) = local.get_mut(channel) else {
+                return;
+            };
+            if !clients.remove(client) || !clients.is_empty() {
+                return;
             }
-        };
-        if !last {
-            return;
+            local.remove(channel);
         }
         let link = &self.shared.link;
         let index = link.keys.node_presence(&link.node);
@@ -223,11 +223,10 @@ impl PresenceStore for RedisPresence {
         };
         let entry = serde_json::to_string(&entry).map_err(|_| bad_entry())?;
         let slot = self.slot().await?;
-        // Counted, then recorded, then written: if this node dies right
+        // Noted, then recorded, then written: if this node dies right
         // after, the survivors find the entry. A join that fails stays
-        // counted: its caller takes it back with a leave, which uncounts it
-        // if the entry was written.
-        self.count_entry(channel);
+        // noted: its caller takes it back with a leave.
+        self.note_entry(channel, &client.client);
         link.query::<()>(
             redis::cmd("SADD")
                 .arg(keys.node_presence(&link.node))
@@ -292,17 +291,14 @@ impl PresenceStore for RedisPresence {
             Some(redis::Value::Int(n)) => *n,
             _ => return Err(bad_entry()),
         };
+        // Gone, or not there (a second leave of the same entry, one cut
+        // short or whose answer was lost; a join that never wrote it;
+        // reaped): either way this client has none now. A leave that failed
+        // is tried again, and forgets it then.
+        self.forget_entry(channel, client).await;
         if left < 0 {
-            // Not there: a second leave of the same entry (one cut short and
-            // finished by the connection's close), a join that never wrote
-            // it, or reaped. Uncounting would take the count of another of
-            // this node's entries, and could drop the channel from the index
-            // the survivors reap by; counted too long, it only stays listed.
             return Ok(None);
         }
-        // Gone: not counted any more. A leave that failed is tried again,
-        // and counts then.
-        self.uncount_entry(channel).await;
         let entry = reply.get(1).and_then(super::text).ok_or_else(bad_entry)?;
         let entry: Entry = serde_json::from_str(&entry).map_err(|_| bad_entry())?;
         if left == 0 {
