@@ -326,6 +326,12 @@ impl Connection {
         true
     }
 
+    /// Whether its transport task has let go of the queue: the connection
+    /// is closing or closed, and will never subscribe again.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.queue).closed
+    }
+
     /// The pending close request, if any.
     pub fn close_request(&self) -> Option<CloseRequest> {
         lock(&self.close).clone()

@@ -560,10 +560,14 @@ async fn leave_presence(state: &ServerState, channel: &ChannelName, connection: 
             let pushes = pushes_presence(state, channel);
             let (channel, user, client) = (channel.clone(), user.clone(), client.clone());
             let key = connection.key;
+            // A connection that is closing stays listed on the channel
+            // until its close is done (which takes a while when Redis is
+            // down): only a live one can be back on it with a new entry.
+            let closing = connection.is_closed();
             tokio::spawn(async move {
                 for delay in LEAVE_RETRY_DELAYS {
                     tokio::time::sleep(delay).await;
-                    if hub.is_subscribed(&channel, key) {
+                    if !closing && hub.is_subscribed(&channel, key) {
                         return;
                     }
                     if let Ok(change) = presence.leave(&channel, &user, &client).await {

@@ -858,6 +858,44 @@ async fn subscribes_sent_while_redis_was_frozen_are_undone() {
     until_no_pubsub_channel(&redis, "*acme:early*").await;
 }
 
+/// A connection that closes while Redis is frozen takes a while to: each of
+/// its presence leaves, then each hub removal, waits for Redis. Its failed
+/// leaves are tried again meanwhile, while it is still listed on the
+/// channels: they must not take that for a client back on the channel (and
+/// give up), or the node's index keeps the channels once Redis is back.
+#[tokio::test]
+async fn leaves_of_a_connection_closed_while_redis_was_frozen_are_tried_again() {
+    let redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut client = n[0].connect_user("frozen", &["acme"]).await;
+    let channels = ["a", "b", "c", "d"].map(|c| format!("workspace:acme:{c}"));
+    for channel in &channels {
+        client.subscribe(channel).await;
+    }
+    assert_eq!(presence_index(&redis).await, channels);
+    redis.pause();
+    drop(client);
+    // Four leaves and four hub removals, each timing out: longer than the
+    // first retry's delay.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    redis.resume();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let index = presence_index(&redis).await;
+        if index.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the index kept channels nobody is on: {index:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The pub/sub channels matching `pattern` that Redis has subscribers for.
 async fn pubsub_channels(redis: &RedisServer, pattern: &str) -> Vec<String> {
     let client = redis::Client::open(redis.url()).unwrap();
