@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 
 pub use connection::{
     Applied, CloseRequest, Connection, ConnectionQueue, Control, ControlRequest, Outbound,
@@ -142,6 +142,10 @@ impl SubscriberSet {
     }
 }
 
+/// How long after a failed node subscribe or unsubscribe the node tries to
+/// unsubscribe (again).
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
+
 /// Local subscribers and fan-out.
 pub struct Hub {
     broker: Arc<dyn Broker>,
@@ -154,6 +158,8 @@ pub struct Hub {
     // broker's node-level subscribe and unsubscribe cannot overtake each other.
     interest_locks: Box<[tokio::sync::Mutex<()>]>,
     interest_hasher: RandomState,
+    /// Channels a background task is unsubscribing the node from.
+    releasing: DashSet<ChannelName>,
     next_key: AtomicU64,
     /// Set by [`Hub::close_all`]: a connection that registers afterwards is
     /// asked to close at once, and sockets still authenticating close too.
@@ -241,6 +247,7 @@ impl Hub {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             interest_hasher: RandomState::new(),
+            releasing: DashSet::new(),
             next_key: AtomicU64::new(1),
             closing: tokio::sync::watch::Sender::new(None),
             opening: AtomicUsize::new(0),
@@ -323,7 +330,7 @@ impl Hub {
             if let Err(err) = subscribed {
                 // A subscribe that failed may still take effect (a command
                 // that timed out reaches Redis once it answers again).
-                self.release_node_subscription(channel.clone());
+                self.release_node_subscription(channel.clone(), RELEASE_RETRY);
                 return Err(err);
             }
         }
@@ -358,7 +365,7 @@ impl Hub {
         if now_empty {
             if let Err(err) = self.broker.unsubscribe_node(channel).await {
                 tracing::debug!(%channel, error = %err, "broker unsubscribe failed; tried again in the background");
-                self.release_node_subscription(channel.clone());
+                self.release_node_subscription(channel.clone(), RELEASE_RETRY);
             }
         }
         removed
@@ -415,35 +422,47 @@ impl Hub {
         }
         // The broker still follows the channel; let it go unless a client is
         // already back.
-        self.release_node_subscription(channel.clone());
+        self.release_node_subscription(channel.clone(), Duration::ZERO);
     }
 
-    /// Unsubscribes the node from `channel` in the background, unless a
-    /// client is on it by then (the interest lock orders this against new
-    /// subscribes). An unsubscribe that fails (the engine is unreachable) is
-    /// tried again, 1 s later and then up to 30 s apart, until it succeeds or
-    /// a client is back: a channel left followed with nobody on it would stay
-    /// so until the node stops (on Redis, a pub/sub subscription that its
-    /// client library also renews on every reconnect).
-    fn release_node_subscription(self: &Arc<Self>, channel: ChannelName) {
-        let hub = Arc::downgrade(self);
+    /// Unsubscribes the node from `channel` in the background, `after` from
+    /// now, unless a client is on it by then (the interest lock orders this
+    /// against new subscribes). An unsubscribe that fails (the engine is
+    /// unreachable) is tried again, 1 s later and then up to 30 s apart,
+    /// until it succeeds or a client is back: a channel left followed with
+    /// nobody on it would stay so until the node stops (on Redis, a pub/sub
+    /// subscription that its client library also renews on every
+    /// reconnect). One task per channel: a channel already being released is
+    /// left to that task (which leaves the set under the interest lock, so a
+    /// request made under the lock is never dropped by one that is exiting).
+    fn release_node_subscription(self: &Arc<Self>, channel: ChannelName, after: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if !self.releasing.insert(channel.clone()) {
+            return;
+        }
+        let hub = Arc::downgrade(self);
         runtime.spawn(async move {
             let mut pause = Duration::from_secs(1);
+            if !after.is_zero() {
+                tokio::time::sleep(after).await;
+            }
             loop {
                 let Some(hub) = hub.upgrade() else { return };
                 {
                     let _guard = hub.interest_lock(&channel).lock().await;
-                    if hub.subscribers.contains_key(&channel) {
+                    let done = hub.subscribers.contains_key(&channel)
+                        || match hub.broker.unsubscribe_node(&channel).await {
+                            Ok(()) => true,
+                            Err(err) => {
+                                tracing::debug!(%channel, error = %err, "broker unsubscribe failed; tried again later");
+                                false
+                            }
+                        };
+                    if done {
+                        hub.releasing.remove(&channel);
                         return;
-                    }
-                    match hub.broker.unsubscribe_node(&channel).await {
-                        Ok(()) => return,
-                        Err(err) => {
-                            tracing::debug!(%channel, error = %err, "broker unsubscribe failed; tried again later");
-                        }
                     }
                 }
                 drop(hub);
@@ -580,7 +599,7 @@ impl UndoNodeSubscribe {
 impl Drop for UndoNodeSubscribe {
     fn drop(&mut self) {
         if let (Some(channel), Some(hub)) = (self.channel.take(), self.hub.upgrade()) {
-            hub.release_node_subscription(channel);
+            hub.release_node_subscription(channel, Duration::ZERO);
         }
     }
 }

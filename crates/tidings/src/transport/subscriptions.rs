@@ -410,10 +410,12 @@ impl Subscriptions {
         self.end(state, connection, channel, false).await
     }
 
-    /// Ends the subscription to `channel`: its presence entry, the hub's
-    /// (`leave_hub`), then the listing. Listed until every step is done, so
+    /// Ends the subscription to `channel`: the hub's (`leave_hub`), its
+    /// presence entry, then the listing. Listed until every step is done, so
     /// one cut short (an SSE stream dropped mid-way) is finished by `close`;
-    /// leaving twice does nothing.
+    /// leaving twice does nothing. The hub goes first: a presence leave that
+    /// fails is tried again unless the connection is back on the channel,
+    /// which it must not take it for while this end is still under way.
     async fn end(
         &mut self,
         state: &ServerState,
@@ -424,11 +426,11 @@ impl Subscriptions {
         let Some(presence) = self.channels.get_mut(channel).map(|s| s.presence) else {
             return false;
         };
-        if presence {
-            leave_presence(state, channel, connection).await;
-        }
         if leave_hub {
             state.hub.remove_subscription(channel, connection).await;
+        }
+        if presence {
+            leave_presence(state, channel, connection).await;
         }
         self.channels.remove(channel);
         true

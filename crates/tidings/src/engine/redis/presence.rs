@@ -73,10 +73,12 @@ impl RedisPresence {
         }
         let link = &self.shared.link;
         let index = link.keys.node_presence(&link.node);
-        let removed = link
+        // Whatever the SREM's outcome: one that timed out may still run
+        // after a join's SADD.
+        let _ = link
             .query::<()>(redis::cmd("SREM").arg(&index).arg(channel.as_str()))
             .await;
-        if removed.is_ok() && self.local().contains_key(channel) {
+        if self.local().contains_key(channel) {
             let _ = link
                 .query::<()>(redis::cmd("SADD").arg(&index).arg(channel.as_str()))
                 .await;
