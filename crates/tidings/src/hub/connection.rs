@@ -19,7 +19,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::{oneshot, Notify};
 
 use crate::engine::Publication;
-use crate::protocol::{ChannelName, CloseCode, PresenceStatus};
+use crate::protocol::{ChannelName, CloseCode, ErrorCode, PresenceStatus};
 use tidings_auth::Identity;
 
 /// What the hub hands a connection's transport task. Rare variants are boxed
@@ -42,9 +42,10 @@ pub enum Outbound {
 pub struct Control {
     /// What to do.
     pub request: ControlRequest,
-    /// Told once the transport task has applied the request; dropped
-    /// unanswered when the connection ends first.
-    pub applied: oneshot::Sender<()>,
+    /// Told once the transport task has applied the request (with the
+    /// refusal's code and message if the engine could not store all of it);
+    /// dropped unanswered when the connection ends first.
+    pub applied: oneshot::Sender<ControlOutcome>,
 }
 
 impl Control {
@@ -54,14 +55,19 @@ impl Control {
     }
 }
 
+/// How a control request ended: applied, or refused with this code and
+/// message (the engine could not store all of it).
+pub type ControlOutcome = Result<(), (ErrorCode, String)>;
+
 /// Tells the waiting `POST /request` that its request took effect.
 #[derive(Debug)]
-pub struct Applied(oneshot::Sender<()>);
+pub struct Applied(oneshot::Sender<ControlOutcome>);
 
 impl Applied {
-    /// The request took effect (whoever waited may have gone: nothing then).
-    pub fn done(self) {
-        let _ = self.0.send(());
+    /// The request was applied, or failed with this code and message
+    /// (whoever waited may have gone: nothing then).
+    pub fn done(self, outcome: ControlOutcome) {
+        let _ = self.0.send(outcome);
     }
 }
 
@@ -259,7 +265,10 @@ impl Connection {
     /// `Overflow` when [`MAX_CONTROLS`] are waiting already (nothing is
     /// closed). The receiver answers once the request is applied, and fails
     /// if the connection ends first.
-    pub fn push_control(&self, request: ControlRequest) -> (PushOutcome, oneshot::Receiver<()>) {
+    pub fn push_control(
+        &self,
+        request: ControlRequest,
+    ) -> (PushOutcome, oneshot::Receiver<ControlOutcome>) {
         let (applied, done) = oneshot::channel();
         let control = Control { request, applied };
         (

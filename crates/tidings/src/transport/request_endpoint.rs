@@ -182,7 +182,11 @@ async fn control(
     // Not kept while waiting: the hub's handle must not outlive the stream.
     drop(connection);
     match outcome {
-        PushOutcome::Queued => applied.await.map_err(|_| ended()),
+        PushOutcome::Queued => match applied.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((code, message))) => Err(Refusal::new(code, message)),
+            Err(_) => Err(ended()),
+        },
         PushOutcome::Overflow => Err(Refusal::new(
             ErrorCode::RateLimited,
             format!(

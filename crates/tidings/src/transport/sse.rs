@@ -558,11 +558,13 @@ impl SseSession {
                 }
                 Outbound::Control(control) => {
                     let (request, applied) = control.take();
+                    let mut outcome = Ok(());
                     match request {
                         ControlRequest::Status(status) => {
                             self.status = status;
                             if let Some(subscriptions) = &self.subscriptions {
-                                subscriptions.set_status(&state, &connection, status).await;
+                                outcome =
+                                    subscriptions.set_status(&state, &connection, status).await;
                             }
                         }
                         ControlRequest::Refresh(identity) => {
@@ -588,7 +590,7 @@ impl SseSession {
                             }
                         }
                     }
-                    applied.done();
+                    applied.done(outcome.map_err(|refusal| (refusal.code, refusal.message)));
                 }
             }
             written += 1;

@@ -498,13 +498,17 @@ impl Subscriptions {
         self.channels.contains_key(channel)
     }
 
-    /// Sets the connection's presence status on every channel tracking it.
+    /// Sets the connection's presence status on every channel tracking it;
+    /// `engine_unavailable` when the engine could not store it on one of
+    /// them (the others are still set, and the caller keeps the status for
+    /// channels joined later).
     pub async fn set_status(
         &self,
         state: &ServerState,
         connection: &Connection,
         status: PresenceStatus,
-    ) {
+    ) -> Result<(), Refusal> {
+        let mut failed = None;
         for (channel, _) in self.channels.iter().filter(|(_, s)| s.presence) {
             match state
                 .presence
@@ -515,8 +519,20 @@ impl Subscriptions {
                     announce(&state.hub, &*state.presence, channel, change).await
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(%channel, error = %err, "presence status failed"),
+                Err(err) => {
+                    tracing::debug!(%channel, error = %err, "presence status failed");
+                    failed.get_or_insert_with(|| channel.clone());
+                }
             }
+        }
+        match failed {
+            None => Ok(()),
+            Some(channel) => Err(Refusal::new(
+                ErrorCode::EngineUnavailable,
+                format!(
+                    "the status could not be stored on {channel} (the engine is unavailable); it applies to channels joined from now on; retry"
+                ),
+            )),
         }
     }
 

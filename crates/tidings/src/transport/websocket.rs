@@ -1009,7 +1009,8 @@ impl Session {
         self.status = status;
         self.subscriptions
             .set_status(&self.state, &self.connection, status)
-            .await;
+            .await
+            .map_err(Failure::Refuse)?;
         self.send(&ServerMessage::Status { id, status })
             .await
             .map_err(Failure::Stop)
@@ -1142,17 +1143,18 @@ impl Session {
     /// gives back the notices to write (channels a refresh revoked).
     async fn apply_control(&mut self, control: Control) -> Vec<ServerMessage> {
         let (request, applied) = control.take();
-        let notices = match request {
+        let (outcome, notices) = match request {
             ControlRequest::Status(status) => {
                 self.status = status;
-                self.subscriptions
+                let stored = self
+                    .subscriptions
                     .set_status(&self.state, &self.connection, status)
                     .await;
-                Vec::new()
+                (stored, Vec::new())
             }
-            ControlRequest::Refresh(identity) => self.take_identity(identity).await,
+            ControlRequest::Refresh(identity) => (Ok(()), self.take_identity(identity).await),
         };
-        applied.done();
+        applied.done(outcome.map_err(|refusal| (refusal.code, refusal.message)));
         notices
     }
 

@@ -896,6 +896,49 @@ async fn leaves_of_a_connection_closed_while_redis_was_frozen_are_tried_again() 
     }
 }
 
+/// A status the engine cannot store is refused with `engine_unavailable`
+/// (over a WebSocket and `POST /request` alike), not answered as if set.
+#[tokio::test]
+async fn a_status_redis_cannot_store_is_refused() {
+    let mut redis = RedisServer::start().await;
+    let n = nodes(&redis, 1, |config| {
+        config.engine.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut client = n[0].connect_user("u1", &["acme"]).await;
+    client.subscribe("workspace:acme").await;
+    let token = token("u1", &["acme"], &[]);
+    let mut stream =
+        crate::http_transports::SseStream::open(&n[0], "channel=workspace:acme", &token).await;
+    let sse_client = stream.expect("connected").await.json()["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stream.expect("subscribed").await;
+
+    redis.kill();
+    let reply = client
+        .request(json!({"type": "status", "status": "away"}), 7)
+        .await;
+    assert_eq!(
+        (&reply["type"], &reply["code"], &reply["id"]),
+        (&json!("error"), &json!("engine_unavailable"), &json!(7)),
+        "{reply}"
+    );
+    let (status, reply) = n[0]
+        .http_request(
+            &token,
+            Some(&sse_client),
+            json!({"type": "status", "id": 8, "status": "away"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &reply["code"], &reply["id"]),
+        (503, &json!("engine_unavailable"), &json!(8)),
+        "{reply}"
+    );
+}
+
 /// The pub/sub channels matching `pattern` that Redis has subscribers for.
 async fn pubsub_channels(redis: &RedisServer, pattern: &str) -> Vec<String> {
     let client = redis::Client::open(redis.url()).unwrap();

@@ -179,10 +179,11 @@ impl HubSocket {
                 }
                 Outbound::Control(control) => {
                     let (request, applied) = control.take();
+                    let mut outcome = Ok(());
                     match request {
                         ControlRequest::Status(status) => {
                             connected.status = status;
-                            connected
+                            outcome = connected
                                 .subscriptions
                                 .set_status(&self.state, &connected.connection, status)
                                 .await;
@@ -206,7 +207,7 @@ impl HubSocket {
                             }
                         }
                     }
-                    applied.done();
+                    applied.done(outcome.map_err(|refusal| (refusal.code, refusal.message)));
                 }
                 Outbound::Unsubscribed(notice) => {
                     let ServerUnsubscribe { channel, reason } = *notice;
@@ -603,8 +604,10 @@ impl HubSocket {
                         connected
                             .subscriptions
                             .set_status(&state, &connected.connection, status)
-                            .await;
-                        Ok(serde_json::json!({ "ok": true, "status": status }).to_string())
+                            .await
+                            .map(|()| {
+                                serde_json::json!({ "ok": true, "status": status }).to_string()
+                            })
                     }
                     None => Err(Refusal::new(
                         ErrorCode::BadRequest,
