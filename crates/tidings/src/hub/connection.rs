@@ -41,11 +41,11 @@ pub enum Outbound {
 #[derive(Debug)]
 pub struct Control {
     /// What to do.
-    pub request: ControlRequest,
+    request: ControlRequest,
     /// Told once the transport task has applied the request (with the
     /// refusal's code and message if the engine could not store all of it);
     /// dropped unanswered when the connection ends first.
-    pub applied: oneshot::Sender<ControlOutcome>,
+    applied: oneshot::Sender<ControlOutcome>,
 }
 
 impl Control {

@@ -444,7 +444,7 @@ impl Hub {
         }
         let hub = Arc::downgrade(self);
         runtime.spawn(async move {
-            let mut pause = Duration::from_secs(1);
+            let mut pause = RELEASE_RETRY;
             if !after.is_zero() {
                 tokio::time::sleep(after).await;
             }

@@ -208,14 +208,13 @@ async fn a_nodes_presence_index_holds_only_channels_it_has_entries_on() {
     }
     assert_eq!(presence_index(&redis).await, ["workspace:acme:doc0"]);
     drop(bob);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !presence_index(&redis).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the index kept its channel"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the index kept its channel",
+        WAIT,
+        || presence_index(&redis),
+        Vec::is_empty,
+    )
+    .await;
 }
 
 /// A channel stays in the node's index while one of its clients may have an
@@ -764,21 +763,17 @@ async fn a_presence_leave_that_failed_is_tried_again() {
     // epoch, so `staying` is asked to resubscribe and leaves too: only
     // `leaving`'s entry matters here.)
     redis.restart().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let users = listed_users(&n[0]).await;
-        if users
-            .as_ref()
-            .is_some_and(|u| !u.iter().any(|u| u == "leaving"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the failed leave was never tried again: {users:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the failed leave was never tried again",
+        Duration::from_secs(20),
+        || listed_users(&n[0]),
+        |users| {
+            users
+                .as_ref()
+                .is_some_and(|u| !u.iter().any(|u| u == "leaving"))
+        },
+    )
+    .await;
 }
 
 /// A channel whose last client left while Redis was down is unsubscribed
@@ -806,14 +801,13 @@ async fn a_channel_left_while_redis_was_down_is_not_followed_once_it_is_back() {
     // Once the node's pub/sub connection is back (it renews its
     // subscriptions then, the control channel's among them), the channel
     // must go.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while pubsub_channels(&redis, "*control*").await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node never subscribed again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the node never subscribed again",
+        Duration::from_secs(20),
+        || pubsub_channels(&redis, "*control*"),
+        |channels| !channels.is_empty(),
+    )
+    .await;
     until_no_pubsub_channel(&redis, "*acme:left*").await;
 }
 
@@ -882,18 +876,13 @@ async fn leaves_of_a_connection_closed_while_redis_was_frozen_are_tried_again() 
     // first retry's delay.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     redis.resume();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let index = presence_index(&redis).await;
-        if index.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the index kept channels nobody is on: {index:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the index kept channels nobody is on",
+        Duration::from_secs(20),
+        || presence_index(&redis),
+        Vec::is_empty,
+    )
+    .await;
 }
 
 /// A status the engine cannot store is refused with `engine_unavailable`
@@ -952,17 +941,31 @@ async fn pubsub_channels(redis: &RedisServer, pattern: &str) -> Vec<String> {
 }
 
 async fn until_no_pubsub_channel(redis: &RedisServer, pattern: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    eventually(
+        "still subscribed",
+        Duration::from_secs(20),
+        || pubsub_channels(redis, pattern),
+        Vec::is_empty,
+    )
+    .await;
+}
+
+/// Reads `probe` every 100 ms until `holds` accepts what it gives, which it
+/// returns; fails with `what` and the last reading once `within` has passed.
+async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> F,
+    holds: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
-        let channels = pubsub_channels(redis, pattern).await;
-        if channels.is_empty() {
-            return;
+        let seen = probe().await;
+        if holds(&seen) {
+            return seen;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still subscribed: {channels:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
